@@ -1,0 +1,64 @@
+"""featvis: see what a unit, a channel or a class of a PyTorch vision model has learned.
+
+Example:
+    >>> import featvis
+    >>> lite0 = featvis.zoo.efficientnet_lite0()
+    >>> image = featvis.visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess)
+"""
+
+from . import (
+    backprop_modifiers,
+    grad_modifiers,
+    input_modifiers,
+    losses,
+    params,
+    regularizers,
+    zoo,
+)
+from .errors import FeatvisError, FeatvisTypeError, FeatvisValueError, LayerNotFoundError, ModelError, NonFiniteError
+from .image import save_image, stitch_images
+from .input_modifiers import InputModifier, Jitter
+from .losses import ActivationMaximization, Loss
+from .optimizer import Result
+from .regularizers import LpNorm, TotalVariation
+from .targets import FeatvisWarning, find_layer_idx, layer_names
+from .visualization import (
+    activations_reached,
+    visualize_activation,
+    visualize_activation_with_losses,
+    visualize_layer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationMaximization",
+    "FeatvisError",
+    "FeatvisTypeError",
+    "FeatvisValueError",
+    "FeatvisWarning",
+    "InputModifier",
+    "Jitter",
+    "LayerNotFoundError",
+    "Loss",
+    "LpNorm",
+    "ModelError",
+    "NonFiniteError",
+    "Result",
+    "TotalVariation",
+    "activations_reached",
+    "backprop_modifiers",
+    "find_layer_idx",
+    "grad_modifiers",
+    "input_modifiers",
+    "layer_names",
+    "losses",
+    "params",
+    "regularizers",
+    "save_image",
+    "stitch_images",
+    "visualize_activation",
+    "visualize_activation_with_losses",
+    "visualize_layer",
+    "zoo",
+]

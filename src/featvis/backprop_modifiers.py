@@ -1,0 +1,111 @@
+"""Backprop modifiers: change how gradients flow back through every ReLU of the model.
+
+They act on ``nn.ReLU``/``nn.ReLU6`` modules and on functional calls (``F.relu``,
+``torch.relu``, ``Tensor.relu``, their in-place forms, ``F.relu6``) alike,
+through a `torch.overrides.TorchFunctionMode`, so the model is never touched.
+A modifier is a function ``rule(x, grad_output, local_grad) -> grad_input``, where
+``local_grad`` is the ReLU's own derivative at ``x`` (0 or 1).
+
+Example:
+    >>> with modify_backprop("guided"):
+    ...     model(x)[0, 285].backward()
+    >>> def my_rule(x, grad_output, local_grad):
+    ...     return grad_output * local_grad * (x > 0.1)
+    >>> featvis.visualize_saliency(model, "_fc", 285, image, backprop_modifier=my_rule)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .errors import choose
+
+BackpropRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def guided(x: torch.Tensor, grad_output: torch.Tensor, local_grad: torch.Tensor) -> torch.Tensor:
+    """Guided backprop: pass a gradient only where the input was active and the gradient positive."""
+    return grad_output.clamp(min=0) * local_grad
+
+
+def rectified(x: torch.Tensor, grad_output: torch.Tensor, local_grad: torch.Tensor) -> torch.Tensor:
+    """Rectified (deconvnet) backprop: pass only positive gradients, whatever the input."""
+    return grad_output.clamp(min=0)
+
+
+BACKPROP_MODIFIERS: dict[str, BackpropRule] = {
+    "guided": guided,
+    "relu": rectified,
+    "rectified": rectified,
+    "deconv": rectified,
+}
+
+
+def get(modifier: str | BackpropRule | None) -> BackpropRule | None:
+    """Resolve a name or callable to a backprop rule (None means plain gradients)."""
+    if modifier is None or (callable(modifier) and not isinstance(modifier, str)):
+        return modifier
+    return choose("backprop_modifier", modifier, BACKPROP_MODIFIERS)
+
+
+class _ModifiedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, upper, rule, inplace):
+        local = (x > 0) if upper is None else (x > 0) & (x < upper)
+        ctx.rule = rule
+        if inplace:
+            ctx.mark_dirty(x)
+            out = x.clamp_(0, upper)
+        else:
+            out = x.clamp(0, upper)
+        ctx.save_for_backward(local, x if not inplace else out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        local, x = ctx.saved_tensors
+        return ctx.rule(x, grad_output, local.to(grad_output.dtype)), None, None, None
+
+
+_RELUS = {
+    torch.relu: (None, False),
+    torch.relu_: (None, True),
+    torch.Tensor.relu: (None, False),
+    torch.Tensor.relu_: (None, True),
+    F.relu: (None, None),
+    F.relu_: (None, True),
+    F.relu6: (6.0, None),
+}
+
+
+class _BackpropMode(TorchFunctionMode):
+    def __init__(self, rule: BackpropRule):
+        super().__init__()
+        self.rule = rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS:
+            upper, inplace = _RELUS[func]
+            if inplace is None:
+                inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            x = args[0]
+            if x.requires_grad and torch.is_grad_enabled():
+                return _ModifiedReLU.apply(x, upper, self.rule, inplace)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def modify_backprop(modifier: str | BackpropRule | None):
+    """Within this block, ReLUs backpropagate with the given rule (None: unchanged)."""
+    rule = get(modifier)
+    if rule is None:
+        yield
+        return
+    with _BackpropMode(rule):
+        yield

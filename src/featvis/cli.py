@@ -1,0 +1,201 @@
+"""The ``featvis`` command line.
+
+Example:
+    $ featvis activation --layer _fc --filter flamingo --steps 256 --size 224 --seed 0 --out flamingo.png
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import importlib
+from pathlib import Path
+import sys
+
+import click
+import torch
+
+from . import visualization, zoo
+from .errors import FeatvisError, FeatvisValueError, bad_value
+from .image import save_image, stitch_images
+
+EPILOG_ACTIVATION = """\b
+Examples:
+  featvis activation --layer _fc --filter 130 --out flamingo.png
+  featvis activation --layer _fc --filter "flamingo,pelican" --steps 128 --out two.png
+  featvis activation --layer _blocks.10 --filter 7 --method pixel --out ch7.png
+  featvis activation --model mypkg.models:make_net --preprocess none --input-range 0,1 \\
+      --layer head --filter 0 --size 32 --out up.png
+"""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    preprocess: object
+    class_names: tuple[str, ...] | None
+
+
+def load_model(spec: str | None, preprocess: str) -> LoadedModel:
+    """The embedded Lite0 (spec None), a TorchScript file, or a ``module:factory`` path."""
+    norm = zoo.Normalize() if preprocess == "imagenet" else None
+    if spec is None:
+        lite0 = zoo.efficientnet_lite0()
+        return LoadedModel(lite0.model, norm, lite0.class_names)
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ts", ".jit") or path.exists():
+        if not path.is_file():
+            raise FeatvisValueError(f"--model {spec!r}: no such file")
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # torch raises several types for a bad file
+            raise FeatvisValueError(f"--model {spec!r} is not a TorchScript file: {err}") from err
+        return LoadedModel(model, norm, None)
+    module_name, _, factory = spec.partition(":")
+    if not factory:
+        raise bad_value("--model", spec, "a TorchScript file or 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise FeatvisValueError(f"--model {spec!r}: cannot import {module_name!r}: {err}") from err
+    if not hasattr(module, factory):
+        raise FeatvisValueError(f"--model {spec!r}: {module_name!r} has no attribute {factory!r}")
+    model = getattr(module, factory)()
+    if not isinstance(model, torch.nn.Module):
+        raise FeatvisValueError(f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module")
+    return LoadedModel(model, norm, None)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise bad_value("--input-range", text, "two numbers 'low,high', e.g. 0,255")
+    try:
+        values = [int(p) if p.strip().lstrip("-").isdigit() else float(p) for p in parts]
+    except ValueError as err:
+        raise bad_value("--input-range", text, "two numbers 'low,high', e.g. 0,255") from err
+    return values[0], values[1]
+
+
+def parse_filters(text: str | None, class_names) -> list[int] | None:
+    if text is None or text.strip().lower() == "all":
+        return None
+    indices = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise bad_value("--filter", text, "indices or class names separated by commas")
+        if part.lstrip("-").isdigit():
+            index = int(part)
+            if index < 0:
+                raise bad_value("--filter", text, "indices >= 0")
+        elif class_names is None:
+            raise bad_value("--filter", part, "an index: this model has no class names")
+        else:
+            index = zoo.class_index(part)
+        indices.append(index)
+    return indices
+
+
+common_options = [
+    click.option("--model", "model_spec", default=None, help="TorchScript file or module:factory (default: embedded EfficientNet-Lite0)."),
+    click.option("--preprocess", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True, help="Normalization of the model input."),
+    click.option("--input-range", default="0,255", show_default=True, help="Range of the image values fed before preprocessing."),
+    click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: the model's)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same image."),
+]
+
+
+def with_common(function):
+    for option in reversed(common_options):
+        function = option(function)
+    return function
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featvis")
+def cli() -> None:
+    """featvis: see what a unit, a channel or a class of a vision model has learned."""
+
+
+@cli.command(epilog=EPILOG_ACTIVATION)
+@click.option("--layer", required=True, help="Module name (as in model.named_modules()), '#k' for the k-th call.")
+@click.option("--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'.")
+@click.option("--steps", type=int, default=256, show_default=True)
+@click.option("--size", type=int, default=224, show_default=True)
+@click.option("--method", type=click.Choice(["fourier", "pixel", "maco"]), default="fourier", show_default=True)
+@click.option("--tv-weight", type=float, default=1.0, show_default=True)
+@click.option("--lp-weight", type=float, default=0.0, show_default=True)
+@click.option("--grad-modifier", default=None, help="negate, absolute, invert, relu or small_values.")
+@click.option("--backprop-modifier", default=None, help="guided, relu, rectified or deconv.")
+@click.option("--verbose", is_flag=True, help="Print every loss term at every step.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
+@with_common
+def activation(layer, filters, steps, size, method, tv_weight, lp_weight, grad_modifier, backprop_modifier, verbose, out, model_spec, preprocess, input_range, device, seed):
+    """Generate the image that maximizes units of a layer (activation maximization)."""
+    loaded = load_model(model_spec, preprocess)
+    image = visualization.visualize_activation(
+        loaded.model,
+        layer,
+        parse_filters(filters, loaded.class_names),
+        max_iter=steps,
+        size=size,
+        method=method,
+        tv_weight=tv_weight,
+        lp_norm_weight=lp_weight,
+        grad_modifier=grad_modifier,
+        backprop_modifier=backprop_modifier,
+        verbose=verbose,
+        input_range=parse_range(input_range),
+        preprocess=loaded.preprocess,
+        device=device,
+        seed=seed,
+        progress=None if not verbose else False,
+    )
+    save_image(image if image.dtype.kind == "u" else image.clip(0, 1), out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--layer", required=True, help="Module name of the layer.")
+@click.option("--units", default=None, help="Comma list of units (default: all).")
+@click.option("--steps", type=int, default=128, show_default=True)
+@click.option("--size", type=int, default=224, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
+@click.option("--cols", type=int, default=None, help="Columns of the grid.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG grid.")
+@with_common
+def layer(layer, units, steps, size, batch_size, cols, out, model_spec, preprocess, input_range, device, seed):
+    """Visualize every unit of a layer, many per batch, as one labeled grid.
+
+    \b
+    Example:
+      featvis layer --layer _blocks.10 --units 0,1,2,3 --steps 64 --out grid.png
+    """
+    loaded = load_model(model_spec, preprocess)
+    chosen = parse_filters(units, None)
+    images = visualization.visualize_layer(
+        loaded.model, layer, chosen, max_iter=steps, size=size, batch_size=batch_size,
+        input_range=parse_range(input_range), preprocess=loaded.preprocess, device=device, seed=seed,
+    )
+    labels = [str(u) for u in (chosen if chosen is not None else range(len(images)))]
+    save_image(stitch_images(list(images), cols=cols, labels=labels), out)
+    click.echo(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input exits with status 2 and one line on stderr, no traceback."""
+    try:
+        cli.main(args=argv, prog_name="featvis", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("featvis: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        click.echo(f"featvis: error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except (FeatvisError, OSError) as err:
+        click.echo(f"featvis: error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

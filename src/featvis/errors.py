@@ -1,0 +1,70 @@
+"""The exceptions featvis raises: one family, each also a built-in type.
+
+Example:
+    >>> try:
+    ...     featvis.visualize_activation(model, "no_such_layer")
+    ... except featvis.FeatvisError as err:
+    ...     print(err)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+import difflib
+
+
+class FeatvisError(Exception):
+    """Base of every error featvis raises on purpose."""
+
+
+class FeatvisValueError(FeatvisError, ValueError):
+    """An argument has the right type but a value featvis cannot use."""
+
+
+class FeatvisTypeError(FeatvisError, TypeError):
+    """An argument has a type featvis does not accept."""
+
+
+class LayerNotFoundError(FeatvisValueError, KeyError):
+    """A layer name, index or module does not name a layer of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class NonFiniteError(FeatvisError, FloatingPointError):
+    """A loss or gradient became NaN or infinite during an optimization."""
+
+
+class ModelError(FeatvisError, RuntimeError):
+    """The user's model raised while featvis ran it."""
+
+
+def bad_value(argument: str, given: object, allowed: str) -> FeatvisValueError:
+    """Build the standard message: which argument, what was given, what is allowed."""
+    return FeatvisValueError(f"{argument}={given!r} is not allowed: expected {allowed}")
+
+
+def bad_type(argument: str, given: object, allowed: str) -> FeatvisTypeError:
+    """Like `bad_value`, for a wrong type."""
+    return FeatvisTypeError(
+        f"{argument} has type {type(given).__name__}, expected {allowed}"
+    )
+
+
+def close_matches(word: str, choices: Iterable[str], limit: int = 5) -> str:
+    """A short 'did you mean' clause for `word` among `choices` ('' when none are close)."""
+    choices = list(choices)
+    matches = difflib.get_close_matches(word, choices, n=limit, cutoff=0.5)
+    if not matches:
+        matches = [c for c in choices if word.lower() in c.lower()][:limit]
+    return f"; close matches: {', '.join(matches)}" if matches else ""
+
+
+def choose(argument: str, given: object, table: dict):
+    """Look `given` up in `table` of named strategies, or raise naming the choices."""
+    if isinstance(given, str) and given in table:
+        return table[given]
+    names = sorted(table)
+    hint = close_matches(given, names) if isinstance(given, str) else ""
+    raise bad_value(argument, given, f"one of {', '.join(names)} or a callable{hint}")

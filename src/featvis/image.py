@@ -1,0 +1,179 @@
+"""Images in and out: tensors, numpy arrays, PIL images, grids, overlays, safe saving.
+
+Example:
+    >>> array = to_array(images, input_range=(0, 255))     # (B, H, W, C) uint8
+    >>> save_image(stitch_images(list(array), cols=4), "grid.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import os
+from pathlib import Path
+import tempfile
+
+import numpy as np
+from PIL import Image
+import torch
+import torch.nn.functional as F
+
+from .errors import FeatvisValueError, bad_type, bad_value
+
+
+def is_integer_range(input_range: tuple[float, float]) -> bool:
+    return all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in input_range)
+
+
+def check_range(input_range: object) -> tuple[float, float]:
+    """Validate `input_range` = (low, high) with low < high, both finite."""
+    if not isinstance(input_range, Sequence) or len(input_range) != 2:
+        raise bad_value("input_range", input_range, "a pair (low, high)")
+    low, high = input_range
+    for value in (low, high):
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            raise bad_type("input_range", value, "numbers")
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise bad_value("input_range", input_range, "finite (low, high) with low < high")
+    return tuple(input_range)
+
+
+def to_array(images: torch.Tensor, input_range: tuple[float, float] = (0, 255)) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, C) numpy in `input_range` (uint8 for (0, 255))."""
+    low, high = input_range
+    array = (low + (high - low) * images.detach().float().clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
+    if is_integer_range(input_range):
+        array = np.rint(array)
+        dtype = np.uint8 if low >= 0 and high <= 255 else np.int64
+        return array.astype(dtype)
+    return array.astype(np.float32)
+
+
+def to_unit_tensor(
+    image: object, argument: str, input_range: tuple[float, float], channels: int | None = None
+) -> torch.Tensor:
+    """Load an image (path, PIL, numpy HWC/CHW, tensor CHW/NCHW) as (N, C, H, W) in [0, 1].
+
+    Numpy arrays and tensors are read as values in `input_range`; files and PIL
+    images as 8-bit pictures.
+    """
+    low, high = input_range
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        if not path.is_file():
+            raise FeatvisValueError(f"{argument}={str(path)!r}: no such file")
+        try:
+            with Image.open(path) as pil:
+                image = pil.convert("RGB" if channels in (None, 3) else "L")
+                image.load()
+        except OSError as err:
+            raise FeatvisValueError(f"{argument}={str(path)!r} is not a readable image: {err}") from err
+    if isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB" if channels in (None, 3) else "L"), dtype=np.float32) / 255
+        tensor = torch.from_numpy(array)
+        tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
+        return tensor.contiguous()
+    if isinstance(image, np.ndarray):
+        if image.dtype == object or not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
+            raise bad_type(argument, image, f"a real numeric array (got dtype {image.dtype})")
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        if tensor.ndim in (3, 4) and (channels is None or tensor.shape[-1] == channels) and tensor.shape[-3] != channels:
+            tensor = tensor.movedim(-1, -3)
+    elif isinstance(image, torch.Tensor):
+        if image.is_complex() or not (image.is_floating_point() or image.dtype in (torch.uint8, torch.int32, torch.int64)):
+            raise bad_type(argument, image, f"a real tensor (got {image.dtype})")
+        tensor = image.detach().float().cpu()
+    else:
+        raise bad_type(argument, image, "a path, PIL image, numpy array or tensor")
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[0] == 0 or min(tensor.shape[-2:]) < 1:
+        raise bad_value(argument, f"an array of shape {tuple(image.shape)}", "an image (H, W, C), (C, H, W) or (N, C, H, W)")
+    if channels is not None and tensor.shape[1] != channels:
+        raise bad_value(argument, f"an image with {tensor.shape[1]} channels", f"{channels} channels")
+    if not torch.isfinite(tensor).all():
+        raise bad_value(argument, "an image containing NaN or infinite values", "finite values")
+    span = high - low
+    if tensor.min() < low - 1e-3 * span or tensor.max() > high + 1e-3 * span:
+        raise bad_value(
+            argument,
+            f"values in [{tensor.min().item():.4g}, {tensor.max().item():.4g}]",
+            f"values within input_range {tuple(input_range)}",
+        )
+    return ((tensor - low) / span).clamp(0, 1)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) images (antialiased when shrinking)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    """An (H, W, C) or (H, W) array (uint8, or floats in [0, 1]) as a PIL image."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array * 255 if array.max() <= 1.0 else array), 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array)
+
+
+def save_image(image: np.ndarray | Image.Image, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Write an image atomically: a failed write never leaves a half-written or broken file.
+
+    Example:
+        >>> save_image(featvis.visualize_activation(model, "_fc", 130), "flamingo.png")
+    """
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    fmt = format or Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    return _atomic_write(Path(path), lambda tmp: pil.save(tmp, format=fmt))
+
+
+def stitch_images(
+    images: Sequence[np.ndarray], cols: int | None = None, margin: int = 4, labels: Sequence[str] | None = None
+) -> np.ndarray:
+    """Tile (H, W, C) images into one grid image (keras-vis's ``stitch_images``), optionally labeled.
+
+    Example:
+        >>> grid = stitch_images(list(images), cols=4, labels=[str(u) for u in range(16)])
+    """
+    images = [np.asarray(to_pil(img).convert("RGB")) for img in images]
+    if not images:
+        raise bad_value("images", images, "at least one image")
+    cols = cols or int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / cols))
+    h = max(i.shape[0] for i in images)
+    w = max(i.shape[1] for i in images)
+    label_h = 14 if labels else 0
+    grid = np.full((rows * (h + margin + label_h) + margin, cols * (w + margin) + margin, 3), 255, np.uint8)
+    for index, img in enumerate(images):
+        r, c = divmod(index, cols)
+        y, x = margin + r * (h + margin + label_h), margin + c * (w + margin)
+        grid[y + label_h : y + label_h + img.shape[0], x : x + img.shape[1]] = img
+    if labels:
+        from PIL import ImageDraw
+
+        pil = Image.fromarray(grid)
+        draw = ImageDraw.Draw(pil)
+        for index, label in enumerate(labels[: len(images)]):
+            r, c = divmod(index, cols)
+            draw.text((margin + c * (w + margin), margin + r * (h + margin + label_h)), str(label), fill=(0, 0, 0))
+        grid = np.asarray(pil)
+    return grid

@@ -1,0 +1,168 @@
+"""Input modifiers: random, differentiable transforms applied to each view every step.
+
+Each image of a batch draws its own transform. A built-in modifier is called as
+``modifier(images, generator)``; a plain function ``f(images) -> images`` works
+too. They keep the image size unless their name says otherwise.
+
+Example:
+    >>> modifiers = [Jitter(8), RandomAffine(scale=(0.9, 1.1), degrees=10), Noise(0.02)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import bad_type, bad_value
+
+
+class InputModifier:
+    """Base class: implement ``__call__(images, generator)`` returning new images."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
+    return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+
+
+def _pixels(amount: float, size: int) -> int:
+    return int(round(amount * size)) if isinstance(amount, float) and amount < 1 else int(amount)
+
+
+class Jitter(InputModifier):
+    """Shift each image by a random offset up to `jitter` (pixels, or a fraction if < 1), wrapping.
+
+    Example:
+        >>> Jitter(16)       # up to 16 px
+        >>> Jitter(0.05)     # up to 5% of the size
+    """
+
+    def __init__(self, jitter: float = 16):
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or jitter < 0:
+            raise bad_value("jitter", jitter, "a number of pixels >= 0 or a fraction in (0, 1)")
+        self.jitter = jitter
+
+    def __call__(self, images, generator):
+        h, w = images.shape[-2:]
+        jy, jx = _pixels(self.jitter, h), _pixels(self.jitter, w)
+        if jy == 0 and jx == 0:
+            return images
+        dy = torch.randint(-jy, jy + 1, (images.shape[0],), generator=generator).tolist()
+        dx = torch.randint(-jx, jx + 1, (images.shape[0],), generator=generator).tolist()
+        return torch.stack([torch.roll(img, (y, x), dims=(-2, -1)) for img, y, x in zip(images, dy, dx)])
+
+
+class RandomAffine(InputModifier):
+    """Per-image random scale, rotation (degrees) and translation (fraction), one resampling.
+
+    Example:
+        >>> RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.05)
+    """
+
+    def __init__(self, scale=(1.0, 1.0), degrees: float = 0.0, translate: float = 0.0):
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise bad_value("scale", scale, "(low, high) with 0 < low <= high")
+        self.scale, self.degrees, self.translate = tuple(scale), float(degrees), float(translate)
+
+    def __call__(self, images, generator):
+        n, device = images.shape[0], images.device
+        zoom = _uniform(n, *self.scale, generator, device)
+        angle = _uniform(n, -self.degrees, self.degrees, generator, device) * math.pi / 180
+        tx = _uniform(n, -self.translate, self.translate, generator, device) * 2
+        ty = _uniform(n, -self.translate, self.translate, generator, device) * 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def RandomScale(scales=(0.9, 1.1)) -> RandomAffine:
+    """Zoom each image by a random factor in `scales`, keeping its size."""
+    return RandomAffine(scale=scales)
+
+
+def RandomRotate(degrees: float = 10.0) -> RandomAffine:
+    """Rotate each image by a random angle in [-degrees, degrees]."""
+    return RandomAffine(degrees=degrees)
+
+
+class RandomCrop(InputModifier):
+    """Crop a random square-ish part of each image (area fraction in `area`) and resize it back.
+
+    Example:
+        >>> RandomCrop(area=(0.25, 1.0))
+    """
+
+    def __init__(self, area=(0.25, 1.0)):
+        if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+            raise bad_value("area", area, "(low, high) with 0 < low <= high <= 1")
+        self.area = tuple(area)
+
+    def __call__(self, images, generator):
+        n, device = images.shape[0], images.device
+        side = torch.sqrt(_uniform(n, *self.area, generator, device))
+        cx = (torch.rand(n, generator=generator).to(device) * 2 - 1) * (1 - side)
+        cy = (torch.rand(n, generator=generator).to(device) * 2 - 1) * (1 - side)
+        zero = torch.zeros_like(side)
+        theta = torch.stack([torch.stack([side, zero, cx], 1), torch.stack([zero, side, cy], 1)], 1)
+        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class Pad(InputModifier):
+    """Pad every image by `pad` pixels (this one grows the image), reflect or constant.
+
+    Example:
+        >>> Pad(16, mode="constant", value=0.5)
+    """
+
+    def __init__(self, pad: int = 16, mode: str = "reflect", value: float = 0.5):
+        if mode not in ("reflect", "replicate", "constant"):
+            raise bad_value("mode", mode, "'reflect', 'replicate' or 'constant'")
+        self.pad, self.mode, self.value = int(pad), mode, value
+
+    def __call__(self, images, generator):
+        kwargs = {"value": self.value} if self.mode == "constant" else {}
+        return F.pad(images, [self.pad] * 4, mode=self.mode, **kwargs)
+
+
+class Noise(InputModifier):
+    """Add Gaussian noise of standard deviation `std` (image units, [0, 1]).
+
+    Example:
+        >>> Noise(0.02)
+    """
+
+    def __init__(self, std: float = 0.02):
+        if not std >= 0:
+            raise bad_value("std", std, "a number >= 0")
+        self.std = float(std)
+
+    def __call__(self, images, generator):
+        noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+        return images + self.std * noise
+
+
+def standard_transforms() -> list[InputModifier]:
+    """featvis's default transformation robustness: jitter, scale, rotation, small noise."""
+    return [Jitter(0.04), RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.03), Noise(0.01)]
+
+
+def apply_modifiers(
+    modifiers: Sequence[InputModifier | Callable], images: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Apply each modifier in turn: built-ins get the generator, plain functions only images."""
+    for modifier in modifiers:
+        images = modifier(images, generator) if isinstance(modifier, InputModifier) else modifier(images)
+        if not isinstance(images, torch.Tensor):
+            raise bad_type("input_modifiers", modifier, "modifiers that return a tensor")
+    return images

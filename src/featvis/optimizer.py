@@ -1,0 +1,166 @@
+"""The optimization loop shared by every activation-maximization entry point.
+
+A batch of images, each with its own objective, is optimized at once: the loss
+is a sum of per-image terms and Adam's state is per element, so every image
+steps as if it were alone. The forward pass stops as soon as every layer the
+loss reads has run, and the model's weights get no gradients.
+
+Example:
+    >>> result = optimize(model, loss, FourierImage(1, 3, (224, 224)), steps=128)
+    >>> result.images.shape, list(result.history)
+    (torch.Size([1, 3, 224, 224]), ['ActivationMaximization', 'TotalVariation', 'LpNorm', 'total'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+import sys
+import warnings
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import backprop_modifiers, grad_modifiers
+from .errors import FeatvisValueError, NonFiniteError, bad_value
+from .input_modifiers import InputModifier, apply_modifiers
+from .losses import Loss, LossContext, layer_key
+from .params import Parameterization
+from .targets import Capture, FeatvisWarning, ModelGuard, probe, resolve_layer, warn_pre_softmax
+
+Callback = Callable[[int, dict[str, float], torch.Tensor], None]
+
+
+@dataclass
+class Result:
+    """What an optimization returns.
+
+    `images`: (B, C, H, W) in [0, 1]; `history`: per term name (and 'total') the
+    batch-mean value at each step; `transparency`: (B, H, W) accumulated |d loss /
+    d image| (MACO's transparency map); `interrupted`: True after Ctrl-C.
+    """
+
+    images: torch.Tensor
+    history: dict[str, list[float]] = field(default_factory=dict)
+    transparency: torch.Tensor | None = None
+    interrupted: bool = False
+
+
+def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
+    names: list[str] = []
+    for term, _ in terms:
+        name = term.name
+        count = sum(1 for n in names if n == name or n.startswith(f"{name}["))
+        names.append(name if count == 0 else f"{name}[{count}]")
+    return names
+
+
+def _to_model_input(views: torch.Tensor, input_range: tuple[float, float], preprocess) -> torch.Tensor:
+    low, high = input_range
+    x = low + (high - low) * views
+    return preprocess(x) if preprocess is not None else x
+
+
+def optimize(
+    model: nn.Module,
+    loss: Loss,
+    param: Parameterization,
+    *,
+    steps: int = 256,
+    lr: float = 0.05,
+    input_modifiers: Sequence[InputModifier | Callable] = (),
+    views: int = 1,
+    input_range: tuple[float, float] = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grad_modifier=None,
+    backprop_modifier=None,
+    callbacks: Sequence[Callback] = (),
+    verbose: bool = False,
+    progress: bool | None = None,
+    seed: int | None = None,
+    device: torch.device | None = None,
+) -> Result:
+    """Minimize `loss` over the images `param` makes; see the module docstring."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise bad_value("steps", steps, "an int >= 1")
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise bad_value("views", views, "an int >= 1")
+    if not lr > 0:
+        raise bad_value("lr", lr, "a number > 0")
+    grad_fn = grad_modifiers.get(grad_modifier)
+    rule = backprop_modifiers.get(backprop_modifier)
+    terms = [(term, weight) for term, weight in loss.terms if weight != 0]
+    names = _term_names(terms)
+    layers = [layer for term, _ in terms for layer in term.layers()]
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    if progress is None:
+        progress = steps >= 64 and sys.stderr.isatty() and not verbose
+
+    with ModelGuard(model) as guard:
+        with torch.no_grad():
+            example = _to_model_input(param()[:1], input_range, preprocess)
+        seen = probe(model, example)
+        targets = {layer_key(spec): resolve_layer(model, spec, seen) for spec in layers}
+        pre_softmax = {t.key for t in targets.values()} & seen.softmax_outputs
+        warn_pre_softmax(pre_softmax)
+        capture = Capture(list({t.key: t for t in targets.values()}.values()), guard, pre_softmax)
+
+        optimizer = torch.optim.Adam(param.parameters(), lr=lr)
+        history: dict[str, list[float]] = {name: [] for name in [*names, "total"]}
+        transparency = None
+        interrupted = False
+        images = param()
+        bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
+        try:
+            for step in range(steps):
+                images = param()
+                if grad_fn is not None:
+                    images.register_hook(grad_fn)
+                images.retain_grad()
+                batch = images.repeat_interleave(views, dim=0) if views > 1 else images
+                x = _to_model_input(apply_modifiers(input_modifiers, batch, generator), input_range, preprocess)
+                with backprop_modifiers.modify_backprop(rule):
+                    activations = capture.run(model, x) if targets else {}
+                    ctx = LossContext(images=images, views=views, activations=activations, targets=targets)
+                    values = [ctx.per_image(term(ctx)) for term, _ in terms]
+                    total = sum(weight * value for (_, weight), value in zip(terms, values)).sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    if not total.requires_grad:
+                        raise FeatvisValueError(
+                            "losses do not depend on the input image; check the layers and "
+                            "filter_indices they read"
+                        )
+                    total.backward()
+                grads = [p.grad for p in param.parameters()]
+                means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
+                finite = torch.stack([means.isfinite().all()] + [g.isfinite().all() for g in grads])
+                means_list = means.tolist()
+                if not bool(finite.all()):
+                    _raise_non_finite(step, names, means_list)
+                optimizer.step()
+                param.project()
+                for name, value in zip([*names, "total"], means_list):
+                    history[name].append(value)
+                magnitude = images.grad.detach().abs().mean(1)
+                transparency = magnitude if transparency is None else transparency + magnitude
+                if verbose:
+                    terms_text = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, means_list))
+                    print(f"step {step + 1}/{steps}  {terms_text}  total {means_list[-1]:.4g}")
+                for callback in callbacks:
+                    callback(step, dict(zip([*names, "total"], means_list)), images.detach())
+                bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            warnings.warn("interrupted: returning the images as they were at the last step", FeatvisWarning, stacklevel=2)
+        finally:
+            bar.close()
+        with torch.no_grad():
+            final = param().detach()
+    return Result(images=final, history=history, transparency=transparency, interrupted=interrupted)
+
+
+def _raise_non_finite(step: int, names: list[str], values: list[float]) -> None:
+    bad = [n for n, v in zip([*names, "total"], values) if not torch.isfinite(torch.tensor(v))]
+    where = f"term(s) {', '.join(bad)}" if bad else "the gradient of the image parameters"
+    raise NonFiniteError(f"step {step + 1}: {where} became NaN or infinite; lower lr or the loss weights")

@@ -1,0 +1,191 @@
+"""Image parameterizations: small objects that turn parameters into an image batch.
+
+Each has ``parameters()`` for the optimizer, ``__call__()`` returning images in
+[0, 1] of shape (B, C, H, W), and ``project()`` run after every step.
+
+Example:
+    >>> param = FourierImage(batch=4, channels=3, size=(224, 224))
+    >>> param().shape
+    torch.Size([4, 3, 224, 224])
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import bad_value
+
+
+@cache
+def natural_statistics() -> dict[str, np.ndarray]:
+    """Color and spectrum statistics estimated from photographs (see scripts/)."""
+    with resources.files("featvis").joinpath("data/natural_stats.npz").open("rb") as f:
+        stats = np.load(f)
+        return {key: stats[key] for key in stats.files}
+
+
+class Parameterization:
+    """Base: a batch of images made from trainable tensors."""
+
+    def __init__(self, batch: int, channels: int, size: tuple[int, int]):
+        self.batch, self.channels, self.size = batch, channels, size
+
+    def parameters(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self) -> None:
+        """Keep parameters valid after an optimizer step (a no-op for most)."""
+
+
+def _color_matrix(channels: int, device: torch.device) -> torch.Tensor:
+    if channels != 3:
+        return torch.eye(channels, device=device)
+    return torch.tensor(natural_statistics()["color_sqrt"], device=device)
+
+
+class PixelImage(Parameterization):
+    """One parameter per pixel, clipped to [0, 1] after each step (keras-vis's way).
+
+    Example:
+        >>> PixelImage(1, 3, (224, 224), generator=torch.Generator().manual_seed(0))
+    """
+
+    def __init__(self, batch, channels, size, *, init=None, generator=None, device=None):
+        super().__init__(batch, channels, size)
+        if init is None:
+            init = 0.5 + 0.1 * torch.randn(batch, channels, *size, generator=generator)
+        self.pixels = init.detach().clone().clamp(0, 1).to(device).requires_grad_(True)
+
+    def parameters(self):
+        return [self.pixels]
+
+    def __call__(self):
+        return self.pixels
+
+    def project(self):
+        with torch.no_grad():
+            self.pixels.clamp_(0, 1)
+
+
+def _frequency_scale(size: tuple[int, int], decay: float, device) -> torch.Tensor:
+    h, w = size
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]
+    freqs = torch.sqrt(fx**2 + fy**2)
+    return 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
+
+
+def _logit(images: torch.Tensor) -> torch.Tensor:
+    images = images.clamp(1e-3, 1 - 1e-3)
+    return torch.log(images / (1 - images))
+
+
+class FourierImage(Parameterization):
+    """Spectrum parameters scaled by 1/frequency^decay, optionally in decorrelated color.
+
+    The image is ``sigmoid(color @ irfft2(scale * spectrum) / 4)``: low frequencies
+    move first, which gives smoother, more natural images than pixels.
+
+    Example:
+        >>> FourierImage(1, 3, (224, 224), decay=1.0, decorrelate=True)
+    """
+
+    def __init__(
+        self,
+        batch,
+        channels,
+        size,
+        *,
+        decay: float = 1.0,
+        decorrelate: bool = True,
+        init=None,
+        generator=None,
+        device=None,
+        sd: float = 0.01,
+    ):
+        super().__init__(batch, channels, size)
+        h, w = size
+        self.scale = _frequency_scale(size, decay, device)
+        self.color = _color_matrix(channels, device) if decorrelate else torch.eye(channels, device=device)
+        if init is None:
+            spectrum = sd * torch.randn(batch, channels, h, w // 2 + 1, 2, generator=generator)
+            spectrum = torch.view_as_complex(spectrum).to(device)
+        else:
+            spatial = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(self.color), _logit(init.to(device)))
+            spectrum = torch.fft.rfft2(spatial * 4, norm="ortho") / self.scale
+        self.spectrum = torch.view_as_real(spectrum).contiguous().requires_grad_(True)
+
+    def parameters(self):
+        return [self.spectrum]
+
+    def __call__(self):
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        spatial = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4
+        return torch.sigmoid(torch.einsum("ij,bjhw->bihw", self.color, spatial))
+
+
+def natural_magnitude(channels: int, size: tuple[int, int], device=None) -> torch.Tensor:
+    """The mean photograph spectrum magnitude, resampled to `size`, shape (C, H, W//2+1)."""
+    magnitude = torch.tensor(natural_statistics()["magnitude"])
+    if channels != 3:
+        magnitude = magnitude.mean(0, keepdim=True).expand(channels, -1, -1)
+    h, w = size
+    # the stored spectrum is for 224x224; resample it in normalized frequency
+    full = torch.cat([magnitude, magnitude[:, :, 1:-1].flip(-1)], dim=-1)  # (C, 224, 224), fftshift-free
+    shifted = torch.fft.fftshift(full, dim=(-2, -1))[None]
+    resized = F.interpolate(shifted, size=(h, w), mode="bilinear", align_corners=False)[0]
+    unshifted = torch.fft.ifftshift(resized, dim=(-2, -1))[..., : w // 2 + 1]
+    return unshifted.contiguous().to(device)
+
+
+class MacoImage(Parameterization):
+    """MACO: only the spectrum's phase is optimized; its magnitude stays that of photographs.
+
+    The magnitude is `natural_magnitude` (estimated from scikit-image photographs,
+    see ``scripts/estimate_natural_statistics.py``). The image is the inverse FFT,
+    standardized per image, through a sigmoid.
+
+    Example:
+        >>> MacoImage(1, 3, (224, 224))
+    """
+
+    def __init__(self, batch, channels, size, *, init=None, generator=None, device=None):
+        super().__init__(batch, channels, size)
+        h, w = size
+        self.magnitude = natural_magnitude(channels, size, device)
+        if init is None:
+            phase = (torch.rand(batch, channels, h, w // 2 + 1, generator=generator) * 2 - 1) * math.pi
+        else:
+            phase = torch.angle(torch.fft.rfft2(_logit(init), norm="ortho"))
+        self.phase = phase.to(device).requires_grad_(True)
+
+    def parameters(self):
+        return [self.phase]
+
+    def __call__(self):
+        spectrum = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        spatial = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        mean = spatial.mean(dim=(2, 3), keepdim=True)
+        std = spatial.flatten(1).std(1).view(-1, 1, 1, 1)
+        return torch.sigmoid((spatial - mean) / (std + 1e-8) * 1.5 + torch.logit(torch.tensor(0.45)))
+
+
+METHODS = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoImage}
+
+
+def make_parameterization(method, batch, channels, size, *, init=None, generator=None, device=None):
+    """Build the parameterization named `method` ('pixel', 'fourier', 'maco') or call a factory."""
+    if callable(method) and not isinstance(method, str):
+        return method(batch, channels, size, init=init, generator=generator, device=device)
+    if method not in METHODS:
+        raise bad_value("method", method, f"one of {', '.join(METHODS)} or a callable")
+    return METHODS[method](batch, channels, size, init=init, generator=generator, device=device)

@@ -1,0 +1,358 @@
+"""Finding layers, capturing their outputs, and leaving the model as it was.
+
+A *layer* is given as a qualified module name (``"_blocks.10"``), a module
+object, or an int. An int indexes the model's leaf modules in the order they
+first run in a forward pass (``0`` is the first leaf to run, ``-1`` the last;
+`layer_names` lists them). A module that runs more than once per forward pass
+is chosen by call with a ``#k`` suffix: ``"_blocks.1._swish#0"`` is its first
+call, ``"#1"`` the second.
+
+Example:
+    >>> featvis.layer_names(model, input_shape=(3, 224, 224))[:3]
+    ['_conv_stem.static_padding', '_conv_stem', '_bn0']
+    >>> featvis.find_layer_idx(model, "_fc", input_shape=(3, 224, 224))
+    ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import contextlib
+from dataclasses import dataclass
+import warnings
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import LayerNotFoundError, ModelError, bad_type, close_matches
+
+LayerSpec = str | int | nn.Module
+
+
+class FeatvisWarning(UserWarning):
+    """Something featvis did for you that you may want to know about."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved layer: its qualified name, its module and which call of it."""
+
+    name: str
+    module: nn.Module
+    call: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}#{self.call}"
+
+    def __str__(self) -> str:
+        return self.name or "<model output>"
+
+
+class ModelGuard(contextlib.AbstractContextManager):
+    """Puts the model in eval mode with frozen weights, and restores everything on exit.
+
+    Training flags, ``requires_grad`` flags and hooks are restored however the
+    block ends (exceptions and Ctrl-C included).
+
+    Example:
+        >>> with ModelGuard(model) as guard:
+        ...     guard.add_hook(model.fc.register_forward_hook(fn))
+    """
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise bad_type("model", model, "a torch.nn.Module")
+        self.model = model
+        self._handles: list = []
+
+    def __enter__(self) -> ModelGuard:
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self._requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+        self.model.eval()
+        for p, _ in self._requires_grad:
+            p.requires_grad_(False)
+        return self
+
+    def add_hook(self, handle) -> None:
+        self._handles.append(handle)
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for module, training in self._training:
+            module.training = training
+        for p, flag in self._requires_grad:
+            p.requires_grad_(flag)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once every target has run."""
+
+
+_SOFTMAXES = {
+    torch.softmax,
+    torch.log_softmax,
+    torch.nn.functional.softmax,
+    torch.nn.functional.log_softmax,
+    torch.Tensor.softmax,
+    torch.Tensor.log_softmax,
+}
+
+
+class SoftmaxRecorder(TorchFunctionMode):
+    """Remembers the input of every softmax call, so a target can be read before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _SOFTMAXES and isinstance(out, torch.Tensor):
+            self.inputs[id(out)] = (out, args[0])
+        return out
+
+    def pre_softmax(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        found = self.inputs.get(id(tensor))
+        return found[1] if found is not None and found[0] is tensor else None
+
+
+def _leaf_names(model: nn.Module) -> dict[nn.Module, str]:
+    names: dict[nn.Module, str] = {}
+    for name, module in model.named_modules():
+        names.setdefault(module, name)
+    return names
+
+
+@dataclass
+class Probe:
+    """What one forward pass showed: leaf execution order and calls per module."""
+
+    order: list[str]
+    calls: dict[str, int]
+    softmax_outputs: set[str]
+
+
+def probe(model: nn.Module, example: torch.Tensor) -> Probe:
+    """Run one forward pass (no gradients) and record which modules run, in order.
+
+    The model must already be in the state featvis runs it in (see `ModelGuard`).
+    """
+    names = _leaf_names(model)
+    order: list[str] = []
+    calls: dict[str, int] = {}
+    softmax_outputs: set[str] = set()
+    recorder = SoftmaxRecorder()
+    handles = []
+
+    def hook(module, inputs, output):
+        name = names[module]
+        count = calls.get(name, 0)
+        calls[name] = count + 1
+        if count == 0 and not any(True for _ in module.children()):
+            order.append(name)
+        if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
+            softmax_outputs.add(f"{name}#{count}")
+
+    try:
+        for module in names:
+            handles.append(module.register_forward_hook(hook))
+        with torch.no_grad(), recorder:
+            model(example)
+    except Exception as err:
+        raise ModelError(
+            f"model raised {type(err).__name__} on an input of shape "
+            f"{tuple(example.shape)}: {err}"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs)
+
+
+def _split_call(spec: str) -> tuple[str, int | None]:
+    if "#" in spec:
+        name, _, call = spec.rpartition("#")
+        if call.isdigit():
+            return name, int(call)
+    return spec, None
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
+    """Turn a name, int index or module into a `Target`, with clear errors."""
+    names = _leaf_names(model)
+    call: int | None = None
+    if isinstance(layer, bool):
+        raise bad_type("layer", layer, "a module name, an int index or a module")
+    if isinstance(layer, int):
+        if not -len(seen.order) <= layer < len(seen.order):
+            raise LayerNotFoundError(
+                f"layer={layer} is out of range: the model runs {len(seen.order)} "
+                f"leaf modules, so an index must lie in [{-len(seen.order)}, "
+                f"{len(seen.order) - 1}] (see featvis.layer_names)"
+            )
+        name = seen.order[layer]
+    elif isinstance(layer, nn.Module):
+        if layer not in names:
+            raise LayerNotFoundError(
+                f"layer={type(layer).__name__}(...) is a module that is not part of the model"
+            )
+        name = names[layer]
+    elif isinstance(layer, str):
+        name, call = _split_call(layer)
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise LayerNotFoundError(
+                f"layer={layer!r} is not a module of the model"
+                f"{close_matches(name, [n for n in modules if n])}"
+            )
+    else:
+        raise bad_type("layer", layer, "a module name (str), an int index or an nn.Module")
+
+    module = dict(model.named_modules())[name]
+    name = names[module]
+    count = seen.calls.get(name, 0)
+    label = name or "<model output>"
+    if count == 0:
+        raise LayerNotFoundError(f"layer={label!r} never runs in the model's forward pass")
+    if call is None:
+        if count > 1:
+            choices = ", ".join(f"'{name}#{k}'" for k in range(count))
+            raise LayerNotFoundError(
+                f"layer={label!r} runs {count} times in one forward pass; "
+                f"choose a call: {choices}"
+            )
+        call = 0
+    elif call >= count:
+        raise LayerNotFoundError(
+            f"layer={layer!r} asks for call {call}, but the module runs only {count} time(s)"
+        )
+    return Target(name=name, module=module, call=call)
+
+
+def layer_names(model: nn.Module, input_shape: Sequence[int] = (3, 224, 224)) -> list[str]:
+    """The model's leaf modules in the order they first run; an int `layer` indexes this.
+
+    Example:
+        >>> featvis.layer_names(model)[-1]
+        '_fc'
+    """
+    with ModelGuard(model):
+        example = torch.zeros((1, *input_shape), device=model_device(model))
+        return probe(model, example).order
+
+
+def find_layer_idx(
+    model: nn.Module, name: str, input_shape: Sequence[int] = (3, 224, 224)
+) -> int:
+    """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`).
+
+    Example:
+        >>> featvis.find_layer_idx(model, "_fc")
+        143
+    """
+    order = layer_names(model, input_shape)
+    if name not in order:
+        raise LayerNotFoundError(
+            f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}"
+        )
+    return order.index(name)
+
+
+class Capture:
+    """Forward hooks that collect target outputs and stop the pass once all have run.
+
+    Example:
+        >>> capture = Capture(targets, guard, pre_softmax=set())
+        >>> activations = capture.run(model, x)
+    """
+
+    def __init__(self, targets: Sequence[Target], guard: ModelGuard, pre_softmax: set[str]):
+        self.targets = list(targets)
+        self.pre_softmax = pre_softmax
+        self.recorder = SoftmaxRecorder() if pre_softmax else None
+        self._wanted = {t.key for t in self.targets}
+        self._calls: dict[nn.Module, int] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.stop_early = True
+        for name, module in {t.name: t.module for t in self.targets}.items():
+            guard.add_hook(module.register_forward_hook(self._hook_for(name)))
+
+    def _hook_for(self, name: str):
+        def hook(module, inputs, output):
+            call = self._calls.get(module, 0)
+            self._calls[module] = call + 1
+            key = f"{name}#{call}"
+            if key not in self._wanted:
+                return
+            if not isinstance(output, torch.Tensor):
+                raise LayerNotFoundError(
+                    f"layer={name!r} outputs {type(output).__name__}, not a tensor; "
+                    "choose a layer that outputs one tensor"
+                )
+            if key in self.pre_softmax and self.recorder is not None:
+                output = self.recorder.pre_softmax(output)
+            self.outputs[key] = output
+            if self.stop_early and len(self.outputs) == len(self._wanted):
+                raise _StopForward
+
+        return hook
+
+    def run(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the model on `x` and return {target key: output}."""
+        self._calls.clear()
+        self.outputs = {}
+        mode = self.recorder if self.recorder is not None else contextlib.nullcontext()
+        try:
+            with mode:
+                model(x)
+        except _StopForward:
+            pass
+        except LayerNotFoundError:
+            raise
+        except Exception as err:
+            raise ModelError(f"model raised {type(err).__name__}: {err}") from err
+        missing = self._wanted - set(self.outputs)
+        if missing:
+            raise LayerNotFoundError(f"layer(s) {sorted(missing)} did not run in this forward pass")
+        if self.recorder is not None:
+            self.recorder.inputs.clear()
+        return self.outputs
+
+
+def warn_pre_softmax(keys: set[str]) -> None:
+    """Tell the user that softmax outputs are read before the softmax."""
+    if keys:
+        warnings.warn(
+            f"layer(s) {sorted(k.rsplit('#', 1)[0] or '<model output>' for k in keys)} "
+            "end in a softmax; featvis visualizes the values before it (the logits)",
+            FeatvisWarning,
+            stacklevel=3,
+        )
+
+
+def layer_output(model: nn.Module, layer: LayerSpec, x: torch.Tensor) -> torch.Tensor:
+    """The output of `layer` for model input `x`, without gradients (the pass stops there).
+
+    Example:
+        >>> layer_output(model, "_blocks.10", x).shape
+        torch.Size([1, 112, 14, 14])
+    """
+    with ModelGuard(model) as guard:
+        seen = probe(model, x[:1])
+        target = resolve_layer(model, layer, seen)
+        capture = Capture([target], guard, {target.key} & seen.softmax_outputs)
+        with torch.no_grad():
+            return capture.run(model, x)[target.key]
