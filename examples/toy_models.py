@@ -47,7 +47,7 @@ def train_disk_counter(seed: int = 0, steps: int = 300) -> DiskCounter:
     images, counts = disk_images(2048, seed=seed)
     model = DiskCounter()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    for _ in range(steps):
         index = torch.randint(0, len(images), (64,))
         loss = F.mse_loss(model(images[index])[:, 0], counts[index])
         optimizer.zero_grad()

@@ -56,9 +56,7 @@ def main() -> None:
     magnitude = np.mean(spectra, axis=0)
 
     out = Path(__file__).resolve().parents[1] / "src/featvis/data/natural_stats.npz"
-    np.savez_compressed(
-        out, color_sqrt=sqrt.astype(np.float32), magnitude=magnitude.astype(np.float32)
-    )
+    np.savez_compressed(out, color_sqrt=sqrt.astype(np.float32), magnitude=magnitude.astype(np.float32))
     print(f"{len(all_crops)} crops from {len(photos)} photographs -> {out}")
     print("color_sqrt:\n", np.round(sqrt, 3))
 

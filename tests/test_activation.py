@@ -72,7 +72,9 @@ def test_filter_indices_none_means_all_units(tiny):
 
 def test_raising_tv_weight_lowers_total_variation(tiny):
     def tv_of(weight):
-        result = featvis.visualize_activation(tiny, "fc", 4, tv_weight=weight, method="pixel", return_result=True, **FAST)
+        result = featvis.visualize_activation(
+            tiny, "fc", 4, tv_weight=weight, method="pixel", return_result=True, **FAST
+        )
         return result.history["TotalVariation"][-1]
 
     assert tv_of(50.0) < 0.5 * tv_of(0.01)
@@ -80,7 +82,9 @@ def test_raising_tv_weight_lowers_total_variation(tiny):
 
 def test_raising_lp_weight_lowers_lp_norm(tiny):
     def lp_of(weight):
-        result = featvis.visualize_activation(tiny, "fc", 4, lp_norm_weight=weight, return_result=True, **FAST)
+        result = featvis.visualize_activation(
+            tiny, "fc", 4, lp_norm_weight=weight, return_result=True, **FAST
+        )
         return result.history["LpNorm"][-1]
 
     assert lp_of(20.0) < lp_of(0.01)
@@ -99,7 +103,9 @@ def test_with_losses_accepts_pairs_objects_and_plain_functions(tiny):
     def brightness(ctx):
         return -ctx.images.mean(dim=(1, 2, 3))
 
-    image = featvis.visualize_activation_with_losses(tiny, [(brightness, 1.0), (TotalVariation(), 0.1)], **FAST)
+    image = featvis.visualize_activation_with_losses(
+        tiny, [(brightness, 1.0), (TotalVariation(), 0.1)], **FAST
+    )
     assert image.mean() > 170  # starts near 127
     loss = ActivationMaximization("fc", 0) + 0.1 * TotalVariation() + 0.0 * LpNorm()
     assert featvis.visualize_activation_with_losses(tiny, loss, **FAST).shape == (32, 32, 3)
@@ -115,7 +121,9 @@ def test_verbose_prints_every_term_and_total(tiny, capsys):
 
 def test_callbacks_receive_step_terms_and_image(tiny):
     seen = []
-    featvis.visualize_activation(tiny, "fc", 0, callbacks=[lambda s, t, img: seen.append((s, t, img.shape))], **FAST)
+    featvis.visualize_activation(
+        tiny, "fc", 0, callbacks=[lambda s, t, img: seen.append((s, t, img.shape))], **FAST
+    )
     assert [s for s, _, _ in seen] == list(range(FAST["max_iter"]))
     assert {"ActivationMaximization", "TotalVariation", "total"} <= set(seen[0][1])
     assert seen[0][2] == (1, 3, 32, 32)
@@ -123,7 +131,9 @@ def test_callbacks_receive_step_terms_and_image(tiny):
 
 def test_seed_input_is_the_starting_point(tiny):
     seed = np.full((32, 32, 3), 200, np.uint8)
-    image = featvis.visualize_activation(tiny, "fc", 0, seed_input=seed, method="pixel", input_modifiers=[], **{**FAST, "max_iter": 1}, lr=1e-6)
+    image = featvis.visualize_activation(
+        tiny, "fc", 0, seed_input=seed, method="pixel", input_modifiers=[], **{**FAST, "max_iter": 1}, lr=1e-6
+    )
     assert np.abs(image.astype(int) - 200).max() <= 1
 
 
@@ -175,7 +185,9 @@ def test_dense_and_other_rank_outputs(tiny):
 
 
 def test_batched_layer_visualization_gives_one_image_per_unit(tiny):
-    images = featvis.visualize_layer(tiny, "conv2", units=[0, 3, 5], size=32, max_iter=30, seed=0, progress=False)
+    images = featvis.visualize_layer(
+        tiny, "conv2", units=[0, 3, 5], size=32, max_iter=30, seed=0, progress=False
+    )
     assert images.shape == (3, 32, 32, 3)
     for i, unit in enumerate([0, 3, 5]):
         on_each_image = featvis.activations_reached(tiny, "conv2", [unit] * 3, images)

@@ -15,7 +15,14 @@ from . import (
     regularizers,
     zoo,
 )
-from .errors import FeatvisError, FeatvisTypeError, FeatvisValueError, LayerNotFoundError, ModelError, NonFiniteError
+from .errors import (
+    FeatvisError,
+    FeatvisTypeError,
+    FeatvisValueError,
+    LayerNotFoundError,
+    ModelError,
+    NonFiniteError,
+)
 from .image import save_image, stitch_images
 from .input_modifiers import InputModifier, Jitter
 from .losses import ActivationMaximization, Loss

@@ -61,7 +61,9 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
         raise FeatvisValueError(f"--model {spec!r}: {module_name!r} has no attribute {factory!r}")
     model = getattr(module, factory)()
     if not isinstance(model, torch.nn.Module):
-        raise FeatvisValueError(f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module")
+        raise FeatvisValueError(
+            f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module"
+        )
     return LoadedModel(model, norm, None)
 
 
@@ -97,11 +99,33 @@ def parse_filters(text: str | None, class_names) -> list[int] | None:
 
 
 common_options = [
-    click.option("--model", "model_spec", default=None, help="TorchScript file or module:factory (default: embedded EfficientNet-Lite0)."),
-    click.option("--preprocess", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True, help="Normalization of the model input."),
-    click.option("--input-range", default="0,255", show_default=True, help="Range of the image values fed before preprocessing."),
+    click.option(
+        "--model",
+        "model_spec",
+        default=None,
+        help="TorchScript file or module:factory (default: embedded EfficientNet-Lite0).",
+    ),
+    click.option(
+        "--preprocess",
+        type=click.Choice(["imagenet", "none"]),
+        default="imagenet",
+        show_default=True,
+        help="Normalization of the model input.",
+    ),
+    click.option(
+        "--input-range",
+        default="0,255",
+        show_default=True,
+        help="Range of the image values fed before preprocessing.",
+    ),
     click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: the model's)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same image."),
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Random seed: the same seed gives the same image.",
+    ),
 ]
 
 
@@ -118,11 +142,17 @@ def cli() -> None:
 
 
 @cli.command(epilog=EPILOG_ACTIVATION)
-@click.option("--layer", required=True, help="Module name (as in model.named_modules()), '#k' for the k-th call.")
-@click.option("--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'.")
+@click.option(
+    "--layer", required=True, help="Module name (as in model.named_modules()), '#k' for the k-th call."
+)
+@click.option(
+    "--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'."
+)
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=224, show_default=True)
-@click.option("--method", type=click.Choice(["fourier", "pixel", "maco"]), default="fourier", show_default=True)
+@click.option(
+    "--method", type=click.Choice(["fourier", "pixel", "maco"]), default="fourier", show_default=True
+)
 @click.option("--tv-weight", type=float, default=1.0, show_default=True)
 @click.option("--lp-weight", type=float, default=0.0, show_default=True)
 @click.option("--grad-modifier", default=None, help="negate, absolute, invert, relu or small_values.")
@@ -130,7 +160,24 @@ def cli() -> None:
 @click.option("--verbose", is_flag=True, help="Print every loss term at every step.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
 @with_common
-def activation(layer, filters, steps, size, method, tv_weight, lp_weight, grad_modifier, backprop_modifier, verbose, out, model_spec, preprocess, input_range, device, seed):
+def activation(
+    layer,
+    filters,
+    steps,
+    size,
+    method,
+    tv_weight,
+    lp_weight,
+    grad_modifier,
+    backprop_modifier,
+    verbose,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    device,
+    seed,
+):
     """Generate the image that maximizes units of a layer (activation maximization)."""
     loaded = load_model(model_spec, preprocess)
     image = visualization.visualize_activation(
@@ -164,7 +211,9 @@ def activation(layer, filters, steps, size, method, tv_weight, lp_weight, grad_m
 @click.option("--cols", type=int, default=None, help="Columns of the grid.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG grid.")
 @with_common
-def layer(layer, units, steps, size, batch_size, cols, out, model_spec, preprocess, input_range, device, seed):
+def layer(
+    layer, units, steps, size, batch_size, cols, out, model_spec, preprocess, input_range, device, seed
+):
     """Visualize every unit of a layer, many per batch, as one labeled grid.
 
     \b
@@ -174,8 +223,16 @@ def layer(layer, units, steps, size, batch_size, cols, out, model_spec, preproce
     loaded = load_model(model_spec, preprocess)
     chosen = parse_filters(units, None)
     images = visualization.visualize_layer(
-        loaded.model, layer, chosen, max_iter=steps, size=size, batch_size=batch_size,
-        input_range=parse_range(input_range), preprocess=loaded.preprocess, device=device, seed=seed,
+        loaded.model,
+        layer,
+        chosen,
+        max_iter=steps,
+        size=size,
+        batch_size=batch_size,
+        input_range=parse_range(input_range),
+        preprocess=loaded.preprocess,
+        device=device,
+        seed=seed,
     )
     labels = [str(u) for u in (chosen if chosen is not None else range(len(images)))]
     save_image(stitch_images(list(images), cols=cols, labels=labels), out)

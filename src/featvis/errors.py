@@ -47,9 +47,7 @@ def bad_value(argument: str, given: object, allowed: str) -> FeatvisValueError:
 
 def bad_type(argument: str, given: object, allowed: str) -> FeatvisTypeError:
     """Like `bad_value`, for a wrong type."""
-    return FeatvisTypeError(
-        f"{argument} has type {type(given).__name__}, expected {allowed}"
-    )
+    return FeatvisTypeError(f"{argument} has type {type(given).__name__}, expected {allowed}")
 
 
 def close_matches(word: str, choices: Iterable[str], limit: int = 5) -> str:

@@ -1,6 +1,10 @@
 """Gradient modifiers: transform d(loss)/d(input image) before the optimizer step.
 
-Named as in keras-vis; any function ``f(grads) -> grads`` works too.
+Named as in keras-vis; any function ``f(grads) -> grads`` works too. The modifier
+acts on the gradient that comes back through the model (the objective's); the
+regularizers' own gradients are left alone, so ``'negate'`` lowers a regression
+output while total variation still keeps the image smooth (keras-vis modified
+both, which made ``'negate'`` maximize the regularizers as well).
 
 Example:
     >>> featvis.visualize_activation(model, "head", 0, grad_modifier="negate")  # decrease a regression output

@@ -76,10 +76,16 @@ def to_unit_tensor(
         if image.dtype == object or not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
             raise bad_type(argument, image, f"a real numeric array (got dtype {image.dtype})")
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        if tensor.ndim in (3, 4) and (channels is None or tensor.shape[-1] == channels) and tensor.shape[-3] != channels:
+        if (
+            tensor.ndim in (3, 4)
+            and (channels is None or tensor.shape[-1] == channels)
+            and tensor.shape[-3] != channels
+        ):
             tensor = tensor.movedim(-1, -3)
     elif isinstance(image, torch.Tensor):
-        if image.is_complex() or not (image.is_floating_point() or image.dtype in (torch.uint8, torch.int32, torch.int64)):
+        if image.is_complex() or not (
+            image.is_floating_point() or image.dtype in (torch.uint8, torch.int32, torch.int64)
+        ):
             raise bad_type(argument, image, f"a real tensor (got {image.dtype})")
         tensor = image.detach().float().cpu()
     else:
@@ -89,7 +95,11 @@ def to_unit_tensor(
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[0] == 0 or min(tensor.shape[-2:]) < 1:
-        raise bad_value(argument, f"an array of shape {tuple(image.shape)}", "an image (H, W, C), (C, H, W) or (N, C, H, W)")
+        raise bad_value(
+            argument,
+            f"an array of shape {tuple(image.shape)}",
+            "an image (H, W, C), (C, H, W) or (N, C, H, W)",
+        )
     if channels is not None and tensor.shape[1] != channels:
         raise bad_value(argument, f"an image with {tensor.shape[1]} channels", f"{channels} channels")
     if not torch.isfinite(tensor).all():
@@ -147,7 +157,10 @@ def save_image(image: np.ndarray | Image.Image, path: str | os.PathLike, format:
 
 
 def stitch_images(
-    images: Sequence[np.ndarray], cols: int | None = None, margin: int = 4, labels: Sequence[str] | None = None
+    images: Sequence[np.ndarray],
+    cols: int | None = None,
+    margin: int = 4,
+    labels: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Tile (H, W, C) images into one grid image (keras-vis's ``stitch_images``), optionally labeled.
 
@@ -174,6 +187,8 @@ def stitch_images(
         draw = ImageDraw.Draw(pil)
         for index, label in enumerate(labels[: len(images)]):
             r, c = divmod(index, cols)
-            draw.text((margin + c * (w + margin), margin + r * (h + margin + label_h)), str(label), fill=(0, 0, 0))
+            draw.text(
+                (margin + c * (w + margin), margin + r * (h + margin + label_h)), str(label), fill=(0, 0, 0)
+            )
         grid = np.asarray(pil)
     return grid

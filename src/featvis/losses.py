@@ -205,9 +205,7 @@ def _check_indices(indices: object, argument: str) -> list[int] | None:
     return [int(v) for v in values]
 
 
-def _units(
-    act: torch.Tensor, indices: list[int] | None, layer: object, channel_axis: int
-) -> torch.Tensor:
+def _units(act: torch.Tensor, indices: list[int] | None, layer: object, channel_axis: int) -> torch.Tensor:
     """Select units along the channel axis; returns (rows, k, ...)."""
     if act.ndim == 1:
         if indices is not None:

@@ -115,11 +115,16 @@ def optimize(
         try:
             for step in range(steps):
                 images = param()
-                if grad_fn is not None:
-                    images.register_hook(grad_fn)
                 images.retain_grad()
-                batch = images.repeat_interleave(views, dim=0) if views > 1 else images
-                x = _to_model_input(apply_modifiers(input_modifiers, batch, generator), input_range, preprocess)
+                # the model path gets its own node, so a grad modifier changes only the
+                # gradient that comes through the model, not the regularizers' own
+                through_model = images.view_as(images)
+                if grad_fn is not None:
+                    through_model.register_hook(grad_fn)
+                batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
+                x = _to_model_input(
+                    apply_modifiers(input_modifiers, batch, generator), input_range, preprocess
+                )
                 with backprop_modifiers.modify_backprop(rule):
                     activations = capture.run(model, x) if targets else {}
                     ctx = LossContext(images=images, views=views, activations=activations, targets=targets)
@@ -152,7 +157,11 @@ def optimize(
                 bar.update(1)
         except KeyboardInterrupt:
             interrupted = True
-            warnings.warn("interrupted: returning the images as they were at the last step", FeatvisWarning, stacklevel=2)
+            warnings.warn(
+                "interrupted: returning the images as they were at the last step",
+                FeatvisWarning,
+                stacklevel=2,
+            )
         finally:
             bar.close()
         with torch.no_grad():

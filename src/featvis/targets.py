@@ -173,8 +173,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
             model(example)
     except Exception as err:
         raise ModelError(
-            f"model raised {type(err).__name__} on an input of shape "
-            f"{tuple(example.shape)}: {err}"
+            f"model raised {type(err).__name__} on an input of shape {tuple(example.shape)}: {err}"
         ) from err
     finally:
         for handle in handles:
@@ -231,8 +230,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
         if count > 1:
             choices = ", ".join(f"'{name}#{k}'" for k in range(count))
             raise LayerNotFoundError(
-                f"layer={label!r} runs {count} times in one forward pass; "
-                f"choose a call: {choices}"
+                f"layer={label!r} runs {count} times in one forward pass; choose a call: {choices}"
             )
         call = 0
     elif call >= count:
@@ -254,9 +252,7 @@ def layer_names(model: nn.Module, input_shape: Sequence[int] = (3, 224, 224)) ->
         return probe(model, example).order
 
 
-def find_layer_idx(
-    model: nn.Module, name: str, input_shape: Sequence[int] = (3, 224, 224)
-) -> int:
+def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] = (3, 224, 224)) -> int:
     """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`).
 
     Example:
@@ -265,9 +261,7 @@ def find_layer_idx(
     """
     order = layer_names(model, input_shape)
     if name not in order:
-        raise LayerNotFoundError(
-            f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}"
-        )
+        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}")
     return order.index(name)
 
 

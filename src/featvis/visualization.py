@@ -34,7 +34,11 @@ def _size(size: object, argument: str = "size") -> tuple[int, int]:
         raise bad_type(argument, size, "an int or (height, width)")
     if isinstance(size, numbers.Integral):
         size = (int(size), int(size))
-    if not isinstance(size, Sequence) or len(size) != 2 or not all(isinstance(s, numbers.Integral) for s in size):
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(s, numbers.Integral) for s in size)
+    ):
         raise bad_type(argument, size, "an int or (height, width) of ints")
     if min(size) < 1:
         raise bad_value(argument, size, "sizes >= 1")
@@ -148,8 +152,17 @@ def visualize_activation_with_losses(
 
 
 def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:
-    for name, weight in (("act_max_weight", act_max_weight), ("tv_weight", tv_weight), ("lp_norm_weight", lp_norm_weight)):
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
+    for name, weight in (
+        ("act_max_weight", act_max_weight),
+        ("tv_weight", tv_weight),
+        ("lp_norm_weight", lp_norm_weight),
+    ):
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, numbers.Real)
+            or not np.isfinite(weight)
+            or weight < 0
+        ):
             raise bad_value(name, weight, "a finite number >= 0")
     return WeightedSum(
         [(objective, act_max_weight), (TotalVariation(), tv_weight), (LpNorm(6), lp_norm_weight)]

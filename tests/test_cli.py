@@ -1,0 +1,100 @@
+"""The command line: it writes images, and bad input gives one line and a non-zero exit."""
+
+import subprocess
+import sys
+
+from PIL import Image
+import pytest
+
+from featvis.cli import main
+
+TINY = "conftest:make_tiny"
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_activation_command_writes_a_png(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "unit.png"
+    main(
+        [
+            "activation",
+            "--model",
+            TINY,
+            "--preprocess",
+            "none",
+            "--layer",
+            "fc",
+            "--filter",
+            "3",
+            "--steps",
+            "5",
+            "--size",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
+    assert Image.open(out).size == (32, 32)
+
+
+def test_layer_command_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    main(
+        [
+            "layer",
+            "--model",
+            TINY,
+            "--preprocess",
+            "none",
+            "--layer",
+            "conv2",
+            "--units",
+            "0,1,2,3",
+            "--steps",
+            "3",
+            "--size",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
+    assert Image.open(out).size[0] > 32
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["activation", "--model", TINY, "--layer", "nope", "--filter", "1", "--out", "x.png"],
+        ["activation", "--model", TINY, "--layer", "fc", "--filter", "flamingo", "--out", "x.png"],
+        ["activation", "--model", TINY, "--layer", "fc", "--filter", "-3", "--out", "x.png"],
+        ["activation", "--model", TINY, "--layer", "fc", "--steps", "0", "--out", "x.png"],
+        ["activation", "--model", TINY, "--layer", "fc", "--input-range", "9", "--out", "x.png"],
+        ["activation", "--model", "no_such_module:f", "--layer", "fc", "--out", "x.png"],
+        ["activation", "--model", "missing.pt", "--layer", "fc", "--out", "x.png"],
+        ["activation", "--layer", "_fc", "--filter", "flamingoo", "--out", "x.png"],
+        ["activation", "--layer", "_fc"],
+        ["nonsense"],
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, captured = run(args, capsys)
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featvis: error:"), captured.err
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_help_lists_examples():
+    out = subprocess.run(
+        [sys.executable, "-m", "featvis.cli", "activation", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Examples:" in out and "--filter" in out

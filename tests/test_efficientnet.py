@@ -1,0 +1,76 @@
+"""The embedded EfficientNet-Lite0: the CLI's class image is classified as that class."""
+
+import numpy as np
+import pytest
+import torch
+
+import featvis
+from featvis.cli import main
+
+from conftest import assert_untouched, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return featvis.zoo.efficientnet_lite0()
+
+
+def _classify(zoo_model, image: np.ndarray) -> torch.Tensor:
+    x = zoo_model.preprocess(torch.tensor(image).permute(2, 0, 1)[None].float())
+    with torch.no_grad():
+        return zoo_model.model(x)[0]
+
+
+def test_cli_flamingo_is_classified_as_flamingo(tmp_path, lite0):
+    out = tmp_path / "f.png"
+    main(
+        [
+            "activation",
+            "--layer",
+            "_fc",
+            "--filter",
+            "130",
+            "--steps",
+            "64",
+            "--size",
+            "160",
+            "--out",
+            str(out),
+        ]
+    )
+    image = np.asarray(__import__("PIL.Image").Image.open(out).convert("RGB"))
+    assert image.shape == (160, 160, 3)
+    assert _classify(lite0, image).argmax().item() == 130
+
+
+def test_class_names_and_two_classes_in_one_image(lite0):
+    before = snapshot(lite0.model)
+    flamingo, pelican = lite0.class_index("flamingo"), lite0.class_index("pelican")
+    image = featvis.visualize_activation(
+        lite0.model, "_fc", [flamingo, pelican], preprocess=lite0.preprocess, size=128, max_iter=48, seed=0
+    )
+    top5 = _classify(lite0, image).topk(5).indices.tolist()
+    assert flamingo in top5 and pelican in top5
+    assert_untouched(lite0.model, before)
+
+
+def test_twice_called_activation_needs_a_call_and_index_minus_one_is_fc(lite0):
+    with pytest.raises(featvis.LayerNotFoundError, match="_blocks.1._swish#1"):
+        featvis.visualize_activation(
+            lite0.model, "_blocks.1._swish", 0, preprocess=lite0.preprocess, size=64, max_iter=1
+        )
+    assert featvis.layer_names(lite0.model)[-1] == "_fc"
+    result = featvis.visualize_activation(
+        lite0.model,
+        "_blocks.1._swish#1",
+        5,
+        preprocess=lite0.preprocess,
+        size=64,
+        max_iter=20,
+        seed=0,
+        return_result=True,
+    )
+    values = result.history["ActivationMaximization"]
+    assert -values[-1] > 3 * -values[0] > 0  # several-fold

@@ -1,0 +1,71 @@
+"""No call, good or bad, changes the user's model."""
+
+import numpy as np
+import pytest
+import torch
+
+import featvis
+
+from conftest import assert_untouched, hook_count, snapshot
+
+SMALL = dict(size=32, max_iter=3, seed=0, progress=False)
+
+BAD_CALLS = {
+    "unknown layer": dict(layer="nope"),
+    "negative unit": dict(filter_indices=-1),
+    "unit out of range": dict(filter_indices=99),
+    "zero steps": dict(max_iter=0),
+    "reversed range": dict(input_range=(255, 0)),
+    "bad grad modifier": dict(grad_modifier="sideways"),
+    "bad backprop modifier": dict(backprop_modifier="sideways"),
+    "NaN seed": dict(seed_input=np.full((32, 32, 3), np.nan)),
+    "wrong seed shape": dict(seed_input=np.zeros((32, 32, 5))),
+    "bad method": dict(method="magic"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_calls_raise_featvis_errors_and_leave_model_untouched(tiny, case):
+    tiny.train()  # a training-mode model must stay in training mode
+    tiny.conv1.weight.requires_grad_(False)
+    before = snapshot(tiny)
+    kwargs = {**SMALL, "layer": "fc", "filter_indices": 0, **BAD_CALLS[case]}
+    layer, filters = kwargs.pop("layer"), kwargs.pop("filter_indices")
+    with pytest.raises(featvis.FeatvisError):
+        featvis.visualize_activation(tiny, layer, filters, **kwargs)
+    assert_untouched(tiny, before)
+
+
+def test_good_call_on_training_model_changes_nothing(tiny):
+    tiny.train()
+    tiny.fc.bias.requires_grad_(False)
+    handle = tiny.conv1.register_forward_hook(lambda *args: None)  # the user's own hook stays
+    before = snapshot(tiny)
+    featvis.visualize_activation(tiny, "bn", 2, **SMALL)  # BatchNorm stats would move in train mode
+    featvis.visualize_layer(tiny, "conv2", [0, 1], **SMALL)
+    assert_untouched(tiny, before)
+    assert all(p.grad is None for p in tiny.parameters())
+    handle.remove()
+
+
+def test_model_that_raises_is_reported_and_cleaned_up(tiny):
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            raise RuntimeError("boom")
+
+    model = Broken()
+    before = snapshot(model)
+    with pytest.raises(featvis.ModelError, match="boom"):
+        featvis.visualize_activation(model, "conv", 0, **SMALL)
+    assert_untouched(model, before)
+
+
+def test_many_calls_accumulate_no_hooks(tiny):
+    for _ in range(20):
+        featvis.visualize_activation(tiny, "conv2", 1, **SMALL)
+    assert hook_count(tiny) == 0

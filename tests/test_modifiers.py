@@ -1,0 +1,111 @@
+"""Grad modifiers and backprop modifiers do what their names say."""
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import featvis
+from featvis import grad_modifiers
+from featvis.backprop_modifiers import modify_backprop
+
+from conftest import assert_untouched, snapshot
+
+G = torch.tensor([[-2.0, -0.5, 0.0, 0.25, 3.0]])
+
+
+def test_grad_modifiers_by_definition():
+    eps = grad_modifiers.EPSILON
+    assert torch.equal(grad_modifiers.get("negate")(G), -G)
+    assert torch.equal(grad_modifiers.get("absolute")(G), G.abs())
+    assert torch.allclose(grad_modifiers.get("invert")(G), 1 / (G + eps))
+    assert torch.equal(grad_modifiers.get("relu")(G), torch.tensor([[0.0, 0.0, 0.0, 0.25, 3.0]]))
+    assert torch.allclose(grad_modifiers.get("small_values")(G), (1 / (G + eps)).abs())
+    assert grad_modifiers.get(None) is None
+
+
+def test_unknown_grad_modifier_names_the_choices(tiny):
+    with pytest.raises(featvis.FeatvisValueError, match=r"grad_modifier='negat'.*close matches: negate"):
+        featvis.visualize_activation(tiny, "fc", 0, grad_modifier="negat", size=32, max_iter=2)
+
+
+def test_callable_grad_modifier_sees_the_image_gradient(tiny):
+    shapes = []
+
+    def record(grads):
+        shapes.append(tuple(grads.shape))
+        return grads
+
+    featvis.visualize_activation(tiny, "fc", 0, grad_modifier=record, size=32, max_iter=3, seed=0)
+    assert shapes == [(1, 3, 32, 32)] * 3
+
+
+X = torch.tensor([[1.0, -1.0, 2.0, -2.0, 7.0]])
+V = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0])
+# d out / d relu_output = V; relu is active where X > 0
+PLAIN = torch.tensor([[1.0, 0.0, -1.0, 0.0, 1.0]])
+GUIDED = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0]])
+RECTIFIED = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]])
+
+
+class ModuleReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x * 1.0) @ V
+
+
+RELU_FORMS = {
+    "module": ModuleReLU(),
+    "F.relu": lambda x: F.relu(x * 1.0) @ V,
+    "torch.relu": lambda x: torch.relu(x * 1.0) @ V,
+    "Tensor.relu": lambda x: (x * 1.0).relu() @ V,
+    "in-place relu_": lambda x: torch.relu_(x * 1.0) @ V,
+    "F.relu inplace": lambda x: F.relu(x * 1.0, inplace=True) @ V,
+    "nn.ReLU(inplace)": lambda x: nn.ReLU(inplace=True)(x * 1.0) @ V,
+}
+
+
+@pytest.mark.parametrize("form", RELU_FORMS)
+@pytest.mark.parametrize(
+    ("modifier", "expected"),
+    [(None, PLAIN), ("guided", GUIDED), ("relu", RECTIFIED), ("rectified", RECTIFIED), ("deconv", RECTIFIED)],
+)
+def test_backprop_modifiers_on_module_and_functional_relus(form, modifier, expected):
+    x = X.clone().requires_grad_(True)
+    with modify_backprop(modifier):
+        out = RELU_FORMS[form](x)
+    out.sum().backward()
+    assert torch.equal(x.grad, expected)
+    assert torch.equal(out.detach(), (X.clamp(min=0) @ V).detach())  # the forward is unchanged
+
+
+def test_guided_through_relu6_masks_saturated_units():
+    x = torch.tensor([[1.0, -1.0, 7.0]], requires_grad=True)
+    with modify_backprop("guided"):
+        out = nn.ReLU6()(x * 1.0) @ torch.tensor([1.0, 1.0, 1.0])
+    out.backward()
+    assert torch.equal(x.grad, torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_callable_backprop_rule_is_used():
+    x = X.clone().requires_grad_(True)
+    with modify_backprop(lambda inp, grad, local: grad * 10):
+        out = F.relu(x * 1.0) @ V
+    out.sum().backward()
+    assert torch.equal(x.grad, V[None] * 10)
+
+
+def test_backprop_modifier_in_visualization_leaves_model_clean(tiny):
+    before = snapshot(tiny)
+    plain = featvis.visualize_activation(tiny, "fc", 0, size=32, max_iter=10, seed=0)
+    guided = featvis.visualize_activation(
+        tiny, "fc", 0, size=32, max_iter=10, seed=0, backprop_modifier="guided"
+    )
+    assert (plain != guided).any()
+    assert_untouched(tiny, before)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    tiny(x)[0, 0].backward()  # gradients flow normally afterwards
+    assert x.grad.abs().sum() > 0
