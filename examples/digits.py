@@ -9,9 +9,10 @@ import sys
 import warnings
 
 import numpy as np
-from toy_models import train_digits_cnn
 
 import featvis
+
+from toy_models import train_digits_cnn
 
 out = sys.argv[1] if len(sys.argv) > 1 else "docs/examples"
 model = train_digits_cnn(seed=0)

@@ -11,9 +11,10 @@ import sys
 
 import numpy as np
 import torch
-from toy_models import disk_images, train_disk_counter
 
 import featvis
+
+from toy_models import disk_images, train_disk_counter
 
 out = sys.argv[1] if len(sys.argv) > 1 else "docs/examples"
 counter = train_disk_counter(seed=0)

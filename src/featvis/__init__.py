@@ -15,6 +15,14 @@ from . import (
     regularizers,
     zoo,
 )
+from .attention import (
+    overlay,
+    visualize_cam,
+    visualize_cam_with_losses,
+    visualize_guided_cam,
+    visualize_saliency,
+    visualize_saliency_with_losses,
+)
 from .errors import (
     FeatvisError,
     FeatvisTypeError,
@@ -67,5 +75,11 @@ __all__ = [
     "visualize_activation",
     "visualize_activation_with_losses",
     "visualize_layer",
+    "visualize_cam",
+    "visualize_cam_with_losses",
+    "visualize_guided_cam",
+    "visualize_saliency",
+    "visualize_saliency_with_losses",
+    "overlay",
     "zoo",
 ]

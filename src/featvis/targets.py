@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import warnings
 
 import torch
@@ -143,6 +143,19 @@ class Probe:
     order: list[str]
     calls: dict[str, int]
     softmax_outputs: set[str]
+    events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
+
+    def spatial_layer_before(self, target: Target) -> str | None:
+        """The last leaf call before `target` finished whose output is (N, C, H, W) with H*W > 1."""
+        ends = [
+            i
+            for i, (name, call, _, _) in enumerate(self.events)
+            if name == target.name and call == target.call
+        ]
+        for name, call, shape, leaf in reversed(self.events[: ends[0]] if ends else []):
+            if leaf and shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
+                return f"{name}#{call}"
+        return None
 
 
 def probe(model: nn.Module, example: torch.Tensor) -> Probe:
@@ -157,12 +170,17 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     recorder = SoftmaxRecorder()
     handles = []
 
+    events = []
+
     def hook(module, inputs, output):
         name = names[module]
         count = calls.get(name, 0)
         calls[name] = count + 1
-        if count == 0 and not any(True for _ in module.children()):
+        leaf = not any(True for _ in module.children())
+        if count == 0 and leaf:
             order.append(name)
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        events.append((name, count, shape, leaf))
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
 
@@ -178,7 +196,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     finally:
         for handle in handles:
             handle.remove()
-    return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs)
+    return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs, events=events)
 
 
 def _split_call(spec: str) -> tuple[str, int | None]:
