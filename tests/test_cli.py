@@ -98,3 +98,55 @@ def test_help_lists_examples():
         check=True,
     ).stdout
     assert "Examples:" in out and "--filter" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["saliency"],
+        ["saliency", "--smooth", "2"],
+        ["cam", "--penultimate", "act2"],
+        ["cam", "--penultimate", "act2", "--guided"],
+    ],
+)
+def test_attention_commands_write_overlays(tmp_path, command):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(image)
+    out = tmp_path / "map.png"
+    main(
+        [
+            *command,
+            "--model",
+            TINY,
+            "--preprocess",
+            "none",
+            "--layer",
+            "fc",
+            "--image",
+            str(image),
+            "--filter",
+            "2",
+            "--size",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
+    assert Image.open(out).size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cam", "--image", "missing.png", "--filter", "1"],
+        ["saliency", "--image", "in.png", "--filter", "1", "--smooth", "-1"],
+    ],
+)
+def test_attention_commands_bad_input(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    code, captured = run(
+        [*args, "--model", TINY, "--preprocess", "none", "--layer", "fc", "--out", "x.png"], capsys
+    )
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()

@@ -82,12 +82,13 @@ def test_backprop_modifiers_on_module_and_functional_relus(form, modifier, expec
     assert torch.equal(out.detach(), (X.clamp(min=0) @ V).detach())  # the forward is unchanged
 
 
-def test_guided_through_relu6_masks_saturated_units():
-    x = torch.tensor([[1.0, -1.0, 7.0]], requires_grad=True)
+@pytest.mark.parametrize("relu6", [nn.ReLU6(), lambda x: F.relu6(x), lambda x: F.hardtanh(x, 0.0, 6.0)])
+def test_guided_through_relu6_masks_saturated_units_and_negative_gradients(relu6):
+    x = torch.tensor([[1.0, -1.0, 7.0, 2.0]], requires_grad=True)
     with modify_backprop("guided"):
-        out = nn.ReLU6()(x * 1.0) @ torch.tensor([1.0, 1.0, 1.0])
+        out = relu6(x * 1.0) @ torch.tensor([1.0, 1.0, 1.0, -1.0])
     out.backward()
-    assert torch.equal(x.grad, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert torch.equal(x.grad, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
 
 
 def test_callable_backprop_rule_is_used():

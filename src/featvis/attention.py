@@ -50,7 +50,11 @@ def _gradients(
     backprop_modifier=None,
     extra_layer: LayerSpec | None = None,
 ):
-    """d(sum of per-image losses)/d(images) and, if asked, the extra layer's output and gradient."""
+    """Gradients of the score (minus the losses) w.r.t. the images, and of the extra layer if asked.
+
+    Backprop modifiers see the gradient of the score, the quantity being
+    maximized, so 'guided' passes what increases the class, as its definition says.
+    """
     terms = [(t, w) for t, w in loss.terms if w != 0]
     rule = backprop_modifiers.get(backprop_modifier)
     low, high = input_range
@@ -74,10 +78,10 @@ def _gradients(
             if extra is not None:
                 extra.retain_grad()
             ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
-            total = sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
-            if not total.requires_grad:
+            score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
+            if not score.requires_grad:
                 raise FeatvisValueError("the losses do not depend on the input image")
-            total.backward()
+            score.backward()
     if not torch.isfinite(images.grad).all():
         raise FeatvisValueError("the gradient of the losses is NaN or infinite for this input")
     extra_grad = extra.grad if extra is not None else None
@@ -106,7 +110,7 @@ def visualize_saliency_with_losses(
     seed: int | None = 0,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
-    """Saliency of a weighted sum of losses: d(-loss)/d(input), modified and normalized per image.
+    """Saliency of a weighted sum of losses: d(-loss)/d(input), modified, normalized per image.
 
     ``smooth_samples > 0`` gives SmoothGrad: the mean over noisy copies (noise std
     ``smooth_noise`` times the input range). Returns (B, H, W), or (B, H, W, C)
@@ -203,7 +207,6 @@ def visualize_cam_with_losses(
         raise bad_value(
             "penultimate_layer", penultimate, "a layer the loss depends on (it runs before the loss's layer)"
         )
-    grads = -grads  # the loss is minus the score
     if modifier is not None:
         grads = modifier(grads)
     if method == "gradcam":
@@ -275,7 +278,7 @@ def visualize_guided_cam(
     target_device = torch.device(device) if device is not None else model_device(model)
     images = _load_batch(seed_input, input_range, channels, target_device)
     loss = ActivationMaximization(layer, filter_indices)
-    guided = -_gradients(
+    guided = _gradients(
         model, loss, images, input_range=input_range, preprocess=preprocess, backprop_modifier="guided"
     )[0]
     product = (guided * torch.as_tensor(cam, device=guided.device)[:, None]).abs()

@@ -1,10 +1,13 @@
 """Backprop modifiers: change how gradients flow back through every ReLU of the model.
 
 They act on ``nn.ReLU``/``nn.ReLU6`` modules and on functional calls (``F.relu``,
-``torch.relu``, ``Tensor.relu``, their in-place forms, ``F.relu6``) alike,
+``torch.relu``, ``Tensor.relu``, their in-place forms, ``F.relu6``, ``F.hardtanh``
+with a lower bound of 0) alike,
 through a `torch.overrides.TorchFunctionMode`, so the model is never touched.
 A modifier is a function ``rule(x, grad_output, local_grad) -> grad_input``, where
-``local_grad`` is the ReLU's own derivative at ``x`` (0 or 1).
+``local_grad`` is the ReLU's own derivative at ``x`` (0 or 1) and ``grad_output``
+is the gradient of the score being maximized (minus the loss), so ``'guided'``
+keeps what increases the unit, as in Springenberg et al.
 
 Example:
     >>> with modify_backprop("guided"):
@@ -90,14 +93,27 @@ class _BackpropMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()):
+            return func(*args, **kwargs)
         if func in _RELUS:
             upper, inplace = _RELUS[func]
             if inplace is None:
                 inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-            x = args[0]
-            if x.requires_grad and torch.is_grad_enabled():
-                return _ModifiedReLU.apply(x, upper, self.rule, inplace)
+            return _ModifiedReLU.apply(x, upper, self.rule, inplace)
+        if func is F.hardtanh:  # nn.ReLU6 is a Hardtanh(0, 6)
+            low, high, inplace = _hardtanh_args(args, kwargs)
+            if low == 0:
+                return _ModifiedReLU.apply(x, high, self.rule, inplace)
         return func(*args, **kwargs)
+
+
+def _hardtanh_args(args, kwargs) -> tuple[float, float, bool]:
+    values = list(args[1:]) + [None] * 3
+    low = kwargs.get("min_val", values[0] if values[0] is not None else -1.0)
+    high = kwargs.get("max_val", values[1] if values[1] is not None else 1.0)
+    inplace = kwargs.get("inplace", values[2] if values[2] is not None else False)
+    return float(low), float(high), bool(inplace)
 
 
 @contextlib.contextmanager

@@ -14,9 +14,9 @@ import sys
 import click
 import torch
 
-from . import visualization, zoo
+from . import attention, visualization, zoo
 from .errors import FeatvisError, FeatvisValueError, bad_value
-from .image import save_image, stitch_images
+from .image import save_image, stitch_images, to_array, to_unit_tensor
 
 EPILOG_ACTIVATION = """\b
 Examples:
@@ -237,6 +237,123 @@ def layer(
     labels = [str(u) for u in (chosen if chosen is not None else range(len(images)))]
     save_image(stitch_images(list(images), cols=cols, labels=labels), out)
     click.echo(f"wrote {out}")
+
+
+def _attention_output(image, heatmap, out, overlay_it):
+    picture = attention.overlay(image, heatmap) if overlay_it else (heatmap * 255).round().astype("uint8")
+    save_image(picture, out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  featvis saliency --image cat.jpg --filter 285 --out map.png
+  featvis saliency --image cat.jpg --filter "Egyptian cat" --smooth 20 --out smooth.png
+  featvis saliency --image cat.jpg --filter 285 --backprop-modifier guided --no-overlay --out guided.png
+"""
+)
+@click.option("--image", "image_path", required=True, type=click.Path(), help="Image file.")
+@click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained.")
+@click.option("--filter", "filters", required=True, help="Unit/class index or class name (comma list).")
+@click.option("--smooth", type=int, default=0, show_default=True, help="SmoothGrad samples (0: vanilla).")
+@click.option("--backprop-modifier", default=None, help="guided, relu, rectified or deconv.")
+@click.option("--size", type=int, default=224, show_default=True, help="Resize the image to this size.")
+@click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
+@with_common
+def saliency(
+    image_path,
+    layer,
+    filters,
+    smooth,
+    backprop_modifier,
+    size,
+    overlay_it,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    device,
+    seed,
+):
+    """Saliency map: which pixels change the chosen units most."""
+    loaded = load_model(model_spec, preprocess)
+    image = _resized(image_path, size)
+    heatmap = attention.visualize_saliency(
+        loaded.model,
+        layer,
+        parse_filters(filters, loaded.class_names),
+        image,
+        smooth_samples=smooth,
+        backprop_modifier=backprop_modifier,
+        input_range=parse_range(input_range),
+        preprocess=loaded.preprocess,
+        device=device,
+        seed=seed,
+    )[0]
+    _attention_output(image, heatmap, out, overlay_it)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  featvis cam --image cat.jpg --filter 285 --out cam.png
+  featvis cam --image cat.jpg --filter espresso --method gradcam++ --out campp.png
+  featvis cam --image cat.jpg --filter 285 --guided --out guided_cam.png
+"""
+)
+@click.option("--image", "image_path", required=True, type=click.Path(), help="Image file.")
+@click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained.")
+@click.option("--filter", "filters", required=True, help="Unit/class index or class name (comma list).")
+@click.option("--penultimate", default=None, help="Layer whose activations are weighted (default: found).")
+@click.option(
+    "--method", type=click.Choice(list(attention.CAM_METHODS)), default="gradcam", show_default=True
+)
+@click.option("--guided", is_flag=True, help="Guided Grad-CAM: guided backprop times the CAM.")
+@click.option("--size", type=int, default=224, show_default=True, help="Resize the image to this size.")
+@click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
+@with_common
+def cam(
+    image_path,
+    layer,
+    filters,
+    penultimate,
+    method,
+    guided,
+    size,
+    overlay_it,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    device,
+    seed,
+):
+    """Grad-CAM map: which regions the chosen units rely on."""
+    loaded = load_model(model_spec, preprocess)
+    image = _resized(image_path, size)
+    common = dict(
+        input_range=parse_range(input_range),
+        preprocess=loaded.preprocess,
+        device=device,
+        penultimate_layer=penultimate,
+    )
+    indices = parse_filters(filters, loaded.class_names)
+    if guided:
+        heatmap = attention.visualize_guided_cam(loaded.model, layer, indices, image, **common)[0]
+    else:
+        heatmap = attention.visualize_cam(loaded.model, layer, indices, image, method=method, **common)[0]
+    _attention_output(image, heatmap, out, overlay_it)
+
+
+def _resized(image_path, size):
+    from .image import resize
+
+    if size < 1:
+        raise bad_value("--size", size, "an int >= 1")
+    return to_array(resize(to_unit_tensor(image_path, "--image", (0, 255)), (size, size)), (0, 255))[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,8 +119,8 @@ def optimize(
                 # the model path gets its own node, so a grad modifier changes only the
                 # gradient that comes through the model, not the regularizers' own
                 through_model = images.view_as(images)
-                if grad_fn is not None:
-                    through_model.register_hook(grad_fn)
+                if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
+                    through_model.register_hook(lambda g: -grad_fn(-g))
                 batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
                 x = _to_model_input(
                     apply_modifiers(input_modifiers, batch, generator), input_range, preprocess
@@ -136,8 +136,9 @@ def optimize(
                             "losses do not depend on the input image; check the layers and "
                             "filter_indices they read"
                         )
-                    total.backward()
-                grads = [p.grad for p in param.parameters()]
+                    # backward of the score, so backprop modifiers see the gradient of what is maximized
+                    (-total).backward()
+                grads = [p.grad.neg_() for p in param.parameters()]
                 means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
                 finite = torch.stack([means.isfinite().all()] + [g.isfinite().all() for g in grads])
                 means_list = means.tolist()
