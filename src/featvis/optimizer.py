@@ -80,8 +80,17 @@ def optimize(
     progress: bool | None = None,
     seed: int | None = None,
     device: torch.device | None = None,
+    autocast: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> Result:
-    """Minimize `loss` over the images `param` makes; see the module docstring."""
+    """Minimize `loss` over the images `param` makes; see the module docstring.
+
+    `autocast` (e.g. ``torch.bfloat16``) runs the model under `torch.autocast` on
+    the images' device; losses are computed in float32. `channels_last` feeds the
+    model channels-last input (the model's weights are not touched); faster for
+    many conv nets, CPU included, but a model that calls ``.view`` on conv
+    features needs it off.
+    """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise bad_value("steps", steps, "an int >= 1")
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
@@ -125,8 +134,12 @@ def optimize(
                 x = _to_model_input(
                     apply_modifiers(input_modifiers, batch, generator), input_range, preprocess
                 )
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with backprop_modifiers.modify_backprop(rule):
-                    activations = capture.run(model, x) if targets else {}
+                    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+                        activations = capture.run(model, x) if targets else {}
+                    activations = {key: value.float() for key, value in activations.items()}
                     ctx = LossContext(images=images, views=views, activations=activations, targets=targets)
                     values = [ctx.per_image(term(ctx)) for term, _ in terms]
                     total = sum(weight * value for (_, weight), value in zip(terms, values)).sum()

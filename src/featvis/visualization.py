@@ -83,6 +83,8 @@ def visualize_activation_with_losses(
     progress: bool | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    autocast: torch.dtype | None = None,
+    channels_last: bool = False,
     return_result: bool = False,
 ) -> np.ndarray | Result:
     """Minimize a weighted sum of losses over an input image (keras-vis's research entry point).
@@ -90,6 +92,8 @@ def visualize_activation_with_losses(
     Returns the image as (H, W, C) in `input_range` (uint8 when both ends are ints),
     or (B, H, W, C) when ``batch_size > 1``; ``return_result=True`` returns the
     full `Result` (images in [0, 1], loss history, transparency map).
+    ``autocast=torch.bfloat16`` runs the model in reduced precision on a GPU;
+    ``channels_last=True`` feeds channels-last input (faster for most conv nets).
 
     Example:
         >>> losses = [(ActivationMaximization("_fc", 130), 1), (TotalVariation(), 0.5)]
@@ -144,6 +148,8 @@ def visualize_activation_with_losses(
         progress=progress,
         seed=int(torch.randint(0, 2**62, (1,), generator=generator)),
         device=target_device,
+        autocast=autocast,
+        channels_last=channels_last,
     )
     if return_result:
         return result
@@ -201,7 +207,7 @@ def visualize_activation(
 
 
 def _auto_batch_size(model, layer, shape, channels, device, preprocess, input_range) -> int:
-    """How many images of this size fit: activation bytes per image up to the layer, x4 for backward."""
+    """Images per batch: what fits (activation bytes x4 for backward), at most 64 on GPU, 4 on CPU."""
     per_image = 0
 
     def count(module, inputs, output):
@@ -219,10 +225,10 @@ def _auto_batch_size(model, layer, shape, channels, device, preprocess, input_ra
         with torch.no_grad():
             model(x)
     if device.type == "cuda":
-        budget = torch.cuda.mem_get_info(device)[0] * 0.5
+        budget, most = torch.cuda.mem_get_info(device)[0] * 0.5, 64
     else:
-        budget = 2 * 2**30
-    return int(max(1, min(64, budget // max(1, 4 * per_image))))
+        budget, most = 2 * 2**30, 4  # on CPUs, per-image time grows past a few images (cache)
+    return int(max(1, min(most, budget // max(1, 4 * per_image))))
 
 
 def visualize_layer(
