@@ -192,3 +192,21 @@ def test_batched_layer_visualization_gives_one_image_per_unit(tiny):
     for i, unit in enumerate([0, 3, 5]):
         on_each_image = featvis.activations_reached(tiny, "conv2", [unit] * 3, images)
         assert on_each_image.argmax() == i  # each unit responds most to its own image
+
+
+def test_jitter_rolls_each_image_by_its_own_offset():
+    from featvis.input_modifiers import Jitter
+
+    images = torch.rand(6, 3, 10, 12)
+    out = Jitter(3)(images, torch.Generator().manual_seed(0))
+    shifts = []
+    for image, rolled in zip(images, out):
+        match = [
+            (y, x)
+            for y in range(-3, 4)
+            for x in range(-3, 4)
+            if torch.equal(torch.roll(image, (y, x), (-2, -1)), rolled)
+        ]
+        assert len(match) == 1
+        shifts.append(match[0])
+    assert len(set(shifts)) > 1  # not one shift shared by the batch

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from . import backprop_modifiers, grad_modifiers
 from .errors import FeatvisValueError, bad_value
 from .image import check_range, to_unit_tensor
+from .input_modifiers import _randn_like
 from .losses import ActivationMaximization, Loss, LossContext, layer_key
 from .targets import Capture, LayerSpec, ModelGuard, model_device, probe, resolve_layer, warn_pre_softmax
 from .visualization import _as_losses
@@ -134,8 +135,7 @@ def visualize_saliency_with_losses(
     for _ in range(samples):
         noisy = images
         if smooth_samples:
-            noise = torch.randn(images.shape, generator=generator).to(images.device)
-            noisy = images + smooth_noise * noise
+            noisy = images + smooth_noise * _randn_like(images, generator)
         grads = -_gradients(
             model,
             loss,

@@ -34,6 +34,15 @@ def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor
     return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
 
 
+def _randn_like(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise drawn on the images' device, seeded from the (CPU) generator."""
+    if images.device.type == "cpu":
+        return torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device=images.device).manual_seed(seed)
+    return torch.randn(images.shape, generator=device_generator, device=images.device, dtype=images.dtype)
+
+
 def _pixels(amount: float, size: int) -> int:
     return int(round(amount * size)) if isinstance(amount, float) and amount < 1 else int(amount)
 
@@ -56,9 +65,13 @@ class Jitter(InputModifier):
         jy, jx = _pixels(self.jitter, h), _pixels(self.jitter, w)
         if jy == 0 and jx == 0:
             return images
-        dy = torch.randint(-jy, jy + 1, (images.shape[0],), generator=generator).tolist()
-        dx = torch.randint(-jx, jx + 1, (images.shape[0],), generator=generator).tolist()
-        return torch.stack([torch.roll(img, (y, x), dims=(-2, -1)) for img, y, x in zip(images, dy, dx)])
+        n, c = images.shape[:2]
+        dy = torch.randint(-jy, jy + 1, (n, 1), generator=generator).to(images.device)
+        dx = torch.randint(-jx, jx + 1, (n, 1), generator=generator).to(images.device)
+        rows = (torch.arange(h, device=images.device)[None] - dy) % h  # per-image roll, two gathers
+        cols = (torch.arange(w, device=images.device)[None] - dx) % w
+        images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
+        return images.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
 class RandomAffine(InputModifier):
@@ -148,8 +161,7 @@ class Noise(InputModifier):
         self.std = float(std)
 
     def __call__(self, images, generator):
-        noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
-        return images + self.std * noise
+        return images + self.std * _randn_like(images, generator)
 
 
 def standard_transforms() -> list[InputModifier]:
