@@ -123,6 +123,7 @@ def main() -> None:
         preprocess=lite0.preprocess,
         size=SIZE,
         max_iter=STEPS,
+        views=1,  # one forward+backward per image and step, like the limit and the naive loop
         seed=0,
         progress=False,
         device=device,

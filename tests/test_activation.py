@@ -186,7 +186,7 @@ def test_dense_and_other_rank_outputs(tiny):
 
 def test_batched_layer_visualization_gives_one_image_per_unit(tiny):
     images = featvis.visualize_layer(
-        tiny, "conv2", units=[0, 3, 5], size=32, max_iter=30, seed=0, progress=False
+        tiny, "conv2", units=[0, 3, 5], size=32, max_iter=80, seed=0, progress=False
     )
     assert images.shape == (3, 32, 32, 3)
     for i, unit in enumerate([0, 3, 5]):

@@ -62,15 +62,8 @@ def test_twice_called_activation_needs_a_call_and_index_minus_one_is_fc(lite0):
             lite0.model, "_blocks.1._swish", 0, preprocess=lite0.preprocess, size=64, max_iter=1
         )
     assert featvis.layer_names(lite0.model)[-1] == "_fc"
-    result = featvis.visualize_activation(
-        lite0.model,
-        "_blocks.1._swish#1",
-        5,
-        preprocess=lite0.preprocess,
-        size=64,
-        max_iter=20,
-        seed=0,
-        return_result=True,
-    )
-    values = result.history["ActivationMaximization"]
-    assert -values[-1] > 3 * -values[0] > 0  # several-fold
+    layer, kwargs = "_blocks.1._swish#1", dict(preprocess=lite0.preprocess)
+    image = featvis.visualize_activation(lite0.model, layer, 5, size=64, max_iter=20, seed=0, **kwargs)
+    start = np.random.default_rng(0).normal(127, 3, (64, 64, 3)).clip(0, 255)  # like the initial image
+    reached = featvis.activations_reached(lite0.model, layer, [5], image[None], **kwargs)[0]
+    assert reached > 3 * featvis.activations_reached(lite0.model, layer, [5], start[None], **kwargs)[0] > 0

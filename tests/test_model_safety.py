@@ -69,3 +69,41 @@ def test_many_calls_accumulate_no_hooks(tiny):
     for _ in range(20):
         featvis.visualize_activation(tiny, "conv2", 1, **SMALL)
     assert hook_count(tiny) == 0
+
+
+def test_non_finite_loss_stops_with_the_step_and_term(tiny):
+    from featvis.losses import FunctionLoss
+
+    def blows_up(ctx):
+        return ctx.images.mean(dim=(1, 2, 3)) * float("nan")
+
+    before = snapshot(tiny)
+    with pytest.raises(featvis.NonFiniteError, match=r"step 1: term\(s\) blows_up"):
+        featvis.visualize_activation_with_losses(tiny, [(FunctionLoss(blows_up), 1.0)], **SMALL)
+    assert_untouched(tiny, before)
+
+
+def test_ctrl_c_returns_the_images_so_far_and_leaves_the_model_clean(tiny):
+    before = snapshot(tiny)
+
+    def interrupt(step, terms, images):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.warns(featvis.FeatvisWarning, match="interrupted"):
+        result = featvis.visualize_activation(
+            tiny, "fc", 0, callbacks=[interrupt], return_result=True, **{**SMALL, "max_iter": 50}
+        )
+    assert result.interrupted and len(result.history["total"]) == 5
+    assert result.images.shape == (1, 3, 32, 32) and torch.isfinite(result.images).all()
+    assert_untouched(tiny, before)
+
+
+def test_failed_save_keeps_the_good_file(tmp_path):
+    path = tmp_path / "image.png"
+    featvis.save_image(np.zeros((8, 8, 3), np.uint8), path)
+    good = path.read_bytes()
+    with pytest.raises(Exception):
+        featvis.save_image(np.zeros((8, 8, 3), np.uint8), path, format="NOT-A-FORMAT")
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["image.png"]

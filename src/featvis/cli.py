@@ -14,7 +14,7 @@ import sys
 import click
 import torch
 
-from . import attention, visualization, zoo
+from . import attention, gallery, visualization, watch, zoo
 from .errors import FeatvisError, FeatvisValueError, bad_value
 from .image import save_image, stitch_images, to_array, to_unit_tensor
 
@@ -148,22 +148,36 @@ def cli() -> None:
 @click.option(
     "--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'."
 )
-@click.option("--steps", type=int, default=256, show_default=True)
+@click.option("--steps", type=int, default=visualization.DEFAULT_STEPS, show_default=True)
+@click.option(
+    "--views", type=int, default=visualization.DEFAULT_VIEWS, show_default=True, help="Random views per step."
+)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option(
-    "--method", type=click.Choice(["fourier", "pixel", "maco"]), default="fourier", show_default=True
+    "--method",
+    type=click.Choice(["fourier", "pixel", "maco"]),
+    default=visualization.DEFAULT_METHOD,
+    show_default=True,
 )
-@click.option("--tv-weight", type=float, default=1.0, show_default=True)
+@click.option("--tv-weight", type=float, default=visualization.DEFAULT_TV_WEIGHT, show_default=True)
 @click.option("--lp-weight", type=float, default=0.0, show_default=True)
 @click.option("--grad-modifier", default=None, help="negate, absolute, invert, relu or small_values.")
 @click.option("--backprop-modifier", default=None, help="guided, relu, rectified or deconv.")
 @click.option("--verbose", is_flag=True, help="Print every loss term at every step.")
+@click.option(
+    "--gif", type=click.Path(dir_okay=False), default=None, help="Also write a GIF of the optimization."
+)
+@click.option("--gif-every", type=int, default=4, show_default=True, help="Steps between GIF frames.")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), default=None, help="Also plot every loss term (PNG)."
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
 @with_common
 def activation(
     layer,
     filters,
     steps,
+    views,
     size,
     method,
     tv_weight,
@@ -171,6 +185,9 @@ def activation(
     grad_modifier,
     backprop_modifier,
     verbose,
+    gif,
+    gif_every,
+    plot,
     out,
     model_spec,
     preprocess,
@@ -180,11 +197,13 @@ def activation(
 ):
     """Generate the image that maximizes units of a layer (activation maximization)."""
     loaded = load_model(model_spec, preprocess)
-    image = visualization.visualize_activation(
+    recorder = watch.GifRecorder(every=gif_every) if gif else None
+    result = visualization.visualize_activation(
         loaded.model,
         layer,
         parse_filters(filters, loaded.class_names),
         max_iter=steps,
+        views=views,
         size=size,
         method=method,
         tv_weight=tv_weight,
@@ -196,16 +215,22 @@ def activation(
         preprocess=loaded.preprocess,
         device=device,
         seed=seed,
+        callbacks=[recorder] if recorder else None,
         progress=None if not verbose else False,
+        return_result=True,
     )
-    save_image(image if image.dtype.kind == "u" else image.clip(0, 1), out)
+    save_image(to_array(result.images, (0, 255))[0], out)
     click.echo(f"wrote {out}")
+    if recorder:
+        click.echo(f"wrote {recorder.save(gif)}")
+    if plot:
+        click.echo(f"wrote {watch.plot_history(result.history, plot)}")
 
 
 @cli.command()
 @click.option("--layer", required=True, help="Module name of the layer.")
 @click.option("--units", default=None, help="Comma list of units (default: all).")
-@click.option("--steps", type=int, default=128, show_default=True)
+@click.option("--steps", type=int, default=visualization.DEFAULT_STEPS, show_default=True)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
 @click.option("--cols", type=int, default=None, help="Columns of the grid.")
@@ -237,6 +262,44 @@ def layer(
     labels = [str(u) for u in (chosen if chosen is not None else range(len(images)))]
     save_image(stitch_images(list(images), cols=cols, labels=labels), out)
     click.echo(f"wrote {out}")
+
+
+@cli.command(
+    name="gallery",
+    epilog="""\b
+Examples:
+  featvis gallery --layer _blocks.10 --out site/
+  featvis gallery --layer _blocks.4 --layer _blocks.6 --units 0,1,2,3 --steps 32 --size 128 --out site/
+""",
+)
+@click.option("--layer", "layers", multiple=True, required=True, help="Layer to render (repeat for several).")
+@click.option("--units", default=None, help="Comma list of units (default: all).")
+@click.option("--steps", type=int, default=64, show_default=True)
+@click.option("--size", type=int, default=160, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Folder of the site (index.html)."
+)
+@with_common
+def gallery_command(
+    layers, units, steps, size, batch_size, out, model_spec, preprocess, input_range, device, seed
+):
+    """Render every unit of layers into a static HTML gallery; rerun to add layers."""
+    loaded = load_model(model_spec, preprocess)
+    index = gallery.write_gallery(
+        loaded.model,
+        list(layers),
+        out,
+        units=parse_filters(units, None),
+        preprocess=loaded.preprocess,
+        input_range=parse_range(input_range),
+        size=size,
+        max_iter=steps,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    click.echo(f"wrote {index}")
 
 
 def _attention_output(image, heatmap, out, overlay_it):

@@ -46,6 +46,17 @@ class Result:
     transparency: torch.Tensor | None = None
     interrupted: bool = False
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows a result as its images, tiled."""
+        import io
+
+        from .image import stitch_images, to_array, to_pil
+
+        frames = list(to_array(self.images, (0, 255)))
+        buffer = io.BytesIO()
+        to_pil(frames[0] if len(frames) == 1 else stitch_images(frames)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
 
 def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
     names: list[str] = []
@@ -116,10 +127,9 @@ def optimize(
         capture = Capture(list({t.key: t for t in targets.values()}.values()), guard, pre_softmax)
 
         optimizer = torch.optim.Adam(param.parameters(), lr=lr)
-        history: dict[str, list[float]] = {name: [] for name in [*names, "total"]}
+        log = _StepLog(names)
         transparency = None
         interrupted = False
-        images = param()
         bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
         try:
             for step in range(steps):
@@ -153,23 +163,25 @@ def optimize(
                     (-total).backward()
                 grads = [p.grad.neg_() for p in param.parameters()]
                 means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
-                finite = torch.stack([means.isfinite().all()] + [g.isfinite().all() for g in grads])
-                means_list = means.tolist()
-                if not bool(finite.all()):
-                    _raise_non_finite(step, names, means_list)
+                log.add(
+                    step,
+                    means,
+                    torch.stack([means.isfinite().all()] + [g.isfinite().all() for g in grads]).all(),
+                )
                 optimizer.step()
                 param.project()
-                for name, value in zip([*names, "total"], means_list):
-                    history[name].append(value)
                 magnitude = images.grad.detach().abs().mean(1)
                 transparency = magnitude if transparency is None else transparency + magnitude
-                if verbose:
-                    terms_text = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, means_list))
-                    print(f"step {step + 1}/{steps}  {terms_text}  total {means_list[-1]:.4g}")
-                for callback in callbacks:
-                    callback(step, dict(zip([*names, "total"], means_list)), images.detach())
+                if verbose or callbacks or (step + 1) % _SYNC_EVERY == 0 or step == steps - 1:
+                    latest = log.flush()  # one device sync per block of steps, or per step when watched
+                    if verbose:
+                        terms_text = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, latest))
+                        print(f"step {step + 1}/{steps}  {terms_text}  total {latest[-1]:.4g}")
+                    for callback in callbacks:
+                        callback(step, dict(zip([*names, "total"], latest)), images.detach())
                 bar.update(1)
         except KeyboardInterrupt:
+            log.flush()
             interrupted = True
             warnings.warn(
                 "interrupted: returning the images as they were at the last step",
@@ -180,7 +192,37 @@ def optimize(
             bar.close()
         with torch.no_grad():
             final = param().detach()
-    return Result(images=final, history=history, transparency=transparency, interrupted=interrupted)
+    return Result(images=final, history=log.history, transparency=transparency, interrupted=interrupted)
+
+
+_SYNC_EVERY = 16
+
+
+class _StepLog:
+    """Per-step term means kept on the device and read back in blocks, checked for NaN/inf."""
+
+    def __init__(self, names: list[str]):
+        self.names = [*names, "total"]
+        self.history: dict[str, list[float]] = {name: [] for name in self.names}
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, step: int, means: torch.Tensor, finite: torch.Tensor) -> None:
+        self._pending.append((step, means, finite))
+
+    def flush(self) -> list[float]:
+        """Record the pending steps; raise at the first non-finite one. Returns the last step's values."""
+        if not self._pending:
+            return [values[-1] for values in self.history.values()]
+        steps = [step for step, _, _ in self._pending]
+        rows = torch.stack([means for _, means, _ in self._pending]).tolist()
+        finite = torch.stack([ok for _, _, ok in self._pending]).tolist()
+        self._pending.clear()
+        for step, values, ok in zip(steps, rows, finite):
+            if not ok:
+                _raise_non_finite(step, self.names[:-1], values)
+            for name, value in zip(self.names, values):
+                self.history[name].append(value)
+        return rows[-1]
 
 
 def _raise_non_finite(step: int, names: list[str], values: list[float]) -> None:

@@ -27,6 +27,10 @@ from .regularizers import LpNorm, TotalVariation
 from .targets import LayerSpec, ModelGuard, layer_output, model_device, probe, resolve_layer
 
 DEFAULT_LR = {"pixel": 0.02, "fourier": 0.05, "maco": 0.5}
+DEFAULT_METHOD = "fourier"
+DEFAULT_VIEWS = 4  # random views per image and step; 128 steps x 4 views = 512 passes
+DEFAULT_STEPS = 128
+DEFAULT_TV_WEIGHT = 1.0
 
 
 def _size(size: object, argument: str = "size") -> tuple[int, int]:
@@ -70,10 +74,10 @@ def visualize_activation_with_losses(
     size: int | tuple[int, int] | None = None,
     channels: int = 3,
     batch_size: int = 1,
-    method: str | Callable = "fourier",
+    method: str | Callable = DEFAULT_METHOD,
     input_modifiers: Sequence[InputModifier | Callable] | None = None,
-    views: int = 1,
-    max_iter: int = 256,
+    views: int = DEFAULT_VIEWS,
+    max_iter: int = DEFAULT_STEPS,
     lr: float | None = None,
     grad_modifier: str | Callable | None = None,
     backprop_modifier: str | Callable | None = None,
@@ -181,9 +185,9 @@ def visualize_activation(
     filter_indices: int | Sequence[int] | None = None,
     *,
     act_max_weight: float = 1.0,
-    tv_weight: float = 1.0,
+    tv_weight: float = DEFAULT_TV_WEIGHT,
     lp_norm_weight: float = 0.0,
-    max_iter: int = 256,
+    max_iter: int = DEFAULT_STEPS,
     **kwargs,
 ) -> np.ndarray | Result:
     """Generate the input that maximizes the chosen units of `layer` (keras-vis's main API).
@@ -238,7 +242,7 @@ def visualize_layer(
     *,
     batch_size: int | None = None,
     act_max_weight: float = 1.0,
-    tv_weight: float = 1.0,
+    tv_weight: float = DEFAULT_TV_WEIGHT,
     lp_norm_weight: float = 0.0,
     channels: int = 3,
     size: int | tuple[int, int] | None = None,
