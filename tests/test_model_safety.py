@@ -99,11 +99,20 @@ def test_ctrl_c_returns_the_images_so_far_and_leaves_the_model_clean(tiny):
     assert_untouched(tiny, before)
 
 
-def test_failed_save_keeps_the_good_file(tmp_path):
+def test_failed_save_keeps_the_good_file(tmp_path, monkeypatch):
+    from PIL import Image
+
     path = tmp_path / "image.png"
     featvis.save_image(np.zeros((8, 8, 3), np.uint8), path)
     good = path.read_bytes()
-    with pytest.raises(Exception):
-        featvis.save_image(np.zeros((8, 8, 3), np.uint8), path, format="NOT-A-FORMAT")
+
+    def broken_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"half a PNG")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        featvis.save_image(np.ones((8, 8, 3), np.uint8), path)
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["image.png"]
