@@ -36,12 +36,14 @@ class LoadedModel:
 
 
 def load_model(spec: str | None, preprocess: str) -> LoadedModel:
-    """The embedded Lite0 (spec None), a TorchScript file, or a ``module:factory`` path."""
+    """The embedded Lite0 (spec None), a .keras file, a TorchScript file, or a ``module:factory`` path."""
     norm = zoo.Normalize() if preprocess == "imagenet" else None
     if spec is None:
         lite0 = zoo.efficientnet_lite0()
         return LoadedModel(lite0.model, norm, lite0.class_names)
     path = Path(spec)
+    if path.suffix == ".keras":
+        return LoadedModel(_load_keras(path), norm, None)
     if path.suffix in (".pt", ".pth", ".ts", ".jit") or path.exists():
         if not path.is_file():
             raise FeatvisValueError(f"--model {spec!r}: no such file")
@@ -65,6 +67,27 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
             f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module"
         )
     return LoadedModel(model, norm, None)
+
+
+def _load_keras(path: Path) -> torch.nn.Module:
+    """A saved Keras 3 model, loaded on the torch backend."""
+    import os
+
+    if not path.is_file():
+        raise FeatvisValueError(f"--model {str(path)!r}: no such file")
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError as err:
+        raise FeatvisValueError(f"--model {str(path)!r}: a .keras file needs the keras package") from err
+    if keras.backend.backend() != "torch":
+        raise FeatvisValueError(
+            f"--model {str(path)!r}: set KERAS_BACKEND=torch (it is {keras.backend.backend()!r})"
+        )
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # keras raises many types for a bad file
+        raise FeatvisValueError(f"--model {str(path)!r} is not a readable Keras model: {err}") from err
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -103,7 +126,7 @@ common_options = [
         "--model",
         "model_spec",
         default=None,
-        help="TorchScript file or module:factory (default: embedded EfficientNet-Lite0).",
+        help="A .keras file (torch backend), a TorchScript file or module:factory (default: embedded EfficientNet-Lite0).",
     ),
     click.option(
         "--preprocess",

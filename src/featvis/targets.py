@@ -129,11 +129,48 @@ class SoftmaxRecorder(TorchFunctionMode):
         return found[1] if found is not None and found[0] is tensor else None
 
 
-def _leaf_names(model: nn.Module) -> dict[nn.Module, str]:
-    names: dict[nn.Module, str] = {}
+def is_keras(model: nn.Module) -> bool:
+    """A Keras 3 model on the torch backend: layers by Keras name, channels-last images."""
+    return (
+        type(model).__module__.startswith("keras")
+        and hasattr(model, "get_layer")
+        and hasattr(model, "layers")
+    )
+
+
+def module_names(model: nn.Module) -> dict[nn.Module, str]:
+    """Each module of the model and its name ('' for the model; Keras layers by their Keras name)."""
+    names: dict[nn.Module, str] = {model: ""}
+    if is_keras(model):
+        for layer in model.layers:
+            names.setdefault(layer, layer.name)
+        return names
     for name, module in model.named_modules():
         names.setdefault(module, name)
     return names
+
+
+def module_by_name(model: nn.Module, name: str) -> nn.Module:
+    """The module `module_names` calls `name`."""
+    return {n: module for module, n in module_names(model).items()}[name]
+
+
+def _is_leaf(model: nn.Module, module: nn.Module) -> bool:
+    if is_keras(model):
+        return module is not model
+    return not any(True for _ in module.children())
+
+
+def run_model(model: nn.Module, x: torch.Tensor):
+    """Call the model on NCHW images, as NHWC for a Keras model."""
+    if is_keras(model) and x.ndim == 4:
+        x = x.permute(0, 2, 3, 1)
+    return model(x)
+
+
+def _channels_first(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """Keras outputs are channels-last; featvis works channels-first (N, C, ...)."""
+    return output.movedim(-1, 1) if is_keras(model) and output.ndim >= 3 else output
 
 
 @dataclass
@@ -163,7 +200,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
 
     The model must already be in the state featvis runs it in (see `ModelGuard`).
     """
-    names = _leaf_names(model)
+    names = module_names(model)
     order: list[str] = []
     calls: dict[str, int] = {}
     softmax_outputs: set[str] = set()
@@ -176,10 +213,10 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
         name = names[module]
         count = calls.get(name, 0)
         calls[name] = count + 1
-        leaf = not any(True for _ in module.children())
+        leaf = _is_leaf(model, module)
         if count == 0 and leaf:
             order.append(name)
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        shape = tuple(_channels_first(model, output).shape) if isinstance(output, torch.Tensor) else None
         events.append((name, count, shape, leaf))
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
@@ -188,7 +225,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
         for module in names:
             handles.append(module.register_forward_hook(hook))
         with torch.no_grad(), recorder:
-            model(example)
+            run_model(model, example)
     except Exception as err:
         raise ModelError(
             f"model raised {type(err).__name__} on an input of shape {tuple(example.shape)}: {err}"
@@ -209,11 +246,18 @@ def _split_call(spec: str) -> tuple[str, int | None]:
 
 def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
     """Turn a name, int index or module into a `Target`, with clear errors."""
-    names = _leaf_names(model)
+    names = module_names(model)
+    by_name = {name: module for module, name in names.items()}
     call: int | None = None
     if isinstance(layer, bool):
         raise bad_type("layer", layer, "a module name, an int index or a module")
-    if isinstance(layer, int):
+    if isinstance(layer, int) and is_keras(model):
+        if not -len(model.layers) <= layer < len(model.layers):
+            raise LayerNotFoundError(
+                f"layer={layer} is out of range: model.layers has {len(model.layers)} layers"
+            )
+        name = model.layers[layer].name
+    elif isinstance(layer, int):
         if not -len(seen.order) <= layer < len(seen.order):
             raise LayerNotFoundError(
                 f"layer={layer} is out of range: the model runs {len(seen.order)} "
@@ -229,17 +273,17 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
         name = names[layer]
     elif isinstance(layer, str):
         name, call = _split_call(layer)
-        modules = dict(model.named_modules())
+        modules = by_name if is_keras(model) else dict(model.named_modules())
         if name not in modules:
             raise LayerNotFoundError(
                 f"layer={layer!r} is not a module of the model"
                 f"{close_matches(name, [n for n in modules if n])}"
             )
+        name = names[modules[name]]
     else:
         raise bad_type("layer", layer, "a module name (str), an int index or an nn.Module")
 
-    module = dict(model.named_modules())[name]
-    name = names[module]
+    module = by_name[name]
     count = seen.calls.get(name, 0)
     label = name or "<model output>"
     if count == 0:
@@ -293,6 +337,7 @@ class Capture:
 
     def __init__(self, targets: Sequence[Target], guard: ModelGuard, pre_softmax: set[str]):
         self.targets = list(targets)
+        self.channels_last = is_keras(guard.model)
         self.pre_softmax = pre_softmax
         self.recorder = SoftmaxRecorder() if pre_softmax else None
         self._wanted = {t.key for t in self.targets}
@@ -316,7 +361,7 @@ class Capture:
                 )
             if key in self.pre_softmax and self.recorder is not None:
                 output = self.recorder.pre_softmax(output)
-            self.outputs[key] = output
+            self.outputs[key] = output.movedim(-1, 1) if self.channels_last and output.ndim >= 3 else output
             if self.stop_early and len(self.outputs) == len(self._wanted):
                 raise _StopForward
 
@@ -329,7 +374,7 @@ class Capture:
         mode = self.recorder if self.recorder is not None else contextlib.nullcontext()
         try:
             with mode:
-                model(x)
+                run_model(model, x)
         except _StopForward:
             pass
         except LayerNotFoundError:

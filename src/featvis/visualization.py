@@ -24,7 +24,16 @@ from .losses import ActivationMaximization, Loss, UnitPerImage, WeightedSum, as_
 from .optimizer import Callback, Result, optimize
 from .params import make_parameterization
 from .regularizers import LpNorm, TotalVariation
-from .targets import LayerSpec, ModelGuard, layer_output, model_device, probe, resolve_layer
+from .targets import (
+    LayerSpec,
+    ModelGuard,
+    layer_output,
+    model_device,
+    module_by_name,
+    probe,
+    resolve_layer,
+    run_model,
+)
 
 DEFAULT_LR = {"pixel": 0.02, "fourier": 0.05, "maco": 0.5}
 DEFAULT_METHOD = "fourier"
@@ -223,11 +232,10 @@ def _auto_batch_size(model, layer, shape, channels, device, preprocess, input_ra
     with ModelGuard(model) as guard:
         seen = probe(model, x)
         resolve_layer(model, layer, seen)
-        for module in model.modules():
-            if not any(True for _ in module.children()):
-                guard.add_hook(module.register_forward_hook(count))
+        for name in seen.order:
+            guard.add_hook(module_by_name(model, name).register_forward_hook(count))
         with torch.no_grad():
-            model(x)
+            run_model(model, x)
     if device.type == "cuda":
         budget, most = torch.cuda.mem_get_info(device)[0] * 0.5, 64
     else:

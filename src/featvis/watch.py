@@ -58,32 +58,37 @@ class GifRecorder:
         )
 
 
-def plot_history(
-    history: Mapping[str, Sequence[float]], path: str | Path, *, title: str | None = None
-) -> Path:
-    """Plot every loss term against the step (one line per term; the total is in the title).
+def history_figure(history: Mapping[str, Sequence[float]], *, title: str | None = None):
+    """A matplotlib figure with every loss term against the step (one line per term).
 
     Example:
-        >>> plot_history(result.history, "losses.png")
+        >>> figure = history_figure(result.history)   # shows itself in Jupyter
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     terms = {name: values for name, values in history.items() if name != "total"}
     if not terms:
         raise bad_value("history", list(history), "at least one loss term")
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    axes = figure.subplots()
     for name, values in terms.items():
         axes.plot(range(1, len(values) + 1), values, label=name)
-    final = history.get("total", [None])[-1] if history.get("total") else None
+    total = history.get("total") or []
     axes.set_xlabel("step")
     axes.set_ylabel("loss term (minimized)")
-    axes.set_title(title or (f"final total {final:.4g}" if final is not None else "loss terms"))
+    axes.set_title(title or (f"final total {total[-1]:.4g}" if total else "loss terms"))
     axes.legend()
     figure.tight_layout()
-    try:
-        return _atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        plt.close(figure)
+    return figure
+
+
+def plot_history(
+    history: Mapping[str, Sequence[float]], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Save `history_figure` as a PNG, atomically.
+
+    Example:
+        >>> plot_history(result.history, "losses.png")
+    """
+    figure = history_figure(history, title=title)
+    return _atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))

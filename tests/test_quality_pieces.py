@@ -1,0 +1,135 @@
+"""Parameterizations, transforms, diversity and objective arithmetic (the image-quality pieces)."""
+
+import numpy as np
+import pytest
+import torch
+
+import featvis
+from featvis.input_modifiers import (
+    Jitter,
+    Noise,
+    RandomAffine,
+    RandomCrop,
+    apply_modifiers,
+    standard_transforms,
+)
+from featvis.losses import ActivationMaximization, LossContext, channel, diversity, neuron
+from featvis.params import FourierImage, MacoImage, PixelImage, natural_magnitude
+from featvis.regularizers import LpNorm, TotalVariation
+
+from conftest import make_tiny
+
+GEN = dict(generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("param_class", [PixelImage, FourierImage, MacoImage])
+def test_parameterizations_make_images_in_range(param_class):
+    param = param_class(2, 3, (24, 20), **GEN)
+    with torch.no_grad():
+        for p in param.parameters():
+            p.add_(torch.randn(p.shape) * 5)  # even wild parameters
+        param.project()
+    images = param()
+    assert images.shape == (2, 3, 24, 20)
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def _high_frequency_share(images: torch.Tensor) -> float:
+    spectrum = torch.fft.rfft2(images - images.mean(dim=(2, 3), keepdim=True)).abs() ** 2
+    h, w = images.shape[-2:]
+    fy = torch.fft.fftfreq(h)[:, None].abs()
+    fx = torch.fft.rfftfreq(w)[None, :]
+    high = (torch.maximum(fy, fx) > 0.25).float()
+    return float((spectrum * high).sum() / spectrum.sum())
+
+
+def test_fourier_and_maco_images_have_less_high_frequency_than_pixels():
+    model = make_tiny()
+    shares = {}
+    for method in ("pixel", "fourier", "maco"):
+        result = featvis.visualize_activation(
+            model, "conv2", 3, method=method, size=32, max_iter=30, seed=0, return_result=True
+        )
+        shares[method] = _high_frequency_share(result.images)
+    assert shares["fourier"] < shares["pixel"]
+    assert shares["maco"] < shares["pixel"]
+
+
+def test_fourier_image_starts_from_a_seed_image_exactly():
+    seed = torch.rand(1, 3, 16, 18) * 0.9 + 0.05
+    assert torch.allclose(FourierImage(1, 3, (16, 18), init=seed)(), seed, atol=1e-4)
+
+
+def test_natural_magnitude_falls_with_frequency():
+    magnitude = natural_magnitude(3, (64, 64))
+    assert magnitude.shape == (3, 64, 33)
+    assert magnitude[:, 1, 1].mean() > 5 * magnitude[:, 32, 32].mean()
+
+
+@pytest.mark.parametrize(
+    "modifier", [Jitter(4), RandomAffine((0.8, 1.2), 15, 0.1), RandomCrop((0.2, 1.0)), Noise(0.1)]
+)
+def test_each_image_draws_its_own_transform_and_gradients_flow(modifier):
+    images = torch.rand(1, 3, 32, 32).expand(4, -1, -1, -1).clone().requires_grad_(True)
+    out = modifier(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    assert not torch.allclose(out[0], out[1])  # the same image, transformed differently
+    out.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_standard_transforms_and_plain_functions_compose():
+    images = torch.rand(2, 3, 32, 32)
+    out = apply_modifiers(
+        [*standard_transforms(), lambda x: x.flip(-1)], images, torch.Generator().manual_seed(0)
+    )
+    assert out.shape == images.shape
+
+
+def test_diversity_makes_the_images_of_a_batch_more_different():
+    model = make_tiny()
+
+    def spread(weight):
+        loss = channel("conv2", 4) + weight * diversity("conv2")
+        result = featvis.visualize_activation_with_losses(
+            model, loss, batch_size=4, size=32, max_iter=40, seed=0, return_result=True
+        )
+        flat = result.images.flatten(1)
+        return torch.cdist(flat, flat).sum().item() / 12
+
+    assert spread(20.0) > 1.2 * spread(0.0)
+
+
+def test_objective_arithmetic_equals_the_arithmetic_of_the_terms():
+    model = make_tiny()
+    x = torch.rand(2, 3, 32, 32)
+    acts = {}
+    handles = [
+        m.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o))
+        for n, m in [("conv2", model.conv2), ("fc", model.fc)]
+    ]
+    model(x)
+    for h in handles:
+        h.remove()
+    from featvis.targets import Target
+
+    targets = {"conv2": Target("conv2", model.conv2), "fc": Target("fc", model.fc)}
+    ctx = LossContext(
+        images=x, views=1, activations={"conv2#0": acts["conv2"], "fc#0": acts["fc"]}, targets=targets
+    )
+    a, b, c = channel("conv2", 1), ActivationMaximization("fc", 2), TotalVariation()
+    combined = a - 100 * b + 0.5 * c - neuron("conv2", 3) / 2
+    expected = a(ctx) - 100 * b(ctx) + 0.5 * c(ctx) - neuron("conv2", 3)(ctx) / 2
+    assert torch.allclose(combined(ctx), expected)
+    assert [w for _, w in combined.terms] == [1.0, -100.0, 0.5, -0.5]
+    many = sum(LpNorm() * (1 / 500) for _ in range(500))  # hundreds of terms, no recursion
+    assert len(many.terms) == 500 and torch.allclose(many(ctx), LpNorm()(ctx), atol=1e-5)
+
+
+def test_maco_transparency_map_is_returned():
+    model = make_tiny()
+    result = featvis.visualize_activation(
+        model, "conv2", 1, method="maco", size=32, max_iter=10, seed=0, return_result=True
+    )
+    assert result.transparency.shape == (1, 32, 32) and (result.transparency >= 0).all()
+    assert np.isfinite(result.transparency.numpy()).all()

@@ -1,0 +1,155 @@
+"""GIFs, loss plots, notebook display and the HTML gallery (opened in headless Chromium)."""
+
+from pathlib import Path
+import re
+import shutil
+import subprocess
+
+from PIL import Image
+import pytest
+
+import featvis
+from featvis.gallery import write_gallery
+from featvis.watch import GifRecorder, history_figure, plot_history
+
+from conftest import make_tiny
+
+
+def test_gif_has_one_frame_per_saved_step(tmp_path):
+    gif = GifRecorder(every=3)
+    featvis.visualize_activation(make_tiny(), "fc", 1, size=32, max_iter=10, seed=0, callbacks=[gif])
+    path = gif.save(tmp_path / "run.gif")
+    assert gif.steps == [0, 3, 6, 9]
+    assert Image.open(path).n_frames == 4
+
+
+def test_plot_has_one_line_per_loss_term(tmp_path):
+    result = featvis.visualize_activation(
+        make_tiny(), "fc", 1, lp_norm_weight=0.1, size=32, max_iter=5, seed=0, return_result=True
+    )
+    figure = history_figure(result.history)
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert labels == ["ActivationMaximization", "TotalVariation", "LpNorm"]
+    assert [len(line.get_xdata()) for line in figure.axes[0].get_lines()] == [5, 5, 5]
+    path = plot_history(result.history, tmp_path / "loss.png")
+    assert Image.open(path).size == (600, 350)
+
+
+def test_result_displays_itself_in_notebooks():
+    result = featvis.visualize_activation(
+        make_tiny(), "fc", 1, size=32, max_iter=2, seed=0, return_result=True, batch_size=2
+    )
+    png = result._repr_png_()
+    assert png.startswith(b"\x89PNG")
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    if found:
+        return found
+    # the test set-up installs Debian's chromium when it is missing (root, Debian)
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium"],
+        check=False,
+        capture_output=True,
+        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    found = shutil.which("chromium")
+    if not found:
+        pytest.fail("Debian's chromium is needed for the gallery test and could not be installed")
+    return found
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def test_gallery_thumbnails_all_load_in_a_browser_and_reruns_add_layers(tmp_path):
+    model = make_tiny()
+    site = tmp_path / "site"
+    write_gallery(model, ["conv1"], site, size=24, max_iter=4, seed=0)
+    index = write_gallery(model, ["conv2"], site, size=24, max_iter=4, seed=0)  # adds, keeps conv1
+    page = index.read_text()
+    assert 'data-layer="conv1"' in page and 'data-layer="conv2"' in page
+    probe = site / "check.html"
+    probe.write_text(
+        page.replace(
+            "</body>",
+            "<script>window.addEventListener('load', () => {"
+            "const imgs = [...document.images];"
+            "document.body.insertAdjacentHTML('beforeend', '<pre id=\"result\">loaded=' +"
+            " imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' total=' + imgs.length + '</pre>');"
+            "});</script></body>",
+        )
+    )
+    chromium = _chromium()
+    profile = tmp_path / "profile"
+    dom = subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    loaded, total = map(int, re.search(r"loaded=(\d+) total=(\d+)", dom).groups())
+    assert total == 8 + 16  # conv1 has 8 channels, conv2 16
+    assert loaded == total
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=900,700",
+            index.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert Image.open(shot).size == (900, 700)
+
+
+def test_gallery_cli_writes_index(tmp_path):
+    from featvis.cli import main
+
+    main(
+        [
+            "gallery",
+            "--model",
+            "conftest:make_tiny",
+            "--preprocess",
+            "none",
+            "--layer",
+            "conv1",
+            "--units",
+            "0,1",
+            "--steps",
+            "2",
+            "--size",
+            "16",
+            "--out",
+            str(tmp_path / "site"),
+        ]
+    )
+    assert (tmp_path / "site" / "index.html").exists()
+    assert sorted(p.name for p in Path(tmp_path / "site" / "conv1").iterdir()) == [
+        "unit_0000.png",
+        "unit_0001.png",
+    ]
