@@ -21,11 +21,19 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import backprop_modifiers, grad_modifiers
-from .errors import FeatvisValueError, bad_value
+from .errors import FeatvisValueError, bad_value, check_int, check_number
 from .image import check_range, to_unit_tensor
 from .input_modifiers import _randn_like
 from .losses import ActivationMaximization, Loss, LossContext, layer_key
-from .targets import Capture, LayerSpec, ModelGuard, model_device, probe, resolve_layer, warn_pre_softmax
+from .targets import (
+    Capture,
+    LayerSpec,
+    ModelGuard,
+    probe,
+    resolve_device,
+    resolve_layer,
+    warn_pre_softmax,
+)
 from .visualization import _as_losses
 
 CAM_METHODS = ("gradcam", "gradcam++")
@@ -66,7 +74,7 @@ def _gradients(
         targets = {layer_key(spec): resolve_layer(model, spec, seen) for spec in specs}
         penultimate = None
         if extra_layer is not None:
-            penultimate = resolve_layer(model, extra_layer, seen)
+            penultimate = resolve_layer(model, extra_layer, seen, argument="penultimate_layer")
         pre_softmax = {t.key for t in targets.values()} & seen.softmax_outputs
         warn_pre_softmax(pre_softmax)
         wanted = {t.key: t for t in [*targets.values(), *([penultimate] if penultimate else [])]}
@@ -123,11 +131,9 @@ def visualize_saliency_with_losses(
     loss = _as_losses(losses)
     input_range = check_range(input_range)
     modifier = grad_modifiers.get(grad_modifier)
-    if isinstance(smooth_samples, bool) or not isinstance(smooth_samples, int) or smooth_samples < 0:
-        raise bad_value("smooth_samples", smooth_samples, "an int >= 0")
-    if not smooth_noise >= 0:
-        raise bad_value("smooth_noise", smooth_noise, "a number >= 0")
-    target_device = torch.device(device) if device is not None else model_device(model)
+    check_int("smooth_samples", smooth_samples, 0)
+    check_number("smooth_noise", smooth_noise, minimum=0)
+    target_device = resolve_device(device, model)
     images = _load_batch(seed_input, input_range, channels, target_device)
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     samples = max(1, smooth_samples)
@@ -193,7 +199,7 @@ def visualize_cam_with_losses(
     if method not in CAM_METHODS:
         raise bad_value("method", method, f"one of {', '.join(CAM_METHODS)}")
     modifier = grad_modifiers.get(grad_modifier)
-    target_device = torch.device(device) if device is not None else model_device(model)
+    target_device = resolve_device(device, model)
     images = _load_batch(seed_input, input_range, channels, target_device)
     penultimate = penultimate_layer
     if penultimate is None:
@@ -275,7 +281,7 @@ def visualize_guided_cam(
         model, layer, filter_indices, seed_input, penultimate_layer=penultimate_layer, **common
     )
     input_range = check_range(input_range)
-    target_device = torch.device(device) if device is not None else model_device(model)
+    target_device = resolve_device(device, model)
     images = _load_batch(seed_input, input_range, channels, target_device)
     loss = ActivationMaximization(layer, filter_indices)
     guided = _gradients(

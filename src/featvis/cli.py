@@ -61,7 +61,10 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
         raise FeatvisValueError(f"--model {spec!r}: cannot import {module_name!r}: {err}") from err
     if not hasattr(module, factory):
         raise FeatvisValueError(f"--model {spec!r}: {module_name!r} has no attribute {factory!r}")
-    model = getattr(module, factory)()
+    try:
+        model = getattr(module, factory)()
+    except Exception as err:  # the user's factory may raise anything
+        raise FeatvisValueError(f"--model {spec!r}: {factory}() raised {type(err).__name__}: {err}") from err
     if not isinstance(model, torch.nn.Module):
         raise FeatvisValueError(
             f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module"

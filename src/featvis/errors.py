@@ -66,3 +66,27 @@ def choose(argument: str, given: object, table: dict):
     names = sorted(table)
     hint = close_matches(given, names) if isinstance(given, str) else ""
     raise bad_value(argument, given, f"one of {', '.join(names)} or a callable{hint}")
+
+
+def check_int(argument: str, value: object, minimum: int) -> int:
+    """An int (not a bool) >= minimum, or the standard error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_type(argument, value, f"an int >= {minimum}")
+    if value < minimum:
+        raise bad_value(argument, value, f"an int >= {minimum}")
+    return value
+
+
+def check_number(
+    argument: str, value: object, *, minimum: float | None = None, positive: bool = False
+) -> float:
+    """A finite real number (not a bool), optionally >= minimum or > 0, or the standard error."""
+    import math
+    import numbers
+
+    allowed = "a finite number" + (" > 0" if positive else f" >= {minimum}" if minimum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise bad_type(argument, value, allowed)
+    if not math.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum):
+        raise bad_value(argument, value, allowed)
+    return float(value)

@@ -52,8 +52,7 @@ def write_gallery(
     """
     if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
         raise bad_type("layers", layers, "a non-empty list of layer names")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # created by the first file written, so a failed run leaves nothing
     manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"layers": {}}
     for layer in layers:

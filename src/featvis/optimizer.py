@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import backprop_modifiers, grad_modifiers
-from .errors import FeatvisValueError, NonFiniteError, bad_value
+from .errors import FeatvisValueError, NonFiniteError, bad_type, check_int, check_number
 from .input_modifiers import InputModifier, apply_modifiers
 from .losses import Loss, LossContext, layer_key
 from .params import Parameterization
@@ -102,12 +102,17 @@ def optimize(
     many conv nets, CPU included, but a model that calls ``.view`` on conv
     features needs it off.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise bad_value("steps", steps, "an int >= 1")
-    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-        raise bad_value("views", views, "an int >= 1")
-    if not lr > 0:
-        raise bad_value("lr", lr, "a number > 0")
+    check_int("steps", steps, 1)
+    check_int("views", views, 1)
+    check_number("lr", lr, positive=True)
+    if preprocess is not None and not callable(preprocess):
+        raise bad_type("preprocess", preprocess, "a function of the image batch, or None")
+    if (
+        isinstance(callbacks, str | bytes)
+        or not isinstance(callbacks, Sequence)
+        or not all(map(callable, callbacks))
+    ):
+        raise bad_type("callbacks", callbacks, "a list of functions f(step, terms, images)")
     grad_fn = grad_modifiers.get(grad_modifier)
     rule = backprop_modifiers.get(backprop_modifier)
     terms = [(term, weight) for term, weight in loss.terms if weight != 0]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import LayerNotFoundError, ModelError, bad_type, close_matches
+from .errors import LayerNotFoundError, ModelError, bad_type, bad_value, close_matches
 
 LayerSpec = str | int | nn.Module
 
@@ -95,6 +95,21 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
+    """The device to run on: the model's by default, else a valid and available one."""
+    if device is None:
+        return model_device(model)
+    try:
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available on this machine")
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise bad_value(
+            "device", device, f"an available torch device such as 'cpu' or 'cuda' ({err})"
+        ) from err
+    return resolved
 
 
 class _StopForward(Exception):
@@ -228,7 +243,8 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
             run_model(model, example)
     except Exception as err:
         raise ModelError(
-            f"model raised {type(err).__name__} on an input of shape {tuple(example.shape)}: {err}"
+            f"model raised {type(err).__name__} on a (preprocessed) input of shape "
+            f"{tuple(example.shape)}: {err}; check model, preprocess, input_range and size"
         ) from err
     finally:
         for handle in handles:
@@ -244,23 +260,23 @@ def _split_call(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
-def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
-    """Turn a name, int index or module into a `Target`, with clear errors."""
+def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str = "layer") -> Target:
+    """Turn a name, int index or module into a `Target`, with clear errors naming `argument`."""
     names = module_names(model)
     by_name = {name: module for module, name in names.items()}
     call: int | None = None
     if isinstance(layer, bool):
-        raise bad_type("layer", layer, "a module name, an int index or a module")
+        raise bad_type(argument, layer, "a module name, an int index or a module")
     if isinstance(layer, int) and is_keras(model):
         if not -len(model.layers) <= layer < len(model.layers):
             raise LayerNotFoundError(
-                f"layer={layer} is out of range: model.layers has {len(model.layers)} layers"
+                f"{argument}={layer} is out of range: model.layers has {len(model.layers)} layers"
             )
         name = model.layers[layer].name
     elif isinstance(layer, int):
         if not -len(seen.order) <= layer < len(seen.order):
             raise LayerNotFoundError(
-                f"layer={layer} is out of range: the model runs {len(seen.order)} "
+                f"{argument}={layer} is out of range: the model runs {len(seen.order)} "
                 f"leaf modules, so an index must lie in [{-len(seen.order)}, "
                 f"{len(seen.order) - 1}] (see featvis.layer_names)"
             )
@@ -268,7 +284,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
     elif isinstance(layer, nn.Module):
         if layer not in names:
             raise LayerNotFoundError(
-                f"layer={type(layer).__name__}(...) is a module that is not part of the model"
+                f"{argument}={type(layer).__name__}(...) is a module that is not part of the model"
             )
         name = names[layer]
     elif isinstance(layer, str):
@@ -276,28 +292,28 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe) -> Target:
         modules = by_name if is_keras(model) else dict(model.named_modules())
         if name not in modules:
             raise LayerNotFoundError(
-                f"layer={layer!r} is not a module of the model"
+                f"{argument}={layer!r} is not a module of the model"
                 f"{close_matches(name, [n for n in modules if n])}"
             )
         name = names[modules[name]]
     else:
-        raise bad_type("layer", layer, "a module name (str), an int index or an nn.Module")
+        raise bad_type(argument, layer, "a module name (str), an int index or an nn.Module")
 
     module = by_name[name]
     count = seen.calls.get(name, 0)
     label = name or "<model output>"
     if count == 0:
-        raise LayerNotFoundError(f"layer={label!r} never runs in the model's forward pass")
+        raise LayerNotFoundError(f"{argument}={label!r} never runs in the model's forward pass")
     if call is None:
         if count > 1:
             choices = ", ".join(f"'{name}#{k}'" for k in range(count))
             raise LayerNotFoundError(
-                f"layer={label!r} runs {count} times in one forward pass; choose a call: {choices}"
+                f"{argument}={label!r} runs {count} times in one forward pass; choose a call: {choices}"
             )
         call = 0
     elif call >= count:
         raise LayerNotFoundError(
-            f"layer={layer!r} asks for call {call}, but the module runs only {count} time(s)"
+            f"{argument}={layer!r} asks for call {call}, but the module runs only {count} time(s)"
         )
     return Target(name=name, module=module, call=call)
 
@@ -380,7 +396,9 @@ class Capture:
         except LayerNotFoundError:
             raise
         except Exception as err:
-            raise ModelError(f"model raised {type(err).__name__}: {err}") from err
+            raise ModelError(
+                f"model raised {type(err).__name__}: {err}; check model, preprocess, input_range and size"
+            ) from err
         missing = self._wanted - set(self.outputs)
         if missing:
             raise LayerNotFoundError(f"layer(s) {sorted(missing)} did not run in this forward pass")

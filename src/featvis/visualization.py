@@ -9,15 +9,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 import numbers
+import sys
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import bad_type, bad_value
+from .errors import bad_type, bad_value, check_int, check_number
 from .image import check_range, resize, to_array, to_unit_tensor
 from .input_modifiers import InputModifier, standard_transforms
 from .losses import ActivationMaximization, Loss, UnitPerImage, WeightedSum, as_loss
@@ -28,9 +29,9 @@ from .targets import (
     LayerSpec,
     ModelGuard,
     layer_output,
-    model_device,
     module_by_name,
     probe,
+    resolve_device,
     resolve_layer,
     run_model,
 )
@@ -114,15 +115,16 @@ def visualize_activation_with_losses(
     """
     loss = _as_losses(losses)
     input_range = check_range(input_range)
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise bad_value("channels", channels, "an int >= 1")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise bad_value("batch_size", batch_size, "an int >= 1")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise bad_value("max_iter", max_iter, "an int >= 1")
+    check_int("channels", channels, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("max_iter", max_iter, 1)
+    if seed is not None:
+        check_int("seed", seed, 0)
     if not isinstance(model, nn.Module):
         raise bad_type("model", model, "a torch.nn.Module")
-    target_device = torch.device(device) if device is not None else model_device(model)
+    if callbacks is not None and (isinstance(callbacks, str) or not isinstance(callbacks, Sequence)):
+        raise bad_type("callbacks", callbacks, "a list of functions f(step, terms, images)")
+    target_device = resolve_device(device, model)
     init = None
     if seed_input is not None:
         init = to_unit_tensor(seed_input, "seed_input", input_range, channels)
@@ -134,6 +136,10 @@ def visualize_activation_with_losses(
         shape = tuple(init.shape[-2:])
     else:
         shape = _size(224 if size is None else size)
+    if input_modifiers is not None and (
+        isinstance(input_modifiers, str) or not isinstance(input_modifiers, Sequence)
+    ):
+        raise bad_type("input_modifiers", input_modifiers, "a list of InputModifier objects or functions")
     modifiers = standard_transforms() if input_modifiers is None else list(input_modifiers)
     for modifier in modifiers:
         if not callable(modifier):
@@ -176,13 +182,7 @@ def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> 
         ("tv_weight", tv_weight),
         ("lp_norm_weight", lp_norm_weight),
     ):
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, numbers.Real)
-            or not np.isfinite(weight)
-            or weight < 0
-        ):
-            raise bad_value(name, weight, "a finite number >= 0")
+        check_number(name, weight, minimum=0)
     return WeightedSum(
         [(objective, act_max_weight), (TotalVariation(), tv_weight), (LpNorm(6), lp_norm_weight)]
     )
@@ -271,8 +271,11 @@ def visualize_layer(
         >>> images.shape
         (16, 224, 224, 3)
     """
-    target_device = torch.device(device) if device is not None else model_device(model)
+    target_device = resolve_device(device, model)
     shape = _size(224 if size is None else size)
+    check_int("max_iter", kwargs.get("max_iter", DEFAULT_STEPS), 1)
+    if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
+        raise bad_type("units", units, "a list of unit indices or None")
     if units is None:
         units = range(_unit_count(model, layer, channels, shape, target_device, preprocess, input_range))
     units = list(units)
@@ -280,10 +283,9 @@ def visualize_layer(
         raise bad_value("units", units, "at least one unit index")
     if batch_size is None:
         batch_size = _auto_batch_size(model, layer, shape, channels, target_device, preprocess, input_range)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise bad_value("batch_size", batch_size, "an int >= 1")
+    check_int("batch_size", batch_size, 1)
     chunks = [units[i : i + batch_size] for i in range(0, len(units), batch_size)]
-    show = progress if progress is not None else len(chunks) > 1
+    show = progress if progress is not None else len(chunks) > 1 and sys.stderr.isatty()
     results = []
     for index, chunk in enumerate(tqdm(chunks, desc=f"layer {layer}", disable=not show)):
         loss = _regularized(UnitPerImage(layer, chunk), act_max_weight, tv_weight, lp_norm_weight)
@@ -333,7 +335,7 @@ def activations_reached(
     Example:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
     """
-    target_device = torch.device(device) if device is not None else model_device(model)
+    target_device = resolve_device(device, model)
     batch = to_unit_tensor(np.asarray(images), "images", check_range(input_range)).to(target_device)
     units = list(units)
     if len(units) != batch.shape[0]:
