@@ -155,10 +155,27 @@ common_options = [
 ]
 
 
-def with_common(function):
-    for option in reversed(common_options):
-        function = option(function)
-    return function
+attention_options = [
+    click.option("--image", "image_path", required=True, type=click.Path(), help="Image file."),
+    click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained."),
+    click.option("--filter", "filters", required=True, help="Unit/class index or class name (comma list)."),
+    click.option("--size", type=int, default=224, show_default=True, help="Resize the image to this size."),
+    click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image."),
+    click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG."),
+    *common_options,
+]
+
+
+def with_options(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+with_common = with_options(common_options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -342,15 +359,9 @@ Examples:
   featvis saliency --image cat.jpg --filter 285 --backprop-modifier guided --no-overlay --out guided.png
 """
 )
-@click.option("--image", "image_path", required=True, type=click.Path(), help="Image file.")
-@click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained.")
-@click.option("--filter", "filters", required=True, help="Unit/class index or class name (comma list).")
 @click.option("--smooth", type=int, default=0, show_default=True, help="SmoothGrad samples (0: vanilla).")
 @click.option("--backprop-modifier", default=None, help="guided, relu, rectified or deconv.")
-@click.option("--size", type=int, default=224, show_default=True, help="Resize the image to this size.")
-@click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
-@with_common
+@with_options(attention_options)
 def saliency(
     image_path,
     layer,
@@ -392,18 +403,12 @@ Examples:
   featvis cam --image cat.jpg --filter 285 --guided --out guided_cam.png
 """
 )
-@click.option("--image", "image_path", required=True, type=click.Path(), help="Image file.")
-@click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained.")
-@click.option("--filter", "filters", required=True, help="Unit/class index or class name (comma list).")
 @click.option("--penultimate", default=None, help="Layer whose activations are weighted (default: found).")
 @click.option(
     "--method", type=click.Choice(list(attention.CAM_METHODS)), default="gradcam", show_default=True
 )
 @click.option("--guided", is_flag=True, help="Guided Grad-CAM: guided backprop times the CAM.")
-@click.option("--size", type=int, default=224, show_default=True, help="Resize the image to this size.")
-@click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
-@with_common
+@with_options(attention_options)
 def cam(
     image_path,
     layer,
