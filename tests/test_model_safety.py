@@ -116,3 +116,20 @@ def test_failed_save_keeps_the_good_file(tmp_path, monkeypatch):
         featvis.save_image(np.ones((8, 8, 3), np.uint8), path)
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["image.png"]
+
+
+def test_ctrl_c_in_a_whole_layer_stops_after_the_current_batch(tiny):
+    before = snapshot(tiny)
+    calls = []
+
+    def interrupt(step, terms, images):
+        calls.append(step)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.warns(featvis.FeatvisWarning, match="interrupted"):
+        images = featvis.visualize_layer(
+            tiny, "conv2", [0, 1, 2, 3], batch_size=2, callbacks=[interrupt], **SMALL
+        )
+    assert images.shape == (2, 32, 32, 3)  # the first batch, interrupted; no second batch started
+    assert_untouched(tiny, before)

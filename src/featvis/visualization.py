@@ -264,7 +264,8 @@ def visualize_layer(
     """One image per unit of `layer` (all units by default), many units per batch.
 
     Each image of a batch maximizes its own unit with its own random transforms.
-    `batch_size` defaults to what fits in memory. Returns (N, H, W, C).
+    `batch_size` defaults to what fits in memory. Returns (N, H, W, C); after
+    Ctrl-C, the images of the batches run so far (the last one as it was).
 
     Example:
         >>> images = visualize_layer(lite0.model, "_blocks.10", units=range(16), preprocess=lite0.preprocess)
@@ -289,22 +290,23 @@ def visualize_layer(
     results = []
     for index, chunk in enumerate(tqdm(chunks, desc=f"layer {layer}", disable=not show)):
         loss = _regularized(UnitPerImage(layer, chunk), act_max_weight, tv_weight, lp_norm_weight)
-        results.append(
-            visualize_activation_with_losses(
-                model,
-                loss,
-                batch_size=len(chunk),
-                channels=channels,
-                size=shape,
-                input_range=input_range,
-                preprocess=preprocess,
-                device=target_device,
-                progress=False,
-                seed=None if seed is None else seed + index,
-                return_result=False,
-                **kwargs,
-            ).reshape(len(chunk), shape[0], shape[1], channels)
+        result = visualize_activation_with_losses(
+            model,
+            loss,
+            batch_size=len(chunk),
+            channels=channels,
+            size=shape,
+            input_range=input_range,
+            preprocess=preprocess,
+            device=target_device,
+            progress=False,
+            seed=None if seed is None else seed + index,
+            return_result=True,
+            **kwargs,
         )
+        results.append(to_array(result.images, input_range))
+        if result.interrupted:  # Ctrl-C: keep what is done, start no further batch
+            break
     return np.concatenate(results)
 
 
