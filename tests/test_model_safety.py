@@ -133,3 +133,14 @@ def test_ctrl_c_in_a_whole_layer_stops_after_the_current_batch(tiny):
         )
     assert images.shape == (2, 32, 32, 3)  # the first batch, interrupted; no second batch started
     assert_untouched(tiny, before)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = featvis.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "a.png")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
