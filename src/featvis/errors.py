@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 import difflib
+import math
+import numbers
 
 
 class FeatvisError(Exception):
@@ -81,9 +83,6 @@ def check_number(
     argument: str, value: object, *, minimum: float | None = None, positive: bool = False
 ) -> float:
     """A finite real number (not a bool), optionally >= minimum or > 0, or the standard error."""
-    import math
-    import numbers
-
     allowed = "a finite number" + (" > 0" if positive else f" >= {minimum}" if minimum is not None else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise bad_type(argument, value, allowed)

@@ -90,7 +90,6 @@ def optimize(
     verbose: bool = False,
     progress: bool | None = None,
     seed: int | None = None,
-    device: torch.device | None = None,
     autocast: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> Result:

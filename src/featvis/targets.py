@@ -359,7 +359,6 @@ class Capture:
         self._wanted = {t.key for t in self.targets}
         self._calls: dict[nn.Module, int] = {}
         self.outputs: dict[str, torch.Tensor] = {}
-        self.stop_early = True
         for name, module in {t.name: t.module for t in self.targets}.items():
             guard.add_hook(module.register_forward_hook(self._hook_for(name)))
 
@@ -378,7 +377,7 @@ class Capture:
             if key in self.pre_softmax and self.recorder is not None:
                 output = self.recorder.pre_softmax(output)
             self.outputs[key] = output.movedim(-1, 1) if self.channels_last and output.ndim >= 3 else output
-            if self.stop_early and len(self.outputs) == len(self._wanted):
+            if len(self.outputs) == len(self._wanted):  # stop the forward pass here
                 raise _StopForward
 
         return hook

@@ -166,7 +166,6 @@ def visualize_activation_with_losses(
         verbose=verbose,
         progress=progress,
         seed=int(torch.randint(0, 2**62, (1,), generator=generator)),
-        device=target_device,
         autocast=autocast,
         channels_last=channels_last,
     )
