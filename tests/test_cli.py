@@ -150,3 +150,50 @@ def test_attention_commands_bad_input(args, capsys, tmp_path, monkeypatch):
     )
     assert code == 2 and len(captured.err.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_torchscript_model_output_works_and_inner_layers_say_why_not(tmp_path, capsys):
+    import torch
+
+    from conftest import make_tiny
+
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(make_tiny()).save(str(path))
+    out = tmp_path / "out.png"
+    main(
+        [
+            "activation",
+            "--model",
+            str(path),
+            "--preprocess",
+            "none",
+            "--layer",
+            "",
+            "--filter",
+            "1",
+            "--size",
+            "32",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert Image.open(out).size == (32, 32)
+    code, captured = run(
+        [
+            "activation",
+            "--model",
+            str(path),
+            "--preprocess",
+            "none",
+            "--layer",
+            "scripted.fc",
+            "--filter",
+            "1",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "TorchScript" in captured.err

@@ -28,6 +28,17 @@ Examples:
 """
 
 
+class ScriptedModel(torch.nn.Module):
+    """A TorchScript module in a Python module, so its output (layer '') can be visualized."""
+
+    def __init__(self, scripted: torch.nn.Module):
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, x):
+        return self.scripted(x)
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -51,7 +62,7 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:  # torch raises several types for a bad file
             raise FeatvisValueError(f"--model {spec!r} is not a TorchScript file: {err}") from err
-        return LoadedModel(model, norm, None)
+        return LoadedModel(ScriptedModel(model), norm, None)
     module_name, _, factory = spec.partition(":")
     if not factory:
         raise bad_value("--model", spec, "a TorchScript file or 'package.module:factory'")

@@ -238,7 +238,8 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
 
     try:
         for module in names:
-            handles.append(module.register_forward_hook(hook))
+            if not isinstance(module, torch.jit.ScriptModule):  # TorchScript takes no Python hooks
+                handles.append(module.register_forward_hook(hook))
         with torch.no_grad(), recorder:
             run_model(model, example)
     except Exception as err:
@@ -300,6 +301,11 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
         raise bad_type(argument, layer, "a module name (str), an int index or an nn.Module")
 
     module = by_name[name]
+    if isinstance(module, torch.jit.ScriptModule):
+        raise LayerNotFoundError(
+            f"{argument}={name!r} is inside a TorchScript module, whose layers featvis cannot read; "
+            "visualize the model output (layer='') or load the Python model"
+        )
     count = seen.calls.get(name, 0)
     label = name or "<model output>"
     if count == 0:
