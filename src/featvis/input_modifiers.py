@@ -30,8 +30,15 @@ class InputModifier:
         return f"{type(self).__name__}({fields})"
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to `device` without making the host wait for the GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
-    return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+    return to_device(low + (high - low) * torch.rand(n, generator=generator), device)
 
 
 def _randn_like(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -66,8 +73,8 @@ class Jitter(InputModifier):
         if jy == 0 and jx == 0:
             return images
         n, c = images.shape[:2]
-        dy = torch.randint(-jy, jy + 1, (n, 1), generator=generator).to(images.device)
-        dx = torch.randint(-jx, jx + 1, (n, 1), generator=generator).to(images.device)
+        dy = to_device(torch.randint(-jy, jy + 1, (n, 1), generator=generator), images.device)
+        dx = to_device(torch.randint(-jx, jx + 1, (n, 1), generator=generator), images.device)
         rows = (torch.arange(h, device=images.device)[None] - dy) % h  # per-image roll, two gathers
         cols = (torch.arange(w, device=images.device)[None] - dx) % w
         images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
@@ -123,8 +130,8 @@ class RandomCrop(InputModifier):
     def __call__(self, images, generator):
         n, device = images.shape[0], images.device
         side = torch.sqrt(_uniform(n, *self.area, generator, device))
-        cx = (torch.rand(n, generator=generator).to(device) * 2 - 1) * (1 - side)
-        cy = (torch.rand(n, generator=generator).to(device) * 2 - 1) * (1 - side)
+        cx = (_uniform(n, -1, 1, generator, device)) * (1 - side)
+        cy = (_uniform(n, -1, 1, generator, device)) * (1 - side)
         zero = torch.zeros_like(side)
         theta = torch.stack([torch.stack([side, zero, cx], 1), torch.stack([zero, side, cy], 1)], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)

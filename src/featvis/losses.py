@@ -272,6 +272,7 @@ class UnitPerImage(Loss):
         self.layer = layer
         self.units = _check_indices(list(units), "units")
         self.channel_axis = channel_axis
+        self._units_on: torch.Tensor | None = None
 
     def layers(self) -> tuple[LayerSpec, ...]:
         return (self.layer,)
@@ -282,7 +283,9 @@ class UnitPerImage(Loss):
             raise bad_value("units", self.units, f"indices in [0, {act.shape[1] - 1}]")
         if len(self.units) != ctx.batch_size:
             raise bad_value("units", self.units, f"one unit per image ({ctx.batch_size})")
-        units = torch.tensor(self.units, device=act.device)[ctx.image_of_row()]
+        if self._units_on is None or self._units_on.device != act.device:  # one copy, not one per step
+            self._units_on = torch.tensor(self.units, device=act.device)
+        units = self._units_on[ctx.image_of_row()]
         chosen = act[torch.arange(act.shape[0], device=act.device), units]
         return -chosen.flatten(1).mean(1) if chosen.ndim > 1 else -chosen
 

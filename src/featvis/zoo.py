@@ -37,11 +37,17 @@ class Normalize:
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_range=(0, 255)):
         self.mean, self.std, self.input_range = tuple(mean), tuple(std), tuple(input_range)
+        self._constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.input_range
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        key = (x.device, x.dtype)
+        if key not in self._constants:  # copied to the device once, not at every step
+            self._constants[key] = tuple(
+                torch.tensor(values, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+                for values in (self.mean, self.std)
+            )
+        mean, std = self._constants[key]
         return ((x - low) / (high - low) - mean) / std
 
     def __repr__(self) -> str:
