@@ -109,6 +109,12 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
             views=4,
             tv=1.0,
         ),
+        "fourier-bigcrops-8v": dict(
+            method="fourier",
+            input_modifiers=[RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)],
+            views=8,
+            tv=1.0,
+        ),
         "fourier-crops-noise0.1-2v": dict(
             method="fourier",
             input_modifiers=[RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.1)],
