@@ -92,3 +92,13 @@ def test_saved_keras_file_works_from_the_cli(keras_model, tmp_path):
         ]
     )
     assert Image.open(out).size == (16, 16)
+
+
+def test_grad_cam_on_a_keras_conv_layer(keras_model):
+    image = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    cam = featvis.visualize_cam(keras_model, "dense", 1, image, input_range=(0.0, 1.0))
+    named = featvis.visualize_cam(
+        keras_model, "dense", 1, image, penultimate_layer="relu", input_range=(0.0, 1.0)
+    )
+    assert cam.shape == (1, 16, 16) and np.isfinite(cam).all()
+    np.testing.assert_allclose(cam, named)  # found automatically: the last spatial layer, 'relu'

@@ -84,8 +84,9 @@ def _gradients(
         with backprop_modifiers.modify_backprop(rule):
             activations = capture.run(model, preprocess(x) if preprocess is not None else x)
             extra = activations[penultimate.key] if penultimate else None
-            if extra is not None:
-                extra.retain_grad()
+            raw_extra = capture.raw_outputs[penultimate.key] if penultimate else None
+            if raw_extra is not None:
+                raw_extra.retain_grad()  # the tensor on the path to the loss, not a channels-first view
             ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
             score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
             if not score.requires_grad:
@@ -93,7 +94,9 @@ def _gradients(
             score.backward()
     if not torch.isfinite(images.grad).all():
         raise FeatvisValueError("the gradient of the losses is NaN or infinite for this input")
-    extra_grad = extra.grad if extra is not None else None
+    extra_grad = None
+    if raw_extra is not None and raw_extra.grad is not None:
+        extra_grad = raw_extra.grad if raw_extra is extra else raw_extra.grad.movedim(-1, 1)
     return images.grad, (extra.detach() if extra is not None else None), extra_grad, seen
 
 

@@ -365,6 +365,7 @@ class Capture:
         self._wanted = {t.key for t in self.targets}
         self._calls: dict[nn.Module, int] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self.raw_outputs: dict[str, torch.Tensor] = {}  # as the model made them (Keras: channels-last)
         for name, module in {t.name: t.module for t in self.targets}.items():
             guard.add_hook(module.register_forward_hook(self._hook_for(name)))
 
@@ -382,6 +383,7 @@ class Capture:
                 )
             if key in self.pre_softmax and self.recorder is not None:
                 output = self.recorder.pre_softmax(output)
+            self.raw_outputs[key] = output
             self.outputs[key] = output.movedim(-1, 1) if self.channels_last and output.ndim >= 3 else output
             if len(self.outputs) == len(self._wanted):  # stop the forward pass here
                 raise _StopForward
@@ -391,7 +393,7 @@ class Capture:
     def run(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the model on `x` and return {target key: output}."""
         self._calls.clear()
-        self.outputs = {}
+        self.outputs, self.raw_outputs = {}, {}
         mode = self.recorder if self.recorder is not None else contextlib.nullcontext()
         try:
             with mode:
