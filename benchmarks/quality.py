@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import featvis
-from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop, standard_transforms
+from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop
 from featvis.losses import UnitPerImage
 from featvis.params import FourierImage
 from featvis.regularizers import TotalVariation
@@ -81,40 +81,26 @@ def fourier_decay(decay: float):
 def recipes(generator: torch.Generator) -> dict[str, dict]:
     """Each recipe: keyword arguments of visualize_activation_with_losses plus a TV weight."""
     crops = [RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.05)]
+    bigcrops = [RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)]  # standard_transforms() now
+    jitter_affine = [
+        Jitter(0.04),
+        RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.03),
+        Noise(0.01),
+    ]  # the first default
     return {
         "featvis": dict(),  # the library's defaults
         "lucid": dict(
             method="fourier", input_modifiers=lucid_transforms(generator), views=1, tv=0.0, steps=256
         ),
         "pixel": dict(method="pixel", input_modifiers=[Jitter(16)], views=2, tv=1.0, lr=0.02),
-        "fourier-std-2v": dict(method="fourier", input_modifiers=standard_transforms(), views=2, tv=1.0),
+        "fourier-std-2v": dict(method="fourier", input_modifiers=jitter_affine, views=2, tv=1.0),
         "fourier-crops-2v": dict(method="fourier", input_modifiers=crops, views=2, tv=1.0),
         "fourier-crops-2v-tv0": dict(method="fourier", input_modifiers=crops, views=2, tv=0.0),
         "fourier-crops-2v-tv3": dict(method="fourier", input_modifiers=crops, views=2, tv=3.0),
-        "fourier-bigcrops-2v": dict(
-            method="fourier",
-            input_modifiers=[RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)],
-            views=2,
-            tv=1.0,
-        ),
-        "fourier-bigcrops-2v-tv2": dict(
-            method="fourier",
-            input_modifiers=[RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)],
-            views=2,
-            tv=2.0,
-        ),
-        "fourier-bigcrops-4v": dict(
-            method="fourier",
-            input_modifiers=[RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)],
-            views=4,
-            tv=1.0,
-        ),
-        "fourier-bigcrops-8v": dict(
-            method="fourier",
-            input_modifiers=[RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)],
-            views=8,
-            tv=1.0,
-        ),
+        "fourier-bigcrops-2v": dict(method="fourier", input_modifiers=bigcrops, views=2, tv=1.0),
+        "fourier-bigcrops-2v-tv2": dict(method="fourier", input_modifiers=bigcrops, views=2, tv=2.0),
+        "fourier-bigcrops-4v": dict(method="fourier", input_modifiers=bigcrops, views=4, tv=1.0),
+        "fourier-bigcrops-8v": dict(method="fourier", input_modifiers=bigcrops, views=8, tv=1.0),
         "fourier-crops-noise0.1-2v": dict(
             method="fourier",
             input_modifiers=[RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.1)],

@@ -12,7 +12,7 @@ import numpy as np
 
 import featvis
 
-from toy_models import train_digits_cnn
+from toy_models import digit_settings, train_digits_cnn
 
 out = sys.argv[1] if len(sys.argv) > 1 else "docs/examples"
 model = train_digits_cnn(seed=0)
@@ -20,19 +20,7 @@ images = []
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", featvis.FeatvisWarning)
     for digit in range(10):
-        image = featvis.visualize_activation(
-            model,
-            "softmax",
-            digit,
-            channels=1,
-            size=8,
-            input_range=(0.0, 1.0),
-            max_iter=64,
-            seed=digit,
-            method="pixel",
-            input_modifiers=[],
-            tv_weight=0.05,
-        )
+        image = featvis.visualize_activation(model, "softmax", digit, **digit_settings(digit))
         images.append(np.kron(image, np.ones((16, 16, 1))))
 grid = featvis.stitch_images(images, cols=5, labels=[str(d) for d in range(10)])
 print("wrote", featvis.save_image(grid, f"{out}/digits.png"))

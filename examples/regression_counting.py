@@ -14,20 +14,12 @@ import torch
 
 import featvis
 
-from toy_models import disk_images, train_disk_counter
+from toy_models import counting_settings, disk_images, train_disk_counter
 
 out = sys.argv[1] if len(sys.argv) > 1 else "docs/examples"
 counter = train_disk_counter(seed=0)
 start, _ = disk_images(1, seed=5)
-kwargs = dict(
-    channels=1,
-    input_range=(0.0, 1.0),
-    seed_input=start[0],
-    max_iter=60,
-    seed=0,
-    method="pixel",
-    tv_weight=0.1,
-)
+kwargs = counting_settings(start[0])
 more = featvis.visualize_activation(counter, "head", 0, **kwargs)
 fewer = featvis.visualize_activation(counter, "head", 0, grad_modifier="negate", **kwargs)
 

@@ -27,6 +27,19 @@ def disk_images(n: int, size: int = 32, max_disks: int = 5, seed: int = 0):
     return torch.from_numpy(images.clip(0, 1)), torch.from_numpy(counts.astype(np.float32))
 
 
+def counting_settings(start: torch.Tensor) -> dict:
+    """`visualize_activation` arguments for the counter, starting from image `start` (1, 32, 32)."""
+    return dict(
+        channels=1,
+        input_range=(0.0, 1.0),
+        seed_input=start,
+        max_iter=60,
+        seed=0,
+        method="pixel",
+        tv_weight=0.1,
+    )
+
+
 class DiskCounter(nn.Module):
     """A CNN that regresses the number of disks in a 32x32 gray image (input in [0, 1])."""
 
@@ -54,6 +67,20 @@ def train_disk_counter(seed: int = 0, steps: int = 300) -> DiskCounter:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def digit_settings(digit: int) -> dict:
+    """`visualize_activation` arguments for one class of the digits CNN (8x8, one channel, [0, 1])."""
+    return dict(
+        channels=1,
+        size=8,
+        input_range=(0.0, 1.0),
+        max_iter=64,
+        seed=digit,
+        method="pixel",
+        input_modifiers=[],
+        tv_weight=0.05,
+    )
 
 
 class DigitsCNN(nn.Module):

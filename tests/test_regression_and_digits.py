@@ -6,7 +6,7 @@ import torch
 import featvis
 
 from conftest import assert_untouched, snapshot
-from toy_models import disk_images, train_digits_cnn, train_disk_counter
+from toy_models import counting_settings, digit_settings, disk_images, train_digits_cnn, train_disk_counter
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,7 @@ def _count(model, image):
 def test_regression_output_rises_by_default_and_falls_with_negate(counter):
     before = snapshot(counter)
     seed, _ = disk_images(1, seed=5)
-    kwargs = dict(
-        channels=1,
-        input_range=(0.0, 1.0),
-        seed_input=seed[0],
-        max_iter=60,
-        seed=0,
-        method="pixel",
-        tv_weight=0.1,
-    )
+    kwargs = counting_settings(seed[0])
     start = _count(counter, seed[0].permute(1, 2, 0).numpy())
     up = featvis.visualize_activation(counter, "head", 0, **kwargs)
     down = featvis.visualize_activation(counter, "head", 0, grad_modifier="negate", **kwargs)
@@ -51,19 +43,7 @@ def test_digit_visualization_is_classified_as_that_digit():
     hits = 0
     for digit in range(10):
         with pytest.warns(featvis.FeatvisWarning, match="softmax"):
-            image = featvis.visualize_activation(
-                model,
-                "softmax",
-                digit,
-                channels=1,
-                size=8,
-                input_range=(0.0, 1.0),
-                max_iter=64,
-                seed=digit,
-                method="pixel",
-                input_modifiers=[],
-                tv_weight=0.05,
-            )
+            image = featvis.visualize_activation(model, "softmax", digit, **digit_settings(digit))
         with torch.no_grad():
             predicted = model(torch.tensor(image).permute(2, 0, 1)[None]).argmax().item()
         hits += predicted == digit
