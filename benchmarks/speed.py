@@ -3,7 +3,9 @@
 Run: python benchmarks/speed.py [--quick] [--device cuda] [--autocast bf16] [--channels-last]
 
 1. limit: a bare forward+backward (weights frozen) of the network up to the target
-   layer, per image-step, at batch 1 and at featvis's batch size;
+   layer, per image-step, at batch 1 and at featvis's batch size; also for the
+   graph featvis runs (batch norms and zero pads folded into the convolutions,
+   `featvis.fusion`, with channels-last input where featvis uses it);
 2. naive: what existing libraries do: the full network every step, weights with
    gradients, one unit at a time, a 128 px image upsampled to 224;
 3. featvis: `visualize_layer`, per image-step;
@@ -42,6 +44,15 @@ def up_to_layer(model, x):
     for block in model._blocks[:11]:
         x = block(x)
     return x
+
+
+def fused_model(model, device, preprocess):
+    """The copy of the model featvis runs: batch norms and zero pads folded into convolutions."""
+    model.eval()
+    x = preprocess(255 * torch.rand(1, 3, SIZE, SIZE, device=device))
+    with torch.no_grad():
+        calls = featvis.targets.probe(model, x).calls
+        return featvis.fusion.fused_copy(model, x, calls, keep={LAYER})
 
 
 def limit_per_image_step(model, batch, device, repeats, channels_last, autocast):
@@ -128,7 +139,7 @@ def main() -> None:
         progress=False,
         device=device,
         autocast=autocast,
-        channels_last=args.channels_last,
+        channels_last=True if args.channels_last else None,  # None: featvis's default
     )
 
     batch = args.batch_size or featvis.visualization._auto_batch_size(
@@ -138,6 +149,9 @@ def main() -> None:
     repeats = 5 if device.type == "cpu" else 20
     limit_1 = limit_per_image_step(model, 1, device, repeats, args.channels_last, autocast)
     limit_b = limit_per_image_step(model, batch, device, repeats, args.channels_last, autocast)
+    fused = fused_model(model, device, lite0.preprocess)
+    fused_channels_last = args.channels_last or device.type == "cpu"  # featvis's default layout
+    limit_fused = limit_per_image_step(fused, batch, device, repeats, fused_channels_last, autocast)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,6 +200,9 @@ def main() -> None:
         "limit_s_per_image_step_batch": limit_b,
         "featvis_s_per_image_step": featvis_per_step,
         "featvis_over_limit_same_batch": featvis_per_step / limit_b,
+        "limit_fused_s_per_image_step_batch": limit_fused,
+        "limit_fused_channels_last": fused_channels_last,
+        "featvis_over_fused_limit_same_batch": featvis_per_step / limit_fused,
         "naive_s_per_image_step": naive_per_step,
         "naive_units_timed": len(naive_units),
         "layer_featvis_s": featvis_time,
@@ -204,6 +221,8 @@ def main() -> None:
         "limit_s_per_image_step_batch",
         "featvis_s_per_image_step",
         "featvis_over_limit_same_batch",
+        "limit_fused_s_per_image_step_batch",
+        "featvis_over_fused_limit_same_batch",
         "naive_s_per_image_step",
         "layer_naive_s",
         "layer_featvis_s",

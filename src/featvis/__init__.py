@@ -8,11 +8,13 @@ Example:
 
 from . import (
     backprop_modifiers,
+    fusion,
     grad_modifiers,
     input_modifiers,
     losses,
     params,
     regularizers,
+    targets,
     zoo,
 )
 from .attention import (
@@ -64,6 +66,7 @@ __all__ = [
     "activations_reached",
     "backprop_modifiers",
     "find_layer_idx",
+    "fusion",
     "grad_modifiers",
     "input_modifiers",
     "layer_names",
@@ -72,6 +75,7 @@ __all__ = [
     "regularizers",
     "save_image",
     "stitch_images",
+    "targets",
     "visualize_activation",
     "visualize_activation_with_losses",
     "visualize_layer",

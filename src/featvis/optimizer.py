@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from . import backprop_modifiers, grad_modifiers
 from .errors import FeatvisValueError, NonFiniteError, bad_type, check_int, check_number
+from .fusion import choose_runner
 from .input_modifiers import InputModifier, apply_modifiers
 from .losses import Loss, LossContext, layer_key
 from .params import Parameterization
-from .targets import Capture, FeatvisWarning, ModelGuard, probe, resolve_layer, warn_pre_softmax
+from .targets import FeatvisWarning, ModelGuard, probe, resolve_layer, warn_pre_softmax
 
 Callback = Callable[[int, dict[str, float], torch.Tensor], None]
 
@@ -91,15 +92,18 @@ def optimize(
     progress: bool | None = None,
     seed: int | None = None,
     autocast: torch.dtype | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
+    fuse: bool = True,
 ) -> Result:
     """Minimize `loss` over the images `param` makes; see the module docstring.
 
     `autocast` (e.g. ``torch.bfloat16``) runs the model under `torch.autocast` on
-    the images' device; losses are computed in float32. `channels_last` feeds the
-    model channels-last input (the model's weights are not touched); faster for
-    many conv nets, CPU included, but a model that calls ``.view`` on conv
-    features needs it off.
+    the images' device; losses are computed in float32. `channels_last=True` feeds
+    the model channels-last input (the model's weights are not touched); None
+    (default) does so on the CPU when the model gives the same outputs with it.
+    `fuse` runs a copy of the model with batch norms and zero pads folded into its
+    convolutions (sharing the model's weights; see `featvis.fusion`) when the copy's
+    outputs agree with the model's.
     """
     check_int("steps", steps, 1)
     check_int("views", views, 1)
@@ -123,12 +127,24 @@ def optimize(
 
     with ModelGuard(model) as guard:
         with torch.no_grad():
-            example = _to_model_input(param()[:1], input_range, preprocess)
+            first = param()[:1]
+            example = _to_model_input(first, input_range, preprocess)
+            noise = torch.rand(first.shape, generator=torch.Generator().manual_seed(0))
+            check_input = _to_model_input(noise.to(first), input_range, preprocess)
         seen = probe(model, example)
         targets = {layer_key(spec): resolve_layer(model, spec, seen) for spec in layers}
         pre_softmax = {t.key for t in targets.values()} & seen.softmax_outputs
         warn_pre_softmax(pre_softmax)
-        capture = Capture(list({t.key: t for t in targets.values()}.values()), guard, pre_softmax)
+        runner, capture, channels_last = choose_runner(
+            model,
+            check_input,
+            seen,
+            list({t.key: t for t in targets.values()}.values()),
+            guard,
+            pre_softmax,
+            fuse=fuse,
+            channels_last=channels_last,
+        )
 
         optimizer = torch.optim.Adam(param.parameters(), lr=lr)
         log = _StepLog(names)
@@ -152,7 +168,7 @@ def optimize(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with backprop_modifiers.modify_backprop(rule):
                     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-                        activations = capture.run(model, x) if targets else {}
+                        activations = capture.run(runner, x) if targets else {}
                     activations = {key: value.float() for key, value in activations.items()}
                     ctx = LossContext(images=images, views=views, activations=activations, targets=targets)
                     values = [ctx.per_image(term(ctx)) for term, _ in terms]

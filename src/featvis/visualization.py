@@ -98,7 +98,8 @@ def visualize_activation_with_losses(
     seed: int | None = None,
     device: str | torch.device | None = None,
     autocast: torch.dtype | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
+    fuse: bool = True,
     return_result: bool = False,
 ) -> np.ndarray | Result:
     """Minimize a weighted sum of losses over an input image (keras-vis's research entry point).
@@ -107,7 +108,9 @@ def visualize_activation_with_losses(
     or (B, H, W, C) when ``batch_size > 1``; ``return_result=True`` returns the
     full `Result` (images in [0, 1], loss history, transparency map).
     ``autocast=torch.bfloat16`` runs the model in reduced precision on a GPU;
-    ``channels_last=True`` feeds channels-last input (faster for most conv nets).
+    ``channels_last=True`` feeds channels-last input (None: on the CPU, where the
+    model's outputs agree with it); ``fuse=False`` runs the model itself rather
+    than a copy with batch norms folded into convolutions (see `optimize`).
 
     Example:
         >>> losses = [(ActivationMaximization("_fc", 130), 1), (TotalVariation(), 0.5)]
@@ -168,6 +171,7 @@ def visualize_activation_with_losses(
         seed=int(torch.randint(0, 2**62, (1,), generator=generator)),
         autocast=autocast,
         channels_last=channels_last,
+        fuse=fuse,
     )
     if return_result:
         return result

@@ -1,0 +1,222 @@
+"""A faster stand-in for the model during a visualization: batch norms and zero pads folded into convolutions.
+
+In eval mode a `BatchNorm2d` right after a `Conv2d` is an affine map per channel,
+so it can be folded into the convolution's weights and bias, and a symmetric
+`ZeroPad2d` right before a convolution can become the convolution's own padding.
+On EfficientNet-Lite0 up to `_blocks.10` (224 px, batch 4, 2 CPU cores) that
+makes a forward+backward about 1.7x faster, and 2.3x with channels-last input.
+
+`fused_copy` builds a copy of the model that shares every parameter and buffer
+tensor with it (only folded convolutions get new, frozen weights); the user's
+model is never changed. Modules the objective reads, and modules run more than
+once, are left as they are. `optimize` runs the copy and the model on one random
+input first and uses the copy only when the targets' outputs agree.
+
+Example:
+    >>> x = lite0.preprocess(255 * torch.rand(1, 3, 224, 224))
+    >>> with ModelGuard(lite0.model):
+    ...     fast = fused_copy(lite0.model, x, probe(lite0.model, x).calls, keep={"_blocks.10"})
+    >>> sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+import copy
+
+import torch
+from torch import nn
+
+from .errors import LayerNotFoundError, ModelError
+from .targets import Capture, ModelGuard, Probe, Target, is_keras
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    """Whether any module carries hooks (the user's or anyone's): a copy would not run them."""
+    return any(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+        for module in model.modules()
+    )
+
+
+def _find_pairs(
+    model: nn.Module, example: torch.Tensor, calls: dict[str, int], keep: Collection[str]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(conv, batch norm) and (pad, conv) pairs seen in one forward pass on `example`."""
+    names = {module: name for name, module in model.named_modules()}
+    last_conv: dict[str, tuple[str, torch.Tensor]] = {}
+    folds: list[tuple[str, str]] = []
+    pads: list[tuple[str, str]] = []
+    pad_outputs: dict[int, tuple[str, torch.Tensor]] = {}
+
+    def foldable(name: str) -> bool:
+        return calls.get(name, 0) == 1 and name not in keep
+
+    def hook(module, inputs, output):
+        name = names[module]
+        if not foldable(name) or not isinstance(output, torch.Tensor):
+            return
+        if isinstance(module, nn.ZeroPad2d) and len(set(module.padding)) == 1:
+            pad_outputs[id(output)] = (name, output)
+        elif isinstance(module, nn.Conv2d):
+            last_conv["conv"] = (name, output)
+            source = inputs[0] if inputs else None
+            children = list(module.named_children())
+            if (
+                module.padding_mode == "zeros"
+                and tuple(module.padding) == (0, 0)
+                and isinstance(source, torch.Tensor)
+            ):
+                if len(children) == 1 and isinstance(children[0][1], nn.ZeroPad2d):
+                    inner = f"{name}.{children[0][0]}"
+                    if foldable(inner) and len(set(children[0][1].padding)) == 1:
+                        pads.append((inner, name))
+                elif not children and id(source) in pad_outputs and pad_outputs[id(source)][1] is source:
+                    pads.append((pad_outputs[id(source)][0], name))
+        elif isinstance(module, nn.BatchNorm2d) and "conv" in last_conv:
+            conv_name, conv_output = last_conv.pop("conv")
+            if (
+                inputs
+                and inputs[0] is conv_output
+                and module.running_mean is not None
+                and not module.training
+            ):
+                folds.append((conv_name, name))
+
+    handles = [module.register_forward_hook(hook) for module in names]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return folds, pads
+
+
+def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    """Give `conv` (a module of the copy) new frozen weights that include `norm`."""
+    with torch.no_grad():
+        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.double()
+        shift = -norm.running_mean.double() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.double()
+        if conv.bias is not None:
+            shift = shift + conv.bias.double() * scale
+        weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+        conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, module)
+
+
+def fused_copy(
+    model: nn.Module, example: torch.Tensor, calls: dict[str, int], keep: Collection[str]
+) -> nn.Module | None:
+    """A copy of `model` with batch norms and symmetric zero pads folded into convolutions.
+
+    `calls` counts how often each module ran (from `targets.probe`); modules run
+    more than once and those named in `keep` are not touched. Returns None when
+    there is nothing to fold or the model carries hooks. The model must be in eval
+    mode (see `targets.ModelGuard`).
+
+    Example:
+        >>> fast = fused_copy(model, x[:1], probe(model, x[:1]).calls, keep={"_blocks.10"})
+    """
+    if _has_hooks(model) or any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return None  # a copy would not run the hooks; TorchScript takes no Python hooks
+    folds, pads = _find_pairs(model, example, calls, keep)
+    if not folds and not pads:
+        return None
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    try:
+        fused = copy.deepcopy(model, memo=shared)
+    except Exception:  # a model that cannot be copied is run as it is
+        return None
+    for conv_name, norm_name in folds:
+        _fold_batch_norm(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
+        _replace(fused, norm_name, nn.Identity())
+    for pad_name, conv_name in pads:
+        conv = fused.get_submodule(conv_name)
+        amount = fused.get_submodule(pad_name).padding[0]
+        conv.padding = (amount, amount)
+        _replace(fused, pad_name, nn.Identity())
+    return fused
+
+
+def _agree(reference: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> bool:
+    for key, expected in reference.items():
+        got = outputs.get(key)
+        if got is None or got.shape != expected.shape:
+            return False
+        scale = expected.abs().max().item() + 1e-6
+        if not (got - expected).abs().max().item() <= 1e-3 * scale:
+            return False
+    return True
+
+
+def choose_runner(
+    model: nn.Module,
+    check_input: torch.Tensor,
+    seen: Probe,
+    targets: Collection[Target],
+    guard: ModelGuard,
+    pre_softmax: set[str],
+    *,
+    fuse: bool,
+    channels_last: bool | None,
+) -> tuple[nn.Module, Capture, bool]:
+    """The module to run, its `Capture`, and whether to feed it channels-last input.
+
+    With ``fuse=True`` the fused copy is used when its targets' outputs on
+    `check_input` agree with the model's. ``channels_last=None`` turns
+    channels-last input on for conv nets on the CPU when the outputs agree too;
+    True or False is obeyed as given.
+
+    Example:
+        >>> runner, capture, channels_last = choose_runner(model, x, seen, targets, guard, set(),
+        ...                                                fuse=True, channels_last=None)
+        >>> activations = capture.run(runner, x)
+    """
+    targets = list(targets)
+    image_input = check_input.ndim == 4
+    automatic = channels_last is None and image_input and check_input.device.type == "cpu"
+    fused = None
+    if targets and fuse and image_input and not is_keras(model):  # before featvis's hooks go on
+        fused = fused_copy(model, check_input, seen.calls, keep={t.name for t in targets})
+    capture = Capture(targets, guard, pre_softmax)
+    if not targets:
+        return model, capture, False
+    if fused is None and not automatic:
+        return model, capture, bool(channels_last)
+    with torch.no_grad():
+        reference = {k: v.clone() for k, v in capture.run(model, check_input).items()}
+    candidates: list[tuple[nn.Module, Capture]] = []
+    if fused is not None:
+        moved = [Target(t.name, fused.get_submodule(t.name), t.call) for t in targets]
+        candidates.append((fused, Capture(moved, guard, pre_softmax)))
+    candidates.append((model, capture))
+    layouts = [True, False] if automatic else [bool(channels_last)]
+    for runner, runner_capture in candidates:
+        for layout in layouts:
+            if runner is model and not layout:
+                return model, capture, False  # the model as it is: nothing to check
+            x = check_input.contiguous(memory_format=torch.channels_last) if layout else check_input
+            try:
+                with torch.no_grad():
+                    outputs = runner_capture.run(runner, x)
+            except (ModelError, LayerNotFoundError):
+                if runner is model and not automatic:
+                    raise  # channels-last input asked for and the model cannot take it
+                continue
+            if _agree(reference, outputs):
+                return runner, runner_capture, layout
+    return model, capture, bool(channels_last) and not automatic

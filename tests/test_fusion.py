@@ -1,0 +1,200 @@
+"""The fused copy featvis runs: same function as the model, model untouched, used only when exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import featvis
+from featvis import fusion
+from featvis.errors import ModelError
+from featvis.targets import ModelGuard, probe, resolve_layer
+
+from conftest import assert_untouched, hook_count, snapshot
+
+
+class SamePadConv(nn.Conv2d):
+    """A convolution that pads with a child module first, like EfficientNet-Lite's."""
+
+    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.ZeroPad2d(pad)
+
+    def forward(self, x):
+        return super().forward(self.static_padding(x))
+
+
+class ConvBnNet(nn.Module):
+    """conv-BN-ReLU6 stages with every padding style featvis folds (and one it must not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.pad2 = nn.ZeroPad2d(1)
+        self.conv2 = nn.Conv2d(8, 8, 3, groups=8, bias=True)
+        self.bn2 = nn.BatchNorm2d(8, affine=False)
+        self.conv3 = SamePadConv(8, 16, 3, pad=(1, 1, 1, 1), bias=False)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.conv4 = SamePadConv(16, 16, 3, stride=2, pad=(0, 1, 0, 1), bias=False)  # asymmetric: kept
+        self.bn4 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(self.pad2(x))))
+        x = self.act(self.bn3(self.conv3(x)))
+        x = self.bn4(self.conv4(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def make_conv_bn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = ConvBnNet()
+    for module in model.modules():  # weights and statistics that keep the signal alive, as trained ones do
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.05, 0.2)
+            if module.affine:
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def fused(model, keep=()):
+    x = torch.rand(1, 3, 16, 16)
+    with ModelGuard(model):
+        return fusion.fused_copy(model, x, probe(model, x).calls, keep=set(keep))
+
+
+def test_fused_copy_is_the_same_function_with_fewer_layers_and_leaves_the_model_alone():
+    model = make_conv_bn()
+    before = snapshot(model)
+    fast = fused(model)
+    assert_untouched(model, before)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == 0
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 4
+    assert fast.conv2.padding == (1, 1) and isinstance(fast.pad2, nn.Identity)
+    assert fast.conv3.padding == (1, 1) and isinstance(fast.conv3.static_padding, nn.Identity)
+    assert isinstance(fast.conv4.static_padding, nn.ZeroPad2d)  # (0, 1, 0, 1) is not a conv padding
+    assert fast.fc.weight is model.fc.weight  # unfolded weights are shared, not copied
+
+    x = torch.rand(3, 3, 16, 16, requires_grad=True)
+    expected = model(x)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), x)
+    got = fast(x)
+    (grad_got,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_the_objective_reads_are_not_folded():
+    model = make_conv_bn()
+    fast = fused(model, keep={"conv1", "bn3"})
+    assert isinstance(fast.bn1, nn.BatchNorm2d) and fast.conv1.bias is None  # conv1's output is read
+    assert isinstance(fast.bn3, nn.BatchNorm2d)
+    assert isinstance(fast.bn2, nn.Identity)
+
+
+def test_a_model_with_hooks_is_not_copied():
+    model = make_conv_bn()
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        assert fused(model) is None
+        featvis.visualize_activation(model, "fc", 0, size=16, max_iter=2, views=1, seed=0, progress=False)
+        assert calls  # the user's hook ran: featvis ran the model itself
+    finally:
+        handle.remove()
+
+
+class PreNormResidual(nn.Module):
+    """Reads a convolution's output twice (before and after its batch norm): folding would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.fc((self.bn(features) + features).mean(dim=(2, 3)))
+
+
+def runner_for(model, layer, **options):
+    x = torch.rand(1, 3, 16, 16)
+    with ModelGuard(model) as guard:
+        seen = probe(model, x)
+        target = resolve_layer(model, layer, seen)
+        runner, _, channels_last = fusion.choose_runner(model, x, seen, [target], guard, set(), **options)
+    return runner, channels_last
+
+
+def test_a_copy_that_is_not_the_same_function_is_not_used():
+    torch.manual_seed(0)
+    model = PreNormResidual().eval()
+    model.bn.running_mean.fill_(0.3)
+    model.bn.running_var.fill_(2.0)
+    assert fused(model) is not None  # the pattern matches...
+    runner, _ = runner_for(model, "fc", fuse=True, channels_last=False)
+    assert runner is model  # ...but its outputs differ, so featvis runs the model itself
+    runner, _ = runner_for(make_conv_bn(), "fc", fuse=True, channels_last=False)
+    assert isinstance(runner, ConvBnNet) and isinstance(runner.bn1, nn.Identity)
+
+
+class FlattensByView(nn.Module):
+    """`.view` on conv features: works only on contiguous (channels-first) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.fc(features.view(features.shape[0], -1))
+
+
+def test_channels_last_is_automatic_on_the_cpu_and_explicit_requests_are_obeyed():
+    assert runner_for(make_conv_bn(), "fc", fuse=True, channels_last=None)[1] is True
+    assert runner_for(make_conv_bn(), "fc", fuse=True, channels_last=False)[1] is False
+    torch.manual_seed(0)
+    model = FlattensByView().eval()
+    x = torch.rand(1, 3, 8, 8)
+    with ModelGuard(model) as guard:
+        seen = probe(model, x)
+        target = resolve_layer(model, "fc", seen)
+        runner, _, channels_last = fusion.choose_runner(
+            model, x, seen, [target], guard, set(), fuse=True, channels_last=None
+        )
+        assert runner is model and channels_last is False  # the model cannot take it: off
+    image = featvis.visualize_activation(model, "fc", 1, size=8, max_iter=4, views=1, seed=0, progress=False)
+    assert image.shape == (8, 8, 3)
+    with pytest.raises(ModelError, match="view"):  # asked for: obeyed, and the model's error shown
+        featvis.visualize_activation(
+            model, "fc", 1, size=8, max_iter=4, views=1, progress=False, channels_last=True
+        )
+    assert hook_count(model) == 0
+
+
+def test_fused_and_plain_runs_reach_the_same_activation():
+    model = make_conv_bn()
+    before = snapshot(model)
+    units = [0, 1, 2, 3]
+    options = dict(size=16, max_iter=64, views=1, seed=0, progress=False, input_range=(0.0, 1.0))
+    gray = featvis.activations_reached(
+        model, "conv4", units, np.full((4, 16, 16, 3), 0.5), input_range=(0.0, 1.0)
+    )
+    reached = {}
+    for fuse in (True, False):
+        images = featvis.visualize_layer(model, "conv4", units, fuse=fuse, **options)
+        reached[fuse] = featvis.activations_reached(model, "conv4", units, images, input_range=(0.0, 1.0))
+    assert_untouched(model, before)
+    assert (reached[True] > gray + 0.3).all()  # every unit rose
+    np.testing.assert_allclose(reached[True], reached[False], rtol=0.02)
