@@ -101,6 +101,9 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
         "fourier-bigcrops-2v-tv2": dict(method="fourier", input_modifiers=bigcrops, views=2, tv=2.0),
         "fourier-bigcrops-4v": dict(method="fourier", input_modifiers=bigcrops, views=4, tv=1.0),
         "fourier-bigcrops-8v": dict(method="fourier", input_modifiers=bigcrops, views=8, tv=1.0),
+        "fourier-bigcrops-8v-lr0.08": dict(
+            method="fourier", input_modifiers=bigcrops, views=8, tv=1.0, lr=0.08
+        ),
         "fourier-crops-noise0.1-2v": dict(
             method="fourier",
             input_modifiers=[RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.1)],
@@ -135,32 +138,38 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     }
 
 
-def run_recipe(name, recipe, lite0, classes, device, seed, budget):
+def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk):
+    """All classes' images, `chunk` classes per batch (each image with its own class and transforms)."""
     views = recipe.get("views", featvis.visualization.DEFAULT_VIEWS)
     steps = recipe.get("steps", budget // views) if budget == BUDGET else budget // views
-    loss = (
-        UnitPerImage("_fc", classes)
-        + recipe.get("tv", featvis.visualization.DEFAULT_TV_WEIGHT) * TotalVariation()
-    )
     kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps")}
     kwargs["views"] = views
     start = time.perf_counter()
-    images = featvis.visualize_activation_with_losses(
-        lite0.model,
-        loss,
-        batch_size=len(classes),
-        size=224,
-        max_iter=steps,
-        preprocess=lite0.preprocess,
-        seed=seed,
-        device=device,
-        progress=False,
-        **kwargs,
-    )
+    images = []
+    for first in range(0, len(classes), chunk):
+        part = classes[first : first + chunk]
+        loss = (
+            UnitPerImage("_fc", part)
+            + recipe.get("tv", featvis.visualization.DEFAULT_TV_WEIGHT) * TotalVariation()
+        )
+        images.append(
+            featvis.visualize_activation_with_losses(
+                lite0.model,
+                loss,
+                batch_size=len(part),
+                size=224,
+                max_iter=steps,
+                preprocess=lite0.preprocess,
+                seed=seed + first,
+                device=device,
+                progress=False,
+                **kwargs,
+            ).reshape(len(part), 224, 224, 3)
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / len(classes)
-    return images, seconds, steps, views
+    return np.concatenate(images), seconds, steps, views
 
 
 def judge(zoo_model, images: np.ndarray, size: int, device) -> torch.Tensor:
@@ -178,6 +187,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=BUDGET, help="forward+backward passes per image")
     parser.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="classes per batch (default: all on a GPU, 1 on a CPU, where small batches run fastest)",
+    )
+    parser.add_argument(
         "--grid", type=Path, default=None, help="save a 4x5 grid of the first recipe's images"
     )
     parser.add_argument(
@@ -188,11 +203,12 @@ def main() -> None:
     classes = [int(line) for line in args.classes.read_text().split()]
     lite0, lite2 = featvis.zoo.efficientnet_lite0(), featvis.zoo.efficientnet_lite2()
     lite0.model.to(device)
+    chunk = args.chunk or (len(classes) if device.type == "cuda" else 1)
     table = {}
     available = recipes(torch.Generator().manual_seed(args.seed))
     for name in args.recipes:
         images, seconds, steps, views = run_recipe(
-            name, available[name], lite0, classes, device, args.seed, args.budget
+            name, available[name], lite0, classes, device, args.seed, args.budget, chunk
         )
         target = torch.tensor(classes, device=device)[:, None]
         top5 = judge(lite2, images, lite2.image_size, device).topk(5).indices
@@ -204,6 +220,7 @@ def main() -> None:
             "seconds_per_image": seconds,
             "steps": steps,
             "views": views,
+            "classes_per_batch": chunk,
             "lite2_predictions": top5[:, 0].tolist(),
         }
         labels = [lite0.class_names[c] for c in classes]

@@ -33,7 +33,10 @@ class TotalVariation(Loss):
         img = ctx.images
         dx = img[..., :-1, 1:] - img[..., :-1, :-1]
         dy = img[..., 1:, :-1] - img[..., :-1, :-1]
-        return ((dx**2 + dy**2 + 1e-8) ** (self.beta / 2)).flatten(1).mean(1)
+        squared = dx.square() + dy.square()
+        if self.beta != 2:  # beta = 2 needs no power (and no epsilon against a zero base)
+            squared = (squared + 1e-8) ** (self.beta / 2)
+        return squared.flatten(1).mean(1)
 
 
 class LpNorm(Loss):
