@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import featvis
-from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop
+from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop, RandomFlip, RandomZoom
 from featvis.losses import UnitPerImage
 from featvis.params import FourierImage
 from featvis.regularizers import TotalVariation
@@ -81,14 +81,20 @@ def fourier_decay(decay: float):
 def recipes(generator: torch.Generator) -> dict[str, dict]:
     """Each recipe: keyword arguments of visualize_activation_with_losses plus a TV weight."""
     crops = [RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.05)]
-    bigcrops = [RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)]  # standard_transforms() now
+    bigcrops = [RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)]  # the second default
     jitter_affine = [
         Jitter(0.04),
         RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.03),
         Noise(0.01),
     ]  # the first default
     return {
-        "featvis": dict(),  # the library's defaults
+        "featvis": dict(),  # the library's defaults (the only recipe with the image average by default)
+        "fourier-flip-zoom-4v-last": dict(
+            method="fourier",
+            input_modifiers=[RandomFlip(), RandomZoom((0.316, 1.3)), Jitter(0.03), Noise(0.05)],
+            views=4,
+            tv=1.0,
+        ),  # the default without the image average
         "lucid": dict(
             method="fourier", input_modifiers=lucid_transforms(generator), views=1, tv=0.0, steps=256
         ),
@@ -144,6 +150,8 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk):
     steps = recipe.get("steps", budget // views) if budget == BUDGET else budget // views
     kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps")}
     kwargs["views"] = views
+    if name != "featvis":
+        kwargs.setdefault("image_ema", None)  # the recipes as measured: the last step's image
     start = time.perf_counter()
     images = []
     for first in range(0, len(classes), chunk):

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import backprop_modifiers, grad_modifiers
-from .errors import FeatvisValueError, NonFiniteError, bad_type, check_int, check_number
+from .errors import FeatvisValueError, NonFiniteError, bad_type, bad_value, check_int, check_number
 from .fusion import choose_runner
 from .input_modifiers import InputModifier, apply_modifiers
 from .losses import Loss, LossContext, layer_key
@@ -94,6 +94,7 @@ def optimize(
     autocast: torch.dtype | None = None,
     channels_last: bool | None = None,
     fuse: bool = True,
+    image_ema: float | None = None,
 ) -> Result:
     """Minimize `loss` over the images `param` makes; see the module docstring.
 
@@ -103,11 +104,18 @@ def optimize(
     (default) does so on the CPU when the model gives the same outputs with it.
     `fuse` runs a copy of the model with batch norms and zero pads folded into its
     convolutions (sharing the model's weights; see `featvis.fusion`) when the copy's
-    outputs agree with the model's.
+    outputs agree with the model's. `image_ema` (e.g. 0.9) returns an exponential
+    moving average of the images over the second half of the steps rather than the
+    last step's images: no extra passes, and smoother images that other networks
+    recognize better (``benchmarks/quality.py``).
     """
     check_int("steps", steps, 1)
     check_int("views", views, 1)
     check_number("lr", lr, positive=True)
+    if image_ema is not None:
+        check_number("image_ema", image_ema, minimum=0)
+        if not image_ema < 1:
+            raise bad_value("image_ema", image_ema, "a decay in [0, 1), or None")
     if preprocess is not None and not callable(preprocess):
         raise bad_type("preprocess", preprocess, "a function of the image batch, or None")
     if (
@@ -149,12 +157,16 @@ def optimize(
         optimizer = torch.optim.Adam(param.parameters(), lr=lr)
         log = _StepLog(names)
         transparency = None
+        average = None  # of the images, when image_ema is set
         interrupted = False
         bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
         try:
             for step in range(steps):
                 images = param()
                 images.retain_grad()
+                if image_ema is not None and step >= steps // 2:
+                    current = images.detach()
+                    average = current.clone() if average is None else average.lerp_(current, 1 - image_ema)
                 # the model path gets its own node, so a grad modifier changes only the
                 # gradient that comes through the model, not the regularizers' own
                 through_model = images.view_as(images)
@@ -211,7 +223,7 @@ def optimize(
         finally:
             bar.close()
         with torch.no_grad():
-            final = param().detach()
+            final = param().detach() if average is None else average
     return Result(images=final, history=log.history, transparency=transparency, interrupted=interrupted)
 
 

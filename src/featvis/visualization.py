@@ -41,6 +41,7 @@ DEFAULT_METHOD = "fourier"
 DEFAULT_VIEWS = 4  # random views per image and step; 128 steps x 4 views = 512 passes
 DEFAULT_STEPS = 128
 DEFAULT_TV_WEIGHT = 1.0
+DEFAULT_IMAGE_EMA = 0.9  # the result averages the images of the second half of the steps
 
 
 def _size(size: object, argument: str = "size") -> tuple[int, int]:
@@ -100,6 +101,7 @@ def visualize_activation_with_losses(
     autocast: torch.dtype | None = None,
     channels_last: bool | None = None,
     fuse: bool = True,
+    image_ema: float | None = DEFAULT_IMAGE_EMA,
     return_result: bool = False,
 ) -> np.ndarray | Result:
     """Minimize a weighted sum of losses over an input image (keras-vis's research entry point).
@@ -110,7 +112,9 @@ def visualize_activation_with_losses(
     ``autocast=torch.bfloat16`` runs the model in reduced precision on a GPU;
     ``channels_last=True`` feeds channels-last input (None: on the CPU, where the
     model's outputs agree with it); ``fuse=False`` runs the model itself rather
-    than a copy with batch norms folded into convolutions (see `optimize`).
+    than a copy with batch norms folded into convolutions (see `optimize`);
+    ``image_ema=None`` returns the last step's image rather than the average of the
+    images over the second half of the steps.
 
     Example:
         >>> losses = [(ActivationMaximization("_fc", 130), 1), (TotalVariation(), 0.5)]
@@ -172,6 +176,7 @@ def visualize_activation_with_losses(
         autocast=autocast,
         channels_last=channels_last,
         fuse=fuse,
+        image_ema=image_ema,
     )
     if return_result:
         return result
