@@ -108,6 +108,8 @@ def _cases():
         add("method", "activation", method=method)
     for lr in [0, -1, float("nan"), "0.1", float("inf")]:
         add("lr", "activation", lr=lr)
+    for decay in [1.0, 1.5, -0.1, float("nan"), "0.9", True]:
+        add("image_ema", "activation", image_ema=decay)
     for views in [0, -2, 1.5, "2", True]:
         add("views", "activation", views=views)
     for batch in [0, -1, 2.5, "4", True]:

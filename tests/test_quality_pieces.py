@@ -10,6 +10,8 @@ from featvis.input_modifiers import (
     Noise,
     RandomAffine,
     RandomCrop,
+    RandomFlip,
+    RandomZoom,
     apply_modifiers,
     standard_transforms,
 )
@@ -67,7 +69,15 @@ def test_natural_magnitude_falls_with_frequency():
 
 
 @pytest.mark.parametrize(
-    "modifier", [Jitter(4), RandomAffine((0.8, 1.2), 15, 0.1), RandomCrop((0.2, 1.0)), Noise(0.1)]
+    "modifier",
+    [
+        Jitter(4),
+        RandomAffine((0.8, 1.2), 15, 0.1),
+        RandomCrop((0.2, 1.0)),
+        RandomZoom((0.3, 1.3)),
+        RandomZoom((1.1, 1.5)),
+        Noise(0.1),
+    ],
 )
 def test_each_image_draws_its_own_transform_and_gradients_flow(modifier):
     images = torch.rand(1, 3, 32, 32).expand(4, -1, -1, -1).clone().requires_grad_(True)
@@ -76,6 +86,28 @@ def test_each_image_draws_its_own_transform_and_gradients_flow(modifier):
     assert not torch.allclose(out[0], out[1])  # the same image, transformed differently
     out.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_random_flip_mirrors_some_images_of_a_batch_and_not_others():
+    images = torch.rand(1, 3, 8, 8).expand(16, -1, -1, -1)
+    out = RandomFlip(0.5)(images, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, images[0].flip(-1)) for o in out]
+    kept = [torch.equal(o, images[0]) for o in out]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 0 < sum(flipped) < 16
+    assert torch.equal(RandomFlip(0.0)(images, torch.Generator().manual_seed(0)), images)
+
+
+def test_random_zoom_of_side_one_is_the_identity_and_zooming_out_shrinks_the_content():
+    images = torch.rand(2, 3, 16, 16)
+    same = RandomZoom((1.0, 1.0))(images, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, images, atol=1e-5)
+    square = torch.zeros(1, 1, 32, 32)
+    square[..., 8:24, 8:24] = 1.0  # a centered 16 px square
+    out = RandomZoom((2.0, 2.0))(square, torch.Generator().manual_seed(0))
+    center = out[0, 0, 12:20, 12:20]
+    assert center.mean() > 0.9  # still in the middle...
+    assert out[0, 0, 4:28, 4:28].mean() < 0.5  # ...at half the size (about 8 px of the 24 shown)
 
 
 def test_standard_transforms_and_plain_functions_compose():
@@ -133,3 +165,33 @@ def test_maco_transparency_map_is_returned():
     )
     assert result.transparency.shape == (1, 32, 32) and (result.transparency >= 0).all()
     assert np.isfinite(result.transparency.numpy()).all()
+
+
+def test_image_ema_returns_the_moving_average_of_the_second_half_of_the_steps():
+    model = make_tiny()
+    seen = []
+    options = dict(size=16, max_iter=10, views=1, seed=0, return_result=True, progress=False)
+    plain = featvis.visualize_activation(
+        model,
+        "conv2",
+        3,
+        image_ema=None,
+        callbacks=[lambda s, t, images: seen.append(images.clone())],
+        **options,
+    )
+    averaged = featvis.visualize_activation(model, "conv2", 3, image_ema=0.5, **options)
+    expected = seen[5]
+    for images in seen[6:]:
+        expected = 0.5 * expected + 0.5 * images
+    assert torch.allclose(averaged.images, expected, atol=1e-6)
+    assert not torch.allclose(plain.images, expected, atol=1e-3)  # the last step's image differs
+    assert averaged.history == plain.history  # the same run; only what is returned differs
+
+
+@pytest.mark.parametrize("argument", [("p", lambda v: RandomFlip(v)), ("side", lambda v: RandomZoom(v))])
+def test_transform_arguments_are_checked(argument):
+    name, make = argument
+    bad = [1.5, -0.1, True] if name == "p" else [(0, 1), (1.2, 1.0), (0.5, 5.0)]
+    for value in bad:
+        with pytest.raises(featvis.FeatvisValueError, match=name):
+            make(value)
