@@ -1,6 +1,8 @@
 """Transfer quality of class visualizations: made with EfficientNet-Lite0, judged by Lite2.
 
 Run: python benchmarks/quality.py [--recipes featvis lucid pixel] [--device cuda] [--grid docs/classes.png]
+     python benchmarks/quality.py --classes benchmarks/hard_classes.txt --recipes ...  (the 8 classes
+     the earlier defaults missed most, for comparing recipes quickly)
 
 For every class in ../shared/bench/classes.txt, a 224 px visualization of that class
 logit is made with EfficientNet-Lite0 (all classes in one batch, each image with its
@@ -82,6 +84,7 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     """Each recipe: keyword arguments of visualize_activation_with_losses plus a TV weight."""
     crops = [RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.05)]
     bigcrops = [RandomCrop(area=(0.1, 1.0)), Jitter(0.03), Noise(0.05)]  # the second default
+    zoom = [RandomZoom((0.316, 1.3)), Jitter(0.03), Noise(0.05)]
     jitter_affine = [
         Jitter(0.04),
         RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.03),
@@ -91,7 +94,7 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
         "featvis": dict(),  # the library's defaults (the only recipe with the image average by default)
         "fourier-flip-zoom-4v-last": dict(
             method="fourier",
-            input_modifiers=[RandomFlip(), RandomZoom((0.316, 1.3)), Jitter(0.03), Noise(0.05)],
+            input_modifiers=[RandomFlip(), *zoom],
             views=4,
             tv=1.0,
         ),  # the default without the image average
@@ -106,6 +109,33 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
         "fourier-bigcrops-2v": dict(method="fourier", input_modifiers=bigcrops, views=2, tv=1.0),
         "fourier-bigcrops-2v-tv2": dict(method="fourier", input_modifiers=bigcrops, views=2, tv=2.0),
         "fourier-bigcrops-4v": dict(method="fourier", input_modifiers=bigcrops, views=4, tv=1.0),
+        "fourier-bigcrops-4v-ema": dict(
+            method="fourier", input_modifiers=bigcrops, views=4, tv=1.0, image_ema=0.9
+        ),
+        "fourier-flip-bigcrops-4v": dict(
+            method="fourier", input_modifiers=[RandomFlip(), *bigcrops], views=4, tv=1.0
+        ),
+        "fourier-zoom-4v": dict(method="fourier", input_modifiers=zoom, views=4, tv=1.0),
+        "fourier-bigcrops-rotate-4v": dict(
+            method="fourier",
+            input_modifiers=[
+                RandomCrop(area=(0.1, 1.0)),
+                RandomAffine(degrees=10),
+                Jitter(0.03),
+                Noise(0.05),
+            ],
+            views=4,
+            tv=1.0,
+        ),
+        "fourier-flip-zoom-8v": dict(
+            method="fourier", input_modifiers=[RandomFlip(), *zoom], views=8, tv=1.0
+        ),
+        "fourier-flip-zoom-8v-ema": dict(
+            method="fourier", input_modifiers=[RandomFlip(), *zoom], views=8, tv=1.0, image_ema=0.9
+        ),
+        "fourier-flip-zoom-4v-tv0.5-ema": dict(
+            method="fourier", input_modifiers=[RandomFlip(), *zoom], views=4, tv=0.5, image_ema=0.9
+        ),
         "fourier-bigcrops-8v": dict(method="fourier", input_modifiers=bigcrops, views=8, tv=1.0),
         "fourier-bigcrops-8v-lr0.08": dict(
             method="fourier", input_modifiers=bigcrops, views=8, tv=1.0, lr=0.08
