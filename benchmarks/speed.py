@@ -11,7 +11,8 @@ Run: python benchmarks/speed.py [--quick] [--device cuda] [--autocast bf16] [--c
 3. featvis: `visualize_layer`, per image-step;
 4. a whole layer: all 112 channels of `_blocks.10`, 32 steps each, 224 px, wall time
    for the naive loop and for featvis, and featvis's peak memory;
-5. quality: the activation reached by batched and one-at-a-time images.
+5. quality: the activation reached by batched and one-at-a-time images (8 units,
+   32 steps of featvis's default 4 views: the images users get).
 
 Prints JSON with every figure and a short table.
 """
@@ -171,10 +172,13 @@ def main() -> None:
     naive_per_step = naive_time / (len(naive_units) * STEPS)
     naive_layer = naive_per_step * len(units) * STEPS
 
+    # quality: the default 4 views per step (what users get), 32 steps, batched and one by one
     quality_units = units[:8]
-    one_by_one = featvis.visualize_layer(model, LAYER, quality_units, batch_size=1, **kwargs)
+    quality_kwargs = {**kwargs, "views": featvis.visualization.DEFAULT_VIEWS}
+    batched = featvis.visualize_layer(model, LAYER, quality_units, batch_size=batch, **quality_kwargs)
+    one_by_one = featvis.visualize_layer(model, LAYER, quality_units, batch_size=1, **quality_kwargs)
     reached_batch = featvis.activations_reached(
-        model, LAYER, quality_units, images[:8], preprocess=lite0.preprocess, device=device
+        model, LAYER, quality_units, batched, preprocess=lite0.preprocess, device=device
     )
     reached_single = featvis.activations_reached(
         model, LAYER, quality_units, one_by_one, preprocess=lite0.preprocess, device=device
