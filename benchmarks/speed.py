@@ -159,7 +159,7 @@ def main() -> None:
     featvis.visualize_layer(
         model, LAYER, units[:batch], batch_size=batch, **{**kwargs, "max_iter": 2}
     )  # warm-up
-    featvis_time, images = timed(
+    featvis_time, _ = timed(
         lambda: featvis.visualize_layer(model, LAYER, units, batch_size=batch, **kwargs), device
     )
     peak = peak_memory_gib(device)
