@@ -101,6 +101,12 @@ def test_layers_the_objective_reads_are_not_folded():
     assert isinstance(fast.bn2, nn.Identity)
 
 
+def test_the_pass_that_finds_the_pairs_stops_at_the_targets():
+    fast = fused(make_conv_bn(), keep={"conv3"})
+    assert isinstance(fast.bn1, nn.Identity) and isinstance(fast.bn2, nn.Identity)
+    assert isinstance(fast.bn4, nn.BatchNorm2d)  # after the target: never run, left alone
+
+
 def test_a_model_with_hooks_is_not_copied():
     model = make_conv_bn()
     calls = []

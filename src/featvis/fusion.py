@@ -43,11 +43,20 @@ def _has_hooks(model: nn.Module) -> bool:
     )
 
 
+class _PastTargets(Exception):
+    """Stops the pair-finding pass once the kept modules have run."""
+
+
 def _find_pairs(
     model: nn.Module, example: torch.Tensor, calls: dict[str, int], keep: Collection[str]
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(conv, batch norm) and (pad, conv) pairs seen in one forward pass on `example`."""
+    """(conv, batch norm) and (pad, conv) pairs seen in one forward pass on `example`.
+
+    The pass stops after the last call of every module in `keep` (what runs later
+    is never run by the visualization either).
+    """
     names = {module: name for name, module in model.named_modules()}
+    remaining = {name: calls.get(name, 0) for name in keep}
     last_conv: dict[str, tuple[str, torch.Tensor]] = {}
     folds: list[tuple[str, str]] = []
     pads: list[tuple[str, str]] = []
@@ -58,6 +67,10 @@ def _find_pairs(
 
     def hook(module, inputs, output):
         name = names[module]
+        if name in remaining:
+            remaining[name] -= 1
+            if not any(count > 0 for count in remaining.values()):
+                raise _PastTargets
         if not foldable(name) or not isinstance(output, torch.Tensor):
             return
         if isinstance(module, nn.ZeroPad2d) and len(set(module.padding)) == 1:
@@ -91,6 +104,8 @@ def _find_pairs(
     try:
         with torch.no_grad():
             model(example)
+    except _PastTargets:
+        pass
     finally:
         for handle in handles:
             handle.remove()
