@@ -1,8 +1,9 @@
 """Input modifiers: random, differentiable transforms applied to each view every step.
 
 Each image of a batch draws its own transform. A built-in modifier is called as
-``modifier(images, generator)``; a plain function ``f(images) -> images`` works
-too. They keep the image size unless their name says otherwise.
+``modifier(images, generator)`` (during a visualization the generator lives on the
+images' device, so no draw is copied to the GPU); a plain function
+``f(images) -> images`` works too. They keep the image size unless their name says otherwise.
 
 Example:
     >>> modifiers = [Jitter(8), RandomAffine(scale=(0.9, 1.1), degrees=10), Noise(0.02)]
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import bad_type, bad_value
+from .rng import generator_on, to_device
 
 
 class InputModifier:
@@ -30,24 +32,19 @@ class InputModifier:
         return f"{type(self).__name__}({fields})"
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small CPU tensor to `device` without making the host wait for the GPU."""
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
 def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
-    return to_device(low + (high - low) * torch.rand(n, generator=generator), device)
+    """n uniform draws in [low, high), made on the generator's device and moved to `device`."""
+    return to_device(low + (high - low) * torch.rand(n, generator=generator, device=generator.device), device)
+
+
+def _randint(low: int, high: int, shape: tuple[int, ...], generator, device) -> torch.Tensor:
+    return to_device(torch.randint(low, high, shape, generator=generator, device=generator.device), device)
 
 
 def _randn_like(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise drawn on the images' device, seeded from the (CPU) generator."""
-    if images.device.type == "cpu":
-        return torch.randn(images.shape, generator=generator, dtype=images.dtype)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    device_generator = torch.Generator(device=images.device).manual_seed(seed)
-    return torch.randn(images.shape, generator=device_generator, device=images.device, dtype=images.dtype)
+    """Gaussian noise drawn on the images' device (from a generator there, or seeded from this one)."""
+    generator = generator_on(images.device, generator)
+    return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
 
 
 def _pixels(amount: float, size: int) -> int:
@@ -73,8 +70,8 @@ class Jitter(InputModifier):
         if jy == 0 and jx == 0:
             return images
         n, c = images.shape[:2]
-        dy = to_device(torch.randint(-jy, jy + 1, (n, 1), generator=generator), images.device)
-        dx = to_device(torch.randint(-jx, jx + 1, (n, 1), generator=generator), images.device)
+        dy = _randint(-jy, jy + 1, (n, 1), generator, images.device)
+        dx = _randint(-jx, jx + 1, (n, 1), generator, images.device)
         rows = (torch.arange(h, device=images.device)[None] - dy) % h  # per-image roll, two gathers
         cols = (torch.arange(w, device=images.device)[None] - dx) % w
         images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
@@ -180,7 +177,7 @@ class RandomFlip(InputModifier):
         self.p = float(p)
 
     def __call__(self, images, generator):
-        flip = to_device(torch.rand(images.shape[0], generator=generator) < self.p, images.device)
+        flip = _uniform(images.shape[0], 0, 1, generator, images.device) < self.p
         return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 

@@ -129,13 +129,15 @@ def optimize(
     terms = [(term, weight) for term, weight in loss.terms if weight != 0]
     names = _term_names(terms)
     layers = [layer for term, _ in terms for layer in term.layers()]
-    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    seed = seed if seed is not None else torch.seed()
     if progress is None:
         progress = steps >= 64 and sys.stderr.isatty() and not verbose
 
     with ModelGuard(model) as guard:
         with torch.no_grad():
             first = param()[:1]
+        generator = torch.Generator(device=first.device).manual_seed(seed)  # transforms draw there
+        with torch.no_grad():
             example = _to_model_input(first, input_range, preprocess)
             noise = torch.rand(first.shape, generator=torch.Generator().manual_seed(0))
             check_input = _to_model_input(noise.to(first), input_range, preprocess)
@@ -154,7 +156,9 @@ def optimize(
             channels_last=channels_last,
         )
 
-        optimizer = torch.optim.Adam(param.parameters(), lr=lr)
+        # one fused kernel per step on a GPU rather than a handful over the whole spectrum
+        fused_adam = all(p.is_cuda and p.is_floating_point() for p in param.parameters()) or None
+        optimizer = torch.optim.Adam(param.parameters(), lr=lr, fused=fused_adam)
         log = _StepLog(names)
         transparency = None
         average = None  # of the images, when image_ema is set

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import bad_value
+from .rng import generator_on
 
 
 @cache
@@ -62,7 +63,8 @@ class PixelImage(Parameterization):
     def __init__(self, batch, channels, size, *, init=None, generator=None, device=None):
         super().__init__(batch, channels, size)
         if init is None:
-            init = 0.5 + 0.1 * torch.randn(batch, channels, *size, generator=generator)
+            generator = generator_on(torch.device(device or "cpu"), generator)
+            init = 0.5 + 0.1 * torch.randn(batch, channels, *size, generator=generator, device=device)
         self.pixels = init.detach().clone().clamp(0, 1).to(device).requires_grad_(True)
 
     def parameters(self):
@@ -82,6 +84,11 @@ def _frequency_scale(size: tuple[int, int], decay: float, device) -> torch.Tenso
     fx = torch.fft.rfftfreq(w, device=device)[None, :]
     freqs = torch.sqrt(fx**2 + fy**2)
     return 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
+
+
+def _mix_colors(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Each pixel's channels multiplied by `matrix` (C, C), as one batched product without copies."""
+    return (matrix @ images.flatten(2)).view_as(images)
 
 
 def _logit(images: torch.Tensor) -> torch.Tensor:
@@ -117,10 +124,11 @@ class FourierImage(Parameterization):
         self.scale = _frequency_scale(size, decay, device)
         self.color = _color_matrix(channels, device) if decorrelate else torch.eye(channels, device=device)
         if init is None:
-            spectrum = sd * torch.randn(batch, channels, h, w // 2 + 1, 2, generator=generator)
-            spectrum = torch.view_as_complex(spectrum).to(device)
+            generator = generator_on(torch.device(device or "cpu"), generator)
+            spectrum = sd * torch.randn(batch, channels, h, w // 2 + 1, 2, generator=generator, device=device)
+            spectrum = torch.view_as_complex(spectrum)
         else:
-            spatial = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(self.color), _logit(init.to(device)))
+            spatial = _mix_colors(torch.linalg.inv(self.color), _logit(init.to(device)))
             spectrum = torch.fft.rfft2(spatial * 4, norm="ortho") / self.scale
         self.spectrum = torch.view_as_real(spectrum).contiguous().requires_grad_(True)
 
@@ -130,7 +138,7 @@ class FourierImage(Parameterization):
     def __call__(self):
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
         spatial = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4
-        return torch.sigmoid(torch.einsum("ij,bjhw->bihw", self.color, spatial))
+        return torch.sigmoid(_mix_colors(self.color, spatial))
 
 
 def natural_magnitude(channels: int, size: tuple[int, int], device=None) -> torch.Tensor:
@@ -163,7 +171,9 @@ class MacoImage(Parameterization):
         h, w = size
         self.magnitude = natural_magnitude(channels, size, device)
         if init is None:
-            phase = (torch.rand(batch, channels, h, w // 2 + 1, generator=generator) * 2 - 1) * math.pi
+            generator = generator_on(torch.device(device or "cpu"), generator)
+            phase = torch.rand(batch, channels, h, w // 2 + 1, generator=generator, device=device)
+            phase = (phase * 2 - 1) * math.pi
         else:
             phase = torch.angle(torch.fft.rfft2(_logit(init), norm="ortho"))
         self.phase = phase.to(device).requires_grad_(True)
