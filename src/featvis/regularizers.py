@@ -30,13 +30,39 @@ class TotalVariation(Loss):
         self.beta = float(beta)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        img = ctx.images
-        dx = img[..., :-1, 1:] - img[..., :-1, :-1]
-        dy = img[..., 1:, :-1] - img[..., :-1, :-1]
-        squared = dx.square() + dy.square()
-        if self.beta != 2:  # beta = 2 needs no power (and no epsilon against a zero base)
-            squared = (squared + 1e-8) ** (self.beta / 2)
-        return squared.flatten(1).mean(1)
+        return _TotalVariation.apply(ctx.images, self.beta)
+
+
+class _TotalVariation(torch.autograd.Function):
+    """Per-image TV with a hand-written backward: a few passes over the image where autograd
+    through the four slices would make about forty (it matters on GPUs, where they are the cost)."""
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, beta: float) -> torch.Tensor:
+        dx = images[..., :-1, 1:] - images[..., :-1, :-1]
+        dy = images[..., 1:, :-1] - images[..., :-1, :-1]
+        squared = dx * dx + dy * dy
+        # beta = 2 needs no power (and no epsilon against a zero base)
+        powered = squared if beta == 2 else (squared + 1e-8) ** (beta / 2)
+        ctx.save_for_backward(dx, dy, None if beta == 2 else squared)
+        ctx.beta, ctx.shape = beta, images.shape
+        return powered.flatten(1).mean(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        dx, dy, squared = ctx.saved_tensors
+        per_pixel = grad.view(-1, *[1] * (dx.ndim - 1)) / dx[0].numel()
+        if squared is None:
+            weight = 2 * per_pixel
+        else:
+            weight = ctx.beta * per_pixel * (squared + 1e-8) ** (ctx.beta / 2 - 1)
+        gx, gy = weight * dx, weight * dy
+        result = gx.new_zeros(ctx.shape)
+        result[..., :-1, 1:] += gx
+        result[..., 1:, :-1] += gy
+        result[..., :-1, :-1] -= gx + gy
+        return result, None
 
 
 class LpNorm(Loss):
