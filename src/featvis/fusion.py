@@ -7,10 +7,10 @@ On EfficientNet-Lite0 up to `_blocks.10` (224 px, batch 4, 2 CPU cores) that
 makes a forward+backward about 1.7x faster, and 2.3x with channels-last input.
 
 `fused_copy` builds a copy of the model that shares every parameter and buffer
-tensor with it (only folded convolutions get new, frozen weights); the user's
-model is never changed. Modules the objective reads, and modules run more than
+tensor, and every module it does not change, with it (only folded convolutions
+get new, frozen weights); the user's model is never changed. Modules the objective reads, and modules run more than
 once, are left as they are. `optimize` runs the copy and the model on one random
-input first and uses the copy only when the targets' outputs agree.
+input first and uses the copy only when the targets' outputs agree (`tolerance`).
 
 Example:
     >>> x = lite0.preprocess(255 * torch.rand(1, 3, 224, 224))
@@ -133,6 +133,35 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attribute, module)
 
 
+def _copy_along(model: nn.Module, names: Collection[str]) -> nn.Module:
+    """A copy of `model` in which the named modules and their ancestors are new module objects
+    (shallow copies with their own child, parameter and buffer tables and no hooks) and every
+    other module, parameter and buffer is the model's own. Changing a named module of the copy
+    (its weights, a child, an attribute) leaves the model alone; the copy costs a few hundred
+    microseconds where a deep copy of a whole network costs tens of milliseconds."""
+    paths = {""}
+    for name in names:
+        parts = name.split(".") if name else []
+        paths.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+
+    def copy_of(module: nn.Module, prefix: str) -> nn.Module:
+        new = copy.copy(module)  # its own attribute table
+        new._parameters = dict(module._parameters)
+        new._buffers = dict(module._buffers)
+        for key, value in module.__dict__.items():
+            if "hook" in key and isinstance(value, dict):
+                setattr(new, key, type(value)())
+        new._modules = {
+            child_name: copy_of(child, f"{prefix}.{child_name}" if prefix else child_name)
+            if child is not None and (f"{prefix}.{child_name}" if prefix else child_name) in paths
+            else child
+            for child_name, child in module._modules.items()
+        }
+        return new
+
+    return copy_of(model, "")
+
+
 def fused_copy(
     model: nn.Module, example: torch.Tensor, calls: dict[str, int], keep: Collection[str]
 ) -> nn.Module | None:
@@ -151,9 +180,9 @@ def fused_copy(
     folds, pads = _find_pairs(model, example, calls, keep)
     if not folds and not pads:
         return None
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    changed = {name for pair in (*folds, *pads) for name in pair}
     try:
-        fused = copy.deepcopy(model, memo=shared)
+        fused = _copy_along(model, changed | set(keep))
     except Exception:  # a model that cannot be copied is run as it is
         return None
     for conv_name, norm_name in folds:
@@ -167,15 +196,27 @@ def fused_copy(
     return fused
 
 
-def _agree(reference: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> bool:
+def relative_difference(reference: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> float:
+    """The largest |difference| between two sets of target outputs, relative to each target's largest
+    |output| (infinite when a target is missing or has another shape)."""
+    worst = 0.0
     for key, expected in reference.items():
         got = outputs.get(key)
         if got is None or got.shape != expected.shape:
-            return False
+            return float("inf")
         scale = expected.abs().max().item() + 1e-6
-        if not (got - expected).abs().max().item() <= 1e-3 * scale:
-            return False
-    return True
+        worst = max(worst, (got - expected).abs().max().item() / scale)
+    return worst
+
+
+def tolerance(device: torch.device) -> float:
+    """How far a stand-in's outputs may be from the model's, relative to their largest value.
+
+    On NVIDIA GPUs PyTorch runs float32 convolutions in TF32 by default, which moves the
+    outputs of two equivalent graphs apart by about 1e-3; a wrong fold moves them by
+    far more (tests/test_fusion.py).
+    """
+    return 2e-2 if device.type == "cuda" else 1e-3
 
 
 def choose_runner(
@@ -232,6 +273,6 @@ def choose_runner(
                 if runner is model and not automatic:
                     raise  # channels-last input asked for and the model cannot take it
                 continue
-            if _agree(reference, outputs):
+            if relative_difference(reference, outputs) <= tolerance(check_input.device):
                 return runner, runner_capture, layout
     return model, capture, bool(channels_last) and not automatic
