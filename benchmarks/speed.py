@@ -143,10 +143,11 @@ def main() -> None:
         channels_last=True if args.channels_last else None,  # None: featvis's default
     )
 
-    batch = args.batch_size or featvis.visualization._auto_batch_size(
+    most = args.batch_size or featvis.visualization._auto_batch_size(
         model, LAYER, (SIZE, SIZE), 3, device, lite0.preprocess, (0, 255)
     )
-    batch = min(batch, len(units))
+    # the batch featvis runs: the layer split into equal batches of at most `most` units
+    batch = max(len(chunk) for chunk in featvis.visualization.layer_batches(units, most))
     repeats = 5 if device.type == "cpu" else 20
     limit_1 = limit_per_image_step(model, 1, device, repeats, args.channels_last, autocast)
     limit_b = limit_per_image_step(model, batch, device, repeats, args.channels_last, autocast)
@@ -156,11 +157,10 @@ def main() -> None:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    featvis.visualize_layer(
-        model, LAYER, units[:batch], batch_size=batch, **{**kwargs, "max_iter": 2}
-    )  # warm-up
+    # warm-up, like the limit's: the same batches, so that cuDNN and cuFFT have met their shapes
+    featvis.visualize_layer(model, LAYER, units, batch_size=most, **{**kwargs, "max_iter": 2})
     featvis_time, _ = timed(
-        lambda: featvis.visualize_layer(model, LAYER, units, batch_size=batch, **kwargs), device
+        lambda: featvis.visualize_layer(model, LAYER, units, batch_size=most, **kwargs), device
     )
     peak = peak_memory_gib(device)
     featvis_per_step = featvis_time / (len(units) * STEPS)
@@ -200,6 +200,7 @@ def main() -> None:
         "steps": STEPS,
         "units": len(units),
         "batch_size": batch,
+        "batch_size_most": most,
         "limit_s_per_image_step_batch1": limit_1,
         "limit_s_per_image_step_batch": limit_b,
         "featvis_s_per_image_step": featvis_per_step,

@@ -272,7 +272,9 @@ def visualize_layer(
     """One image per unit of `layer` (all units by default), many units per batch.
 
     Each image of a batch maximizes its own unit with its own random transforms.
-    `batch_size` defaults to what fits in memory. Returns (N, H, W, C); after
+    `batch_size` (at most this many images per batch) defaults to what fits in
+    memory; the units are split into batches of near-equal size (`layer_batches`),
+    so no batch runs nearly empty. Returns (N, H, W, C); after
     Ctrl-C, the images of the batches run so far (the last one as it was).
 
     Example:
@@ -293,7 +295,7 @@ def visualize_layer(
     if batch_size is None:
         batch_size = _auto_batch_size(model, layer, shape, channels, target_device, preprocess, input_range)
     check_int("batch_size", batch_size, 1)
-    chunks = [units[i : i + batch_size] for i in range(0, len(units), batch_size)]
+    chunks = layer_batches(units, batch_size)
     show = progress if progress is not None else len(chunks) > 1 and sys.stderr.isatty()
     results = []
     for index, chunk in enumerate(tqdm(chunks, desc=f"layer {layer}", disable=not show)):
@@ -316,6 +318,20 @@ def visualize_layer(
         if result.interrupted:  # Ctrl-C: keep what is done, start no further batch
             break
     return np.concatenate(results)
+
+
+def layer_batches(units: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The fewest batches of at most `batch_size` units, their sizes differing by at most one.
+
+    Example:
+        >>> [len(batch) for batch in layer_batches(range(112), 64)]
+        [56, 56]
+    """
+    units = list(units)
+    count = -(-len(units) // batch_size)
+    size, extra = divmod(len(units), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [units[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def _model_input(channels, shape, device, preprocess, input_range, images=None) -> torch.Tensor:
