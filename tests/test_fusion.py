@@ -83,6 +83,8 @@ def test_fused_copy_is_the_same_function_with_fewer_layers_and_leaves_the_model_
     assert fast.conv3.padding == (1, 1) and isinstance(fast.conv3.static_padding, nn.Identity)
     assert isinstance(fast.conv4.static_padding, nn.ZeroPad2d)  # (0, 1, 0, 1) is not a conv padding
     assert fast.fc.weight is model.fc.weight  # unfolded weights are shared, not copied
+    assert fast.fc is model.fc and fast.act is model.act  # so are the modules the fold leaves alone
+    assert fast.conv1 is not model.conv1 and fast is not model
 
     x = torch.rand(3, 3, 16, 16, requires_grad=True)
     expected = model(x)
@@ -99,6 +101,24 @@ def test_layers_the_objective_reads_are_not_folded():
     assert isinstance(fast.bn1, nn.BatchNorm2d) and fast.conv1.bias is None  # conv1's output is read
     assert isinstance(fast.bn3, nn.BatchNorm2d)
     assert isinstance(fast.bn2, nn.Identity)
+
+
+def test_target_modules_are_the_copys_own_so_hooks_on_them_stay_off_the_model():
+    model = make_conv_bn()
+    fast = fused(model, keep={"fc"})
+    assert fast.fc is not model.fc and fast.fc.weight is model.fc.weight
+    handle = fast.fc.register_forward_hook(lambda m, i, o: None)
+    assert hook_count(model) == 0
+    handle.remove()
+
+
+def test_the_agreement_check_measures_relative_differences():
+    reference = {"a": torch.tensor([1.0, -4.0])}
+    assert fusion.relative_difference(reference, {"a": torch.tensor([1.0, -4.0])}) == 0
+    assert fusion.relative_difference(reference, {"a": torch.tensor([1.2, -4.0])}) == pytest.approx(0.05)
+    assert fusion.relative_difference(reference, {"a": torch.zeros(3)}) == float("inf")
+    assert fusion.relative_difference(reference, {}) == float("inf")
+    assert fusion.tolerance(torch.device("cpu")) < fusion.tolerance(torch.device("cuda")) < 0.05
 
 
 def test_the_pass_that_finds_the_pairs_stops_at_the_targets():

@@ -18,6 +18,7 @@ from featvis.input_modifiers import (
 from featvis.losses import ActivationMaximization, LossContext, channel, diversity, neuron
 from featvis.params import FourierImage, MacoImage, PixelImage, natural_magnitude
 from featvis.regularizers import LpNorm, TotalVariation
+from featvis.visualization import layer_batches
 
 from conftest import make_tiny
 
@@ -195,3 +196,27 @@ def test_transform_arguments_are_checked(argument):
     for value in bad:
         with pytest.raises(featvis.FeatvisValueError, match=name):
             make(value)
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0, 3.0])
+def test_total_variation_value_and_gradient_are_those_of_its_formula(beta):
+    images = torch.rand(3, 2, 9, 7, dtype=torch.float64, requires_grad=True)
+    dx = images[..., :-1, 1:] - images[..., :-1, :-1]
+    dy = images[..., 1:, :-1] - images[..., :-1, :-1]
+    squared = dx.square() + dy.square()
+    expected = (squared if beta == 2 else (squared + 1e-8) ** (beta / 2)).flatten(1).mean(1)
+    ctx = LossContext(images=images, views=1)
+    got = TotalVariation(beta)(ctx)
+    torch.testing.assert_close(got, expected)
+    weights = torch.rand(3, dtype=torch.float64)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), images)
+    (grad_got,) = torch.autograd.grad((TotalVariation(beta)(ctx) * weights).sum(), images)
+    torch.testing.assert_close(grad_got, grad_expected)
+    assert torch.autograd.gradcheck(lambda x: TotalVariation(beta)(LossContext(images=x, views=1)), (images,))
+
+
+@pytest.mark.parametrize(("count", "most", "sizes"), [(112, 64, [56, 56]), (10, 4, [4, 3, 3]), (3, 8, [3])])
+def test_a_layer_is_split_into_the_fewest_batches_of_near_equal_size(count, most, sizes):
+    batches = layer_batches(range(count), most)
+    assert [len(batch) for batch in batches] == sizes
+    assert [unit for batch in batches for unit in batch] == list(range(count))
