@@ -105,7 +105,8 @@ def main() -> None:
     repeats = 5 if device.type == "cpu" else 20
     limit = limit_per_image_step(model, batch, device, repeats, False, None) * batch
     fused = fused_model(model, device, lite0.preprocess)
-    limit_fused = limit_per_image_step(fused, batch, device, repeats, device.type == "cpu", None) * batch
+    # featvis feeds the fused copy channels-last input on CPUs and CUDA GPUs
+    limit_fused = limit_per_image_step(fused, batch, device, repeats, True, None) * batch
     with torch.no_grad():  # does the fused copy compute what the model does, on this device?
         x = lite0.preprocess(255 * torch.rand(1, 3, SIZE, SIZE, device=device))
         difference = featvis.fusion.relative_difference(

@@ -101,7 +101,8 @@ def optimize(
     `autocast` (e.g. ``torch.bfloat16``) runs the model under `torch.autocast` on
     the images' device; losses are computed in float32. `channels_last=True` feeds
     the model channels-last input (the model's weights are not touched); None
-    (default) does so on CPUs and CUDA GPUs when the model gives the same outputs with it.
+    (default) does so where it was measured to help and the model gives the same outputs
+    with it: on the CPU, and on CUDA GPUs for the fused copy (`featvis.fusion.choose_runner`).
     `fuse` runs a copy of the model with batch norms and zero pads folded into its
     convolutions (sharing the model's weights; see `featvis.fusion`) when the copy's
     outputs agree with the model's. `image_ema` (e.g. 0.9) returns an exponential

@@ -110,8 +110,8 @@ def visualize_activation_with_losses(
     or (B, H, W, C) when ``batch_size > 1``; ``return_result=True`` returns the
     full `Result` (images in [0, 1], loss history, transparency map).
     ``autocast=torch.bfloat16`` runs the model in reduced precision on a GPU;
-    ``channels_last=True`` feeds channels-last input (None: on CPUs and GPUs, where the
-    model's outputs agree with it); ``fuse=False`` runs the model itself rather
+    ``channels_last=True`` feeds channels-last input (None: where it helps and the
+    model's outputs agree with it, see `optimize`); ``fuse=False`` runs the model itself rather
     than a copy with batch norms folded into convolutions (see `optimize`);
     ``image_ema=None`` returns the last step's image rather than the average of the
     images over the second half of the steps.
