@@ -220,3 +220,11 @@ def test_a_layer_is_split_into_the_fewest_batches_of_near_equal_size(count, most
     batches = layer_batches(range(count), most)
     assert [len(batch) for batch in batches] == sizes
     assert [unit for batch in batches for unit in batch] == list(range(count))
+
+
+def test_a_generator_already_on_the_device_is_used_as_it_is():
+    generator = torch.Generator().manual_seed(0)
+    assert featvis.rng.generator_on(torch.device("cpu"), generator) is generator
+    assert featvis.rng.generator_on("cpu", None) is None
+    tensor = torch.ones(3)
+    assert featvis.rng.to_device(tensor, "cpu") is tensor

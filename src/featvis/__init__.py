@@ -14,6 +14,7 @@ from . import (
     losses,
     params,
     regularizers,
+    rng,
     targets,
     zoo,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "losses",
     "params",
     "regularizers",
+    "rng",
     "save_image",
     "stitch_images",
     "targets",

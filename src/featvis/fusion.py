@@ -9,8 +9,9 @@ makes a forward+backward about 1.7x faster, and 2.3x with channels-last input.
 `fused_copy` builds a copy of the model that shares every parameter and buffer
 tensor, and every module it does not change, with it (only folded convolutions
 get new, frozen weights); the user's model is never changed. Modules the
-objective reads, and modules run more than once, are left as they are. `optimize` runs the copy and the model on one random
-input first and uses the copy only when the targets' outputs agree (`tolerance`).
+objective reads, and modules run more than once, are left as they are.
+`optimize` runs the copy and the model on one random input first and uses the
+copy only when the targets' outputs agree (`tolerance`).
 
 Example:
     >>> x = lite0.preprocess(255 * torch.rand(1, 3, 224, 224))

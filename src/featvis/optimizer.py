@@ -137,11 +137,10 @@ def optimize(
     with ModelGuard(model) as guard:
         with torch.no_grad():
             first = param()[:1]
-        generator = torch.Generator(device=first.device).manual_seed(seed)  # transforms draw there
-        with torch.no_grad():
             example = _to_model_input(first, input_range, preprocess)
             noise = torch.rand(first.shape, generator=torch.Generator().manual_seed(0))
             check_input = _to_model_input(noise.to(first), input_range, preprocess)
+        generator = torch.Generator(device=first.device).manual_seed(seed)  # transforms draw there
         seen = probe(model, example)
         targets = {layer_key(spec): resolve_layer(model, spec, seen) for spec in layers}
         pre_softmax = {t.key for t in targets.values()} & seen.softmax_outputs

@@ -24,8 +24,9 @@ def generator_on(device: torch.device, generator: torch.Generator | None) -> tor
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Copy a small tensor to `device` without making the host wait for the GPU."""
+    device = torch.device(device)
     if tensor.device == device:
         return tensor
     if tensor.device.type == "cpu" and device.type == "cuda":
