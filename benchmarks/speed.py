@@ -56,7 +56,8 @@ def fused_model(model, device, preprocess):
         return featvis.fusion.fused_copy(model, x, calls, keep={LAYER})
 
 
-def limit_per_image_step(model, batch, device, repeats, channels_last, autocast):
+def limit_per_image_step(model, batch, device, repeats, channels_last, autocast, forward=up_to_layer):
+    """Median seconds per image of a forward+backward of `forward(model, x)`, weights frozen."""
     for p in model.parameters():
         p.requires_grad_(False)
     x = torch.rand(batch, 3, SIZE, SIZE, device=device)
@@ -68,7 +69,7 @@ def limit_per_image_step(model, batch, device, repeats, channels_last, autocast)
         sync(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            out = up_to_layer(model, x)
+            out = forward(model, x)
         out[:, :batch].float().mean().backward()
         sync(device)
         if i >= 2:

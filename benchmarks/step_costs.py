@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from speed import LAYER, SIZE, fused_model, limit_per_image_step, sync, up_to_layer
+from speed import LAYER, SIZE, fused_model, limit_per_image_step, timed, up_to_layer
 import torch
 
 import featvis
@@ -50,19 +49,9 @@ def compiled_limit(fused, batch, device, repeats):
     """The fused network up to the layer under torch.compile: (s per step, s to compile)."""
     compiled = torch.compile(lambda x: up_to_layer(fused, x))
     x = torch.rand(batch, 3, SIZE, SIZE, device=device, requires_grad=True)
-    sync(device)
-    start = time.perf_counter()
-    compiled(x).mean().backward()
-    sync(device)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        compiled(x).mean().backward()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], compile_s
+    compile_s, _ = timed(lambda: compiled(x).mean().backward(), device)
+    step = limit_per_image_step(fused, batch, device, repeats, False, None, lambda _, x: compiled(x))
+    return step * batch, compile_s
 
 
 def run(model, lite0, batch, device, steps, options):
@@ -80,11 +69,10 @@ def run(model, lite0, batch, device, steps, options):
         preprocess=lite0.preprocess,
         return_result=True,
     )
-    sync(device)
-    start = time.perf_counter()
-    featvis.visualize_activation_with_losses(model, loss, **{**kwargs, **options})
-    sync(device)
-    return time.perf_counter() - start
+    seconds, _ = timed(
+        lambda: featvis.visualize_activation_with_losses(model, loss, **{**kwargs, **options}), device
+    )
+    return seconds
 
 
 def main() -> None:
