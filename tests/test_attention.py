@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import featvis
-from featvis.attention import _gradients
 from featvis.losses import ActivationMaximization
 
 from conftest import assert_untouched, make_tiny, snapshot
@@ -100,17 +99,12 @@ def test_guided_saliency_on_a_hand_built_net_equals_its_definition():
         net[1].weight.copy_(torch.eye(3))
         net[3].weight.copy_(torch.tensor([[1.0, -1.0, 1.0]]))
     image = torch.tensor([[[[2.0]], [[3.0]], [[-1.0]]]])  # (1, 3, 1, 1): relu active on 0 and 1
-    grads = _gradients(
-        net,
-        ActivationMaximization("3", 0),
-        image,
-        input_range=(0.0, 1.0),
-        preprocess=None,
-        backprop_modifier="guided",
-    )[0]
+    grads = featvis.input_gradients(
+        net, ActivationMaximization("3", 0), image, input_range=(-1.0, 3.0), backprop_modifier="guided"
+    )
     # the score's gradient: guided passes unit 0 (active, positive), blocks unit 1 (negative) and 2 (inactive)
     assert torch.equal(grads.flatten(), torch.tensor([1.0, 0.0, 0.0]))
-    plain = _gradients(net, ActivationMaximization("3", 0), image, input_range=(0.0, 1.0), preprocess=None)[0]
+    plain = featvis.input_gradients(net, ActivationMaximization("3", 0), image, input_range=(-1.0, 3.0))
     assert torch.equal(plain.flatten(), torch.tensor([1.0, -1.0, 0.0]))
 
 

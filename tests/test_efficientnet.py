@@ -63,7 +63,8 @@ def test_twice_called_activation_needs_a_call_and_index_minus_one_is_fc(lite0):
         )
     assert featvis.layer_names(lite0.model)[-1] == "_fc"
     layer, kwargs = "_blocks.1._swish#1", dict(preprocess=lite0.preprocess)
-    image = featvis.visualize_activation(lite0.model, layer, 5, size=64, max_iter=20, seed=0, **kwargs)
+    # 32 steps: at 20 the ratio sat at 3.0 +- 0.15 over seeds, on both sides of the bound
+    image = featvis.visualize_activation(lite0.model, layer, 5, size=64, max_iter=32, seed=0, **kwargs)
     start = np.random.default_rng(0).normal(127, 3, (64, 64, 3)).clip(0, 255)  # like the initial image
     reached = featvis.activations_reached(lite0.model, layer, [5], image[None], **kwargs)[0]
     assert reached > 3 * featvis.activations_reached(lite0.model, layer, [5], start[None], **kwargs)[0] > 0

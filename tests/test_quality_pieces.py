@@ -22,7 +22,7 @@ from featvis.visualization import layer_batches
 
 from conftest import make_tiny
 
-GEN = dict(generator=torch.Generator().manual_seed(0))
+GEN = dict(streams=featvis.rng.Streams([0, 1]))
 
 
 @pytest.mark.parametrize("param_class", [PixelImage, FourierImage, MacoImage])
@@ -82,7 +82,7 @@ def test_natural_magnitude_falls_with_frequency():
 )
 def test_each_image_draws_its_own_transform_and_gradients_flow(modifier):
     images = torch.rand(1, 3, 32, 32).expand(4, -1, -1, -1).clone().requires_grad_(True)
-    out = modifier(images, torch.Generator().manual_seed(0))
+    out = modifier(images, featvis.rng.Streams(range(len(images))))
     assert out.shape == images.shape
     assert not torch.allclose(out[0], out[1])  # the same image, transformed differently
     out.sum().backward()
@@ -91,21 +91,21 @@ def test_each_image_draws_its_own_transform_and_gradients_flow(modifier):
 
 def test_random_flip_mirrors_some_images_of_a_batch_and_not_others():
     images = torch.rand(1, 3, 8, 8).expand(16, -1, -1, -1)
-    out = RandomFlip(0.5)(images, torch.Generator().manual_seed(0))
+    out = RandomFlip(0.5)(images, featvis.rng.Streams(range(len(images))))
     flipped = [torch.equal(o, images[0].flip(-1)) for o in out]
     kept = [torch.equal(o, images[0]) for o in out]
     assert all(f or k for f, k in zip(flipped, kept))
     assert 0 < sum(flipped) < 16
-    assert torch.equal(RandomFlip(0.0)(images, torch.Generator().manual_seed(0)), images)
+    assert torch.equal(RandomFlip(0.0)(images, featvis.rng.Streams(range(len(images)))), images)
 
 
 def test_random_zoom_of_side_one_is_the_identity_and_zooming_out_shrinks_the_content():
     images = torch.rand(2, 3, 16, 16)
-    same = RandomZoom((1.0, 1.0))(images, torch.Generator().manual_seed(0))
+    same = RandomZoom((1.0, 1.0))(images, featvis.rng.Streams(range(len(images))))
     assert torch.allclose(same, images, atol=1e-5)
     square = torch.zeros(1, 1, 32, 32)
     square[..., 8:24, 8:24] = 1.0  # a centered 16 px square
-    out = RandomZoom((2.0, 2.0))(square, torch.Generator().manual_seed(0))
+    out = RandomZoom((2.0, 2.0))(square, featvis.rng.Streams(range(len(square))))
     center = out[0, 0, 12:20, 12:20]
     assert center.mean() > 0.9  # still in the middle...
     assert out[0, 0, 4:28, 4:28].mean() < 0.5  # ...at half the size (about 8 px of the 24 shown)
@@ -114,7 +114,7 @@ def test_random_zoom_of_side_one_is_the_identity_and_zooming_out_shrinks_the_con
 def test_standard_transforms_and_plain_functions_compose():
     images = torch.rand(2, 3, 32, 32)
     out = apply_modifiers(
-        [*standard_transforms(), lambda x: x.flip(-1)], images, torch.Generator().manual_seed(0)
+        [*standard_transforms(), lambda x: x.flip(-1)], images, featvis.rng.Streams(range(len(images)))
     )
     assert out.shape == images.shape
 
@@ -222,9 +222,22 @@ def test_a_layer_is_split_into_the_fewest_batches_of_near_equal_size(count, most
     assert [unit for batch in batches for unit in batch] == list(range(count))
 
 
-def test_a_generator_already_on_the_device_is_used_as_it_is():
-    generator = torch.Generator().manual_seed(0)
-    assert featvis.rng.generator_on(torch.device("cpu"), generator) is generator
-    assert featvis.rng.generator_on("cpu", None) is None
-    tensor = torch.ones(3)
-    assert featvis.rng.to_device(tensor, "cpu") is tensor
+def test_an_images_random_draws_do_not_depend_on_its_batch():
+    keys = [featvis.rng.derive_key(0, "layer#0", unit) for unit in range(5)]
+    together, alone = featvis.rng.Streams(keys), featvis.rng.Streams(keys[3:4])
+    for draw in ("uniform", "normal"):
+        for shape in [(3,), (3, 40, 40)]:  # small draws hash, large ones use a generator per image
+            assert torch.equal(getattr(together, draw)(*shape)[3], getattr(alone, draw)(*shape)[0])
+    assert torch.equal(together.integers(-3, 4, 2)[3], alone.integers(-3, 4, 2)[0])
+    views = together.per_view(4).uniform(2)
+    assert views.shape == (20, 2) and len({tuple(v.tolist()) for v in views}) == 20  # every view its own
+
+
+def test_random_draws_have_the_distribution_they_claim():
+    streams = featvis.rng.Streams([1, 2])
+    uniform, normal = streams.uniform(20000), streams.normal(20000)
+    assert 0 <= uniform.min() and uniform.max() < 1 and abs(uniform.mean() - 0.5) < 0.01
+    assert abs(normal.mean()) < 0.03 and abs(normal.std() - 1) < 0.03
+    integers = streams.integers(-2, 3, 5000)
+    assert set(integers.unique().tolist()) == {-2, -1, 0, 1, 2}
+    assert not torch.equal(uniform[0], uniform[1])  # two images, two streams

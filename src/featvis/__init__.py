@@ -13,12 +13,14 @@ from . import (
     input_modifiers,
     losses,
     params,
+    prepared,
     regularizers,
     rng,
     targets,
     zoo,
 )
 from .attention import (
+    input_gradients,
     overlay,
     visualize_cam,
     visualize_cam_with_losses,
@@ -37,7 +39,8 @@ from .errors import (
 from .image import save_image, stitch_images
 from .input_modifiers import InputModifier, Jitter
 from .losses import ActivationMaximization, Loss
-from .optimizer import Result
+from .optimizer import Result, Settings
+from .prepared import PreparedModel
 from .regularizers import LpNorm, TotalVariation
 from .targets import FeatvisWarning, find_layer_idx, layer_names
 from .visualization import (
@@ -62,17 +65,21 @@ __all__ = [
     "LpNorm",
     "ModelError",
     "NonFiniteError",
+    "PreparedModel",
     "Result",
+    "Settings",
     "TotalVariation",
     "activations_reached",
     "backprop_modifiers",
     "find_layer_idx",
     "fusion",
     "grad_modifiers",
+    "input_gradients",
     "input_modifiers",
     "layer_names",
     "losses",
     "params",
+    "prepared",
     "regularizers",
     "rng",
     "save_image",

@@ -21,93 +21,134 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import backprop_modifiers, grad_modifiers
-from .errors import FeatvisValueError, bad_value, check_int, check_number
-from .image import check_range, to_unit_tensor
-from .input_modifiers import _randn_like
-from .losses import ActivationMaximization, Loss, LossContext, layer_key
-from .targets import (
-    Capture,
-    LayerSpec,
-    ModelGuard,
-    probe,
-    resolve_device,
-    resolve_layer,
-    warn_pre_softmax,
-)
-from .visualization import _as_losses
+from .errors import FeatvisValueError, NonFiniteError, bad_type, bad_value, check_int, check_number, choose
+from .image import to_unit_tensor
+from .losses import ActivationMaximization, Loss, LossContext, as_losses
+from .prepared import PreparedModel, prepare
+from .rng import Streams, derive_key, fresh_seed
+from .targets import LayerSpec
 
-CAM_METHODS = ("gradcam", "gradcam++")
+CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _load_batch(seed_input, input_range, channels, device) -> torch.Tensor:
+def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.): channels weighted by their mean gradient, summed, ReLU."""
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activations).sum(1))
+
+
+def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha from the gradient's powers."""
+    g2, g3 = gradients**2, gradients**3
+    denominator = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
+    alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    weights = (alphas * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activations).sum(1))
+
+
+CAM_METHODS: dict[str, CamMethod] = {"gradcam": gradcam, "gradcam++": gradcam_plus_plus}
+
+
+def register_cam(name: str, method: CamMethod) -> None:
+    """Add a CAM method: a function (activations, gradients) -> map, both (N, C, H, W), map (N, H, W).
+
+    Example:
+        >>> register_cam("gradxact", lambda a, g: F.relu((a * g).sum(1)))
+        >>> featvis.visualize_cam(model, "fc", 3, image, method="gradxact")
+    """
+    if not isinstance(name, str) or not name:
+        raise bad_type("name", name, "a non-empty str")
+    if not callable(method):
+        raise bad_type("method", method, "a function (activations, gradients) -> map")
+    CAM_METHODS[name] = method
+
+
+def _load_batch(seed_input, prepared: PreparedModel) -> torch.Tensor:
     if isinstance(seed_input, Sequence) and not isinstance(seed_input, str | np.ndarray):
         if not seed_input:
             raise bad_value("seed_input", seed_input, "at least one image")
-        return torch.cat([to_unit_tensor(s, "seed_input", input_range, channels) for s in seed_input]).to(
-            device
-        )
-    return to_unit_tensor(seed_input, "seed_input", input_range, channels).to(device)
+        images = [
+            to_unit_tensor(s, "seed_input", prepared.input_range, prepared.channels) for s in seed_input
+        ]
+        return torch.cat(images).to(prepared.device)
+    return to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels).to(
+        prepared.device
+    )
 
 
 def _gradients(
-    model: nn.Module,
+    prepared: PreparedModel,
     loss: Loss,
     images: torch.Tensor,
     *,
-    input_range,
-    preprocess,
     backprop_modifier=None,
     extra_layer: LayerSpec | None = None,
 ):
-    """Gradients of the score (minus the losses) w.r.t. the images, and of the extra layer if asked.
+    """Gradients of the score (minus the losses) w.r.t. the images, and the extra layer's output and gradient.
 
     Backprop modifiers see the gradient of the score, the quantity being
     maximized, so 'guided' passes what increases the class, as its definition says.
     """
     terms = [(t, w) for t, w in loss.terms if w != 0]
     rule = backprop_modifiers.get(backprop_modifier)
-    low, high = input_range
-    with ModelGuard(model) as guard:
-        x0 = low + (high - low) * images[:1]
-        seen = probe(model, preprocess(x0) if preprocess is not None else x0)
-        specs = [layer for term, _ in terms for layer in term.layers()]
-        targets = {layer_key(spec): resolve_layer(model, spec, seen) for spec in specs}
-        penultimate = None
-        if extra_layer is not None:
-            penultimate = resolve_layer(model, extra_layer, seen, argument="penultimate_layer")
-        pre_softmax = {t.key for t in targets.values()} & seen.softmax_outputs
-        warn_pre_softmax(pre_softmax)
-        wanted = {t.key: t for t in [*targets.values(), *([penultimate] if penultimate else [])]}
-        capture = Capture(list(wanted.values()), guard, pre_softmax)
-        images = images.detach().clone().requires_grad_(True)
-        x = low + (high - low) * images
-        with backprop_modifiers.modify_backprop(rule):
-            activations = capture.run(model, preprocess(x) if preprocess is not None else x)
-            extra = activations[penultimate.key] if penultimate else None
-            raw_extra = capture.raw_outputs[penultimate.key] if penultimate else None
-            if raw_extra is not None:
-                raw_extra.retain_grad()  # the tensor on the path to the loss, not a channels-first view
-            ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
-            score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
-            if not score.requires_grad:
-                raise FeatvisValueError("the losses do not depend on the input image")
-            score.backward()
+    prepared.probe(images)
+    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
+    extra = prepared.resolve(extra_layer, "penultimate_layer") if extra_layer is not None else None
+    capture = prepared.capture([*targets.values(), *([extra] if extra else [])])
+    images = images.detach().clone().requires_grad_(True)
+    with backprop_modifiers.modify_backprop(rule):
+        activations = capture.run(prepared.model, prepared.model_input(images))
+        extra_out = activations[extra.key] if extra else None
+        raw_extra = capture.raw_outputs[extra.key] if extra else None
+        if raw_extra is not None:
+            raw_extra.retain_grad()  # the tensor on the path to the loss, not a channels-first view
+        ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
+        score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
+        if not score.requires_grad:
+            raise FeatvisValueError("the losses do not depend on the input image")
+        score.backward()
     if not torch.isfinite(images.grad).all():
-        raise FeatvisValueError("the gradient of the losses is NaN or infinite for this input")
+        raise NonFiniteError("the gradient of the losses is NaN or infinite for this input")
     extra_grad = None
     if raw_extra is not None and raw_extra.grad is not None:
-        extra_grad = raw_extra.grad if raw_extra is extra else raw_extra.grad.movedim(-1, 1)
-    return images.grad, (extra.detach() if extra is not None else None), extra_grad, seen
+        extra_grad = raw_extra.grad if raw_extra is extra_out else raw_extra.grad.movedim(-1, 1)
+    return images.grad, (extra_out.detach() if extra_out is not None else None), extra_grad
+
+
+def input_gradients(
+    model: nn.Module | PreparedModel,
+    losses,
+    seed_input,
+    *,
+    backprop_modifier: str | Callable | None = None,
+    **conventions,
+) -> torch.Tensor:
+    """d(-loss)/d(image) for each image, in the units of `input_range`, as (B, C, H, W), unnormalized.
+
+    Example:
+        >>> grads = input_gradients(net, ActivationMaximization("fc", 3), image, backprop_modifier="guided")
+    """
+    loss = as_losses(losses)
+    prepared, owned = prepare(model, **conventions)
+    try:
+        images = _load_batch(seed_input, prepared)
+        low, high = prepared.input_range
+        return _gradients(prepared, loss, images, backprop_modifier=backprop_modifier)[0] / (high - low)
+    finally:
+        if owned:
+            prepared.close()
 
 
 def _normalize(maps: torch.Tensor) -> np.ndarray:
+    if not torch.isfinite(maps).all():
+        raise NonFiniteError("the map holds NaN or infinite values; the model's output is not finite here")
     flat = maps.flatten(1)
     low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps).cpu().numpy()
 
 
 def visualize_saliency_with_losses(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     losses,
     seed_input,
     *,
@@ -116,52 +157,47 @@ def visualize_saliency_with_losses(
     keepdims: bool = False,
     smooth_samples: int = 0,
     smooth_noise: float = 0.15,
-    input_range: tuple[float, float] = (0, 255),
-    preprocess: Callable | None = None,
-    channels: int = 3,
     seed: int | None = 0,
-    device: str | torch.device | None = None,
+    **conventions,
 ) -> np.ndarray:
     """Saliency of a weighted sum of losses: d(-loss)/d(input), modified, normalized per image.
 
     ``smooth_samples > 0`` gives SmoothGrad: the mean over noisy copies (noise std
-    ``smooth_noise`` times the input range). Returns (B, H, W), or (B, H, W, C)
-    with ``keepdims=True``.
+    ``smooth_noise`` times the input range; image i's noise drawn from the stream of
+    (seed, i)). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``.
+    `conventions`: ``input_range``, ``preprocess``, ``channels``, ``device``.
 
     Example:
         >>> maps = visualize_saliency_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
-    loss = _as_losses(losses)
-    input_range = check_range(input_range)
+    loss = as_losses(losses)
     modifier = grad_modifiers.get(grad_modifier)
+    backprop_modifiers.get(backprop_modifier)
     check_int("smooth_samples", smooth_samples, 0)
     check_number("smooth_noise", smooth_noise, minimum=0)
-    target_device = resolve_device(device, model)
-    images = _load_batch(seed_input, input_range, channels, target_device)
-    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
-    samples = max(1, smooth_samples)
-    total = torch.zeros_like(images)
-    for _ in range(samples):
-        noisy = images
-        if smooth_samples:
-            noisy = images + smooth_noise * _randn_like(images, generator)
-        grads = -_gradients(
-            model,
-            loss,
-            noisy,
-            input_range=input_range,
-            preprocess=preprocess,
-            backprop_modifier=backprop_modifier,
-        )[0]
-        total += modifier(grads) if modifier is not None else grads
-    grads = total / samples
+    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
+    prepared, owned = prepare(model, **conventions)
+    try:
+        images = _load_batch(seed_input, prepared)
+        streams = Streams([derive_key(seed, "saliency", i) for i in range(len(images))], images.device)
+        total = torch.zeros_like(images)
+        for _ in range(max(1, smooth_samples)):
+            noisy = images
+            if smooth_samples:
+                noisy = images + smooth_noise * streams.normal(*images.shape[1:]).to(images.device)
+            grads = -_gradients(prepared, loss, noisy, backprop_modifier=backprop_modifier)[0]
+            total += modifier(grads) if modifier is not None else grads
+    finally:
+        if owned:
+            prepared.close()
+    grads = total / max(1, smooth_samples)
     if keepdims:
         return _normalize(grads).transpose(0, 2, 3, 1)
     return _normalize(grads.max(dim=1).values)
 
 
 def visualize_saliency(
-    model: nn.Module, layer: LayerSpec, filter_indices, seed_input, **kwargs
+    model: nn.Module | PreparedModel, layer: LayerSpec, filter_indices, seed_input, **kwargs
 ) -> np.ndarray:
     """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad).
 
@@ -175,41 +211,16 @@ def visualize_saliency(
     )
 
 
-def visualize_cam_with_losses(
-    model: nn.Module,
-    losses,
-    seed_input,
-    *,
-    penultimate_layer: LayerSpec | None = None,
-    method: str = "gradcam",
-    grad_modifier: str | Callable | None = None,
-    input_range: tuple[float, float] = (0, 255),
-    preprocess: Callable | None = None,
-    channels: int = 3,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """Grad-CAM (or Grad-CAM++) of a weighted sum of losses; returns (B, H, W) in [0, 1].
-
-    `penultimate_layer` defaults to the last layer run before the loss's layer whose
-    output has spatial dimensions (for EfficientNet-Lite0 and ``"_fc"``: the head
-    activation ``"_swish#1"``).
-
-    Example:
-        >>> cams = visualize_cam_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
-    """
-    loss = _as_losses(losses)
-    input_range = check_range(input_range)
-    if method not in CAM_METHODS:
-        raise bad_value("method", method, f"one of {', '.join(CAM_METHODS)}")
+def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier) -> torch.Tensor:
+    """The (B, H, W) class activation map at the images' size, not normalized."""
+    cam_method = choose("method", method, CAM_METHODS) if isinstance(method, str) else method
+    if not callable(cam_method):
+        raise bad_type("method", method, f"one of {', '.join(CAM_METHODS)} or a function")
     modifier = grad_modifiers.get(grad_modifier)
-    target_device = resolve_device(device, model)
-    images = _load_batch(seed_input, input_range, channels, target_device)
     penultimate = penultimate_layer
     if penultimate is None:
-        penultimate = _auto_penultimate(model, loss, images, input_range, preprocess)
-    _, acts, grads, _ = _gradients(
-        model, loss, images, input_range=input_range, preprocess=preprocess, extra_layer=penultimate
-    )
+        penultimate = _auto_penultimate(prepared, loss, images)
+    _, acts, grads = _gradients(prepared, loss, images, extra_layer=penultimate)
     if acts.ndim != 4:
         raise bad_value("penultimate_layer", penultimate, "a layer with (N, C, H, W) output")
     if grads is None:
@@ -218,27 +229,47 @@ def visualize_cam_with_losses(
         )
     if modifier is not None:
         grads = modifier(grads)
-    if method == "gradcam":
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-    else:
-        g2, g3 = grads**2, grads**3
-        denominator = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
-        alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-        weights = (alphas * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * acts).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = cam_method(acts, grads)[:, None]
+    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def visualize_cam_with_losses(
+    model: nn.Module | PreparedModel,
+    losses,
+    seed_input,
+    *,
+    penultimate_layer: LayerSpec | None = None,
+    method: str | CamMethod = "gradcam",
+    grad_modifier: str | Callable | None = None,
+    **conventions,
+) -> np.ndarray:
+    """A class activation map (Grad-CAM by default) of a weighted sum of losses; (B, H, W) in [0, 1].
+
+    `method`: a name in `CAM_METHODS` (``"gradcam"``, ``"gradcam++"``; `register_cam` adds
+    one) or a function (activations, gradients) -> map. `penultimate_layer` defaults to
+    the last layer run before the loss's layer whose output has spatial dimensions (for
+    EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``).
+
+    Example:
+        >>> cams = visualize_cam_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
+    """
+    loss = as_losses(losses)
+    prepared, owned = prepare(model, **conventions)
+    try:
+        images = _load_batch(seed_input, prepared)
+        cam = _cam(prepared, loss, images, penultimate_layer, method, grad_modifier)
+    finally:
+        if owned:
+            prepared.close()
     return _normalize(cam)
 
 
-def _auto_penultimate(model, loss, images, input_range, preprocess) -> str:
-    low, high = input_range
+def _auto_penultimate(prepared: PreparedModel, loss: Loss, images: torch.Tensor) -> str:
     specs = [layer for term, w in loss.terms if w != 0 for layer in term.layers()]
     if not specs:
         raise bad_value("penultimate_layer", None, "a layer name: the losses read no layer to search before")
-    with ModelGuard(model):
-        x = low + (high - low) * images[:1]
-        seen = probe(model, preprocess(x) if preprocess is not None else x)
-        found = seen.spatial_layer_before(resolve_layer(model, specs[0], seen))
+    prepared.probe(images)
+    found = prepared.spatial_layer_before(specs[0])
     if found is None:
         raise bad_value(
             "penultimate_layer", None, f"a layer name: no layer with spatial output runs before {specs[0]!r}"
@@ -246,7 +277,9 @@ def _auto_penultimate(model, loss, images, input_range, preprocess) -> str:
     return found
 
 
-def visualize_cam(model: nn.Module, layer: LayerSpec, filter_indices, seed_input, **kwargs) -> np.ndarray:
+def visualize_cam(
+    model: nn.Module | PreparedModel, layer: LayerSpec, filter_indices, seed_input, **kwargs
+) -> np.ndarray:
     """Grad-CAM map of the chosen units of `layer` for each image; ``method="gradcam++"`` for Grad-CAM++.
 
     Example:
@@ -259,17 +292,14 @@ def visualize_cam(model: nn.Module, layer: LayerSpec, filter_indices, seed_input
 
 
 def visualize_guided_cam(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     layer: LayerSpec,
     filter_indices,
     seed_input,
     *,
     penultimate_layer: LayerSpec | None = None,
     keepdims: bool = False,
-    input_range: tuple[float, float] = (0, 255),
-    preprocess: Callable | None = None,
-    channels: int = 3,
-    device: str | torch.device | None = None,
+    **conventions,
 ) -> np.ndarray:
     """Guided Grad-CAM (Selvaraju et al.): guided-backprop gradients times the Grad-CAM map.
 
@@ -279,18 +309,16 @@ def visualize_guided_cam(
     Example:
         >>> maps = visualize_guided_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
     """
-    common = dict(input_range=input_range, preprocess=preprocess, channels=channels, device=device)
-    cam = visualize_cam(
-        model, layer, filter_indices, seed_input, penultimate_layer=penultimate_layer, **common
-    )
-    input_range = check_range(input_range)
-    target_device = resolve_device(device, model)
-    images = _load_batch(seed_input, input_range, channels, target_device)
     loss = ActivationMaximization(layer, filter_indices)
-    guided = _gradients(
-        model, loss, images, input_range=input_range, preprocess=preprocess, backprop_modifier="guided"
-    )[0]
-    product = (guided * torch.as_tensor(cam, device=guided.device)[:, None]).abs()
+    prepared, owned = prepare(model, **conventions)
+    try:
+        images = _load_batch(seed_input, prepared)
+        cam = torch.as_tensor(_normalize(_cam(prepared, loss, images, penultimate_layer, "gradcam", None)))
+        guided = _gradients(prepared, loss, images, backprop_modifier="guided")[0]
+    finally:
+        if owned:
+            prepared.close()
+    product = (guided * cam.to(guided.device)[:, None]).abs()
     if keepdims:
         return _normalize(product).transpose(0, 2, 3, 1)
     return _normalize(product.max(dim=1).values)

@@ -14,9 +14,10 @@ import sys
 import click
 import torch
 
-from . import attention, gallery, visualization, watch, zoo
+from . import attention, backprop_modifiers, gallery, grad_modifiers, params, visualization, watch, zoo
 from .errors import FeatvisError, FeatvisValueError, bad_value
 from .image import save_image, stitch_images, to_array, to_unit_tensor
+from .optimizer import Settings
 
 EPILOG_ACTIVATION = """\b
 Examples:
@@ -202,21 +203,21 @@ def cli() -> None:
 @click.option(
     "--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'."
 )
-@click.option("--steps", type=int, default=visualization.DEFAULT_STEPS, show_default=True)
-@click.option(
-    "--views", type=int, default=visualization.DEFAULT_VIEWS, show_default=True, help="Random views per step."
-)
+@click.option("--steps", type=int, default=Settings.max_iter, show_default=True)
+@click.option("--views", type=int, default=Settings.views, show_default=True, help="Random views per step.")
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option(
     "--method",
-    type=click.Choice(["fourier", "pixel", "maco"]),
-    default=visualization.DEFAULT_METHOD,
+    type=click.Choice(list(params.METHODS)),
+    default=Settings.method,
     show_default=True,
 )
 @click.option("--tv-weight", type=float, default=visualization.DEFAULT_TV_WEIGHT, show_default=True)
 @click.option("--lp-weight", type=float, default=0.0, show_default=True)
-@click.option("--grad-modifier", default=None, help="negate, absolute, invert, relu or small_values.")
-@click.option("--backprop-modifier", default=None, help="guided, relu, rectified or deconv.")
+@click.option("--grad-modifier", type=click.Choice(list(grad_modifiers.GRAD_MODIFIERS)), default=None)
+@click.option(
+    "--backprop-modifier", type=click.Choice(list(backprop_modifiers.BACKPROP_MODIFIERS)), default=None
+)
 @click.option("--verbose", is_flag=True, help="Print every loss term at every step.")
 @click.option(
     "--gif", type=click.Path(dir_okay=False), default=None, help="Also write a GIF of the optimization."
@@ -284,7 +285,7 @@ def activation(
 @cli.command()
 @click.option("--layer", required=True, help="Module name of the layer.")
 @click.option("--units", default=None, help="Comma list of units (default: all).")
-@click.option("--steps", type=int, default=visualization.DEFAULT_STEPS, show_default=True)
+@click.option("--steps", type=int, default=Settings.max_iter, show_default=True)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
 @click.option("--cols", type=int, default=None, help="Columns of the grid.")
@@ -371,7 +372,9 @@ Examples:
 """
 )
 @click.option("--smooth", type=int, default=0, show_default=True, help="SmoothGrad samples (0: vanilla).")
-@click.option("--backprop-modifier", default=None, help="guided, relu, rectified or deconv.")
+@click.option(
+    "--backprop-modifier", type=click.Choice(list(backprop_modifiers.BACKPROP_MODIFIERS)), default=None
+)
 @with_options(attention_options)
 def saliency(
     image_path,

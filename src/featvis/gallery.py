@@ -21,7 +21,7 @@ import re
 from torch import nn
 
 from .errors import bad_type
-from .image import _atomic_write, save_image
+from .image import atomic_write, save_image
 from .visualization import activations_reached, visualize_layer
 
 MANIFEST = "gallery.json"
@@ -78,10 +78,10 @@ def write_gallery(
             save_image(image, out / name)
             entries.append({"unit": unit, "image": name, "activation": float(value)})
         manifest["layers"][layer] = {"units": entries, "steps": max_iter, "size": size}
-        _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+        atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     index = out / "index.html"
     page = _render(manifest, title)
-    return _atomic_write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return atomic_write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
 def _render(manifest: dict, title: str) -> str:

@@ -121,7 +121,12 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(temporary_path)`` and move the file into place: never a half-written `path`.
+
+    Example:
+        >>> atomic_write(Path("notes.txt"), lambda tmp: Path(tmp).write_text("done"))
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -156,7 +161,7 @@ def save_image(image: np.ndarray | Image.Image, path: str | os.PathLike, format:
     """
     pil = image if isinstance(image, Image.Image) else to_pil(image)
     fmt = format or Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    return _atomic_write(Path(path), lambda tmp: pil.save(tmp, format=fmt))
+    return atomic_write(Path(path), lambda tmp: pil.save(tmp, format=fmt))
 
 
 def stitch_images(
@@ -195,3 +200,21 @@ def stitch_images(
             )
         grid = np.asarray(pil)
     return grid
+
+
+def check_seed_range(given: object, unit: torch.Tensor, input_range: tuple[float, float]) -> None:
+    """Refuse a float seed image in [0, 1] given with a wide `input_range` such as (0, 255): read that
+    way it is black, and the optimization would start from (and often stay) a black image."""
+    low, high = input_range
+    is_float = (isinstance(given, np.ndarray) and np.issubdtype(given.dtype, np.floating)) or (
+        isinstance(given, torch.Tensor) and given.is_floating_point()
+    )
+    if not is_float or high - low <= 2:
+        return
+    values = low + (high - low) * unit
+    if float(values.max()) <= 1.0 and float(values.max()) > float(values.min()):
+        raise FeatvisValueError(
+            f"seed_input holds floats in [0, 1] but input_range is {tuple(input_range)}, so it would be "
+            "read as an almost black image; pass input_range=(0.0, 1.0) (with a preprocess that "
+            "expects it), or scale the image to the range (e.g. image * 255)"
+        )

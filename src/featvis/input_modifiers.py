@@ -1,9 +1,9 @@
 """Input modifiers: random, differentiable transforms applied to each view every step.
 
 Each image of a batch draws its own transform. A built-in modifier is called as
-``modifier(images, generator)`` (during a visualization the generator lives on the
-images' device, so no draw is copied to the GPU); a plain function
-``f(images) -> images`` works too. They keep the image size unless their name says otherwise.
+``modifier(images, streams)``, where `featvis.rng.Streams` holds one random stream
+per image (so an image's transforms do not depend on the rest of its batch); a
+plain function ``f(images) -> images`` works too. They keep the image size unless their name says otherwise.
 
 Example:
     >>> modifiers = [Jitter(8), RandomAffine(scale=(0.9, 1.1), degrees=10), Noise(0.02)]
@@ -18,33 +18,24 @@ import torch
 import torch.nn.functional as F
 
 from .errors import bad_type, bad_value
-from .rng import generator_on, to_device
+from .rng import Streams
 
 
 class InputModifier:
-    """Base class: implement ``__call__(images, generator)`` returning new images."""
+    """Base class: implement ``__call__(images, streams)`` returning new images.
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    Example:
+        >>> class Darken(InputModifier):
+        ...     def __call__(self, images, streams):
+        ...         return images * streams.uniform(1, 1, 1, low=0.8, high=1.0).to(images.dtype)
+    """
+
+    def __call__(self, images: torch.Tensor, streams: Streams) -> torch.Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
-
-
-def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
-    """n uniform draws in [low, high), made on the generator's device and moved to `device`."""
-    return to_device(low + (high - low) * torch.rand(n, generator=generator, device=generator.device), device)
-
-
-def _randint(low: int, high: int, shape: tuple[int, ...], generator, device) -> torch.Tensor:
-    return to_device(torch.randint(low, high, shape, generator=generator, device=generator.device), device)
-
-
-def _randn_like(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise drawn on the images' device (from a generator there, or seeded from this one)."""
-    generator = generator_on(images.device, generator)
-    return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
 
 
 def _pixels(amount: float, size: int) -> int:
@@ -64,14 +55,14 @@ class Jitter(InputModifier):
             raise bad_value("jitter", jitter, "a number of pixels >= 0 or a fraction in (0, 1)")
         self.jitter = jitter
 
-    def __call__(self, images, generator):
+    def __call__(self, images, streams):
         h, w = images.shape[-2:]
         jy, jx = _pixels(self.jitter, h), _pixels(self.jitter, w)
         if jy == 0 and jx == 0:
             return images
         n, c = images.shape[:2]
-        dy = _randint(-jy, jy + 1, (n, 1), generator, images.device)
-        dx = _randint(-jx, jx + 1, (n, 1), generator, images.device)
+        dy = streams.integers(-jy, jy + 1, 1).to(images.device)
+        dx = streams.integers(-jx, jx + 1, 1).to(images.device)
         rows = (torch.arange(h, device=images.device)[None] - dy) % h  # per-image roll, two gathers
         cols = (torch.arange(w, device=images.device)[None] - dx) % w
         images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
@@ -90,38 +81,26 @@ class RandomAffine(InputModifier):
             raise bad_value("scale", scale, "(low, high) with 0 < low <= high")
         self.scale, self.degrees, self.translate = tuple(scale), float(degrees), float(translate)
 
-    def __call__(self, images, generator):
-        n, device = images.shape[0], images.device
-        zoom = _uniform(n, *self.scale, generator, device)
-        angle = _uniform(n, -self.degrees, self.degrees, generator, device) * math.pi / 180
-        tx = _uniform(n, -self.translate, self.translate, generator, device) * 2
-        ty = _uniform(n, -self.translate, self.translate, generator, device) * 2
+    def __call__(self, images, streams):
+        draws = streams.uniform(4).to(images.device)
+        zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * draws[:, 0]
+        angle = (2 * draws[:, 1] - 1) * self.degrees * math.pi / 180
+        tx, ty = (2 * draws[:, 2] - 1) * self.translate * 2, (2 * draws[:, 3] - 1) * self.translate * 2
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def RandomScale(scales=(0.9, 1.1)) -> RandomAffine:
-    """Zoom each image by a random factor in `scales`, keeping its size."""
-    return RandomAffine(scale=scales)
-
-
-def RandomRotate(degrees: float = 10.0) -> RandomAffine:
-    """Rotate each image by a random angle in [-degrees, degrees]."""
-    return RandomAffine(degrees=degrees)
-
-
-def _resample_window(images: torch.Tensor, side: torch.Tensor, generator) -> torch.Tensor:
+def _resample_window(images: torch.Tensor, side: torch.Tensor, streams: Streams) -> torch.Tensor:
     """Resize a square window of each image (side: fraction of the image side, per image) to full size.
 
     Windows smaller than the image lie inside it at a random position; larger ones
     are centered and reflect the image at its borders.
     """
-    n, device = images.shape[0], images.device
     room = (1 - side).clamp(min=0)
-    cx = _uniform(n, -1, 1, generator, device) * room
-    cy = _uniform(n, -1, 1, generator, device) * room
+    center = streams.uniform(2, low=-1.0, high=1.0).to(images.device) * room[:, None]
+    cx, cy = center[:, 0], center[:, 1]
     zero = torch.zeros_like(side)
     theta = torch.stack([torch.stack([side, zero, cx], 1), torch.stack([zero, side, cy], 1)], 1)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
@@ -140,9 +119,9 @@ class RandomCrop(InputModifier):
             raise bad_value("area", area, "(low, high) with 0 < low <= high <= 1")
         self.area = tuple(area)
 
-    def __call__(self, images, generator):
-        side = torch.sqrt(_uniform(images.shape[0], *self.area, generator, images.device))
-        return _resample_window(images, side, generator)
+    def __call__(self, images, streams):
+        side = torch.sqrt(streams.uniform(low=self.area[0], high=self.area[1]).to(images.device))
+        return _resample_window(images, side, streams)
 
 
 class RandomZoom(InputModifier):
@@ -159,9 +138,9 @@ class RandomZoom(InputModifier):
             raise bad_value("side", side, "(low, high) with 0 < low <= high <= 4")
         self.side = tuple(side)
 
-    def __call__(self, images, generator):
-        side = _uniform(images.shape[0], *self.side, generator, images.device)
-        return _resample_window(images, side, generator)
+    def __call__(self, images, streams):
+        side = streams.uniform(low=self.side[0], high=self.side[1]).to(images.device)
+        return _resample_window(images, side, streams)
 
 
 class RandomFlip(InputModifier):
@@ -176,8 +155,8 @@ class RandomFlip(InputModifier):
             raise bad_value("p", p, "a probability in [0, 1]")
         self.p = float(p)
 
-    def __call__(self, images, generator):
-        flip = _uniform(images.shape[0], 0, 1, generator, images.device) < self.p
+    def __call__(self, images, streams):
+        flip = streams.uniform().to(images.device) < self.p
         return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -193,7 +172,7 @@ class Pad(InputModifier):
             raise bad_value("mode", mode, "'reflect', 'replicate' or 'constant'")
         self.pad, self.mode, self.value = int(pad), mode, value
 
-    def __call__(self, images, generator):
+    def __call__(self, images, streams):
         kwargs = {"value": self.value} if self.mode == "constant" else {}
         return F.pad(images, [self.pad] * 4, mode=self.mode, **kwargs)
 
@@ -210,8 +189,8 @@ class Noise(InputModifier):
             raise bad_value("std", std, "a number >= 0")
         self.std = float(std)
 
-    def __call__(self, images, generator):
-        return images + self.std * _randn_like(images, generator)
+    def __call__(self, images, streams):
+        return images + self.std * streams.normal(*images.shape[1:]).to(images.device, images.dtype)
 
 
 def standard_transforms() -> list[InputModifier]:
@@ -229,11 +208,17 @@ def standard_transforms() -> list[InputModifier]:
 
 
 def apply_modifiers(
-    modifiers: Sequence[InputModifier | Callable], images: torch.Tensor, generator: torch.Generator
+    modifiers: Sequence[InputModifier | Callable], images: torch.Tensor, streams: Streams
 ) -> torch.Tensor:
-    """Apply each modifier in turn: built-ins get the generator, plain functions only images."""
+    """Apply each modifier in turn: built-ins get the streams (one per image), plain functions only images.
+
+    Example:
+        >>> views = apply_modifiers(standard_transforms(), images, Streams(range(len(images))))
+    """
+    if len(streams) != images.shape[0]:
+        raise bad_value("streams", f"{len(streams)} streams", f"one per image ({images.shape[0]})")
     for modifier in modifiers:
-        images = modifier(images, generator) if isinstance(modifier, InputModifier) else modifier(images)
+        images = modifier(images, streams) if isinstance(modifier, InputModifier) else modifier(images)
         if not isinstance(images, torch.Tensor):
             raise bad_type("input_modifiers", modifier, "modifiers that return a tensor")
     return images

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+import math
 import numbers
 
 import torch
@@ -189,6 +190,27 @@ def as_loss(value: object, argument: str) -> Loss:
     raise bad_type(argument, value, "a featvis Loss or a callable f(ctx) -> Tensor")
 
 
+def as_losses(losses: object) -> Loss:
+    """A `Loss`, a callable, or a non-empty list of (loss, weight) pairs, as one `Loss`.
+
+    Example:
+        >>> as_losses([(ActivationMaximization("_fc", 130), 1.0), (TotalVariation(), 0.5)])
+    """
+    if isinstance(losses, Loss) or callable(losses):
+        return as_loss(losses, "losses")
+    if not isinstance(losses, Sequence) or isinstance(losses, str) or not losses:
+        raise bad_type("losses", losses, "a Loss or a non-empty list of (loss, weight) pairs")
+    pairs = []
+    for item in losses:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise bad_type("losses", item, "(loss, weight) pairs")
+        loss, weight = item
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+            raise bad_value("losses", weight, "finite numeric weights")
+        pairs.append((as_loss(loss, "losses"), float(weight)))
+    return WeightedSum(pairs)
+
+
 def _check_indices(indices: object, argument: str) -> list[int] | None:
     if indices is None:
         return None
@@ -266,7 +288,7 @@ class UnitPerImage(Loss):
         >>> UnitPerImage("_blocks.10", range(16))  # 16 channels, one per image
     """
 
-    name = "ActivationMaximization"
+    name = "UnitPerImage"
 
     def __init__(self, layer: LayerSpec, units: Sequence[int], *, channel_axis: int = 1):
         self.layer = layer

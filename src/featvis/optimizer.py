@@ -6,7 +6,8 @@ steps as if it were alone. The forward pass stops as soon as every layer the
 loss reads has run, and the model's weights get no gradients.
 
 Example:
-    >>> result = optimize(model, loss, FourierImage(1, 3, (224, 224)), steps=128)
+    >>> with PreparedModel(model) as prepared:
+    ...     result = optimize(prepared, loss, FourierImage(1, 3, (224, 224)), Settings(max_iter=64), streams)
     >>> result.images.shape, list(result.history)
     (torch.Size([1, 3, 224, 224]), ['ActivationMaximization', 'TotalVariation', 'LpNorm', 'total'])
 """
@@ -14,21 +15,29 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 import sys
 import warnings
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from . import backprop_modifiers, grad_modifiers
-from .errors import FeatvisValueError, NonFiniteError, bad_type, bad_value, check_int, check_number
-from .fusion import choose_runner
-from .input_modifiers import InputModifier, apply_modifiers
-from .losses import Loss, LossContext, layer_key
-from .params import Parameterization
-from .targets import FeatvisWarning, ModelGuard, probe, resolve_layer, warn_pre_softmax
+from .errors import (
+    FeatvisTypeError,
+    FeatvisValueError,
+    NonFiniteError,
+    bad_type,
+    bad_value,
+    check_int,
+    check_number,
+)
+from .input_modifiers import InputModifier, apply_modifiers, standard_transforms
+from .losses import Loss, LossContext
+from .params import METHODS, Parameterization, default_lr
+from .prepared import PreparedModel
+from .rng import Streams
+from .targets import FeatvisWarning
 
 Callback = Callable[[int, dict[str, float], torch.Tensor], None]
 
@@ -39,13 +48,15 @@ class Result:
 
     `images`: (B, C, H, W) in [0, 1]; `history`: per term name (and 'total') the
     batch-mean value at each step; `transparency`: (B, H, W) accumulated |d loss /
-    d image| (MACO's transparency map); `interrupted`: True after Ctrl-C.
+    d image| (MACO's transparency map); `interrupted`: True after Ctrl-C; `seed`: the
+    seed the images came from (pass it as ``seed=`` to make them again).
     """
 
     images: torch.Tensor
     history: dict[str, list[float]] = field(default_factory=dict)
     transparency: torch.Tensor | None = None
     interrupted: bool = False
+    seed: int | None = None
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows a result as its images, tiled."""
@@ -59,6 +70,95 @@ class Result:
         return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How an activation maximization runs: the options every entry point shares, declared once.
+
+    `max_iter` steps of `views` random views per image (128 x 4 = 512 forward+backward
+    passes per image); `lr` (None: the parameterization's `default_lr`); `method`: a
+    name in `featvis.params.METHODS` or a factory; `input_modifiers` (None:
+    `standard_transforms()`; ``[]`` for none); `grad_modifier`, `backprop_modifier`: a
+    name or a callable; `callbacks`: functions ``f(step, terms, images)``; `verbose`
+    prints every term at every step; `progress` shows a bar (None: on a terminal, for
+    64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
+    precision; `image_ema` (default 0.9) returns the moving average of the images over
+    the second half of the steps (None: the last step's images).
+
+    Example:
+        >>> Settings(max_iter=64, views=2, method="pixel").learning_rate
+        0.02
+    """
+
+    max_iter: int = 128
+    views: int = 4
+    lr: float | None = None
+    method: str | Callable = "fourier"
+    input_modifiers: Sequence[InputModifier | Callable] | None = None
+    grad_modifier: str | Callable | None = None
+    backprop_modifier: str | Callable | None = None
+    callbacks: Sequence[Callback] | None = None
+    verbose: bool = False
+    progress: bool | None = None
+    autocast: torch.dtype | None = None
+    image_ema: float | None = 0.9
+
+    def __post_init__(self):
+        check_int("max_iter", self.max_iter, 1)
+        check_int("views", self.views, 1)
+        if self.lr is not None:
+            check_number("lr", self.lr, positive=True)
+        if self.image_ema is not None:
+            check_number("image_ema", self.image_ema, minimum=0)
+            if not self.image_ema < 1:
+                raise bad_value("image_ema", self.image_ema, "a decay in [0, 1), or None")
+        if isinstance(self.method, str) and self.method not in METHODS:
+            raise bad_value("method", self.method, f"one of {', '.join(METHODS)} or a callable")
+        if not isinstance(self.method, str) and not callable(self.method):
+            raise bad_type("method", self.method, f"one of {', '.join(METHODS)} or a callable")
+        modifiers = self.input_modifiers
+        if modifiers is not None and (isinstance(modifiers, str) or not isinstance(modifiers, Sequence)):
+            raise bad_type("input_modifiers", modifiers, "a list of InputModifier objects or functions")
+        for modifier in modifiers or ():
+            if not callable(modifier):
+                raise bad_type("input_modifiers", modifier, "InputModifier objects or functions")
+        callbacks = self.callbacks
+        if callbacks is not None and (
+            isinstance(callbacks, str | bytes)
+            or not isinstance(callbacks, Sequence)
+            or not all(map(callable, callbacks))
+        ):
+            raise bad_type("callbacks", callbacks, "a list of functions f(step, terms, images)")
+        grad_modifiers.get(self.grad_modifier)
+        backprop_modifiers.get(self.backprop_modifier)
+        if self.autocast is not None and not isinstance(self.autocast, torch.dtype):
+            raise bad_type("autocast", self.autocast, "a torch dtype such as torch.bfloat16, or None")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def take(cls, options: dict, allowed: Sequence[str] = ()) -> Settings:
+        """Settings from keyword options (removing them); any other option not in `allowed` is an error."""
+        from .errors import close_matches
+
+        unknown = [k for k in options if k not in cls.names() and k not in allowed]
+        if unknown:
+            known = [*cls.names(), *allowed]
+            raise FeatvisTypeError(
+                f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], known)}"
+            )
+        return cls(**{k: options.pop(k) for k in list(options) if k in cls.names()})
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else default_lr(self.method)
+
+    @property
+    def transforms(self) -> list[InputModifier | Callable]:
+        return standard_transforms() if self.input_modifiers is None else list(self.input_modifiers)
+
+
 def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
     names: list[str] = []
     for term, _ in terms:
@@ -68,167 +168,135 @@ def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
     return names
 
 
-def _to_model_input(views: torch.Tensor, input_range: tuple[float, float], preprocess) -> torch.Tensor:
-    low, high = input_range
-    x = low + (high - low) * views
-    return preprocess(x) if preprocess is not None else x
-
-
 def optimize(
-    model: nn.Module,
+    prepared: PreparedModel,
     loss: Loss,
     param: Parameterization,
+    settings: Settings,
+    streams: Streams,
     *,
-    steps: int = 256,
-    lr: float = 0.05,
-    input_modifiers: Sequence[InputModifier | Callable] = (),
-    views: int = 1,
-    input_range: tuple[float, float] = (0, 255),
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    grad_modifier=None,
-    backprop_modifier=None,
-    callbacks: Sequence[Callback] = (),
-    verbose: bool = False,
-    progress: bool | None = None,
     seed: int | None = None,
-    autocast: torch.dtype | None = None,
-    channels_last: bool | None = None,
-    fuse: bool = True,
-    image_ema: float | None = None,
 ) -> Result:
     """Minimize `loss` over the images `param` makes; see the module docstring.
 
-    `autocast` (e.g. ``torch.bfloat16``) runs the model under `torch.autocast` on
-    the images' device; losses are computed in float32. `channels_last=True` feeds
-    the model channels-last input (the model's weights are not touched); None
-    (default) does so where it was measured to help and the model gives the same outputs
-    with it: on the CPU, and on CUDA GPUs for the fused copy (`featvis.fusion.choose_runner`).
-    `fuse` runs a copy of the model with batch norms and zero pads folded into its
-    convolutions (sharing the model's weights; see `featvis.fusion`) when the copy's
-    outputs agree with the model's. `image_ema` (e.g. 0.9) returns an exponential
-    moving average of the images over the second half of the steps rather than the
-    last step's images: no extra passes, and smoother images that other networks
-    recognize better (``benchmarks/quality.py``).
+    `streams` hold one random stream per image (the transforms' draws); `seed` is only
+    recorded in the result. The model runs as `prepared` chose: the fused copy where its
+    outputs agree with the model's, channels-last input where that helps (see
+    `featvis.fusion.choose_runner`), the forward pass stopped after the last layer the
+    loss reads.
     """
-    check_int("steps", steps, 1)
-    check_int("views", views, 1)
-    check_number("lr", lr, positive=True)
-    if image_ema is not None:
-        check_number("image_ema", image_ema, minimum=0)
-        if not image_ema < 1:
-            raise bad_value("image_ema", image_ema, "a decay in [0, 1), or None")
-    if preprocess is not None and not callable(preprocess):
-        raise bad_type("preprocess", preprocess, "a function of the image batch, or None")
-    if (
-        isinstance(callbacks, str | bytes)
-        or not isinstance(callbacks, Sequence)
-        or not all(map(callable, callbacks))
-    ):
-        raise bad_type("callbacks", callbacks, "a list of functions f(step, terms, images)")
-    grad_fn = grad_modifiers.get(grad_modifier)
-    rule = backprop_modifiers.get(backprop_modifier)
+    steps, views = settings.max_iter, settings.views
+    grad_fn = grad_modifiers.get(settings.grad_modifier)
+    rule = backprop_modifiers.get(settings.backprop_modifier)
+    transforms = settings.transforms
+    callbacks = list(settings.callbacks or ())
     terms = [(term, weight) for term, weight in loss.terms if weight != 0]
     names = _term_names(terms)
-    layers = [layer for term, _ in terms for layer in term.layers()]
-    seed = seed if seed is not None else torch.seed()
+    progress = settings.progress
     if progress is None:
-        progress = steps >= 64 and sys.stderr.isatty() and not verbose
+        progress = steps >= 64 and sys.stderr.isatty() and not settings.verbose
+    if len(streams) != param.batch:
+        raise bad_value("streams", f"{len(streams)} streams", f"one per image ({param.batch})")
+    rows = streams.per_view(views)
 
-    with ModelGuard(model) as guard:
-        with torch.no_grad():
-            first = param()[:1]
-            example = _to_model_input(first, input_range, preprocess)
-            noise = torch.rand(first.shape, generator=torch.Generator().manual_seed(0))
-            check_input = _to_model_input(noise.to(first), input_range, preprocess)
-        generator = torch.Generator(device=first.device).manual_seed(seed)  # transforms draw there
-        seen = probe(model, example)
-        targets = {layer_key(spec): resolve_layer(model, spec, seen) for spec in layers}
-        pre_softmax = {t.key for t in targets.values()} & seen.softmax_outputs
-        warn_pre_softmax(pre_softmax)
-        runner, capture, channels_last = choose_runner(
-            model,
-            check_input,
-            seen,
-            list({t.key: t for t in targets.values()}.values()),
-            guard,
-            pre_softmax,
-            fuse=fuse,
-            channels_last=channels_last,
+    with torch.no_grad():
+        first = param()[:1]
+    prepared.probe(first)
+    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
+    wanted = list(targets.values())
+    runner, capture, channels_last = (
+        prepared.runner(wanted, first.shape[1:]) if wanted else (None, None, False)
+    )
+
+    # one fused kernel per step on a GPU rather than a handful over the whole spectrum
+    fused_adam = all(p.is_cuda and p.is_floating_point() for p in param.parameters()) or None
+    optimizer = torch.optim.Adam(param.parameters(), lr=settings.learning_rate, fused=fused_adam)
+    log = _StepLog(names)
+    transparency = None
+    average = None  # of the images, when image_ema is set
+    interrupted = False
+    bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
+    try:
+        for step in range(steps):
+            images = param()
+            images.retain_grad()
+            if settings.image_ema is not None and step >= steps // 2:
+                current = images.detach()
+                average = (
+                    current.clone() if average is None else average.lerp_(current, 1 - settings.image_ema)
+                )
+            # the model path gets its own node, so a grad modifier changes only the
+            # gradient that comes through the model, not the regularizers' own
+            through_model = images.view_as(images)
+            finite = torch.ones(len(terms) + 1, dtype=torch.bool, device=images.device)
+            _watch_gradient(through_model, finite, len(terms))
+            if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
+                through_model.register_hook(lambda g: -grad_fn(-g))
+            batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
+            x = prepared.model_input(apply_modifiers(transforms, batch, rows))
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with backprop_modifiers.modify_backprop(rule):
+                with torch.autocast(
+                    x.device.type, dtype=settings.autocast, enabled=settings.autocast is not None
+                ):
+                    activations = capture.run(runner, x) if wanted else {}
+                activations = {key: value.float() for key, value in activations.items()}
+                values = []
+                for index, (term, _) in enumerate(terms):  # each term its own view: its gradient is watched
+                    own = images.view_as(images)
+                    _watch_gradient(own, finite, index)
+                    ctx = LossContext(images=own, views=views, activations=activations, targets=targets)
+                    values.append(ctx.per_image(term(ctx)))
+                total = sum(weight * value for (_, weight), value in zip(terms, values)).sum()
+                optimizer.zero_grad(set_to_none=True)
+                if not total.requires_grad:
+                    raise FeatvisValueError(
+                        "losses do not depend on the input image; check the layers and "
+                        "filter_indices they read"
+                    )
+                # backward of the score, so backprop modifiers see the gradient of what is maximized
+                (-total).backward()
+            grads = [p.grad.neg_() for p in param.parameters()]
+            means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
+            params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
+            log.add(step, means, torch.cat([finite, params_finite[None]]))
+            optimizer.step()
+            param.project()
+            magnitude = images.grad.detach().abs().mean(1)
+            transparency = magnitude if transparency is None else transparency + magnitude
+            if settings.verbose or callbacks or (step + 1) % _SYNC_EVERY == 0 or step == steps - 1:
+                latest = log.flush()  # one device sync per block of steps, or per step when watched
+                if settings.verbose:
+                    terms_text = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, latest))
+                    print(f"step {step + 1}/{steps}  {terms_text}  total {latest[-1]:.4g}")
+                for callback in callbacks:
+                    callback(step, dict(zip([*names, "total"], latest)), images.detach())
+            bar.update(1)
+    except KeyboardInterrupt:
+        log.flush()
+        interrupted = True
+        warnings.warn(
+            "interrupted: returning the images as they were at the last step",
+            FeatvisWarning,
+            stacklevel=2,
         )
+    finally:
+        bar.close()
+    with torch.no_grad():
+        final = param().detach() if average is None else average
+    return Result(
+        images=final, history=log.history, transparency=transparency, interrupted=interrupted, seed=seed
+    )
 
-        # one fused kernel per step on a GPU rather than a handful over the whole spectrum
-        fused_adam = all(p.is_cuda and p.is_floating_point() for p in param.parameters()) or None
-        optimizer = torch.optim.Adam(param.parameters(), lr=lr, fused=fused_adam)
-        log = _StepLog(names)
-        transparency = None
-        average = None  # of the images, when image_ema is set
-        interrupted = False
-        bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
-        try:
-            for step in range(steps):
-                images = param()
-                images.retain_grad()
-                if image_ema is not None and step >= steps // 2:
-                    current = images.detach()
-                    average = current.clone() if average is None else average.lerp_(current, 1 - image_ema)
-                # the model path gets its own node, so a grad modifier changes only the
-                # gradient that comes through the model, not the regularizers' own
-                through_model = images.view_as(images)
-                if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
-                    through_model.register_hook(lambda g: -grad_fn(-g))
-                batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
-                x = _to_model_input(
-                    apply_modifiers(input_modifiers, batch, generator), input_range, preprocess
-                )
-                if channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with backprop_modifiers.modify_backprop(rule):
-                    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-                        activations = capture.run(runner, x) if targets else {}
-                    activations = {key: value.float() for key, value in activations.items()}
-                    ctx = LossContext(images=images, views=views, activations=activations, targets=targets)
-                    values = [ctx.per_image(term(ctx)) for term, _ in terms]
-                    total = sum(weight * value for (_, weight), value in zip(terms, values)).sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    if not total.requires_grad:
-                        raise FeatvisValueError(
-                            "losses do not depend on the input image; check the layers and "
-                            "filter_indices they read"
-                        )
-                    # backward of the score, so backprop modifiers see the gradient of what is maximized
-                    (-total).backward()
-                grads = [p.grad.neg_() for p in param.parameters()]
-                means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
-                log.add(
-                    step,
-                    means,
-                    torch.stack([means.isfinite().all()] + [g.isfinite().all() for g in grads]).all(),
-                )
-                optimizer.step()
-                param.project()
-                magnitude = images.grad.detach().abs().mean(1)
-                transparency = magnitude if transparency is None else transparency + magnitude
-                if verbose or callbacks or (step + 1) % _SYNC_EVERY == 0 or step == steps - 1:
-                    latest = log.flush()  # one device sync per block of steps, or per step when watched
-                    if verbose:
-                        terms_text = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, latest))
-                        print(f"step {step + 1}/{steps}  {terms_text}  total {latest[-1]:.4g}")
-                    for callback in callbacks:
-                        callback(step, dict(zip([*names, "total"], latest)), images.detach())
-                bar.update(1)
-        except KeyboardInterrupt:
-            log.flush()
-            interrupted = True
-            warnings.warn(
-                "interrupted: returning the images as they were at the last step",
-                FeatvisWarning,
-                stacklevel=2,
-            )
-        finally:
-            bar.close()
-        with torch.no_grad():
-            final = param().detach() if average is None else average
-    return Result(images=final, history=log.history, transparency=transparency, interrupted=interrupted)
+
+def _watch_gradient(node: torch.Tensor, finite: torch.Tensor, index: int) -> None:
+    """Record in ``finite[index]`` whether the gradient reaching `node` is finite (no host sync)."""
+
+    def hook(grad: torch.Tensor) -> None:
+        finite[index] = grad.isfinite().all()
+
+    node.register_hook(hook)
 
 
 _SYNC_EVERY = 16
@@ -254,14 +322,23 @@ class _StepLog:
         finite = torch.stack([ok for _, _, ok in self._pending]).tolist()
         self._pending.clear()
         for step, values, ok in zip(steps, rows, finite):
-            if not ok:
-                _raise_non_finite(step, self.names[:-1], values)
+            if not all(ok):
+                _raise_non_finite(step, self.names[:-1], values, ok)
             for name, value in zip(self.names, values):
                 self.history[name].append(value)
         return rows[-1]
 
 
-def _raise_non_finite(step: int, names: list[str], values: list[float]) -> None:
-    bad = [n for n, v in zip([*names, "total"], values) if not torch.isfinite(torch.tensor(v))]
-    where = f"term(s) {', '.join(bad)}" if bad else "the gradient of the image parameters"
+def _raise_non_finite(step: int, names: list[str], values: list[float], finite: list[bool]) -> None:
+    """Name the step and the first culprit: a term's value, a term's gradient, the model's gradient."""
+    bad_values = [n for n, v in zip([*names, "total"], values) if not torch.isfinite(torch.tensor(v))]
+    bad_grads = [n for n, ok in zip(names, finite) if not ok]
+    if bad_values:
+        where = f"term(s) {', '.join(bad_values)}"
+    elif bad_grads:
+        where = f"the gradient of term(s) {', '.join(bad_grads)}"
+    elif not finite[len(names)]:
+        where = "the gradient that comes back through the model (before the grad modifier)"
+    else:
+        where = "the gradient of the image parameters"
     raise NonFiniteError(f"step {step + 1}: {where} became NaN or infinite; lower lr or the loss weights")

@@ -1,7 +1,10 @@
 """Image parameterizations: small objects that turn parameters into an image batch.
 
 Each has ``parameters()`` for the optimizer, ``__call__()`` returning images in
-[0, 1] of shape (B, C, H, W), and ``project()`` run after every step.
+[0, 1] of shape (B, C, H, W), ``project()`` run after every step, and a
+``default_lr``. `METHODS` is the registry of named ones (the CLI's choices come from
+it); `register` adds one. Random initial images are drawn from `featvis.rng.Streams`,
+one stream per image.
 
 Example:
     >>> param = FourierImage(batch=4, channels=3, size=(224, 224))
@@ -19,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import bad_value
-from .rng import generator_on
+from .errors import bad_type, bad_value
+from .rng import Streams, derive_key, fresh_seed
 
 
 @cache
@@ -32,7 +35,19 @@ def natural_statistics() -> dict[str, np.ndarray]:
 
 
 class Parameterization:
-    """Base: a batch of images made from trainable tensors."""
+    """Base: a batch of images made from trainable tensors.
+
+    Example:
+        >>> class Gray(Parameterization):
+        ...     default_lr = 0.02
+        ...     def __init__(self, batch, channels, size, *, init=None, streams=None, device=None):
+        ...         super().__init__(batch, channels, size)
+        ...         self.value = torch.full((batch, 1, *size), 0.5, device=device, requires_grad=True)
+        ...     def parameters(self): return [self.value]
+        ...     def __call__(self): return self.value.clamp(0, 1).expand(-1, self.channels, -1, -1)
+    """
+
+    default_lr: float = 0.05
 
     def __init__(self, batch: int, channels: int, size: tuple[int, int]):
         self.batch, self.channels, self.size = batch, channels, size
@@ -47,6 +62,16 @@ class Parameterization:
         """Keep parameters valid after an optimizer step (a no-op for most)."""
 
 
+def _draw(streams: Streams | None, batch: int, kind: str, *shape: int, device=None) -> torch.Tensor:
+    """`batch` draws of `shape` from the streams (one per image), or from a fresh seed when none are given."""
+    if streams is None:
+        streams = Streams([derive_key(fresh_seed(), i) for i in range(batch)], device or "cpu")
+    if len(streams) != batch:
+        raise bad_value("streams", f"{len(streams)} streams", f"one per image ({batch})")
+    values = streams.normal(*shape) if kind == "normal" else streams.uniform(*shape)
+    return values.to(device)
+
+
 def _color_matrix(channels: int, device: torch.device) -> torch.Tensor:
     if channels != 3:
         return torch.eye(channels, device=device)
@@ -57,14 +82,15 @@ class PixelImage(Parameterization):
     """One parameter per pixel, clipped to [0, 1] after each step (keras-vis's way).
 
     Example:
-        >>> PixelImage(1, 3, (224, 224), generator=torch.Generator().manual_seed(0))
+        >>> PixelImage(1, 3, (224, 224), streams=Streams([0]))
     """
 
-    def __init__(self, batch, channels, size, *, init=None, generator=None, device=None):
+    default_lr = 0.02
+
+    def __init__(self, batch, channels, size, *, init=None, streams=None, device=None):
         super().__init__(batch, channels, size)
         if init is None:
-            generator = generator_on(torch.device(device or "cpu"), generator)
-            init = 0.5 + 0.1 * torch.randn(batch, channels, *size, generator=generator, device=device)
+            init = 0.5 + 0.1 * _draw(streams, batch, "normal", channels, *size, device=device)
         self.pixels = init.detach().clone().clamp(0, 1).to(device).requires_grad_(True)
 
     def parameters(self):
@@ -115,7 +141,7 @@ class FourierImage(Parameterization):
         decay: float = 1.0,
         decorrelate: bool = True,
         init=None,
-        generator=None,
+        streams=None,
         device=None,
         sd: float = 0.01,
     ):
@@ -124,8 +150,7 @@ class FourierImage(Parameterization):
         self.scale = _frequency_scale(size, decay, device)
         self.color = _color_matrix(channels, device) if decorrelate else torch.eye(channels, device=device)
         if init is None:
-            generator = generator_on(torch.device(device or "cpu"), generator)
-            spectrum = sd * torch.randn(batch, channels, h, w // 2 + 1, 2, generator=generator, device=device)
+            spectrum = sd * _draw(streams, batch, "normal", channels, h, w // 2 + 1, 2, device=device)
             spectrum = torch.view_as_complex(spectrum)
         else:
             spatial = _mix_colors(torch.linalg.inv(self.color), _logit(init.to(device)))
@@ -166,13 +191,14 @@ class MacoImage(Parameterization):
         >>> MacoImage(1, 3, (224, 224))
     """
 
-    def __init__(self, batch, channels, size, *, init=None, generator=None, device=None):
+    default_lr = 0.5
+
+    def __init__(self, batch, channels, size, *, init=None, streams=None, device=None):
         super().__init__(batch, channels, size)
         h, w = size
         self.magnitude = natural_magnitude(channels, size, device)
         if init is None:
-            generator = generator_on(torch.device(device or "cpu"), generator)
-            phase = torch.rand(batch, channels, h, w // 2 + 1, generator=generator, device=device)
+            phase = _draw(streams, batch, "uniform", channels, h, w // 2 + 1, device=device)
             phase = (phase * 2 - 1) * math.pi
         else:
             phase = torch.angle(torch.fft.rfft2(_logit(init), norm="ortho"))
@@ -189,13 +215,39 @@ class MacoImage(Parameterization):
         return torch.sigmoid((spatial - mean) / (std + 1e-8) * 1.5 + torch.logit(torch.tensor(0.45)))
 
 
-METHODS = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoImage}
+METHODS: dict[str, type[Parameterization]] = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoImage}
 
 
-def make_parameterization(method, batch, channels, size, *, init=None, generator=None, device=None):
-    """Build the parameterization named `method` ('pixel', 'fourier', 'maco') or call a factory."""
-    if callable(method) and not isinstance(method, str):
-        return method(batch, channels, size, init=init, generator=generator, device=device)
-    if method not in METHODS:
-        raise bad_value("method", method, f"one of {', '.join(METHODS)} or a callable")
-    return METHODS[method](batch, channels, size, init=init, generator=generator, device=device)
+def register(name: str, factory: type[Parameterization]) -> None:
+    """Add a named parameterization (it appears in ``method=`` and the CLI's ``--method`` choices).
+
+    Example:
+        >>> register("gray", Gray)
+    """
+    if not isinstance(name, str) or not name:
+        raise bad_type("name", name, "a non-empty str")
+    if not callable(factory):
+        raise bad_type("factory", factory, "a Parameterization class or factory")
+    METHODS[name] = factory
+
+
+def default_lr(method: str | type[Parameterization]) -> float:
+    """The learning rate a parameterization was tuned with (its ``default_lr``; 0.05 for a bare factory)."""
+    factory = METHODS.get(method) if isinstance(method, str) else method
+    return float(getattr(factory, "default_lr", Parameterization.default_lr))
+
+
+def make_parameterization(method, batch, channels, size, *, init=None, streams=None, device=None):
+    """Build the parameterization named `method` (see `METHODS`) or call a factory with the same arguments.
+
+    Example:
+        >>> make_parameterization("fourier", 2, 3, (64, 64), streams=Streams([0, 1])).spectrum.shape
+        torch.Size([2, 3, 64, 33, 2])
+    """
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise bad_value("method", method, f"one of {', '.join(METHODS)} or a callable")
+        method = METHODS[method]
+    elif not callable(method):
+        raise bad_type("method", method, f"one of {', '.join(METHODS)} or a callable")
+    return method(batch, channels, size, init=init, streams=streams, device=device)

@@ -1,34 +1,142 @@
-"""Seeded random draws on the device that uses them.
+"""Seeded random draws, one independent stream per image, that never touch torch's global generators.
 
-A visualization is seeded by one `torch.Generator`. On a GPU, drawing random
-transforms or initial images on the CPU and copying them over costs a host-to-device
-copy per draw; `generator_on` gives a generator on the images' device instead,
-seeded from the given one, so the same seed still gives the same images.
+Every image of a batch owns a *key*: a 63-bit number derived from the visualization's
+seed and what the image is for (``derive_key(seed, "_blocks.10#0", 7)`` for unit 7 of
+that layer). `Streams` draws each image's numbers from its key and a counter with a
+counter-based generator: small draws (a transform's few numbers per image) are SplitMix64
+hashes of (key, counter), vectorized over the batch on the images' device; large ones
+(noise images, initial spectra) come from a torch generator per image seeded from
+(key, counter). So an image's draws do not depend on which other images share its
+batch or on the batch size: a unit gets the same initial image and the same random
+transforms whether it runs alone or among 64 others.
 
 Example:
-    >>> generator = generator_on(torch.device("cuda"), torch.Generator().manual_seed(0))
-    >>> torch.rand(4, generator=generator, device=generator.device).device.type
-    'cuda'
+    >>> streams = Streams([derive_key(0, "fc#0", unit) for unit in (3, 5)])
+    >>> streams.uniform(2).shape           # two numbers for each image
+    torch.Size([2, 2])
+    >>> Streams([derive_key(0, "fc#0", 5)]).uniform(2)[0].equal(streams.uniform(2)[1])
+    False
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+import hashlib
+import math
+import secrets
+
 import torch
 
-
-def generator_on(device: torch.device, generator: torch.Generator | None) -> torch.Generator | None:
-    """`generator` itself when it lives on `device` (or is None), else a new one there seeded from it."""
-    if generator is None or generator.device.type == torch.device(device).type:
-        return generator
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_MASK64 = (1 << 64) - 1
+_LARGE = 4096  # draws per image above which a torch generator per image is faster than hashing
 
 
-def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Copy a small tensor to `device` without making the host wait for the GPU."""
-    device = torch.device(device)
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+def _signed(value: int) -> int:
+    """A 64-bit pattern as the int64 that holds it."""
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 patterns (torch's >> keeps the sign)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix(state: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function of int64 states (products wrap modulo 2**64)."""
+    z = state
+    z = (z ^ _shift_right(z, 30)) * _signed(_MIX1)
+    z = (z ^ _shift_right(z, 27)) * _signed(_MIX2)
+    return z ^ _shift_right(z, 31)
+
+
+def derive_key(seed: int, *parts: object) -> int:
+    """A 63-bit key from a seed and labels (the same on every machine and Python run).
+
+    Example:
+        >>> derive_key(0, "_fc#0", 130) == derive_key(0, "_fc#0", 130)
+        True
+    """
+    text = repr((int(seed), *parts)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def fresh_seed() -> int:
+    """A seed from the operating system's entropy, for ``seed=None`` (torch's generators untouched)."""
+    return secrets.randbits(62)
+
+
+class Streams:
+    """One random stream per image (row); each draw advances every stream by the same count.
+
+    Example:
+        >>> streams = Streams([1, 2, 3], device="cpu")
+        >>> streams.normal(3, 8, 8).shape
+        torch.Size([3, 3, 8, 8])
+    """
+
+    def __init__(self, keys: Sequence[int] | torch.Tensor, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.host_keys = [
+            _signed(int(k)) for k in (keys.tolist() if isinstance(keys, torch.Tensor) else keys)
+        ]
+        self.keys = torch.tensor(self.host_keys, dtype=torch.int64, device=self.device)
+        self.counter = 0
+
+    def __len__(self) -> int:
+        return self.keys.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Streams({len(self)} images, counter {self.counter}, {self.device})"
+
+    def per_view(self, views: int) -> Streams:
+        """Streams for each image repeated `views` times (rows i*views ... i*views+views-1), each its own."""
+        if views == 1:
+            return self
+        return Streams(
+            [derive_key(key, view) for key in self.host_keys for view in range(views)], self.device
+        )
+
+    def bits(self, count: int) -> torch.Tensor:
+        """(rows, count) random int64 patterns; the next call continues the streams."""
+        offsets = torch.arange(self.counter + 1, self.counter + count + 1, device=self.device)
+        self.counter += count
+        return _splitmix(self.keys[:, None] + offsets[None] * _signed(_GOLDEN))
+
+    def _generators(self) -> list[torch.Generator]:
+        """A torch generator per image, seeded from its key and the counter (which moves on by one)."""
+        self.counter += 1
+        return [
+            torch.Generator(self.device).manual_seed(derive_key(key, self.counter)) for key in self.host_keys
+        ]
+
+    def uniform(self, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        """(rows, *shape) float32 draws in [low, high)."""
+        count = math.prod(shape)
+        if count > _LARGE:
+            values = torch.stack(
+                [torch.rand(shape, generator=g, device=self.device) for g in self._generators()]
+            )
+            return low + (high - low) * values
+        values = _shift_right(self.bits(count), 40).float() * 2.0**-24
+        return (low + (high - low) * values).view(len(self), *shape)
+
+    def integers(self, low: int, high: int, *shape: int) -> torch.Tensor:
+        """(rows, *shape) int64 draws in [low, high)."""
+        return (self.uniform(*shape) * (high - low)).long().clamp_(max=high - low - 1) + low
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        """(rows, *shape) float32 standard normal draws (Box-Muller on the two halves of each pattern)."""
+        count = math.prod(shape)
+        if count > _LARGE:
+            return torch.stack(
+                [torch.randn(shape, generator=g, device=self.device) for g in self._generators()]
+            )
+        bits = self.bits(count)
+        radius_part = (_shift_right(bits, 40).float() + 1) * 2.0**-24  # (0, 1]
+        angle_part = (bits & 0xFFFFFF).float() * 2.0**-24
+        values = torch.sqrt(-2 * torch.log(radius_part)) * torch.cos(2 * math.pi * angle_part)
+        return values.view(len(self), *shape)

@@ -1,11 +1,11 @@
 """Finding layers, capturing their outputs, and leaving the model as it was.
 
 A *layer* is given as a qualified module name (``"_blocks.10"``), a module
-object, or an int. An int indexes the model's leaf modules in the order they
-first run in a forward pass (``0`` is the first leaf to run, ``-1`` the last;
+object, or an int. An int indexes the calls of the model's leaf modules in the
+order they run in a forward pass (``0`` is the first, ``-1`` the last;
 `layer_names` lists them). A module that runs more than once per forward pass
 is chosen by call with a ``#k`` suffix: ``"_blocks.1._swish#0"`` is its first
-call, ``"#1"`` the second.
+call, ``"#1"`` the second; `layer_names` lists every call that way.
 
 Example:
     >>> featvis.layer_names(model, input_shape=(3, 224, 224))[:3]
@@ -88,6 +88,48 @@ class ModelGuard(contextlib.AbstractContextManager):
             p.requires_grad_(flag)
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The original module of a `torch.compile`d model (featvis hooks its layers), with a warning saying so."""
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        warnings.warn(
+            "the model was compiled with torch.compile; featvis runs its original module "
+            "(model._orig_mod), whose layers it can hook",
+            FeatvisWarning,
+            stacklevel=3,
+        )
+        return original
+    return model
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer (float32 for none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def infer_channels(model: nn.Module) -> int:
+    """The input channel count read from the model: a Keras model's input shape, else the
+    `in_channels` of its first convolution (in module order); 3 when neither tells.
+
+    Example:
+        >>> infer_channels(nn.Sequential(nn.Conv2d(1, 8, 3)))
+        1
+    """
+    if is_keras(model):
+        inputs = getattr(model, "inputs", None) or []
+        shape = getattr(inputs[0], "shape", None) if inputs else None
+        if shape and shape[-1] is not None:
+            return int(shape[-1])
+        return 3
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return 3
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
     for tensor in model.parameters():
@@ -110,6 +152,9 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
             "device", device, f"an available torch device such as 'cpu' or 'cuda' ({err})"
         ) from err
     return resolved
+
+
+MODEL_HINT = "check model, preprocess, input_range, channels and size"
 
 
 class _StopForward(Exception):
@@ -192,7 +237,7 @@ def _channels_first(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
 class Probe:
     """What one forward pass showed: leaf execution order and calls per module."""
 
-    order: list[str]
+    order: list[str]  # leaf calls in the order they run: 'name', or 'name#k' for a module run several times
     calls: dict[str, int]
     softmax_outputs: set[str]
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
@@ -216,7 +261,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     The model must already be in the state featvis runs it in (see `ModelGuard`).
     """
     names = module_names(model)
-    order: list[str] = []
+    leaf_calls: list[tuple[str, int]] = []
     calls: dict[str, int] = {}
     softmax_outputs: set[str] = set()
     recorder = SoftmaxRecorder()
@@ -229,8 +274,8 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
         count = calls.get(name, 0)
         calls[name] = count + 1
         leaf = _is_leaf(model, module)
-        if count == 0 and leaf:
-            order.append(name)
+        if leaf:
+            leaf_calls.append((name, count))
         shape = tuple(_channels_first(model, output).shape) if isinstance(output, torch.Tensor) else None
         events.append((name, count, shape, leaf))
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
@@ -245,15 +290,17 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     except Exception as err:
         raise ModelError(
             f"model raised {type(err).__name__} on a (preprocessed) input of shape "
-            f"{tuple(example.shape)}: {err}; check model, preprocess, input_range and size"
+            f"{tuple(example.shape)}: {err}; {MODEL_HINT}"
         ) from err
     finally:
         for handle in handles:
             handle.remove()
+    order = [name if calls[name] == 1 else f"{name}#{call}" for name, call in leaf_calls]
     return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs, events=events)
 
 
-def _split_call(spec: str) -> tuple[str, int | None]:
+def split_call(spec: str) -> tuple[str, int | None]:
+    """'name#k' -> ('name', k); a name without a call -> (name, None)."""
     if "#" in spec:
         name, _, call = spec.rpartition("#")
         if call.isdigit():
@@ -277,11 +324,11 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
     elif isinstance(layer, int):
         if not -len(seen.order) <= layer < len(seen.order):
             raise LayerNotFoundError(
-                f"{argument}={layer} is out of range: the model runs {len(seen.order)} "
-                f"leaf modules, so an index must lie in [{-len(seen.order)}, "
+                f"{argument}={layer} is out of range: the model makes {len(seen.order)} "
+                f"leaf-module calls, so an index must lie in [{-len(seen.order)}, "
                 f"{len(seen.order) - 1}] (see featvis.layer_names)"
             )
-        name = seen.order[layer]
+        name, call = split_call(seen.order[layer])
     elif isinstance(layer, nn.Module):
         if layer not in names:
             raise LayerNotFoundError(
@@ -289,7 +336,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
             )
         name = names[layer]
     elif isinstance(layer, str):
-        name, call = _split_call(layer)
+        name, call = split_call(layer)
         modules = by_name if is_keras(model) else dict(model.named_modules())
         if name not in modules:
             raise LayerNotFoundError(
@@ -324,19 +371,25 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
     return Target(name=name, module=module, call=call)
 
 
-def layer_names(model: nn.Module, input_shape: Sequence[int] = (3, 224, 224)) -> list[str]:
-    """The model's leaf modules in the order they first run; an int `layer` indexes this.
+def layer_names(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+    """The calls of the model's leaf modules in the order they run; an int `layer` indexes this.
+
+    A module that runs several times is listed once per call, as ``name#k``. Every
+    name listed is accepted as a `layer`. `input_shape` defaults to (channels, 224, 224)
+    with the channel count read from the model's first convolution (3 if none).
 
     Example:
         >>> featvis.layer_names(model)[-1]
         '_fc'
     """
+    model = unwrap_compiled(model)
+    shape = tuple(input_shape) if input_shape is not None else (infer_channels(model), 224, 224)
     with ModelGuard(model):
-        example = torch.zeros((1, *input_shape), device=model_device(model))
+        example = torch.zeros((1, *shape), device=model_device(model), dtype=model_dtype(model))
         return probe(model, example).order
 
 
-def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] = (3, 224, 224)) -> int:
+def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | None = None) -> int:
     """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`).
 
     Example:
@@ -345,6 +398,11 @@ def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] = (3,
     """
     order = layer_names(model, input_shape)
     if name not in order:
+        calls = [label for label in order if label.startswith(f"{name}#")]
+        if calls:
+            raise LayerNotFoundError(
+                f"layer={name!r} runs {len(calls)} times in one forward pass; choose a call: {', '.join(calls)}"
+            )
         raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}")
     return order.index(name)
 
@@ -364,6 +422,7 @@ class Capture:
         self.recorder = SoftmaxRecorder() if pre_softmax else None
         self._wanted = {t.key for t in self.targets}
         self._calls: dict[nn.Module, int] = {}
+        self._active = False  # hooks of a capture that is not running stay silent
         self.outputs: dict[str, torch.Tensor] = {}
         self.raw_outputs: dict[str, torch.Tensor] = {}  # as the model made them (Keras: channels-last)
         for name, module in {t.name: t.module for t in self.targets}.items():
@@ -371,6 +430,8 @@ class Capture:
 
     def _hook_for(self, name: str):
         def hook(module, inputs, output):
+            if not self._active:
+                return
             call = self._calls.get(module, 0)
             self._calls[module] = call + 1
             key = f"{name}#{call}"
@@ -395,6 +456,7 @@ class Capture:
         self._calls.clear()
         self.outputs, self.raw_outputs = {}, {}
         mode = self.recorder if self.recorder is not None else contextlib.nullcontext()
+        self._active = True
         try:
             with mode:
                 run_model(model, x)
@@ -403,9 +465,9 @@ class Capture:
         except LayerNotFoundError:
             raise
         except Exception as err:
-            raise ModelError(
-                f"model raised {type(err).__name__}: {err}; check model, preprocess, input_range and size"
-            ) from err
+            raise ModelError(f"model raised {type(err).__name__}: {err}; {MODEL_HINT}") from err
+        finally:
+            self._active = False
         missing = self._wanted - set(self.outputs)
         if missing:
             raise LayerNotFoundError(f"layer(s) {sorted(missing)} did not run in this forward pass")

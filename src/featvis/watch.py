@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import bad_value
-from .image import _atomic_write, stitch_images, to_array, to_pil
+from .image import atomic_write, stitch_images, to_array, to_pil
 
 
 class GifRecorder:
@@ -45,7 +45,7 @@ class GifRecorder:
         if not self.frames:
             raise bad_value("frames", 0, "at least one recorded step (pass the recorder in callbacks)")
         pictures = [to_pil(frame).convert("RGB") for frame in self.frames]
-        return _atomic_write(
+        return atomic_write(
             Path(path),
             lambda tmp: pictures[0].save(
                 tmp,
@@ -91,4 +91,4 @@ def plot_history(
         >>> plot_history(result.history, "losses.png")
     """
     figure = history_figure(history, title=title)
-    return _atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))

@@ -1,0 +1,273 @@
+"""One prepared model behind every entry point: guarded, probed once, layers resolved, runners cached.
+
+`PreparedModel` takes a model and its input conventions once and serves many
+batches and calls: it puts the model in eval mode with frozen weights (and restores
+everything on `close`), probes it once, resolves layers (names, ``#k`` calls, ints,
+modules, Keras names), builds and checks the fused copy once per set of target
+layers, captures layer outputs with an early exit, and turns images in [0, 1] into
+model input (`input_range`, `preprocess`, the model's dtype). Every public function
+of featvis builds one for its call; a researcher can build one to share it.
+
+Example:
+    >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
+    ...     a = featvis.visualize_layer(prepared, "_blocks.10", range(16))
+    ...     b = featvis.visualize_cam(prepared, "_fc", 285, cat)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+import warnings
+
+import torch
+from torch import nn
+
+from . import fusion, targets
+from .errors import bad_type, bad_value, check_int
+from .image import check_range
+from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
+
+CONVENTIONS = ("input_range", "preprocess", "channels", "device", "fuse", "channels_last")
+
+
+class PreparedModel:
+    """A model ready for featvis: see the module docstring.
+
+    Example:
+        >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
+        >>> prepared.layer_output("conv2", images).shape
+        >>> prepared.close()   # the model is exactly as before
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_range: tuple[float, float] = (0, 255),
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        channels: int | None = None,
+        device: str | torch.device | None = None,
+        fuse: bool = True,
+        channels_last: bool | None = None,
+    ):
+        if isinstance(model, PreparedModel):
+            raise bad_type("model", model, "a torch.nn.Module (this one is prepared already)")
+        if not isinstance(model, nn.Module):
+            raise bad_type("model", model, "a torch.nn.Module")
+        self.model = targets.unwrap_compiled(model)
+        self.input_range = check_range(input_range)
+        if preprocess is not None and not callable(preprocess):
+            raise bad_type("preprocess", preprocess, "a function of the image batch, or None")
+        self.preprocess = preprocess
+        self.channels = targets.infer_channels(self.model) if channels is None else channels
+        check_int("channels", self.channels, 1)
+        self.device = targets.resolve_device(device, self.model)
+        self.dtype = targets.model_dtype(self.model)
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise bad_type("channels_last", channels_last, "True, False or None")
+        self.fuse, self.channels_last = bool(fuse), channels_last
+        self._guard = ModelGuard(self.model)
+        self._open = False
+        self._seen: Probe | None = None
+        self._runners: dict[tuple, tuple[nn.Module, Capture, bool]] = {}
+        self._captures: dict[tuple, Capture] = {}
+        self._warned: set[str] = set()
+        _warn_unscaled(self.model, self.input_range, preprocess)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def __enter__(self) -> PreparedModel:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Put the model in featvis's state (eval mode, frozen weights); `close` undoes it."""
+        if not self._open:
+            self._guard.__enter__()
+            self._open = True
+
+    def close(self) -> None:
+        """Remove every hook featvis added and restore the model's flags; the object can be reopened."""
+        if self._open:
+            self._guard.__exit__(None, None, None)
+            self._open = False
+            self._runners.clear()
+            self._captures.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"PreparedModel({type(self.model).__name__}, input_range={self.input_range}, "
+            f"channels={self.channels}, device={self.device}, {'open' if self._open else 'closed'})"
+        )
+
+    # -- input conventions ----------------------------------------------------------------
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] as the model takes them: scaled to `input_range`, preprocessed, in its dtype."""
+        low, high = self.input_range
+        x = low + (high - low) * images
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        return x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x
+
+    def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
+        """Fixed (seed 0) uniform images in [0, 1] of `size`, for probing and checks; no global RNG used."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.rand(batch, self.channels, *size, generator=generator).to(self.device)
+
+    # -- probing and layers -----------------------------------------------------------------
+    def probe(self, images: torch.Tensor) -> Probe:
+        """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
+        self.open()
+        if self._seen is None:
+            self._seen = targets.probe(self.model, self.model_input(images[:1]))
+        return self._seen
+
+    @property
+    def seen(self) -> Probe:
+        """The probe (on a 224 px random image when nothing was probed yet)."""
+        return self._seen if self._seen is not None else self.probe(self.random_images((224, 224)))
+
+    def resolve(self, layer: LayerSpec, argument: str = "layer") -> Target:
+        """The `Target` a layer spec names, with clear errors naming `argument`."""
+        return targets.resolve_layer(self.model, layer, self.seen, argument)
+
+    def resolve_all(self, specs: Iterable[LayerSpec]) -> dict[object, Target]:
+        """{layer key: Target} for the layers a loss reads; warns once about layers read before a softmax."""
+        from .losses import layer_key
+
+        resolved = {layer_key(spec): self.resolve(spec) for spec in specs}
+        fresh = self._pre_softmax(resolved.values()) - self._warned
+        self._warned |= fresh
+        targets.warn_pre_softmax(fresh)
+        return resolved
+
+    def _pre_softmax(self, wanted: Iterable[Target]) -> set[str]:
+        return {t.key for t in wanted} & self.seen.softmax_outputs
+
+    def spatial_layer_before(self, layer: LayerSpec) -> str | None:
+        """The last layer call with an (N, C, H, W) output, H*W > 1, before `layer` finishes."""
+        return self.seen.spatial_layer_before(self.resolve(layer))
+
+    # -- running ----------------------------------------------------------------------------
+    def capture(self, wanted: Sequence[Target]) -> Capture:
+        """Hooks on the model itself that collect `wanted`'s outputs and stop the pass after them (cached)."""
+        self.open()
+        wanted = _unique(wanted)
+        key = tuple(t.key for t in wanted)
+        if key not in self._captures:
+            self._captures[key] = Capture(wanted, self._guard, self._pre_softmax(wanted))
+        return self._captures[key]
+
+    def runner(self, wanted: Sequence[Target], image_shape: Sequence[int]) -> tuple[nn.Module, Capture, bool]:
+        """The module to run for `wanted` (the fused copy where it agrees with the model), its capture,
+        and whether to feed it channels-last input; chosen once per set of targets and image size."""
+        self.open()
+        wanted = _unique(wanted)
+        key = (tuple(t.key for t in wanted), tuple(image_shape))
+        if key not in self._runners:
+            check = self.model_input(self.random_images(tuple(image_shape[-2:])))
+            self._runners[key] = fusion.choose_runner(
+                self.model,
+                check,
+                self.seen,
+                wanted,
+                self._guard,
+                self._pre_softmax(wanted),
+                fuse=self.fuse,
+                channels_last=self.channels_last,
+            )
+        return self._runners[key]
+
+    def layer_output(self, layer: LayerSpec, images: torch.Tensor) -> torch.Tensor:
+        """The output of `layer` (channels first) for images in [0, 1], without gradients.
+
+        Example:
+            >>> prepared.layer_output("_blocks.10", images).shape
+            torch.Size([4, 112, 14, 14])
+        """
+        self.probe(images)
+        target = self.resolve(layer)
+        with torch.no_grad():
+            return self.capture([target]).run(self.model, self.model_input(images))[target.key]
+
+    def unit_count(self, layer: LayerSpec, size: tuple[int, ...]) -> int:
+        """How many units `layer` has (its channel axis; 1 for one value per image)."""
+        out = self.layer_output(layer, self.random_images(size))
+        return 1 if out.ndim == 1 else int(out.shape[1])
+
+    def activation_bytes(self, size: tuple[int, ...]) -> int:
+        """Bytes of all leaf outputs of one image of `size` (a bound on what a batch needs)."""
+        total = 0
+
+        def count(module, inputs, output):
+            nonlocal total
+            if isinstance(output, torch.Tensor):
+                total += output.numel() * output.element_size()
+
+        images = self.random_images(size)
+        self.probe(images)
+        handles = [
+            targets.module_by_name(self.model, targets.split_call(label)[0]).register_forward_hook(count)
+            for label in dict.fromkeys(self.seen.order)
+        ]
+        try:
+            with torch.no_grad():
+                targets.run_model(self.model, self.model_input(images))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return total
+
+
+def _unique(wanted: Sequence[Target]) -> list[Target]:
+    return list({t.key: t for t in wanted}.values())
+
+
+def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedModel, bool]:
+    """`model` itself when it is prepared already (its conventions win), else a new `PreparedModel`;
+    and whether the caller owns it (and closes it).
+
+    Example:
+        >>> prepared, owned = prepare(model, input_range=(0, 255), preprocess=None)
+    """
+    if isinstance(model, PreparedModel):
+        return model, False
+    return PreparedModel(model, **conventions), True
+
+
+_WARNED_UNSCALED: set[str] = set()
+
+
+def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
+    """Warn once per model class when it is fed raw 0-255 values with no preprocess (a common mix-up)."""
+    kind = type(model).__qualname__
+    if preprocess is None and input_range[1] - input_range[0] > 2 and kind not in _WARNED_UNSCALED:
+        _WARNED_UNSCALED.add(kind)
+        warnings.warn(
+            f"{type(model).__name__} is fed raw values in input_range={tuple(input_range)} with no "
+            "preprocess; if it was trained on normalized images, pass preprocess= (e.g. "
+            "featvis.zoo.Normalize() for ImageNet) or input_range=(0.0, 1.0)",
+            FeatvisWarning,
+            stacklevel=4,
+        )
+
+
+def image_size(size: object, argument: str = "size") -> tuple[int, int]:
+    """An int or (height, width) of ints >= 1, as a pair."""
+    import numbers
+
+    if isinstance(size, bool):
+        raise bad_type(argument, size, "an int or (height, width)")
+    if isinstance(size, numbers.Integral):
+        size = (int(size), int(size))
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
+    ):
+        raise bad_type(argument, size, "an int or (height, width) of ints")
+    if min(size) < 1:
+        raise bad_value(argument, size, "sizes >= 1")
+    return int(size[0]), int(size[1])

@@ -1,0 +1,224 @@
+"""One prepared model behind every entry point: probed and folded once, randomness private and per unit."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import featvis
+from featvis.input_modifiers import InputModifier
+
+from conftest import assert_untouched, make_tiny, snapshot
+
+
+class WideNet(nn.Module):
+    """A conv layer of 112 channels with a batch norm to fold, then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 112, 3, padding=1)
+        self.bn = nn.BatchNorm2d(112)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(112, 5)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count the probes (one forward of every module) and fused copies featvis makes."""
+    counts = {"probe": 0, "fold": 0}
+    probe, fused_copy = featvis.targets.probe, featvis.fusion.fused_copy
+
+    def counting_probe(*args, **kwargs):
+        counts["probe"] += 1
+        return probe(*args, **kwargs)
+
+    def counting_fold(*args, **kwargs):
+        counts["fold"] += 1
+        return fused_copy(*args, **kwargs)
+
+    monkeypatch.setattr(featvis.targets, "probe", counting_probe)
+    monkeypatch.setattr(featvis.fusion, "fused_copy", counting_fold)
+    return counts
+
+
+def test_a_whole_layer_in_several_batches_probes_and_folds_once(counted):
+    torch.manual_seed(0)
+    model = WideNet().eval()
+    before = snapshot(model)
+    images = featvis.visualize_layer(
+        model, "conv", batch_size=40, size=12, max_iter=2, views=1, seed=0, input_range=(0.0, 1.0)
+    )
+    assert images.shape == (112, 12, 12, 3)
+    assert counted == {"probe": 1, "fold": 1}  # 3 batches (38 + 37 + 37), one set-up
+    assert_untouched(model, before)
+
+
+def test_one_grad_cam_and_one_smoothgrad_of_16_samples_probe_once(counted):
+    model = make_tiny()
+    image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    featvis.visualize_cam(model, "fc", 3, image, input_range=(0.0, 1.0))
+    assert counted["probe"] == 1
+    featvis.visualize_saliency(model, "fc", 3, image, smooth_samples=16, input_range=(0.0, 1.0))
+    assert counted["probe"] == 2
+    featvis.visualize_guided_cam(model, "fc", 3, image, input_range=(0.0, 1.0))
+    assert counted["probe"] == 3
+
+
+def test_a_prepared_model_serves_many_calls_and_restores_the_model_on_close(counted):
+    model = make_tiny()
+    model.train()
+    before = snapshot(model)
+    image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        assert not model.training  # featvis runs the model in eval mode, weights frozen
+        featvis.visualize_activation(prepared, "conv2", 1, size=32, max_iter=2, views=1, seed=0)
+        featvis.visualize_layer(prepared, "conv2", [0, 1], size=32, max_iter=2, views=1, seed=0)
+        featvis.visualize_cam(prepared, "fc", 3, image)
+        featvis.visualize_saliency(prepared, "fc", 3, image)
+    assert counted["probe"] == 1
+    assert_untouched(model, before)
+    assert model.training
+
+
+ENTRY_POINTS = {
+    "visualize_activation": lambda m, img: featvis.visualize_activation(m, "conv2", 1, **FAST),
+    "visualize_activation_with_losses": lambda m, img: featvis.visualize_activation_with_losses(
+        m, featvis.ActivationMaximization("fc", 2), **FAST
+    ),
+    "visualize_layer": lambda m, img: featvis.visualize_layer(m, "conv2", [0, 1], **FAST),
+    "visualize_saliency": lambda m, img: featvis.visualize_saliency(
+        m, "fc", 3, img, smooth_samples=3, seed=None, input_range=(0.0, 1.0)
+    ),
+    "visualize_cam": lambda m, img: featvis.visualize_cam(m, "fc", 3, img, input_range=(0.0, 1.0)),
+    "visualize_guided_cam": lambda m, img: featvis.visualize_guided_cam(
+        m, "fc", 3, img, input_range=(0.0, 1.0)
+    ),
+    "input_gradients": lambda m, img: featvis.input_gradients(
+        m, featvis.ActivationMaximization("fc", 3), img, input_range=(0.0, 1.0)
+    ),
+    "activations_reached": lambda m, img: featvis.activations_reached(
+        m, "conv2", [1], img[None], input_range=(0.0, 1.0)
+    ),
+    "layer_names": lambda m, img: featvis.layer_names(m, input_shape=(3, 32, 32)),
+    "find_layer_idx": lambda m, img: featvis.find_layer_idx(m, "fc", input_shape=(3, 32, 32)),
+}
+FAST = dict(size=16, max_iter=3, views=2, seed=None, input_range=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_featvis_never_touches_the_global_random_generators(entry):
+    model = make_tiny()
+    image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ENTRY_POINTS[entry](model, image)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_image_made_without_a_seed_can_be_made_again_from_the_seed_it_reports():
+    model = make_tiny()
+    first = featvis.visualize_activation(model, "conv2", 1, return_result=True, **FAST)
+    second = featvis.visualize_activation(model, "conv2", 1, return_result=True, **FAST)
+    assert first.seed != second.seed  # a fresh seed each time ...
+    again = featvis.visualize_activation(
+        model, "conv2", 1, return_result=True, **{**FAST, "seed": first.seed}
+    )
+    assert torch.equal(again.images, first.images)  # ... and the reported one makes the image again
+
+
+class RecordDraws(InputModifier):
+    """A transform that changes nothing and records three random numbers per image."""
+
+    def __init__(self):
+        self.draws = []
+
+    def __call__(self, images, streams):
+        self.draws.append(streams.uniform(3))
+        return images
+
+
+def test_a_units_random_draws_and_image_depend_only_on_seed_layer_and_unit():
+    runs = {}
+    for batch_size in (8, 3, 1):
+        recorder = RecordDraws()
+        result = featvis.visualize_layer(
+            make_tiny(),
+            "conv2",
+            range(8),
+            batch_size=batch_size,
+            size=24,
+            max_iter=6,
+            views=2,
+            seed=11,
+            input_range=(0.0, 1.0),
+            input_modifiers=[recorder, *featvis.input_modifiers.standard_transforms()],
+            return_result=True,
+        )
+        steps = 6
+        batches = [recorder.draws[i * steps : (i + 1) * steps] for i in range(len(recorder.draws) // steps)]
+        # each step's draws (rows: units x 2 views) of every batch, put together per unit
+        per_unit = torch.cat([torch.stack(batch, 1) for batch in batches])  # (units*views, steps, 3)
+        runs[batch_size] = (result.images, per_unit)
+    for batch_size in (3, 1):
+        assert torch.equal(runs[batch_size][1], runs[8][1])  # the very same draws
+        difference = (runs[batch_size][0] - runs[8][0]).abs().mean().item()
+        assert difference < 0.01  # images agree up to the batch's float rounding
+    by_layer_index = featvis.visualize_layer(
+        make_tiny(),
+        featvis.find_layer_idx(make_tiny(), "conv2", input_shape=(3, 24, 24)),
+        range(8),
+        batch_size=8,
+        size=24,
+        max_iter=6,
+        views=2,
+        seed=11,
+        input_range=(0.0, 1.0),
+        return_result=True,
+    )
+    again = featvis.visualize_layer(
+        make_tiny(),
+        "conv2",
+        range(8),
+        batch_size=8,
+        size=24,
+        max_iter=6,
+        views=2,
+        seed=11,
+        input_range=(0.0, 1.0),
+        return_result=True,
+    )
+    assert torch.equal(by_layer_index.images, again.images)  # the same batches: bitwise
+
+
+def test_registries_are_the_one_place_to_add_a_method():
+    from featvis.params import PixelImage
+
+    class Gray(PixelImage):
+        default_lr = 0.03
+
+    featvis.params.register("gray-test", Gray)
+    try:
+        assert featvis.Settings(method="gray-test").learning_rate == 0.03
+        image = featvis.visualize_activation(make_tiny(), "conv2", 1, method="gray-test", **FAST)
+        assert image.shape == (16, 16, 3)
+    finally:
+        del featvis.params.METHODS["gray-test"]
+    featvis.attention.register_cam("gradxact-test", lambda a, g: torch.relu((a * g).sum(1)))
+    try:
+        image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+        cam = featvis.visualize_cam(
+            make_tiny(), "fc", 3, image, method="gradxact-test", input_range=(0.0, 1.0)
+        )
+        assert cam.shape == (1, 32, 32) and cam.max() == pytest.approx(1.0)
+    finally:
+        del featvis.attention.CAM_METHODS["gradxact-test"]
+
+
+def test_an_unknown_option_is_named_with_its_close_matches():
+    with pytest.raises(featvis.FeatvisTypeError, match="max_iters.*max_iter"):
+        featvis.visualize_activation(make_tiny(), "conv2", 1, max_iters=3)
