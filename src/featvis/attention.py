@@ -112,7 +112,8 @@ def _gradients(
     extra_grad = None
     if raw_extra is not None and raw_extra.grad is not None:
         extra_grad = raw_extra.grad if raw_extra is extra_out else raw_extra.grad.movedim(-1, 1)
-    return images.grad, (extra_out.detach() if extra_out is not None else None), extra_grad
+        extra_grad = extra_grad.float()  # maps are computed in float32 whatever the model's dtype
+    return images.grad, (extra_out.detach().float() if extra_out is not None else None), extra_grad
 
 
 def input_gradients(

@@ -118,7 +118,9 @@ def _mix_colors(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 def _logit(images: torch.Tensor) -> torch.Tensor:
-    images = images.clamp(1e-3, 1 - 1e-3)
+    """The sigmoid's inverse, of values clamped to [0.05, 0.95]: a seed pixel at 0 or 1 would sit where
+    the sigmoid is flat, and an all-black seed would stay black for hundreds of steps."""
+    images = images.clamp(0.05, 0.95)
     return torch.log(images / (1 - images))
 
 
