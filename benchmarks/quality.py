@@ -176,7 +176,7 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
 
 def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk):
     """All classes' images, `chunk` classes per batch (each image with its own class and transforms)."""
-    views = recipe.get("views", featvis.visualization.DEFAULT_VIEWS)
+    views = recipe.get("views", featvis.Settings.views)
     steps = recipe.get("steps", budget // views) if budget == BUDGET else budget // views
     kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps")}
     kwargs["views"] = views

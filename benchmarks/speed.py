@@ -144,9 +144,8 @@ def main() -> None:
         channels_last=True if args.channels_last else None,  # None: featvis's default
     )
 
-    most = args.batch_size or featvis.visualization._auto_batch_size(
-        model, LAYER, (SIZE, SIZE), 3, device, lite0.preprocess, (0, 255)
-    )
+    with featvis.PreparedModel(model, preprocess=lite0.preprocess, device=device) as prepared:
+        most = args.batch_size or featvis.visualization.auto_batch_size(prepared, (SIZE, SIZE))
     # the batch featvis runs: the layer split into equal batches of at most `most` units
     batch = max(len(chunk) for chunk in featvis.visualization.layer_batches(units, most))
     repeats = 5 if device.type == "cpu" else 20
@@ -175,7 +174,7 @@ def main() -> None:
 
     # quality: the default 4 views per step (what users get), 32 steps, batched and one by one
     quality_units = units[:8]
-    quality_kwargs = {**kwargs, "views": featvis.visualization.DEFAULT_VIEWS}
+    quality_kwargs = {**kwargs, "views": featvis.Settings.views}
     batched = featvis.visualize_layer(model, LAYER, quality_units, batch_size=batch, **quality_kwargs)
     one_by_one = featvis.visualize_layer(model, LAYER, quality_units, batch_size=1, **quality_kwargs)
     reached_batch = featvis.activations_reached(

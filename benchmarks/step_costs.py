@@ -75,6 +75,22 @@ def run(model, lite0, batch, device, steps, options):
     return seconds
 
 
+def layer_setup(model, lite0, batch, device, batches):
+    """A whole layer of `batches` batches in one `visualize_layer` call: (s per step of a batch, set-up s).
+
+    featvis prepares the model (probe, fused copy and its check) once per call; the set-up
+    is the time of a short and a long run with the steps taken out.
+    """
+    units = list(range(batch * batches))
+    kwargs = dict(batch_size=batch, size=SIZE, views=1, seed=0, progress=False, device=device)
+    kwargs["preprocess"] = lite0.preprocess
+    featvis.visualize_layer(model, LAYER, units, max_iter=2, **kwargs)  # warm-up
+    short, _ = timed(lambda: featvis.visualize_layer(model, LAYER, units, max_iter=SHORT, **kwargs), device)
+    long, _ = timed(lambda: featvis.visualize_layer(model, LAYER, units, max_iter=LONG, **kwargs), device)
+    step = (long - short) / ((LONG - SHORT) * batches)
+    return step, short - SHORT * batches * step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -82,14 +98,16 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="write the kernel table of a default run here")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--compile", action="store_true", help="also time the fused network compiled")
+    parser.add_argument(
+        "--layer-batches", type=int, default=3, help="batches of the whole-layer set-up run (0: skip it)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     lite0 = featvis.zoo.efficientnet_lite0()
     model = lite0.model.to(device)
-    batch = args.batch or featvis.visualization._auto_batch_size(
-        model, LAYER, (SIZE, SIZE), 3, device, lite0.preprocess, (0, 255)
-    )
+    with featvis.PreparedModel(model, preprocess=lite0.preprocess, device=device) as prepared:
+        batch = args.batch or featvis.visualization.auto_batch_size(prepared, (SIZE, SIZE))
     repeats = 5 if device.type == "cpu" else 20
     limit = limit_per_image_step(model, batch, device, repeats, False, None) * batch
     fused = fused_model(model, device, lite0.preprocess)
@@ -112,7 +130,13 @@ def main() -> None:
             continue
         step = (long - short) / (LONG - SHORT)
         rows[name] = {"step_s": step, "setup_s": short - SHORT * step, "step_over_limit": step / limit}
+    layer_step, layer_setup_s = (
+        layer_setup(model, lite0, batch, device, args.layer_batches) if args.layer_batches else (None, None)
+    )
     result = {
+        "whole_layer_batches": args.layer_batches,
+        "whole_layer_step_s": layer_step,
+        "whole_layer_setup_s": layer_setup_s,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "batch": batch,
@@ -135,6 +159,11 @@ def main() -> None:
     for name, row in rows.items():
         print(
             f"{name:30s} {row['step_s'] * 1e3:9.2f} {row['setup_s'] * 1e3:10.1f} {row['step_over_limit']:8.2f}"
+        )
+    if args.layer_batches:
+        print(
+            f"whole layer, {args.layer_batches} batches of {batch} in one visualize_layer call: set-up "
+            f"{layer_setup_s * 1e3:.1f} ms in all (once, not per batch), {layer_step * 1e3:.2f} ms per step"
         )
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU]

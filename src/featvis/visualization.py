@@ -156,8 +156,14 @@ def visualize_activation(
     return visualize_activation_with_losses(model, loss, **kwargs)
 
 
-def _auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
-    """Images per batch: what fits (activation bytes x4 for backward), at most 64 on GPU, 4 on CPU."""
+def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
+    """Images per batch: what fits (activation bytes x4 for backward), at most 64 on GPU, 4 on CPU.
+
+    Example:
+        >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
+        ...     auto_batch_size(prepared, (224, 224))
+        4
+    """
     per_image = prepared.activation_bytes(shape)
     if prepared.device.type == "cuda":
         budget, most = torch.cuda.mem_get_info(prepared.device)[0] * 0.5, 64
@@ -186,7 +192,9 @@ def visualize_layer(
     a unit's random draws depend only on (seed, layer, unit), not on its batch.
     `batch_size` (at most this many images per batch) defaults to what fits in
     memory; the units are split into batches of near-equal size (`layer_batches`),
-    so no batch runs nearly empty. The model is prepared (probed, folded, checked)
+    so no batch runs nearly empty. The batches are a plan of the units and
+    `batch_size` alone (never of free memory), so give `batch_size` to get the same
+    images on any machine. The model is prepared (probed, folded, checked)
     once for all batches. Returns (N, H, W, C) (``return_result=True``: a `Result`
     with every unit's image and the seed); after Ctrl-C, the images of the batches
     run so far (the last one as it was). `options` as in `visualize_activation_with_losses`.
@@ -209,7 +217,7 @@ def visualize_layer(
         if not units:
             raise bad_value("units", units, "at least one unit index")
         if batch_size is None:
-            batch_size = _auto_batch_size(prepared, shape)
+            batch_size = auto_batch_size(prepared, shape)
         check_int("batch_size", batch_size, 1)
         chunks = layer_batches(units, batch_size)
         show = settings.progress if settings.progress is not None else len(chunks) > 1 and sys.stderr.isatty()
