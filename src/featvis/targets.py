@@ -485,18 +485,3 @@ def warn_pre_softmax(keys: set[str]) -> None:
             FeatvisWarning,
             stacklevel=3,
         )
-
-
-def layer_output(model: nn.Module, layer: LayerSpec, x: torch.Tensor) -> torch.Tensor:
-    """The output of `layer` for model input `x`, without gradients (the pass stops there).
-
-    Example:
-        >>> layer_output(model, "_blocks.10", x).shape
-        torch.Size([1, 112, 14, 14])
-    """
-    with ModelGuard(model) as guard:
-        seen = probe(model, x[:1])
-        target = resolve_layer(model, layer, seen)
-        capture = Capture([target], guard, {target.key} & seen.softmax_outputs)
-        with torch.no_grad():
-            return capture.run(model, x)[target.key]
