@@ -19,6 +19,7 @@ from . import (
     targets,
     zoo,
 )
+from .atlas import atlas
 from .attention import (
     input_gradients,
     overlay,
@@ -70,6 +71,7 @@ __all__ = [
     "Settings",
     "TotalVariation",
     "activations_reached",
+    "atlas",
     "backprop_modifiers",
     "find_layer_idx",
     "fusion",

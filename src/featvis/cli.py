@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import importlib
+import os
 from pathlib import Path
 import sys
 
@@ -454,6 +455,70 @@ def cam(
     else:
         heatmap = attention.visualize_cam(loaded.model, layer, indices, image, method=method, **common)[0]
     _attention_output(image, heatmap, out, overlay_it)
+
+
+@cli.command(
+    name="atlas",
+    epilog="""\b
+Examples:
+  featvis atlas --out site/                                  # the whole embedded Lite0
+  featvis atlas --layer _blocks.4 --layer _fc --steps 64 --out site/
+  torchrun --nproc-per-node 4 -m featvis atlas --out site/  # 4 processes (GPUs or CPU)
+""",
+)
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    help="Layer to include (repeat; default: every block, head, classifier).",
+)
+@click.option("--all", "all_convolutions", is_flag=True, help="Every conv and linear layer.")
+@click.option("--steps", type=int, default=Settings.max_iter, show_default=True)
+@click.option("--views", type=int, default=Settings.views, show_default=True, help="Random views per step.")
+@click.option("--size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Units per batch (default 4 on CPU, 32 on GPU).")
+@click.option("--restart", is_flag=True, help="Delete an atlas made with other settings in --out first.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder of the site.")
+@with_common
+def atlas_command(
+    layers,
+    all_convolutions,
+    steps,
+    views,
+    size,
+    batch_size,
+    restart,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    device,
+    seed,
+):
+    """Visualize every unit of a whole model into a browsable site; resumable, and sharded under torchrun."""
+    from .atlas import atlas
+
+    if layers and all_convolutions:
+        raise bad_value("--all", True, "either --layer or --all, not both")
+    loaded = load_model(model_spec, preprocess)
+    index = atlas(
+        loaded.model,
+        out,
+        list(layers) or None,
+        all_convolutions=all_convolutions,
+        class_names=loaded.class_names,
+        size=size,
+        batch_size=batch_size,
+        seed=seed,
+        restart=restart,
+        max_iter=steps,
+        views=views,
+        preprocess=loaded.preprocess,
+        input_range=parse_range(input_range),
+        device=device,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
+        click.echo(f"wrote {index}")
 
 
 def _resized(image_path, size):

@@ -1,0 +1,245 @@
+"""The atlas: a whole model's units in one site, the same files on 1 or 2 processes, resumable after SIGKILL."""
+
+import json
+import os
+from pathlib import Path
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from PIL import Image
+import pytest
+import torch
+from torch import nn
+
+import featvis
+from featvis.atlas import Batch, default_layers, plan, shard
+
+from conftest import assert_untouched, snapshot
+
+TOY = """
+import torch
+from torch import nn
+
+
+class Toy(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(width, 6, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(6, 5, 3, padding=1, stride=2), nn.ReLU()),
+        )
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def make():
+    torch.manual_seed(0)
+    return Toy().eval()
+
+
+def make_wide():
+    torch.manual_seed(0)
+    return Toy(width=24).eval()
+"""
+OPTIONS = ["--preprocess", "none", "--input-range", "0,1", "--steps", "4", "--views", "1", "--size", "16"]
+
+
+def _env(folder: Path) -> dict:
+    # one thread per process in every run: a convolution's float sums may depend on the thread count
+    return {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("toy")
+    (folder / "toy.py").write_text(TOY)
+    return folder
+
+
+def _atlas_command(*args) -> list[str]:
+    return [sys.executable, "-m", "featvis", "atlas", "--model", "toy:make", *OPTIONS, *args]
+
+
+@pytest.fixture(scope="module")
+def one_process_site(toy_folder) -> Path:
+    out = toy_folder / "one"
+    subprocess.run(_atlas_command("--out", str(out)), env=_env(toy_folder), check=True, capture_output=True)
+    return out
+
+
+def _files(site: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(site)): p.read_bytes()
+        for p in sorted(site.rglob("*"))
+        if p.is_file() and "timings" not in p.parts
+    }
+
+
+def _index_units(site: Path) -> list[tuple[str, int]]:
+    page = (site / "index.html").read_text()
+    units = json.loads(re.search(r"const units = (\[.*?\]);", page).group(1))
+    return [(u["layer"], u["unit"]) for u in units]
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_write_the_same_files_as_one(toy_folder, one_process_site):
+    out = toy_folder / "two"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "featvis",
+            "atlas",
+            "--model",
+            "toy:make",
+        ]
+        + OPTIONS
+        + ["--out", str(out)],
+        env=_env(toy_folder),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = {
+        json.loads(line)["rank"]
+        for log in (out / "timings").glob("*.jsonl")
+        for line in log.read_text().splitlines()
+    }
+    assert ranks == {0, 1}  # both processes did work
+    assert _files(out) == _files(one_process_site)  # every PNG, record, page: bitwise the same
+    units = _index_units(out)
+    expected = [
+        (layer, u)
+        for layer, n in [("stem", 4), ("blocks.0", 6), ("blocks.1", 5), ("fc", 3)]
+        for u in range(n)
+    ]
+    assert sorted(units) == sorted(expected) and len(units) == len(set(units))  # every unit once
+
+
+@pytest.mark.slow
+def test_an_atlas_killed_half_way_resumes_without_redoing_written_units(toy_folder):
+    out = toy_folder / "killed"
+    command = [sys.executable, "-m", "featvis", "atlas", "--model", "toy:make_wide", *OPTIONS]
+    command += ["--steps", "30", "--batch-size", "2", "--out", str(out)]
+    process = subprocess.Popen(
+        command, env=_env(toy_folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while len(list(out.glob("units/*/*.json"))) < 6 and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    written = len(list(out.glob("units/*/*.json")))
+    total = 24 + 6 + 5 + 3
+    assert 6 <= written < total
+    for png in out.glob("units/*/*.png"):  # nothing half-written, even at a kill
+        Image.open(png).verify()
+    assert not list(out.rglob("*.part"))
+    rerun = subprocess.run(command, env=_env(toy_folder), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    made, skipped = map(int, re.search(r"(\d+) units made, (\d+) already there", rerun.stderr).groups())
+    assert made + skipped == total
+    assert skipped >= written - 1  # at most the batch in flight (2 units, one maybe written) is redone
+    assert len(list(out.glob("units/*/*.json"))) == total
+    for png in out.glob("units/*/*.png"):
+        Image.open(png).verify()
+
+
+def test_the_python_api_writes_a_site_and_a_rerun_skips_and_other_settings_are_refused(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3)).eval()
+    before = snapshot(model)
+    options = dict(size=12, max_iter=3, views=1, input_range=(0.0, 1.0), progress=False)
+    index = featvis.atlas(model, tmp_path, ["0", "2"], class_names=["red", "green", "blue"], **options)
+    assert_untouched(model, before)
+    page = index.read_text()
+    assert 'href="layer_0.html"' in page and 'href="layer_2.html"' in page
+    assert _index_units(tmp_path) == [("0", u) for u in range(4)] + [("2", u) for u in range(3)]
+    assert '"label": "green"' in page  # the 3-unit layer is labeled by the class names
+    first = _files(tmp_path)
+    featvis.atlas(model, tmp_path, ["0", "2"], class_names=["red", "green", "blue"], **options)
+    assert _files(tmp_path) == first
+    with pytest.raises(featvis.FeatvisValueError, match=r"max_iter: 3 -> 5"):
+        featvis.atlas(model, tmp_path, ["0"], **{**options, "max_iter": 5})
+    featvis.atlas(model, tmp_path, ["0"], restart=True, **{**options, "max_iter": 5})
+    assert _index_units(tmp_path) == [("0", u) for u in range(4)]
+
+
+def test_the_plan_and_shares_do_not_depend_on_the_world_size_and_balance_cost():
+    batches = plan({"early": 10, "late": 4}, {"early": 1.0, "late": 5.0}, 4)
+    assert [(b.layer, b.units) for b in batches] == [
+        ("early", (0, 1, 2, 3)),
+        ("early", (4, 5, 6)),
+        ("early", (7, 8, 9)),
+        ("late", (0, 1, 2, 3)),
+    ]
+    for world in (1, 2, 3):
+        shares = shard(batches, world)
+        assert sorted(i for share in shares for i in share) == list(range(len(batches)))
+    loads = [sum(batches[i].cost for i in share) for share in shard(batches, 2)]
+    assert loads == [20.0, 10.0]  # the costly late batch alone; the three early ones together
+    assert shard([Batch("a", (0,), 1.0)] * 4, 2) == [[0, 2], [1, 3]]
+
+
+def test_default_layers_are_block_outputs_stem_head_and_classifier():
+    lite = featvis.zoo.efficientnet_lite0().model
+    layers = default_layers(lite)
+    assert layers == ["_conv_stem", *[f"_blocks.{i}" for i in range(16)], "_conv_head", "_fc"]
+    with featvis.PreparedModel(lite) as prepared:
+        assert sum(prepared.unit_count(layer, (64, 64)) for layer in layers) == 4120
+
+
+@pytest.mark.slow
+def test_the_site_opens_in_a_browser_with_every_visible_image_loaded(one_process_site, tmp_path):
+    from test_toolkit import CHROMIUM_FLAGS, _chromium
+
+    chromium = _chromium()
+    report = (
+        "<script>window.addEventListener('load', () => setTimeout(() => {"
+        "SEARCH;"
+        "setTimeout(() => { const shown = [...document.images].filter(i => {"
+        " const r = i.getBoundingClientRect(); return r.width > 0 && r.top < innerHeight; });"
+        "document.body.insertAdjacentHTML('beforeend', '<pre id=\"result\">loaded=' +"
+        " shown.filter(i => i.complete && i.naturalWidth > 0).length + ' shown=' + shown.length +"
+        " ' results=' + document.querySelectorAll('#results .card').length + '</pre>'); }, 500); }, 100));"
+        "</script></body>"
+    )
+    search = (
+        "const box = document.getElementById('search'); box.value = '2';box.dispatchEvent(new Event('input'))"
+    )
+    checks = {"index.html": search, "layer_blocks.0.html": "0"}
+    for page, action in checks.items():
+        probe = one_process_site / f"check_{page}"
+        probe.write_text(
+            (one_process_site / page).read_text().replace("</body>", report.replace("SEARCH", action))
+        )
+        dom = subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=5000",
+                "--window-size=1000,800",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        loaded, shown, results = map(int, re.search(r"loaded=(\d+) shown=(\d+) results=(\d+)", dom).groups())
+        assert shown > 0 and loaded == shown, page
+        if page == "index.html":
+            assert results == 4  # unit 2 of stem, blocks.0, blocks.1 and fc
+        probe.unlink()
