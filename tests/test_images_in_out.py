@@ -28,6 +28,7 @@ def test_save_image_takes_a_result_image_as_featvis_returns_it(tmp_path):
         torch.rand(3, 20, 30),  # CHW tensor in [0, 1]
         torch.rand(20, 30, 3),  # HWC tensor
         torch.rand(1, 3, 20, 30),  # a batch of one
+        torch.rand(3, 20, 30, dtype=torch.bfloat16),  # as autocast makes them
         np.random.default_rng(0).random((20, 30, 3)),  # HWC floats
         np.random.default_rng(0).random((3, 20, 30)).astype(np.float32),  # CHW floats
         np.zeros((20, 30, 3), np.uint8),

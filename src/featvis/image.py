@@ -164,7 +164,8 @@ def _picture_array(image: object, argument: str = "image") -> np.ndarray:
     if tensor_input:
         if image.is_complex():
             raise bad_type(argument, image, f"a real tensor (got {image.dtype})")
-        array = image.detach().cpu().numpy()
+        tensor = image.detach().cpu()
+        array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()  # bfloat16 too
     elif isinstance(image, np.ndarray):
         array = image
     else:
