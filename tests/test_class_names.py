@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import featvis
 from featvis import zoo
@@ -103,3 +104,9 @@ def test_a_models_own_class_names_match_the_same_way():
 def test_names_used_in_the_readme_examples_and_help_still_resolve():
     used = {"flamingo": 130, "Egyptian cat": 285, "goldfish": 1, "espresso": 967, "pelican": 144}
     assert {name: zoo.class_index(name) for name in used} == used
+
+
+def test_embedded_models_carry_the_standard_names():
+    model = zoo.ZooModel(name="any", model=torch.nn.Identity(), image_size=224)
+    assert model.class_names[285] == "Egyptian cat" and model.class_names[282] == "tiger cat"
+    assert model.class_index("Egyptian cat") == 285

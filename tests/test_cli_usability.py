@@ -367,3 +367,16 @@ def test_cli_filter_cat_lists_the_cat_classes(capsys, tmp_path, monkeypatch):
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("featvis: error: --filter='cat'") and "Egyptian cat (285)" in err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("command", ["activation", "layer", "gallery", "saliency", "cam"])
+def test_help_documents_channels_and_output_folders(command):
+    from click.testing import CliRunner
+
+    from featvis.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
+    assert "--channels" in text and "grayscale" in text
+    assert "must exist" in text
+    if command in ("saliency", "cam"):
+        assert "shorter side" in text and "photo's own size" in text
