@@ -132,7 +132,7 @@ def test_attention_commands_write_overlays(tmp_path, command):
             str(out),
         ]
     )
-    assert Image.open(out).size == (32, 32)
+    assert Image.open(out).size == (40, 30)  # the photo's own size: the map is resized to it
 
 
 @pytest.mark.parametrize(

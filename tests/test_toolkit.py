@@ -43,6 +43,25 @@ def test_result_displays_itself_in_notebooks():
     assert png.startswith(b"\x89PNG")
 
 
+def test_result_repr_is_short_and_says_what_is_inside():
+    result = featvis.visualize_activation(
+        make_tiny(),
+        "fc",
+        1,
+        batch_size=2,
+        return_result=True,
+        size=64,
+        max_iter=2,
+        views=1,
+        seed=0,
+        progress=False,
+    )
+    text = repr(result)
+    assert len(text) < 300, text
+    assert text.startswith("Result(") and "(2, 3, 64, 64)" in text and "steps=2" in text
+    assert "interrupted=False" in text and "tensor(" not in text
+
+
 def _chromium() -> str:
     found = shutil.which("chromium")
     if found:

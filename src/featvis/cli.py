@@ -6,18 +6,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 import sys
 
 import click
+import numpy as np
 import torch
 
 from . import attention, backprop_modifiers, gallery, grad_modifiers, params, visualization, watch, zoo
 from .errors import FeatvisError, FeatvisValueError, bad_value
-from .image import save_image, stitch_images, to_array, to_unit_tensor
+from .image import resize, save_image, stitch_images, to_array, to_unit_tensor
 from .optimizer import Settings
 
 EPILOG_ACTIVATION = """\b
@@ -48,8 +51,17 @@ class LoadedModel:
     class_names: tuple[str, ...] | None
 
 
+MODEL_FILES = (".pt", ".pth", ".ts", ".jit")
+
+
 def load_model(spec: str | None, preprocess: str) -> LoadedModel:
-    """The embedded Lite0 (spec None), a .keras file, a TorchScript file, or a ``module:factory`` path."""
+    """The embedded Lite0 (spec None), a .keras file, a TorchScript or torch.save file, or ``module:factory``.
+
+    ``module:factory`` is imported as ``python -m`` would: from the current folder
+    first, then the installed packages. A file that is not TorchScript is read with
+    ``torch.load(weights_only=False)``, which runs the pickled code in it: only load
+    model files you trust.
+    """
     norm = zoo.Normalize() if preprocess == "imagenet" else None
     if spec is None:
         lite0 = zoo.efficientnet_lite0()
@@ -57,27 +69,29 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
     path = Path(spec)
     if path.suffix == ".keras":
         return LoadedModel(_load_keras(path), norm, None)
-    if path.suffix in (".pt", ".pth", ".ts", ".jit") or path.exists():
-        if not path.is_file():
-            raise FeatvisValueError(f"--model {spec!r}: no such file")
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as err:  # torch raises several types for a bad file
-            raise FeatvisValueError(f"--model {spec!r} is not a TorchScript file: {err}") from err
-        return LoadedModel(ScriptedModel(model), norm, None)
+    if path.suffix in MODEL_FILES or path.exists():
+        return LoadedModel(_load_model_file(spec), norm, None)
     module_name, _, factory = spec.partition(":")
-    if not factory:
-        raise bad_value("--model", spec, "a TorchScript file or 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise FeatvisValueError(f"--model {spec!r}: cannot import {module_name!r}: {err}") from err
-    if not hasattr(module, factory):
-        raise FeatvisValueError(f"--model {spec!r}: {module_name!r} has no attribute {factory!r}")
-    try:
-        model = getattr(module, factory)()
-    except Exception as err:  # the user's factory may raise anything
-        raise FeatvisValueError(f"--model {spec!r}: {factory}() raised {type(err).__name__}: {err}") from err
+    if not factory or not module_name:
+        raise bad_value(
+            "--model", spec, "a .keras, TorchScript or torch.save file, or 'package.module:factory'"
+        )
+    with _current_folder_importable():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise FeatvisValueError(
+                f"--model {spec!r}: cannot import {module_name!r} from the current folder "
+                f"({os.getcwd()}) or the installed packages: {err}"
+            ) from err
+        if not hasattr(module, factory):
+            raise FeatvisValueError(f"--model {spec!r}: {module_name!r} has no attribute {factory!r}")
+        try:
+            model = getattr(module, factory)()
+        except Exception as err:  # the user's factory may raise anything
+            raise FeatvisValueError(
+                f"--model {spec!r}: {factory}() raised {type(err).__name__}: {err}"
+            ) from err
     if not isinstance(model, torch.nn.Module):
         raise FeatvisValueError(
             f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module"
@@ -85,20 +99,80 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
     return LoadedModel(model, norm, None)
 
 
+@contextlib.contextmanager
+def _current_folder_importable():
+    """Put the current folder first on ``sys.path``, as ``python -m`` does, while the model loads."""
+    folder = os.getcwd()
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _load_model_file(spec: str) -> torch.nn.Module:
+    """A TorchScript file (wrapped so its output can be visualized) or a ``torch.save(model)`` file."""
+    path = Path(spec)
+    if not path.is_file():
+        raise FeatvisValueError(f"--model {spec!r}: no such file")
+    try:
+        return ScriptedModel(torch.jit.load(str(path), map_location="cpu"))
+    except Exception as script_err:  # torch raises several types for a file that is not TorchScript
+        script_error = script_err
+    with _current_folder_importable():  # the pickled model refers to its class by module name
+        try:
+            # weights_only=False unpickles the file, which can run any code in it: it trusts the file
+            loaded = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as err:  # a bad pickle, a class that cannot be imported, ...
+            raise FeatvisValueError(
+                f"--model {spec!r} is neither a TorchScript file ({_first_line(script_error)}) nor a "
+                f"torch.save(model) file ({type(err).__name__}: {_first_line(err)}); a pickled model "
+                "needs its class importable from the current folder or the installed packages"
+            ) from err
+    if isinstance(loaded, torch.jit.ScriptModule):
+        return ScriptedModel(loaded)
+    if isinstance(loaded, torch.nn.Module):
+        return loaded
+    kind = "a state dict (weights only)" if isinstance(loaded, dict) else f"a {type(loaded).__name__}"
+    raise FeatvisValueError(
+        f"--model {spec!r} holds {kind}, not a model: save the model itself with torch.save(model, path), "
+        "or load the weights in a 'module:factory' that builds the model"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def _load_keras(path: Path) -> torch.nn.Module:
     """A saved Keras 3 model, loaded on the torch backend."""
-    import os
-
     if not path.is_file():
         raise FeatvisValueError(f"--model {str(path)!r}: no such file")
+    backend = os.environ.get("KERAS_BACKEND")
+    if "keras" not in sys.modules and backend not in (None, "torch"):
+        raise FeatvisValueError(
+            f"--model {str(path)!r}: featvis runs Keras models on the torch backend: "
+            f"set KERAS_BACKEND=torch (it is {backend!r})"
+        )
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    if importlib.util.find_spec("keras") is None:
+        raise FeatvisValueError(
+            f"--model {str(path)!r}: a .keras file needs the keras package (pip install keras)"
+        )
     try:
         import keras
     except ImportError as err:
-        raise FeatvisValueError(f"--model {str(path)!r}: a .keras file needs the keras package") from err
+        raise FeatvisValueError(
+            f"--model {str(path)!r}: keras is installed but does not import: {_first_line(err)}"
+        ) from err
     if keras.backend.backend() != "torch":
         raise FeatvisValueError(
-            f"--model {str(path)!r}: set KERAS_BACKEND=torch (it is {keras.backend.backend()!r})"
+            f"--model {str(path)!r}: featvis runs Keras models on the torch backend: "
+            f"set KERAS_BACKEND=torch (keras was imported with {keras.backend.backend()!r})"
         )
     try:
         return keras.saving.load_model(path)
@@ -117,32 +191,85 @@ def parse_range(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def parse_filters(text: str | None, class_names) -> list[int] | None:
+def parse_filters(text: str | None, class_names, option: str = "--filter") -> list[int] | None:
     if text is None or text.strip().lower() == "all":
         return None
     indices = []
     for part in text.split(","):
         part = part.strip()
         if not part:
-            raise bad_value("--filter", text, "indices or class names separated by commas")
+            raise bad_value(option, text, "indices or class names separated by commas")
         if part.lstrip("-").isdigit():
             index = int(part)
             if index < 0:
-                raise bad_value("--filter", text, "indices >= 0")
+                raise bad_value(option, text, "indices >= 0")
         elif class_names is None:
-            raise bad_value("--filter", part, "an index: this model has no class names")
+            raise bad_value(option, part, "an index: this model has no class names")
         else:
-            index = zoo.class_index(part)
+            index = zoo.class_index(part, argument=option)
         indices.append(index)
     return indices
 
+
+def class_names_of(spec: str | None) -> tuple[str, ...] | None:
+    """The class names `--filter` may use: ImageNet's for the embedded model, none for others."""
+    return zoo.imagenet_class_names() if spec is None else None
+
+
+def channel_arguments(channels: int | None) -> dict:
+    """``channels=`` for the Python API when `--channels` is given (else the API's default)."""
+    if channels is None:
+        return {}
+    if channels < 1:
+        raise bad_value("--channels", channels, "an int >= 1: 1 for a grayscale model, 3 for RGB")
+    return {"channels": channels}
+
+
+def check_output(option: str, path: str | None, folder: bool = False) -> None:
+    """Refuse an output whose folder does not exist: the command line creates no folders.
+
+    For a site folder (`folder=True`) the folder itself may be new; its parent must exist.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise bad_value(option, path, "a folder for the site (this is a file)")
+    parent = target.parent
+    if not parent.is_dir():
+        what = "a site folder (new or existing)" if folder else "a file"
+        raise bad_value(
+            option,
+            path,
+            f"{what} in an existing folder ({str(parent)!r} does not exist; featvis does not create it)",
+        )
+
+
+def parse_size(text: str) -> tuple[int, int] | int:
+    """`--size` of the attention commands: N (the shorter side, aspect ratio kept) or WxH (exactly)."""
+    allowed = "N (the shorter side, e.g. 224) or WIDTHxHEIGHT (e.g. 224x224), each >= 1"
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise bad_value("--size", text, allowed)
+    values = [int(p) for p in parts]
+    if min(values) < 1:
+        raise bad_value("--size", text, allowed)
+    return values[0] if len(values) == 1 else (values[1], values[0])
+
+
+CHANNELS_HELP = (
+    "Channels of the model's input images: 1 for a grayscale model, 3 for RGB "
+    "(default: the Python API's, 3). Grayscale photos are repeated into RGB for 3."
+)
 
 common_options = [
     click.option(
         "--model",
         "model_spec",
         default=None,
-        help="A .keras file (torch backend), a TorchScript file or module:factory (default: embedded EfficientNet-Lite0).",
+        help="A .keras file (torch backend), a TorchScript or torch.save(model) file (unpickled: trust it), "
+        "or package.module:factory, imported from the current folder first "
+        "(default: embedded EfficientNet-Lite0).",
     ),
     click.option(
         "--preprocess",
@@ -157,6 +284,7 @@ common_options = [
         show_default=True,
         help="Range of the image values fed before preprocessing.",
     ),
+    click.option("--channels", type=int, default=None, help=CHANNELS_HELP),
     click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: the model's)."),
     click.option(
         "--seed",
@@ -167,14 +295,22 @@ common_options = [
     ),
 ]
 
+OUT_HELP = "Output PNG; its folder must exist."
 
 attention_options = [
     click.option("--image", "image_path", required=True, type=click.Path(), help="Image file."),
     click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained."),
     click.option("--filter", "filters", required=True, help="Unit/class index or class name (comma list)."),
-    click.option("--size", type=int, default=224, show_default=True, help="Resize the image to this size."),
+    click.option(
+        "--size",
+        default="224",
+        show_default=True,
+        help="Size the map is computed at: N resizes the photo so its shorter side is N, keeping "
+        "its aspect ratio; WxH resizes to exactly W x H (for models that need one size). "
+        "The output is written at the photo's own size.",
+    ),
     click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image."),
-    click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG."),
+    click.option("--out", type=click.Path(dir_okay=False), required=True, help=OUT_HELP),
     *common_options,
 ]
 
@@ -227,7 +363,7 @@ def cli() -> None:
 @click.option(
     "--plot", type=click.Path(dir_okay=False), default=None, help="Also plot every loss term (PNG)."
 )
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help=OUT_HELP)
 @with_common
 def activation(
     layer,
@@ -248,16 +384,21 @@ def activation(
     model_spec,
     preprocess,
     input_range,
+    channels,
     device,
     seed,
 ):
     """Generate the image that maximizes units of a layer (activation maximization)."""
+    for option, path in (("--out", out), ("--gif", gif), ("--plot", plot)):
+        check_output(option, path)
+    indices = parse_filters(filters, class_names_of(model_spec))
+    channel_kwargs = channel_arguments(channels)
     loaded = load_model(model_spec, preprocess)
     recorder = watch.GifRecorder(every=gif_every) if gif else None
     result = visualization.visualize_activation(
         loaded.model,
         layer,
-        parse_filters(filters, loaded.class_names),
+        indices,
         max_iter=steps,
         views=views,
         size=size,
@@ -274,6 +415,7 @@ def activation(
         callbacks=[recorder] if recorder else None,
         progress=None if not verbose else False,
         return_result=True,
+        **channel_kwargs,
     )
     save_image(to_array(result.images, (0, 255))[0], out)
     click.echo(f"wrote {out}")
@@ -290,10 +432,24 @@ def activation(
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
 @click.option("--cols", type=int, default=None, help="Columns of the grid.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output PNG grid.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), required=True, help="Output PNG grid; its folder must exist."
+)
 @with_common
 def layer(
-    layer, units, steps, size, batch_size, cols, out, model_spec, preprocess, input_range, device, seed
+    layer,
+    units,
+    steps,
+    size,
+    batch_size,
+    cols,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    channels,
+    device,
+    seed,
 ):
     """Visualize every unit of a layer, many per batch, as one labeled grid.
 
@@ -301,8 +457,10 @@ def layer(
     Example:
       featvis layer --layer _blocks.10 --units 0,1,2,3 --steps 64 --out grid.png
     """
+    check_output("--out", out)
+    chosen = parse_filters(units, None, "--units")
+    channel_kwargs = channel_arguments(channels)
     loaded = load_model(model_spec, preprocess)
-    chosen = parse_filters(units, None)
     images = visualization.visualize_layer(
         loaded.model,
         layer,
@@ -314,6 +472,7 @@ def layer(
         preprocess=loaded.preprocess,
         device=device,
         seed=seed,
+        **channel_kwargs,
     )
     labels = [str(u) for u in (chosen if chosen is not None else range(len(images)))]
     save_image(stitch_images(list(images), cols=cols, labels=labels), out)
@@ -334,19 +493,36 @@ Examples:
 @click.option("--size", type=int, default=160, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
 @click.option(
-    "--out", type=click.Path(file_okay=False), required=True, help="Folder of the site (index.html)."
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder of the site (index.html); it may be new, the folder holding it must exist.",
 )
 @with_common
 def gallery_command(
-    layers, units, steps, size, batch_size, out, model_spec, preprocess, input_range, device, seed
+    layers,
+    units,
+    steps,
+    size,
+    batch_size,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    channels,
+    device,
+    seed,
 ):
     """Render every unit of layers into a static HTML gallery; rerun to add layers."""
+    check_output("--out", out, folder=True)
+    chosen = parse_filters(units, None, "--units")
+    channel_kwargs = channel_arguments(channels)
     loaded = load_model(model_spec, preprocess)
     index = gallery.write_gallery(
         loaded.model,
         list(layers),
         out,
-        units=parse_filters(units, None),
+        units=chosen,
         preprocess=loaded.preprocess,
         input_range=parse_range(input_range),
         size=size,
@@ -354,12 +530,19 @@ def gallery_command(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        **channel_kwargs,
     )
     click.echo(f"wrote {index}")
 
 
-def _attention_output(image, heatmap, out, overlay_it):
-    picture = attention.overlay(image, heatmap) if overlay_it else (heatmap * 255).round().astype("uint8")
+def _attention_output(photo, heatmap, out, overlay_it):
+    """The map at the photo's own size, over the photo or alone."""
+    if overlay_it:
+        picture = attention.overlay(photo, heatmap)  # resizes the map to the photo
+    else:
+        heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+        heat = resize(heat, tuple(photo.shape[:2]))[0, 0].clamp(0, 1).numpy()
+        picture = (heat * 255).round().astype("uint8")
     save_image(picture, out)
     click.echo(f"wrote {out}")
 
@@ -389,16 +572,20 @@ def saliency(
     model_spec,
     preprocess,
     input_range,
+    channels,
     device,
     seed,
 ):
     """Saliency map: which pixels change the chosen units most."""
+    check_output("--out", out)
+    indices = parse_filters(filters, class_names_of(model_spec))
+    channel_kwargs = channel_arguments(channels)
+    photo, image = _photo_and_model_image(image_path, size, channels)
     loaded = load_model(model_spec, preprocess)
-    image = _resized(image_path, size)
     heatmap = attention.visualize_saliency(
         loaded.model,
         layer,
-        parse_filters(filters, loaded.class_names),
+        indices,
         image,
         smooth_samples=smooth,
         backprop_modifier=backprop_modifier,
@@ -406,8 +593,9 @@ def saliency(
         preprocess=loaded.preprocess,
         device=device,
         seed=seed,
+        **channel_kwargs,
     )[0]
-    _attention_output(image, heatmap, out, overlay_it)
+    _attention_output(photo, heatmap, out, overlay_it)
 
 
 @cli.command(
@@ -416,6 +604,7 @@ Examples:
   featvis cam --image cat.jpg --filter 285 --out cam.png
   featvis cam --image cat.jpg --filter espresso --method gradcam++ --out campp.png
   featvis cam --image cat.jpg --filter 285 --guided --out guided_cam.png
+  featvis cam --image cat.jpg --filter 285 --size 224x224 --out cam.png   # a model that needs 224x224
 """
 )
 @click.option("--penultimate", default=None, help="Layer whose activations are weighted (default: found).")
@@ -437,24 +626,22 @@ def cam(
     model_spec,
     preprocess,
     input_range,
+    channels,
     device,
     seed,
 ):
     """Grad-CAM map: which regions the chosen units rely on."""
+    check_output("--out", out)
+    indices = parse_filters(filters, class_names_of(model_spec))
+    common = dict(penultimate_layer=penultimate, device=device, **channel_arguments(channels))
+    photo, image = _photo_and_model_image(image_path, size, channels)
     loaded = load_model(model_spec, preprocess)
-    image = _resized(image_path, size)
-    common = dict(
-        input_range=parse_range(input_range),
-        preprocess=loaded.preprocess,
-        device=device,
-        penultimate_layer=penultimate,
-    )
-    indices = parse_filters(filters, loaded.class_names)
+    common.update(input_range=parse_range(input_range), preprocess=loaded.preprocess)
     if guided:
         heatmap = attention.visualize_guided_cam(loaded.model, layer, indices, image, **common)[0]
     else:
         heatmap = attention.visualize_cam(loaded.model, layer, indices, image, method=method, **common)[0]
-    _attention_output(image, heatmap, out, overlay_it)
+    _attention_output(photo, heatmap, out, overlay_it)
 
 
 @cli.command(
@@ -494,12 +681,14 @@ def atlas_command(
     input_range,
     device,
     seed,
+    channels,
 ):
     """Visualize every unit of a whole model into a browsable site; resumable, and sharded under torchrun."""
     from .atlas import atlas
 
     if layers and all_convolutions:
         raise bad_value("--all", True, "either --layer or --all, not both")
+    check_output("--out", out, folder=True)
     loaded = load_model(model_spec, preprocess)
     index = atlas(
         loaded.model,
@@ -516,17 +705,25 @@ def atlas_command(
         preprocess=loaded.preprocess,
         input_range=parse_range(input_range),
         device=device,
+        **channel_arguments(channels),
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
         click.echo(f"wrote {index}")
 
 
-def _resized(image_path, size):
-    from .image import resize
+def _photo_and_model_image(image_path, size: str, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The photo as read (H, W, C) uint8, and the image fed to the model, resized as `--size` says.
 
-    if size < 1:
-        raise bad_value("--size", size, "an int >= 1")
-    return to_array(resize(to_unit_tensor(image_path, "--image", (0, 255)), (size, size)), (0, 255))[0]
+    The photo is read as pixels in [0, 255], whatever `--input-range` is: the
+    attention functions get it as a uint8 array in their own `input_range`.
+    """
+    target = parse_size(size)
+    photo = to_unit_tensor(image_path, "--image", (0, 255), channels)
+    height, width = photo.shape[-2:]
+    if isinstance(target, int):
+        scale = target / min(height, width)
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return to_array(photo, (0, 255))[0], to_array(resize(photo, target), (0, 255))[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,10 +51,16 @@ def to_array(images: torch.Tensor, input_range: tuple[float, float] = (0, 255)) 
 def to_unit_tensor(
     image: object, argument: str, input_range: tuple[float, float], channels: int | None = None
 ) -> torch.Tensor:
-    """Load an image (path, PIL, numpy HWC/CHW, tensor CHW/NCHW) as (N, C, H, W) in [0, 1].
+    """Load an image (path, PIL, numpy HWC/CHW, tensor CHW/HWC/NCHW) as (N, C, H, W) in [0, 1].
 
     Numpy arrays and tensors are read as values in `input_range`; files and PIL
-    images as 8-bit pictures.
+    images as 8-bit pictures. A 3-D tensor whose last axis is 1, 3 or 4 and whose
+    first axis is not is read as (H, W, C); other tensors are channels-first.
+
+    Grayscale: a grayscale PIL image or file, or a 2-D (H, W) array or tensor, is one
+    channel; where 3 channels are asked (``channels=3``) it is repeated into R = G = B.
+    With ``channels=None`` files and PIL images are decoded as RGB and a 2-D array
+    stays one channel.
     """
     low, high = input_range
     if isinstance(image, str | os.PathLike):
@@ -88,12 +94,17 @@ def to_unit_tensor(
         ):
             raise bad_type(argument, image, f"a real tensor (got {image.dtype})")
         tensor = image.detach().float().cpu()
+        if tensor.ndim == 3 and _is_hwc_tensor(tuple(tensor.shape), channels):
+            tensor = tensor.movedim(-1, -3)
     else:
         raise bad_type(argument, image, "a path, PIL image, numpy array or tensor")
+    grayscale = tensor.ndim == 2
     if tensor.ndim == 2:
         tensor = tensor[None]
     if tensor.ndim == 3:
         tensor = tensor[None]
+    if grayscale and channels == 3:  # as PIL's convert("RGB") does for a grayscale image
+        tensor = tensor.expand(-1, 3, -1, -1)
     if tensor.ndim != 4 or tensor.shape[0] == 0 or min(tensor.shape[-2:]) < 1:
         raise bad_value(
             argument,
@@ -112,6 +123,12 @@ def to_unit_tensor(
             f"values within input_range {tuple(input_range)}",
         )
     return ((tensor - low) / span).clamp(0, 1)
+
+
+def _is_hwc_tensor(shape: tuple[int, ...], channels: int | None) -> bool:
+    """A 3-D tensor is (H, W, C) when its last axis looks like channels and its first does not."""
+    looks_like_channels = {1, 3, 4} if channels is None else {1, 3, 4, channels}
+    return shape[-1] in looks_like_channels and shape[0] not in looks_like_channels
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -143,23 +160,82 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
-def to_pil(image: np.ndarray) -> Image.Image:
-    """An (H, W, C) or (H, W) array (uint8, or floats in [0, 1]) as a PIL image."""
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array * 255 if array.max() <= 1.0 else array), 0, 255).astype(np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return Image.fromarray(array)
+PICTURE = "one image: (H, W, C), (C, H, W) or (H, W), C = 1, 3 or 4; a numpy array or tensor"
 
 
-def save_image(image: np.ndarray | Image.Image, path: str | os.PathLike, format: str | None = None) -> Path:
+def _picture_array(image: object, argument: str = "image") -> np.ndarray:
+    """`image` as an (H, W) or (H, W, C) uint8 array; see `save_image` for what is accepted."""
+    tensor_input = isinstance(image, torch.Tensor)
+    if tensor_input:
+        if image.is_complex():
+            raise bad_type(argument, image, f"a real tensor (got {image.dtype})")
+        tensor = image.detach().cpu()
+        array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()  # bfloat16 too
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise bad_type(argument, image, f"a PIL image, or {PICTURE}")
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise bad_type(argument, image, f"a real numeric array (got dtype {array.dtype})")
+    if array.ndim == 4 and array.shape[0] == 1:  # a batch of one, as featvis returns batches
+        array = array[0]
+    if array.ndim == 4:
+        raise bad_value(
+            argument,
+            f"a batch of {array.shape[0]} images",
+            f"{PICTURE}; save each image, or tile them with stitch_images",
+        )
+    if array.ndim == 3:
+        first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
+        channels_first = first and (tensor_input or not last)  # tensors are CHW, arrays HWC
+        if not (first or last):
+            raise bad_value(argument, f"an array of shape {array.shape}", PICTURE)
+        if channels_first:
+            array = np.moveaxis(array, 0, -1)
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+    if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
+        raise bad_value(argument, f"an array of shape {array.shape}", PICTURE)
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if not np.isfinite(array).all():
+        raise bad_value(argument, "an image containing NaN or infinite values", "finite values")
+    low, high = float(array.min()), float(array.max())
+    integers = np.issubdtype(array.dtype, np.integer)
+    unit = not integers and low >= -1e-3 and high <= 1 + 1e-3  # rounding errors of [0, 1] values
+    if not unit and (low < 0 or high > 255):
+        allowed = "ints in [0, 255]" if integers else "floats in [0, 1] (or in [0, 255])"
+        raise bad_value(argument, f"values in [{low:.4g}, {high:.4g}]", allowed)
+    scale = 255.0 if unit else 1.0
+    return np.rint(array.astype(np.float64) * scale).clip(0, 255).astype(np.uint8)
+
+
+def to_pil(image: object) -> Image.Image:
+    """An image as a PIL image (it takes what `save_image` takes)."""
+    if isinstance(image, Image.Image):
+        return image
+    return Image.fromarray(_picture_array(image))
+
+
+def save_image(image: object, path: str | os.PathLike, format: str | None = None) -> Path:
     """Write an image atomically: a failed write never leaves a half-written or broken file.
+
+    `image`: a PIL image, or a numpy array or tensor of one image, (H, W, C),
+    (C, H, W) or (H, W) with C = 1, 3 or 4 (a batch of one is fine), as featvis
+    returns them: uint8 or ints in [0, 255], or floats in [0, 1] (floats above 1 are
+    read as [0, 255] values). Tensors are read channels-first when the first axis
+    can be channels, arrays channels-last. Anything else is a `FeatvisError`.
+    Missing folders of `path` are created (the command line refuses them instead).
 
     Example:
         >>> save_image(featvis.visualize_activation(model, "_fc", 130), "flamingo.png")
+        >>> save_image(result.images[0], "first.png")  # (C, H, W) tensor in [0, 1]
     """
-    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    if not isinstance(path, str | os.PathLike):
+        raise bad_type("path", path, "a file path (str or os.PathLike)")
+    pil = to_pil(image)
     fmt = format or Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     return atomic_write(Path(path), lambda tmp: pil.save(tmp, format=fmt))
 

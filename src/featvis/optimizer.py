@@ -58,6 +58,19 @@ class Result:
     interrupted: bool = False
     seed: int | None = None
 
+    def __repr__(self) -> str:
+        """One short line: shapes and term names, not the tensors' values."""
+
+        def shape(tensor) -> str:
+            return "None" if tensor is None else str(tuple(tensor.shape))
+
+        steps = max((len(values) for values in self.history.values()), default=0)
+        return (
+            f"Result(images={shape(self.images)} in [0, 1], steps={steps}, "
+            f"history={list(self.history)}, transparency={shape(self.transparency)}, "
+            f"interrupted={self.interrupted})"
+        )
+
     def _repr_png_(self) -> bytes:
         """Jupyter shows a result as its images, tiled."""
         import io

