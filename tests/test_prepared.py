@@ -222,3 +222,12 @@ def test_registries_are_the_one_place_to_add_a_method():
 def test_an_unknown_option_is_named_with_its_close_matches():
     with pytest.raises(featvis.FeatvisTypeError, match="max_iters.*max_iter"):
         featvis.visualize_activation(make_tiny(), "conv2", 1, max_iters=3)
+
+
+def test_a_model_that_takes_one_input_size_only_is_probed_at_that_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    images = featvis.visualize_layer(model, "0", size=8, max_iter=2, seed=0, input_range=(0.0, 1.0))
+    assert images.shape == (4, 8, 8, 1)
+    image = featvis.visualize_activation(model, "2", 1, size=8, max_iter=2, seed=0, input_range=(0.0, 1.0))
+    assert image.shape == (8, 8, 1)

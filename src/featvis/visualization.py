@@ -212,6 +212,7 @@ def visualize_layer(
     settings = Settings.take(options)
     prepared, owned = prepare(model, **conventions)
     try:
+        prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
         units = list(range(prepared.unit_count(layer, shape)) if units is None else units)
         if not units:

@@ -1,0 +1,114 @@
+"""Atlas throughput: units per minute for a sample of Lite0's layers, and the whole atlas extrapolated.
+
+Run: python benchmarks/atlas.py [--device cuda] [--layers _conv_stem _blocks.5 _blocks.15 _fc]
+     [--units 8] [--batch-size N] [--steps 128]
+
+For each sampled layer (a spread over the depth) it makes `--units` units with
+`featvis.atlas` at the default settings (128 steps x 4 views, 128 px) into a fresh
+folder and times them; the whole Lite0 atlas (4,120 units: stem, 16 blocks, head,
+classifier) is extrapolated from the per-unit time of the sampled layer nearest in
+estimated cost (multiply-accumulates up to the layer, as the atlas's shards use).
+It also reports how evenly `featvis.atlas.shard` splits the whole plan over N
+processes (the slowest rank's share of the estimated cost): N processes finish in
+about (that share) x (one process's time).
+
+Prints JSON and a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+import featvis
+from featvis.atlas import default_layers, layer_costs, plan, shard
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", nargs="*", default=["_conv_stem", "_blocks.5", "_blocks.15", "_fc"])
+    parser.add_argument("--units", type=int, default=8, help="units made per sampled layer")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the atlas's (4 CPU, 32 GPU)")
+    parser.add_argument("--steps", type=int, default=featvis.Settings.max_iter)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--worlds", type=int, nargs="*", default=[1, 2, 4, 8])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    lite0 = featvis.zoo.efficientnet_lite0()
+    model = lite0.model.to(device)
+    batch = args.batch_size or (32 if device.type == "cuda" else 4)
+    units = max(args.units, batch) if device.type == "cuda" else args.units
+    layers = default_layers(model)
+    with featvis.PreparedModel(model, preprocess=lite0.preprocess, device=device) as prepared:
+        costs = layer_costs(prepared, layers, (args.size, args.size))
+        counts = {layer: prepared.unit_count(layer, (args.size, args.size)) for layer in layers}
+    per_unit = {}
+    for layer in args.layers:
+        with tempfile.TemporaryDirectory() as out:
+            options = dict(size=args.size, batch_size=batch, max_iter=args.steps, progress=False)
+            options.update(preprocess=lite0.preprocess, device=device)
+            # a warm-up batch (first use of each kernel), then the timed units in a fresh folder
+            featvis.atlas(model, out, [layer], **{**options, "max_iter": 2})
+        with tempfile.TemporaryDirectory() as out:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            featvis.atlas(model, out, [layer], **options) if counts[layer] <= units else _some_units(
+                model, out, layer, units, options
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            per_unit[layer] = (time.perf_counter() - start) / min(units, counts[layer])
+    # extrapolate: each layer's per-unit time from the sampled layer nearest in estimated cost
+    sampled = sorted(per_unit, key=lambda layer: costs[layer])
+    whole = 0.0
+    for layer in layers:
+        nearest = min(sampled, key=lambda s: abs(costs[s] - costs[layer]))
+        whole += counts[layer] * per_unit[nearest] * costs[layer] / costs[nearest]
+    batches = plan(counts, costs, batch)
+    total_cost = sum(b.cost for b in batches)
+    balance = {
+        world: max(sum(batches[i].cost for i in share) for share in shard(batches, world)) / total_cost
+        for world in args.worlds
+    }
+    result = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu x{torch.get_num_threads()}",
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "views": featvis.Settings.views,
+        "size": args.size,
+        "batch_size": batch,
+        "seconds_per_unit": per_unit,
+        "units_per_minute": {layer: 60 / s for layer, s in per_unit.items()},
+        "whole_atlas_units": sum(counts.values()),
+        "whole_atlas_extrapolated_s": whole,
+        "slowest_rank_share": balance,
+    }
+    print(json.dumps(result, indent=2))
+    print(f"\n{'layer':14s} {'s/unit':>8s} {'units/min':>10s}")
+    for layer, seconds in per_unit.items():
+        print(f"{layer:14s} {seconds:8.2f} {60 / seconds:10.1f}")
+    print(
+        f"whole Lite0 atlas ({sum(counts.values())} units): {whole / 60:.1f} min on one process (extrapolated)"
+    )
+    for world, share in balance.items():
+        print(
+            f"  {world} processes: slowest share {share:.3f} -> {whole * share / 60:.1f} min ({1 / share:.2f}x)"
+        )
+
+
+def _some_units(model, out, layer, units, options):
+    """The first `units` units of a layer: a model whose layer is narrowed is not the same, so run
+    visualize_layer on those units as the atlas would (one batch plan, the same settings)."""
+    featvis.visualize_layer(model, layer, list(range(units)), seed=0, **options)
+
+
+if __name__ == "__main__":
+    main()
