@@ -153,10 +153,24 @@ def test_channels_below_one_is_refused_naming_the_option(user_folder, capsys, tm
     assert not (tmp_path / "x.png").exists()
 
 
-def test_a_grayscale_model_without_channels_one_fails_with_one_line(user_folder, capsys):
+def test_a_grayscale_model_needs_no_channels_option_featvis_reads_it_from_the_model(user_folder):
     args = ["activation", "--model", f"{user_folder}.nets:make_counter", "--preprocess", "none"]
+    main([*args, "--input-range", "0,1", "--layer", "head", "--size", "16", "--steps", "2", "--out", "x.png"])
+    assert Image.open("x.png").mode == "L"  # one channel, read from the model's first convolution
+
+
+def test_a_channels_option_that_contradicts_the_model_fails_with_one_line(user_folder, capsys):
+    args = [
+        "activation",
+        "--model",
+        f"{user_folder}.nets:make_counter",
+        "--preprocess",
+        "none",
+        "--channels",
+        "3",
+    ]
     code, err = run([*args, "--layer", "head", "--size", "16", "--steps", "2", "--out", "x.png"], capsys)
-    one_error_line(code, err)
+    assert "channels" in one_error_line(code, err)
 
 
 # --model file.pt written by torch.save(model)
