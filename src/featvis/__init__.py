@@ -26,6 +26,7 @@ from .attention import (
     visualize_saliency,
     visualize_saliency_with_losses,
 )
+from .dataset_examples import DatasetExamples, SkippedImagesWarning, dataset_examples
 from .errors import (
     FeatvisError,
     FeatvisTypeError,
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationMaximization",
+    "DatasetExamples",
     "FeatvisError",
     "FeatvisTypeError",
     "FeatvisValueError",
@@ -63,9 +65,11 @@ __all__ = [
     "ModelError",
     "NonFiniteError",
     "Result",
+    "SkippedImagesWarning",
     "TotalVariation",
     "activations_reached",
     "backprop_modifiers",
+    "dataset_examples",
     "find_layer_idx",
     "fusion",
     "grad_modifiers",
