@@ -51,6 +51,7 @@ from .targets import (
 )
 
 REDUCTIONS = ("max", "mean")
+_CACHED_IMAGES = 64  # decoded images a result keeps while its crops are read (units share images)
 _FIELD_IMAGES = 8  # random inputs whose gradient supports are united to measure a receptive field
 CHECKPOINT_VERSION = 1
 
@@ -294,13 +295,22 @@ class DatasetExamples:
         boxes = self.boxes(unit, lowest) if crop else [None] * len(indices)
         out = []
         for position, box in zip(indices, boxes):
-            image = _load_for_display(self._source, int(position))
+            image = self._image(int(position))
             if box is not None:
                 top, left, bottom, right = box
-                image = image[:, top:bottom, left:right]
-            array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            out.append(array)
+                image = image[top:bottom, left:right]
+            out.append(image.copy())
         return out
+
+    def _image(self, position: int) -> np.ndarray:
+        """The whole image at `position` as (H, W, C) uint8; the last few are kept (units share images)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if position not in cache:
+            if len(cache) >= _CACHED_IMAGES:
+                cache.pop(next(iter(cache)))
+            image = _load_for_display(self._source, position)
+            cache[position] = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        return cache[position]
 
     def sources(self, unit: int, lowest: bool = False) -> list[str]:
         """What each example is: its file path, or ``'item N'`` for arrays and datasets."""
