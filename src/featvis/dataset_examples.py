@@ -28,6 +28,7 @@ import hashlib
 import os
 from pathlib import Path
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -239,7 +240,8 @@ class DatasetExamples:
     `sources` gives the paths). For conv layers, `positions` is the (row, col) of
     the unit's maximum in the layer's output and `receptive_field` maps it to the
     input. A unit that saw fewer than k images has fewer columns (``k`` shrinks
-    to the number of images used).
+    to the number of images used). `seconds` times the pass (``"pass"``) and the
+    receptive-field measurement (``"receptive_field"``).
 
     Example:
         >>> ex.values[ex.row(7)]           # unit 7's top activations
@@ -260,6 +262,7 @@ class DatasetExamples:
     input_size: tuple[int, int]
     summary: DataSummary
     interrupted: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
     _source: object = field(default=None, repr=False, compare=False)
 
     def row(self, unit: int) -> int:
@@ -540,6 +543,7 @@ def dataset_examples(
         }
         _atomic_write(checkpoint_path, lambda tmp: torch.save(payload, tmp))
 
+    started = time.perf_counter()
     try:
         skip = start if not own_loader else 0  # a resumed user DataLoader: drop the batches already seen
         for batch in loader:
@@ -583,6 +587,7 @@ def dataset_examples(
         interrupted = True
     finally:
         bar.close()
+    seconds = {"pass": time.perf_counter() - started}
     try:
         if reader is None and state:  # a finished pass resumed: rebuild the state from the checkpoint
             example = _first_image(source, own_loader, channels, target_device)
@@ -598,11 +603,13 @@ def dataset_examples(
             raise FeatvisValueError(f"data: none of the {summary.total} items could be used ({summary})")
         save_checkpoint(not interrupted)
         fields = []
+        started = time.perf_counter()
         for index in range(len(layers)):
             rf = None
             if spatial[index] is not None and len(spatial[index]) == 2:
                 rf = _measure_receptive_field(reader, index, to_model, channels, input_size)
             fields.append(rf)
+        seconds["receptive_field"] = time.perf_counter() - started
         names = reader.names
     finally:
         if reader is not None:
@@ -623,6 +630,7 @@ def dataset_examples(
             input_size,
             summary,
             interrupted,
+            seconds,
             source,
         )
     return results if several else results[next(iter(results))]
@@ -675,7 +683,7 @@ def _scores(out: torch.Tensor, units: list[int], reduce: str) -> tuple[torch.Ten
     return values, where
 
 
-def _result(name, units, top, low, spatial, rf, reduce, input_size, summary, interrupted, source):
+def _result(name, units, top, low, spatial, rf, reduce, input_size, summary, interrupted, seconds, source):
     used = int((top.indices[0] >= 0).sum()) if len(top.indices) else 0
     kept = max(used, 0)
 
@@ -702,5 +710,6 @@ def _result(name, units, top, low, spatial, rf, reduce, input_size, summary, int
         input_size=tuple(input_size),
         summary=summary,
         interrupted=interrupted,
+        seconds=seconds,
         _source=source,
     )
