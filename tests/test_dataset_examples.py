@@ -228,6 +228,25 @@ def test_ctrl_c_returns_what_the_pass_has(digits):
     assert ex.indices.max() < 200
 
 
+class _FailsAt(_InterruptAt):
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("out of memory")
+        return self.model(x)
+
+
+def test_a_model_that_raises_mid_pass_is_left_as_it_was(digits):
+    model, images, _ = digits
+    wrapped = _FailsAt(model, at=3)
+    handle = wrapped.model.conv1.register_forward_hook(lambda *args: None)
+    before = snapshot(wrapped)
+    with pytest.raises(featvis.ModelError, match="out of memory"):
+        featvis.dataset_examples(wrapped, "model.fc", images[:300], input_range=(0.0, 1.0), channels=1)
+    assert_untouched(wrapped, before)
+    handle.remove()
+
+
 def test_checkpoint_resumes_where_it_stopped_and_checks_settings(digits, tmp_path):
     model, images, _ = digits
     common = dict(k=4, input_range=(0.0, 1.0), channels=1, batch_size=100)

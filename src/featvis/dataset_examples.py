@@ -585,6 +585,10 @@ def dataset_examples(
                 save_checkpoint(False)
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException:
+        if reader is not None:  # the model raised (or the data did): leave the model as it was
+            reader.__exit__(None, None, None)
+        raise
     finally:
         bar.close()
     seconds = {"pass": time.perf_counter() - started}
