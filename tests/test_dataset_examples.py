@@ -55,6 +55,11 @@ def test_several_layers_cost_one_pass_and_match_single_layer_passes(digits):
     )
     handle.remove()
     assert calls.count(100) == 3  # one pass of 3 batches (the others: the probe, the receptive field)
+    ran = []
+    handle = model.fc.register_forward_hook(lambda module, args, out: ran.append(len(args[0])))
+    featvis.dataset_examples(model, ["conv1", "conv2"], images[:200], input_range=(0.0, 1.0), channels=1)
+    handle.remove()
+    assert 32 not in ran  # the forward pass stopped after conv2: fc never ran on a batch
     alone = featvis.dataset_examples(model, "fc", images[:300], k=5, input_range=(0.0, 1.0), channels=1)
     np.testing.assert_array_equal(both["fc"].indices, alone.indices)
     assert both["conv2"].receptive_field == ReceptiveField(size=(5, 5), stride=(1, 1), offset=(-2, -2))
@@ -112,6 +117,15 @@ def test_crop_is_the_real_receptive_field_and_holds_the_maximum(layers, size, st
         assert (bottom - top, right - left) == (size, size)  # not clipped here: the whole field
     crops = ex.images(0)
     assert crops[0].shape == (size, size, 1) and crops[0].max() > 0
+
+
+def test_receptive_field_is_measured_after_a_preprocess_ran_in_inference_mode():
+    normalize = featvis.zoo.Normalize()
+    with torch.inference_mode():  # Normalize caches its constants: here, inference tensors
+        normalize(torch.rand(1, 3, 8, 8))
+    model = make_tiny()
+    ex = featvis.dataset_examples(model, "conv2", torch.rand(6, 3, 16, 16) * 255, k=2, preprocess=normalize)
+    assert ex.receptive_field == ReceptiveField(size=(5, 5), stride=(1, 1), offset=(-2, -2))
 
 
 def test_receptive_field_box_is_clipped_to_the_image():

@@ -155,22 +155,34 @@ def _measure_receptive_field(
 ) -> ReceptiveField | None:
     """The receptive field of layer `index` from the gradient's support at two output positions.
 
-    The input grows (up to 4x) until the field at the center position touches no
-    image border, so its size is the real one; the supports of several random
-    inputs are united, so that ReLUs and max pools (whose gradient reaches only
-    some pixels for one input) do not hide part of it.
+    The gradient is taken with respect to the model input (after `preprocess`,
+    which is taken to work pixel by pixel, as a normalization does). The input
+    grows (up to 4x) until the field at the center position touches no image
+    border, so its size is the real one; the supports of several random inputs
+    are united, so that ReLUs and max pools (whose gradient reaches only some
+    pixels for one input) do not hide part of it.
     """
     generator = torch.Generator().manual_seed(0)
     height, width = image_size
     field_found = None
     for scale in (1, 2, 4):
         h, w = height * scale, width * scale
-        images = torch.rand(_FIELD_IMAGES, channels, h, w, generator=generator).to(reader.device)
-        images.requires_grad_(True)
+        count = max(2, _FIELD_IMAGES // scale**2)  # about the same pixels at every scale
+        images = torch.rand(count, channels, h, w, generator=generator).to(reader.device)
+        with torch.no_grad():
+            x = to_model(images)
+        x = x.detach().clone().requires_grad_(True)  # no gradient through preprocess (its caches)
         with torch.enable_grad():
             try:
-                out = reader.read_one(to_model(images), index)
-            except Exception:  # the network does not run at this size: keep the last measurement
+                out = reader.read_one(x, index)
+            except Exception as err:  # the network does not run at this size: keep the last measurement
+                if field_found is None:
+                    warnings.warn(
+                        f"dataset_examples: could not measure the receptive field of layer "
+                        f"{reader.names[index]!r} ({type(err).__name__}: {err}); its examples are whole images",
+                        FeatvisWarning,
+                        stacklevel=3,
+                    )
                 break
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] <= 1:
                 return None
@@ -179,7 +191,7 @@ def _measure_receptive_field(
             boxes = {}
             for pos in (center, (min(center[0] + 1, oh - 1), min(center[1] + 1, ow - 1))):
                 (grad,) = torch.autograd.grad(
-                    out[:, :, pos[0], pos[1]].sum(), images, retain_graph=True, allow_unused=True
+                    out[:, :, pos[0], pos[1]].sum(), x, retain_graph=True, allow_unused=True
                 )
                 boxes[pos] = _support_box(grad) if grad is not None else None
         box = boxes[center]
@@ -676,8 +688,10 @@ def _scores(out: torch.Tensor, units: list[int], reduce: str) -> tuple[torch.Ten
     """Per image and unit, the score and the flat spatial index of the unit's maximum (0 for dense)."""
     if out.ndim == 1:
         out = out[:, None]
-    index = torch.tensor(units, device=out.device)
-    picked = out.index_select(1, index).float()
+    if units == list(range(out.shape[1])):
+        picked = out.float()  # every unit: no copy
+    else:
+        picked = out.index_select(1, torch.tensor(units, device=out.device)).float()
     if picked.ndim == 2:
         return picked, torch.zeros_like(picked, dtype=torch.long)
     flat = picked.flatten(2)

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -114,8 +114,10 @@ def _pil_to_tensor(pil: Image.Image, channels: int) -> tuple[torch.Tensor, str]:
 
 
 def read_image(path: str | os.PathLike, channels: int = 3) -> tuple[torch.Tensor, str]:
-    """Decode one file fully (truncated files raise) -> ((C, H, W) in [0, 1], conversion note)."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    """Decode one file fully (truncated files raise, unless PIL's ``LOAD_TRUNCATED_IMAGES`` is set).
+
+    Returns ((C, H, W) in [0, 1], the conversion made or '').
+    """
     with Image.open(path) as pil:
         pil.load()
         return _pil_to_tensor(pil, channels)
