@@ -8,7 +8,8 @@ spatial maximum (``reduce="mean"``: its spatial mean); the position of the
 maximum is remembered, and `DatasetExamples.images` returns the crop of the
 input that the unit's receptive field covers there. The receptive field is
 measured on the real network, from the support of the gradient of the unit at a
-position with respect to the input. Dense units show the whole image.
+position with respect to the input (once per model, layer and input size).
+Dense units show the whole image.
 
 Example:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
@@ -30,6 +31,7 @@ from pathlib import Path
 import sys
 import time
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -213,6 +215,18 @@ def _measure_receptive_field(
         if box[0] > 0 and box[1] > 0 and box[2] < h and box[3] < w:
             break  # not clipped by the image: this is the full field
     return field_found
+
+
+_FIELDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer, size, ...): field}
+
+
+def _receptive_field(reader, index, to_model, channels, image_size) -> ReceptiveField | None:
+    """`_measure_receptive_field`, measured once per model, layer, input size and channel count."""
+    fields = _FIELDS.setdefault(reader.model, {})
+    key = (reader.names[index], tuple(image_size), channels, str(reader.device))
+    if key not in fields:
+        fields[key] = _measure_receptive_field(reader, index, to_model, channels, image_size)
+    return fields[key]
 
 
 class _RunningTopK:
@@ -623,7 +637,7 @@ def dataset_examples(
         for index in range(len(layers)):
             rf = None
             if spatial[index] is not None and len(spatial[index]) == 2:
-                rf = _measure_receptive_field(reader, index, to_model, channels, input_size)
+                rf = _receptive_field(reader, index, to_model, channels, input_size)
             fields.append(rf)
         seconds["receptive_field"] = time.perf_counter() - started
         names = reader.names
