@@ -329,6 +329,14 @@ def test_a_dataset_item_that_raises_is_skipped():
     assert ex.summary.used == 5 and 2 not in ex.indices
 
 
+def test_a_data_loader_batch_that_raises_is_skipped_and_the_pass_goes_on():
+    loader = DataLoader(_Unreliable(), batch_size=2)  # the batch of items 2 and 3 raises
+    with pytest.warns(featvis.SkippedImagesWarning, match="item 2 .its batch raised OSError: disk error"):
+        ex = featvis.dataset_examples(make_tiny(), "fc", loader, k=6)
+    assert ex.summary.used == 4 and len(ex.summary.skipped) == 2
+    assert sorted(ex.indices[0]) == [0, 1, 4, 5]  # the positions after the bad batch are right
+
+
 def test_units_and_bad_arguments():
     model = make_tiny()
     images = torch.rand(10, 3, 8, 8) * 255

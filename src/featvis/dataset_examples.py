@@ -572,7 +572,10 @@ def dataset_examples(
     started = time.perf_counter()
     try:
         skip = start if not own_loader else 0  # a resumed user DataLoader: drop the batches already seen
-        for batch in loader:
+        for batch in _batches(loader, summary):
+            if batch is None:  # the loader raised on a batch: its items are counted as skipped
+                position += loader.batch_size or 0
+                continue
             if own_loader:
                 images, positions, notes = batch
                 after = max(p for p, _, _ in notes) + 1
@@ -664,6 +667,38 @@ def dataset_examples(
             source,
         )
     return results if several else results[next(iter(results))]
+
+
+_FAILED_BATCHES = 5  # a loader that fails this many batches in a row is broken: the pass ends there
+
+
+def _batches(loader: DataLoader, summary: DataSummary):
+    """The loader's batches; a batch that raises (a user's Dataset may) is reported and yields None."""
+    iterator = iter(loader)
+    failures = 0
+    while True:
+        start = summary.total
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:  # a bad batch must not throw the pass away
+            failures += 1
+            size = loader.batch_size or 0
+            reason = f"its batch raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            summary.skipped.extend((f"item {start + i}", reason) for i in range(max(1, size)))
+            if failures >= _FAILED_BATCHES:
+                warnings.warn(
+                    f"dataset_examples: the data loader failed {failures} batches in a row; the pass "
+                    f"stops there with what it has ({err})",
+                    SkippedImagesWarning,
+                    stacklevel=3,
+                )
+                return
+            yield None
+            continue
+        failures = 0
+        yield batch
 
 
 def _restore(state: dict | None, tops: list, lows: list) -> None:
