@@ -204,7 +204,9 @@ def test_examples_cli_writes_a_page_per_layer(tmp_path):
         )
     page = (site / "examples_conv1.html").read_text()
     assert page.count("<details>") == 8 and "skipped 1" in page and "receptive field" in page
-    assert "whole image" in (site / "examples_fc.html").read_text()
+    assert "spatial maximum" in page
+    dense = (site / "examples_fc.html").read_text()
+    assert "whole image" in dense and "ranked by its value" in dense
     assert len(list((site / "conv1" / "examples").iterdir())) == 8 * 2
     main(
         [

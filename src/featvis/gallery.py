@@ -185,6 +185,8 @@ def write_examples(
 
 def _examples_caption(ex: DatasetExamples) -> str:
     ranked = "its spatial maximum" if ex.reduce == "max" else "its spatial mean"
+    if ex.positions is None:  # a dense layer: one value per image
+        ranked = "its value"
     crops = "the crop its receptive field covers" if ex.receptive_field else "the whole image"
     return (
         f"{len(ex.units)} units, top {ex.indices.shape[1]} images per unit, ranked by {ranked}; "
