@@ -308,6 +308,9 @@ def test_arrays_datasets_loaders_and_path_lists_give_the_same_examples(tmp_path)
         np.testing.assert_allclose(ex.values, reference.values, rtol=1e-4, atol=1e-4)
         assert ex.images(5)[0].shape[2] == 3
     assert reference.reduce == "max"
+    shuffled = featvis.dataset_examples(model, "conv2", DataLoader(TensorDataset(chw), shuffle=True), k=3)
+    with pytest.raises(featvis.FeatvisValueError, match="not sequential"):
+        shuffled.images(0)
     mean = featvis.dataset_examples(model, "conv2", chw, k=3, reduce="mean")
     expected = featvis.targets.layer_output(model, "conv2", chw).mean(dim=(2, 3))[:, 0]
     assert np.isclose(mean.values[0, 0], expected.max().item(), rtol=1e-5)
