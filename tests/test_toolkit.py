@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -94,10 +95,12 @@ CHROMIUM_FLAGS = [
 def test_gallery_thumbnails_all_load_in_a_browser_and_reruns_add_layers(tmp_path):
     model = make_tiny()
     site = tmp_path / "site"
-    write_gallery(model, ["conv1"], site, size=24, max_iter=4, seed=0)
+    photos = np.random.default_rng(0).integers(0, 256, (12, 20, 20, 3), dtype=np.uint8)
+    write_gallery(model, ["conv1"], site, size=24, max_iter=4, seed=0, data=photos, k=3)
     index = write_gallery(model, ["conv2"], site, size=24, max_iter=4, seed=0)  # adds, keeps conv1
     page = index.read_text()
     assert 'data-layer="conv1"' in page and 'data-layer="conv2"' in page
+    assert page.count("<details>") == 8  # conv1's units show dataset examples, most negative on demand
     probe = site / "check.html"
     probe.write_text(
         page.replace(
@@ -126,7 +129,7 @@ def test_gallery_thumbnails_all_load_in_a_browser_and_reruns_add_layers(tmp_path
         check=True,
     ).stdout
     loaded, total = map(int, re.search(r"loaded=(\d+) total=(\d+)", dom).groups())
-    assert total == 8 + 16  # conv1 has 8 channels, conv2 16
+    assert total == 8 * (1 + 3 + 3) + 16  # conv1: 8 channels, each with 3 top and 3 bottom crops; conv2: 16
     assert loaded == total
     shot = tmp_path / "shot.png"
     subprocess.run(
@@ -172,3 +175,79 @@ def test_gallery_cli_writes_index(tmp_path):
         "unit_0000.png",
         "unit_0001.png",
     ]
+
+
+def test_gallery_rerun_with_other_units_merges_them(tmp_path):
+    model = make_tiny()
+    site = tmp_path / "site"
+    write_gallery(model, ["conv1"], site, units=[0, 1], size=16, max_iter=2, seed=0)
+    index = write_gallery(model, ["conv1"], site, units=[5, 1], size=16, max_iter=2, seed=0)
+    page = index.read_text()
+    assert [int(u) for u in re.findall(r'alt="unit (\d+)"', page)] == [0, 1, 5]
+    for unit in (0, 1, 5):
+        assert (site / "conv1" / f"unit_{unit:04d}.png").exists()
+        assert f'src="conv1/unit_{unit:04d}.png"' in page  # no PNG is orphaned
+
+
+def test_examples_cli_writes_a_page_per_layer(tmp_path):
+    from featvis.cli import main
+
+    photos = tmp_path / "photos" / "class_a"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    site = tmp_path / "site"
+    with pytest.warns(featvis.SkippedImagesWarning, match="broken.jpg"):
+        main(
+            [
+                "examples",
+                "--model",
+                "conftest:make_tiny",
+                "--preprocess",
+                "none",
+                "--layer",
+                "conv1",
+                "--layer",
+                "fc",
+                "--data",
+                str(tmp_path / "photos"),
+                "--size",
+                "32",
+                "--k",
+                "2",
+                "--out",
+                str(site),
+            ]
+        )
+    page = (site / "examples_conv1.html").read_text()
+    assert page.count("<details>") == 8 and "skipped 1" in page and "receptive field" in page
+    assert "spatial maximum" in page
+    dense = (site / "examples_fc.html").read_text()
+    assert "whole image" in dense and "ranked by its value" in dense
+    assert len(list((site / "conv1" / "examples").iterdir())) == 8 * 2
+    main(
+        [
+            "gallery",
+            "--model",
+            "conftest:make_tiny",
+            "--preprocess",
+            "none",
+            "--layer",
+            "conv2",
+            "--units",
+            "0,1",
+            "--steps",
+            "2",
+            "--size",
+            "16",
+            "--data",
+            str(tmp_path / "photos"),
+            "--k",
+            "2",
+            "--out",
+            str(site),
+        ]
+    )
+    assert (site / "index.html").read_text().count("<details>") == 2

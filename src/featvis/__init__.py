@@ -29,6 +29,7 @@ from .attention import (
     visualize_saliency,
     visualize_saliency_with_losses,
 )
+from .dataset_examples import DatasetExamples, SkippedImagesWarning, dataset_examples
 from .errors import (
     FeatvisError,
     FeatvisTypeError,
@@ -55,6 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationMaximization",
+    "DatasetExamples",
     "FeatvisError",
     "FeatvisTypeError",
     "FeatvisValueError",
@@ -69,10 +71,12 @@ __all__ = [
     "PreparedModel",
     "Result",
     "Settings",
+    "SkippedImagesWarning",
     "TotalVariation",
     "activations_reached",
     "atlas",
     "backprop_modifiers",
+    "dataset_examples",
     "find_layer_idx",
     "fusion",
     "grad_modifiers",

@@ -498,6 +498,13 @@ Examples:
     required=True,
     help="Folder of the site (index.html); it may be new, the folder holding it must exist.",
 )
+@click.option(
+    "--data",
+    type=click.Path(exists=True),
+    default=None,
+    help="Folder of images: show each unit's top dataset crops beside it (most negative on a click).",
+)
+@click.option("--k", type=int, default=9, show_default=True, help="Dataset examples per unit (with --data).")
 @with_common
 def gallery_command(
     layers,
@@ -506,6 +513,8 @@ def gallery_command(
     size,
     batch_size,
     out,
+    data,
+    k,
     model_spec,
     preprocess,
     input_range,
@@ -531,8 +540,84 @@ def gallery_command(
         batch_size=batch_size,
         device=device,
         **channel_kwargs,
+        data=data,
+        k=k,
     )
     click.echo(f"wrote {index}")
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  featvis examples --layer _blocks.10 --data photos/ --k 9 --out site/
+  featvis examples --layer _fc --layer _blocks.12 --units 285,1 --out site/   # scikit-image's photos
+  featvis examples --layer _blocks.10 --data photos/ --checkpoint run.pt --out site/  # resumable
+"""
+)
+@click.option("--layer", "layers", multiple=True, required=True, help="Layer (repeat for several; one pass).")
+@click.option(
+    "--data",
+    type=click.Path(exists=True),
+    default=None,
+    help='Folder of images, searched recursively (default: scikit-image\'s photos, pip install "featvis[photos]").',
+)
+@click.option("--units", default=None, help="Comma list of units (default: all).")
+@click.option("--k", type=int, default=9, show_default=True, help="Top and bottom images per unit.")
+@click.option(
+    "--reduce",
+    type=click.Choice(["max", "mean"]),
+    default="max",
+    show_default=True,
+    help="Rank conv units by their spatial max or mean.",
+)
+@click.option("--size", type=int, default=224, show_default=True, help="Images are resized to this size.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decoding workers (default: up to 4).")
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), default=None, help="Save/resume the pass here."
+)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder of the pages.")
+@with_common
+def examples(
+    layers,
+    data,
+    units,
+    k,
+    reduce,
+    size,
+    batch_size,
+    workers,
+    checkpoint,
+    out,
+    model_spec,
+    preprocess,
+    input_range,
+    channels,
+    device,
+    seed,
+):
+    """Dataset examples: the images (crops) of your data that drive each unit most and least."""
+    check_output("--out", out, folder=True)
+    loaded = load_model(model_spec, preprocess)
+    pages = gallery.write_examples(
+        loaded.model,
+        list(layers),
+        data,
+        out,
+        units=parse_filters(units, None),
+        k=k,
+        preprocess=loaded.preprocess,
+        input_range=parse_range(input_range),
+        reduce=reduce,
+        size=size,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+        checkpoint=checkpoint,
+        **channel_arguments(channels),
+    )
+    for page in pages:
+        click.echo(f"wrote {page}")
 
 
 def _attention_output(photo, heatmap, out, overlay_it):

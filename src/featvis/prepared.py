@@ -119,9 +119,13 @@ class PreparedModel:
     # -- probing and layers -----------------------------------------------------------------
     def probe(self, images: torch.Tensor) -> Probe:
         """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
+        return self.probe_input(self.model_input(images[:1])) if self._seen is None else self._seen
+
+    def probe_input(self, x: torch.Tensor) -> Probe:
+        """Like `probe`, on a model input as the model takes it (already preprocessed)."""
         self.open()
         if self._seen is None:
-            self._seen = targets.probe(self.model, self.model_input(images[:1]))
+            self._seen = targets.probe(self.model, x[:1])
         return self._seen
 
     @property
