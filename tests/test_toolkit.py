@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -41,6 +42,14 @@ def test_result_displays_itself_in_notebooks():
     )
     png = result._repr_png_()
     assert png.startswith(b"\x89PNG")
+    import io
+
+    shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    tiles = featvis.stitch_images(
+        list(np.rint(255 * result.images.permute(0, 2, 3, 1).numpy()).astype(np.uint8))
+    )
+    np.testing.assert_array_equal(shown, tiles)  # both images, side by side, as stitch_images tiles them
+    assert shown.shape == (4 + 32 + 4, 4 + 2 * (32 + 4), 3)
 
 
 def _chromium() -> str:
@@ -148,8 +157,22 @@ def test_gallery_cli_writes_index(tmp_path):
             str(tmp_path / "site"),
         ]
     )
-    assert (tmp_path / "site" / "index.html").exists()
+    page = (tmp_path / "site" / "index.html").read_text()
     assert sorted(p.name for p in Path(tmp_path / "site" / "conv1").iterdir()) == [
         "unit_0000.png",
         "unit_0001.png",
     ]
+    # the page links both units of conv1, each labeled with its unit and the activation reached
+    assert 'data-layer="conv1"' in page and "2 units, 2 steps, 16 px" in page
+    labels = re.findall(
+        r'<img src="(conv1/unit_000\d\.png)" alt="unit (\d)".*?<span>(\d) · ([-\d.e]+)</span>', page
+    )
+    assert [(src, alt, unit) for src, alt, unit, _ in labels] == [
+        ("conv1/unit_0000.png", "0", "0"),
+        ("conv1/unit_0001.png", "1", "1"),
+    ]
+    for src, _, unit, value in labels:
+        image = Image.open(tmp_path / "site" / src)
+        assert image.size == (16, 16)
+        reached = featvis.activations_reached(make_tiny(), "conv1", [int(unit)], [np.asarray(image)])
+        assert float(value) == pytest.approx(float(reached[0]), rel=1e-2, abs=1e-2)  # the label is true
