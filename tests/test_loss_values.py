@@ -1,0 +1,142 @@
+"""Every loss term's value, as the optimization records it, equals its formula on the model's activations.
+
+The check goes through the public entry point: the history of step 1 holds each term's
+batch mean on the images a callback receives at step 1, and the test recomputes the
+activations from those images with the model itself.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import featvis
+from featvis.losses import (
+    ActivationMaximization,
+    UnitPerImage,
+    channel,
+    class_logit,
+    direction,
+    diversity,
+    neuron,
+)
+from featvis.regularizers import TotalVariation
+
+from conftest import make_tiny
+
+SIZE = 16
+
+
+def _first_step(model, loss, batch_size=1, views=1, input_modifiers=()):
+    seen = []
+    result = featvis.visualize_activation_with_losses(
+        model,
+        loss,
+        batch_size=batch_size,
+        size=SIZE,
+        max_iter=2,
+        views=views,
+        input_modifiers=list(input_modifiers),
+        input_range=(0.0, 1.0),
+        seed=0,
+        progress=False,
+        image_ema=None,
+        callbacks=[lambda step, terms, images: seen.append(images.clone())],
+        return_result=True,
+    )
+    return {name: values[0] for name, values in result.history.items()}, seen[0]
+
+
+def _acts(model, x):
+    """act2 and fc outputs of TinyNet, computed by hand."""
+    with torch.no_grad():
+        act2 = F.relu(model.conv2(F.relu(model.conv1(x))))
+        fc = model.fc(model.bn(act2).mean(dim=(2, 3)))
+    return act2, fc
+
+
+def test_unit_losses_equal_their_formulas():
+    model = make_tiny()
+    v = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 0.0, 0.0, 1.0] + [0.0] * 8)
+    loss = (
+        channel("act2", 3)
+        + 2 * neuron("act2", 5)
+        + 0.5 * neuron("act2", 6, x=2, y=11)
+        + direction("act2", v)
+        + class_logit("fc", 7)
+        + 0.1 * TotalVariation()
+    )
+    history, images = _first_step(model, loss)
+    act2, fc = _acts(model, images)
+    expected = {
+        "channel": -act2[:, 3].mean(),
+        "neuron": -act2[:, 5, SIZE // 2, SIZE // 2].mean(),  # the center by default
+        "neuron[1]": -act2[:, 6, 11, 2].mean(),  # y is the row, x the column
+        "direction": -(act2 * (v / v.norm()).view(1, -1, 1, 1)).sum(1).mean(),
+        "class_logit": -fc[:, 7].mean(),
+    }
+    for name, value in expected.items():
+        assert history[name] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
+    weights = {
+        "channel": 1,
+        "neuron": 2,
+        "neuron[1]": 0.5,
+        "direction": 1,
+        "class_logit": 1,
+        "TotalVariation": 0.1,
+    }
+    total = sum(w * history[name] for name, w in weights.items())
+    assert history["total"] == pytest.approx(total, rel=1e-4, abs=1e-6)
+
+
+def test_batch_losses_give_each_image_its_own_value():
+    model = make_tiny()
+    loss = UnitPerImage("act2", [1, 4, 9]) + ActivationMaximization("fc", [2, 3], batch=[1, 2])
+    history, images = _first_step(model, loss, batch_size=3)
+    act2, fc = _acts(model, images)
+    per_unit = -torch.stack([act2[0, 1].mean(), act2[1, 4].mean(), act2[2, 9].mean()])
+    assert history["ActivationMaximization"] == pytest.approx(per_unit.mean().item(), rel=1e-4)
+    restricted = -fc[:, [2, 3]].mean(1) * torch.tensor([0.0, 1.0, 1.0])  # image 0 is left out: 0
+    assert history["ActivationMaximization[1]"] == pytest.approx(restricted.mean().item(), rel=1e-4)
+
+
+def test_diversity_is_the_mean_gram_cosine_similarity_to_the_other_images():
+    model = make_tiny()
+    history, images = _first_step(model, channel("act2", 0) + diversity("act2"), batch_size=3)
+    act2, _ = _acts(model, images)
+    flat = act2.flatten(2)
+    grams = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
+    similarity = grams @ grams.T
+    others = [(similarity[i].sum() - similarity[i, i]) / 2 for i in range(3)]
+    assert history["diversity"] == pytest.approx(torch.stack(others).mean().item(), rel=1e-4)
+    assert 0 < history["diversity"] <= 1
+    alone, _ = _first_step(model, channel("act2", 0) + diversity("act2"), batch_size=1)
+    assert alone["diversity"] == 0  # one image has no other to differ from
+
+
+def test_views_of_one_image_are_averaged_into_its_value():
+    model = make_tiny()
+
+    def scale_views(x):  # rows are image 0's views, then image 1's: view k of each is scaled by 1 + k
+        views = torch.tensor([1.0, 2.0, 3.0]).repeat(x.shape[0] // 3)
+        return x * views.view(-1, 1, 1, 1) / 3
+
+    history, images = _first_step(
+        model, UnitPerImage("act2", [2, 5]), batch_size=2, views=3, input_modifiers=[scale_views]
+    )
+    values = []
+    for i, unit in enumerate([2, 5]):
+        rows = torch.stack([images[i] * s / 3 for s in (1.0, 2.0, 3.0)])
+        act2, _ = _acts(model, rows)
+        values.append(-act2[:, unit].mean())  # mean over space, then over the image's 3 views
+    assert history["ActivationMaximization"] == pytest.approx(torch.stack(values).mean().item(), rel=1e-4)
+
+
+def test_loss_arithmetic_builds_the_weights_it_says():
+    a, b = channel("act2", 1), neuron("act2", 2)
+    assert [w for _, w in (a / 4 - 3 * b).terms] == [0.25, -3.0]
+    assert [w for _, w in (0 + a).terms] == [1.0] and (a + 0) is a
+    assert [w for _, w in (-(a - b)).terms] == [-1.0, 1.0]
+    with pytest.raises(TypeError):
+        a / 0  # noqa: B018
+    with pytest.raises(featvis.FeatvisTypeError):
+        a + "loss"  # noqa: B018
