@@ -90,13 +90,20 @@ def test_unit_losses_equal_their_formulas():
 
 def test_batch_losses_give_each_image_its_own_value():
     model = make_tiny()
-    loss = UnitPerImage("act2", [1, 4, 9]) + ActivationMaximization("fc", [2, 3], batch=[1, 2])
+    loss = (
+        UnitPerImage("act2", [1, 4, 9])
+        + ActivationMaximization("fc", [2, 3], batch=[1, 2])
+        + class_logit("fc", 5, batch=2)
+        + channel("act2", 3, batch=0)
+    )
     history, images = _first_step(model, loss, batch_size=3)
     act2, fc = _acts(model, images)
     per_unit = -torch.stack([act2[0, 1].mean(), act2[1, 4].mean(), act2[2, 9].mean()])
     assert history["ActivationMaximization"] == pytest.approx(per_unit.mean().item(), rel=1e-4)
     restricted = -fc[:, [2, 3]].mean(1) * torch.tensor([0.0, 1.0, 1.0])  # image 0 is left out: 0
     assert history["ActivationMaximization[1]"] == pytest.approx(restricted.mean().item(), rel=1e-4)
+    assert history["class_logit"] == pytest.approx(-fc[2, 5].item() / 3, rel=1e-4)  # image 2 only
+    assert history["channel"] == pytest.approx(-act2[0, 3].mean().item() / 3, rel=1e-4)  # image 0 only
 
 
 def test_diversity_is_the_mean_gram_cosine_similarity_to_the_other_images():
