@@ -23,7 +23,7 @@ from featvis.regularizers import TotalVariation
 
 from conftest import make_tiny
 
-SIZE = 16
+SIZE = 12  # not 16, act2's channel count, so that a mix-up of axes shows
 
 
 def _first_step(model, loss, batch_size=1, views=1, input_modifiers=()):
@@ -138,6 +138,23 @@ def test_views_of_one_image_are_averaged_into_its_value():
     assert history["ActivationMaximization"] == pytest.approx(torch.stack(values).mean().item(), rel=1e-4)
 
 
+def test_direction_is_scale_invariant_and_per_image():
+    model = make_tiny()
+    v = torch.zeros(16)
+    v[[2, 7]] = torch.tensor([0.6, -0.8])  # a unit vector
+    unit, images = _first_step(model, direction("act2", v) + diversity("act2"), batch_size=2)
+    act2, _ = _acts(model, images)
+    per_image = -(act2 * v.view(1, -1, 1, 1)).sum(1).flatten(1).mean(1)
+    assert unit["direction"] == pytest.approx(per_image.mean().item(), rel=1e-4)
+    scaled, _ = _first_step(
+        model, direction("act2", (10 * v).double().numpy()) + diversity("act2"), batch_size=2
+    )
+    assert scaled["direction"] == pytest.approx(unit["direction"], rel=1e-5)
+    for bad in (torch.zeros(16), torch.full((16,), float("nan")), [1.0, float("inf")]):
+        with pytest.raises(featvis.FeatvisValueError, match="vector"):
+            direction("act2", bad)
+
+
 def test_loss_arithmetic_builds_the_weights_it_says():
     a, b = channel("act2", 1), neuron("act2", 2)
     assert [w for _, w in (a / 4 - 3 * b).terms] == [0.25, -3.0]
@@ -147,3 +164,11 @@ def test_loss_arithmetic_builds_the_weights_it_says():
         a / 0  # noqa: B018
     with pytest.raises(featvis.FeatvisTypeError):
         a + "loss"  # noqa: B018
+
+    def bright(ctx):
+        return -ctx.images.mean(dim=(1, 2, 3))
+
+    mixed = bright - 2 * a  # a plain function on the left: Loss.__rsub__
+    assert [(t.name, w) for t, w in mixed.terms] == [("bright", 1.0), ("channel", -2.0)]
+    assert (a + neuron("fc", 0) - channel("conv1", 2)).layers() == ("act2", "fc", "conv1")
+    assert repr(0.5 * a - b) == "0.5 * channel + -1 * neuron"

@@ -50,6 +50,12 @@ def test_result_displays_itself_in_notebooks():
     )
     np.testing.assert_array_equal(shown, tiles)  # both images, side by side, as stitch_images tiles them
     assert shown.shape == (4 + 32 + 4, 4 + 2 * (32 + 4), 3)
+    single = featvis.visualize_activation(
+        make_tiny(), "fc", 1, size=32, max_iter=2, seed=0, return_result=True, image_ema=None
+    )
+    alone = np.asarray(Image.open(io.BytesIO(single._repr_png_())).convert("RGB"))
+    expected = np.rint(255 * single.images[0].permute(1, 2, 0).clamp(0, 1).numpy()).astype(np.uint8)
+    np.testing.assert_array_equal(alone, expected)  # one image: shown as it is, no margin
 
 
 def _chromium() -> str:
