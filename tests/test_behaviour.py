@@ -535,3 +535,91 @@ def test_negate_lowers_the_output_and_leaves_regularizers_alone(two):
     )
     tv = result.history["TotalVariation"]
     assert tv[-1] < 0.8 * tv[0]
+
+
+class Biased(TwoChannels):
+    """TwoChannels with features = ReLU(x - 0.25): the map depends on the input's scale, not only its shape."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.pick = nn.Conv2d(channels, 2, 1)
+        self.side = nn.Conv2d(channels, 1, 1)  # runs, but nothing depends on it
+        with torch.no_grad():
+            self.pick.weight.zero_()
+            self.pick.weight[0, 0] = 1.0
+            self.pick.weight[1, min(1, channels - 1)] = 1.0
+            self.pick.bias.fill_(-0.25)
+
+    def forward(self, x):
+        self.side(x)
+        return super().forward(x)
+
+
+def _two_levels(channels: int = 3) -> np.ndarray:
+    """Channel 0: 0.2 on the top-left quadrant, 0.8 on the top-right, 0 below (ReLU(x - 0.25): only the 0.8)."""
+    image = np.zeros((N, N, channels), np.float32)
+    image[(*TOP_LEFT, 0)] = 0.2
+    image[(*TOP_RIGHT, 0)] = 0.8
+    return image
+
+
+def test_guided_grad_cam_per_channel_in_gray_and_with_the_layer_it_is_given():
+    model = Biased().eval()
+    image = _two_levels()
+    # only the top right is active (0.8 - 0.25 > 0; 0.2 - 0.25 < 0): CAM and guided gradient agree there
+    maps = featvis.visualize_guided_cam(model, "fc", 0, image, **UNIT)[0]
+    np.testing.assert_allclose(maps, _mask(TOP_RIGHT), atol=1e-6)
+    per_channel = featvis.visualize_guided_cam(model, "fc", 0, image, keepdims=True, **UNIT)
+    assert per_channel.shape == (1, N, N, 3)
+    np.testing.assert_allclose(per_channel[0, ..., 0], _mask(TOP_RIGHT), atol=1e-6)
+    np.testing.assert_allclose(per_channel[0, ..., 1:], 0, atol=1e-6)
+    gray = featvis.visualize_guided_cam(
+        Biased(channels=1).eval(), "fc", 0, image[..., :1], channels=1, **UNIT
+    )
+    np.testing.assert_allclose(gray[0], _mask(TOP_RIGHT), atol=1e-6)
+    with pytest.raises(featvis.FeatvisValueError, match="penultimate_layer"):
+        featvis.visualize_guided_cam(model, "fc", 0, image, penultimate_layer="fc", **UNIT)
+
+
+def test_cam_needs_a_penultimate_layer_that_the_loss_depends_on():
+    model = Biased().eval()
+    with pytest.raises(featvis.FeatvisValueError, match="penultimate_layer.*depends on"):
+        featvis.visualize_cam(model, "fc", 0, _two_levels(), penultimate_layer="side", **UNIT)
+
+
+def test_cam_and_saliency_with_a_preprocess_and_a_list_of_images():
+    model = Biased().eval()
+    image = _two_levels()
+    as_bytes = (255 * image).round()
+
+    def to_unit(x):
+        return x / 255
+
+    cam = featvis.visualize_cam(model, "fc", 0, as_bytes, preprocess=to_unit)  # penultimate found itself
+    np.testing.assert_allclose(cam[0], _mask(TOP_RIGHT), atol=1e-6)
+    pair = featvis.visualize_saliency(model, "fc", 0, [image, image[:, ::-1].copy()], **UNIT)
+    np.testing.assert_allclose(pair[0], _mask(TOP_RIGHT), atol=1e-6)
+    np.testing.assert_allclose(pair[1], _mask(TOP_LEFT), atol=1e-6)  # the mirrored image, its own map
+
+
+def test_saliency_of_a_softmax_output_warns_that_it_reads_the_logits(functional_net):
+    image = np.random.default_rng(0).uniform(0, 255, (32, 32, 3))
+    with pytest.warns(featvis.FeatvisWarning, match="softmax"):
+        maps = featvis.visualize_saliency(functional_net, "", 3, image)
+    np.testing.assert_allclose(maps, featvis.visualize_saliency(functional_net, "fc", 3, image), atol=1e-6)
+
+
+def test_default_smoothgrad_noise_keeps_a_fully_active_region_fully_active(two):
+    image = _image(TOP, LEFT)
+    # the default noise is 0.15 of the input range: channel 0 (1 on the top half) never drops below 0
+    smooth = featvis.visualize_saliency(two, "fc", 0, image, smooth_samples=6, **UNIT)[0]
+    np.testing.assert_allclose(smooth[TOP], 1, atol=1e-6)
+
+
+def test_overlay_reads_float_images_in_zero_one_like_bytes():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    heat = rng.uniform(0, 1, (8, 8)).astype(np.float32)
+    from_bytes = featvis.overlay(image, heat, alpha=0.3)
+    from_floats = featvis.overlay(image.astype(np.float32) / 255, heat, alpha=0.3)
+    np.testing.assert_allclose(from_bytes.astype(int), from_floats.astype(int), atol=1)
