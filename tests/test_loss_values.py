@@ -118,6 +118,28 @@ def test_diversity_is_the_mean_gram_cosine_similarity_to_the_other_images():
     assert 0 < history["diversity"] <= 1
     alone, _ = _first_step(model, channel("act2", 0) + diversity("act2"), batch_size=1)
     assert alone["diversity"] == 0  # one image has no other to differ from
+    pair, images = _first_step(model, channel("act2", 0) + diversity("act2"), batch_size=2)
+    act2, _ = _acts(model, images)
+    flat = act2.flatten(2)
+    grams = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
+    assert pair["diversity"] == pytest.approx((grams[0] @ grams[1]).item(), rel=1e-4)  # each to the other
+
+
+def test_a_neuron_must_lie_inside_the_map():
+    model = make_tiny()
+    for x, y in [(SIZE, 0), (0, SIZE), (-1, 0)]:
+        with pytest.raises(featvis.FeatvisValueError, match="x, y"):
+            _first_step(model, neuron("act2", 0, x=x, y=y))
+    corner, images = _first_step(model, neuron("act2", 4, x=SIZE - 1, y=SIZE - 1))
+    act2, _ = _acts(model, images)
+    assert corner["neuron"] == pytest.approx(-act2[0, 4, -1, -1].item(), rel=1e-4, abs=1e-6)
+
+
+def test_units_of_a_dense_layer_one_per_image():
+    model = make_tiny()
+    history, images = _first_step(model, UnitPerImage("fc", [3, 8]), batch_size=2)
+    _, fc = _acts(model, images)
+    assert history["ActivationMaximization"] == pytest.approx(-(fc[0, 3] + fc[1, 8]).item() / 2, rel=1e-4)
 
 
 def test_views_of_one_image_are_averaged_into_its_value():
@@ -162,8 +184,12 @@ def test_loss_arithmetic_builds_the_weights_it_says():
     assert [w for _, w in (-(a - b)).terms] == [-1.0, 1.0]
     with pytest.raises(TypeError):
         a / 0  # noqa: B018
-    with pytest.raises(featvis.FeatvisTypeError):
+    with pytest.raises(featvis.FeatvisTypeError, match="^other has type str"):
         a + "loss"  # noqa: B018
+    with pytest.raises(featvis.FeatvisTypeError, match="^other has type int"):
+        a + 1  # noqa: B018  only 0 (what sum() starts from) adds as nothing
+    with pytest.raises(featvis.FeatvisTypeError, match="^other has type str"):
+        a - "loss"  # noqa: B018
 
     def bright(ctx):
         return -ctx.images.mean(dim=(1, 2, 3))
