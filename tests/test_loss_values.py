@@ -172,6 +172,10 @@ def test_direction_is_scale_invariant_and_per_image():
         model, direction("act2", (10 * v).double().numpy()) + diversity("act2"), batch_size=2
     )
     assert scaled["direction"] == pytest.approx(unit["direction"], rel=1e-5)
+    ints = [0] * 16
+    ints[2], ints[7] = 3, -4  # an int vector works too: the same direction
+    as_ints, _ = _first_step(model, direction("act2", ints) + diversity("act2"), batch_size=2)
+    assert as_ints["direction"] == pytest.approx(unit["direction"], rel=1e-5)
     for bad in (torch.zeros(16), torch.full((16,), float("nan")), [1.0, float("inf")]):
         with pytest.raises(featvis.FeatvisValueError, match="vector"):
             direction("act2", bad)
