@@ -28,9 +28,11 @@ SIZE = 12  # not 16, act2's channel count, so that a mix-up of axes shows
 
 def _first_step(model, loss, batch_size=1, views=1, input_modifiers=()):
     seen = []
+    start = torch.rand(batch_size, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(batch_size))
     result = featvis.visualize_activation_with_losses(
         model,
         loss,
+        seed_input=start,  # a random start: activations that vary over space and between images
         batch_size=batch_size,
         size=SIZE,
         max_iter=2,
@@ -49,9 +51,15 @@ def _first_step(model, loss, batch_size=1, views=1, input_modifiers=()):
 def _acts(model, x):
     """act2 and fc outputs of TinyNet, computed by hand."""
     with torch.no_grad():
-        act2 = F.relu(model.conv2(F.relu(model.conv1(x))))
+        act2 = F.relu(_conv2(model, x))
         fc = model.fc(model.bn(act2).mean(dim=(2, 3)))
     return act2, fc
+
+
+def _conv2(model, x):
+    """conv2's output (before its ReLU: no dead zeros that would hide a wrong position)."""
+    with torch.no_grad():
+        return model.conv2(F.relu(model.conv1(x)))
 
 
 def test_unit_losses_equal_their_formulas():
@@ -59,21 +67,27 @@ def test_unit_losses_equal_their_formulas():
     v = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 0.0, 0.0, 1.0] + [0.0] * 8)
     loss = (
         channel("act2", 3)
-        + 2 * neuron("act2", 5)
-        + 0.5 * neuron("act2", 6, x=2, y=11)
-        + direction("act2", v)
+        + 2 * neuron("conv2", 5)
+        + 0.5 * neuron("conv2", 6, x=2, y=9)
+        + direction("conv2", v)
         + class_logit("fc", 7)
         + 0.1 * TotalVariation()
     )
     history, images = _first_step(model, loss)
     act2, fc = _acts(model, images)
+    conv2 = _conv2(model, images)
     expected = {
         "channel": -act2[:, 3].mean(),
-        "neuron": -act2[:, 5, SIZE // 2, SIZE // 2].mean(),  # the center by default
-        "neuron[1]": -act2[:, 6, 11, 2].mean(),  # y is the row, x the column
-        "direction": -(act2 * (v / v.norm()).view(1, -1, 1, 1)).sum(1).mean(),
+        "neuron": -conv2[:, 5, SIZE // 2, SIZE // 2].mean(),  # the center by default
+        "neuron[1]": -conv2[:, 6, 9, 2].mean(),  # y is the row, x the column
+        "direction": -(conv2 * (v / v.norm()).view(1, -1, 1, 1)).sum(1).mean(),
         "class_logit": -fc[:, 7].mean(),
     }
+    # the positions and axes matter: other positions of the same channels give other values
+    assert (
+        abs(conv2[0, 5, 6, 6] - conv2[0, 5, 4, 6]) > 1e-3
+        and abs(conv2[0, 6, 9, 2] - conv2[0, 6, 2, 9]) > 1e-3
+    )
     for name, value in expected.items():
         assert history[name] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
     weights = {
@@ -130,9 +144,8 @@ def test_a_neuron_must_lie_inside_the_map():
     for x, y in [(SIZE, 0), (0, SIZE), (-1, 0)]:
         with pytest.raises(featvis.FeatvisValueError, match="x, y"):
             _first_step(model, neuron("act2", 0, x=x, y=y))
-    corner, images = _first_step(model, neuron("act2", 4, x=SIZE - 1, y=SIZE - 1))
-    act2, _ = _acts(model, images)
-    assert corner["neuron"] == pytest.approx(-act2[0, 4, -1, -1].item(), rel=1e-4, abs=1e-6)
+    corner, images = _first_step(model, neuron("conv2", 4, x=SIZE - 1, y=SIZE - 1))
+    assert corner["neuron"] == pytest.approx(-_conv2(model, images)[0, 4, -1, -1].item(), rel=1e-4, abs=1e-6)
 
 
 def test_units_of_a_dense_layer_one_per_image():
@@ -164,17 +177,18 @@ def test_direction_is_scale_invariant_and_per_image():
     model = make_tiny()
     v = torch.zeros(16)
     v[[2, 7]] = torch.tensor([0.6, -0.8])  # a unit vector
-    unit, images = _first_step(model, direction("act2", v) + diversity("act2"), batch_size=2)
-    act2, _ = _acts(model, images)
-    per_image = -(act2 * v.view(1, -1, 1, 1)).sum(1).flatten(1).mean(1)
+    unit, images = _first_step(model, direction("conv2", v) + diversity("act2"), batch_size=2)
+    conv2 = _conv2(model, images)
+    per_image = -(conv2 * v.view(1, -1, 1, 1)).sum(1).flatten(1).mean(1)
+    assert abs(per_image[0] - per_image[1]) > 1e-4  # two images, two values: not one shared mean
     assert unit["direction"] == pytest.approx(per_image.mean().item(), rel=1e-4)
     scaled, _ = _first_step(
-        model, direction("act2", (10 * v).double().numpy()) + diversity("act2"), batch_size=2
+        model, direction("conv2", (10 * v).double().numpy()) + diversity("act2"), batch_size=2
     )
     assert scaled["direction"] == pytest.approx(unit["direction"], rel=1e-5)
     ints = [0] * 16
     ints[2], ints[7] = 3, -4  # an int vector works too: the same direction
-    as_ints, _ = _first_step(model, direction("act2", ints) + diversity("act2"), batch_size=2)
+    as_ints, _ = _first_step(model, direction("conv2", ints) + diversity("act2"), batch_size=2)
     assert as_ints["direction"] == pytest.approx(unit["direction"], rel=1e-5)
     for bad in (torch.zeros(16), torch.full((16,), float("nan")), [1.0, float("inf")]):
         with pytest.raises(featvis.FeatvisValueError, match="vector"):
