@@ -577,6 +577,13 @@ def test_guided_grad_cam_per_channel_in_gray_and_with_the_layer_it_is_given():
         Biased(channels=1).eval(), "fc", 0, image[..., :1], channels=1, **UNIT
     )
     np.testing.assert_allclose(gray[0], _mask(TOP_RIGHT), atol=1e-6)
+    # an RGB picture of a gray image (51 and 204 of 255), read as one channel: both levels are active now
+    from PIL import Image
+
+    picture = Image.fromarray(np.repeat(np.rint(255 * image[..., :1]), 3, axis=2).astype(np.uint8))
+    gray = featvis.visualize_guided_cam(Biased(channels=1).eval(), "fc", 0, picture, channels=1)
+    expected = (51 - 0.25) / (204 - 0.25) * _mask(TOP_LEFT) + _mask(TOP_RIGHT)
+    np.testing.assert_allclose(gray[0], expected, atol=1e-5)
     with pytest.raises(featvis.FeatvisValueError, match="penultimate_layer"):
         featvis.visualize_guided_cam(model, "fc", 0, image, penultimate_layer="fc", **UNIT)
 
@@ -639,3 +646,23 @@ def test_saliency_with_negate_shows_what_lowers_the_output(two):
     np.testing.assert_allclose(down, _mask(LEFT), atol=1e-6)
     up = featvis.visualize_saliency(two, "fc", 4, image, grad_modifier="relu", **UNIT)[0]
     np.testing.assert_allclose(up, _mask(TOP), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "register", ["register_full_backward_pre_hook", "register_full_backward_hook", "register_forward_hook"]
+)
+def test_the_users_hooks_run_during_a_visualization(register):
+    """featvis runs the model itself, not its faster copy, when the user's hooks are on it."""
+    model = make_chain([])
+    calls = []
+    handle = getattr(model.bn1, register)(lambda *args: calls.append(1))
+    featvis.visualize_activation(model, "target", 0, max_iter=3, **SMALL)
+    handle.remove()
+    assert len(calls) >= 3  # once per step at least
+
+
+def test_a_bad_batch_restriction_is_named():
+    with pytest.raises(featvis.FeatvisValueError, match="^batch="):
+        featvis.ActivationMaximization("fc", 0, batch=-1)
+    with pytest.raises(featvis.FeatvisTypeError, match="^batch has type"):
+        featvis.ActivationMaximization("fc", 0, batch="first")
