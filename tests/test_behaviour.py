@@ -666,3 +666,16 @@ def test_a_bad_batch_restriction_is_named():
         featvis.ActivationMaximization("fc", 0, batch=-1)
     with pytest.raises(featvis.FeatvisTypeError, match="^batch has type"):
         featvis.ActivationMaximization("fc", 0, batch="first")
+
+
+def test_the_preprocess_is_applied_at_every_step(two):
+    """With a preprocess that inverts the image, raising class 0 (channel 0's mean) means darkening channel 0."""
+    as_given = _optimize_class_4(two)  # class 4 = A0 - A1: channel 0 up, channel 1 down
+    inverted = _optimize_class_4(two, preprocess=lambda x: 1.0 - x)
+    assert as_given[..., 0].min() > 0.55 and as_given[..., 1].max() < 0.45
+    assert inverted[..., 0].max() < 0.45 and inverted[..., 1].min() > 0.55
+
+
+def test_a_bad_number_of_views_is_named(tiny):
+    with pytest.raises(featvis.FeatvisValueError, match="^views="):
+        featvis.visualize_activation(tiny, "fc", 0, views=0, size=16, max_iter=2)
