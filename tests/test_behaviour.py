@@ -679,3 +679,29 @@ def test_the_preprocess_is_applied_at_every_step(two):
 def test_a_bad_number_of_views_is_named(tiny):
     with pytest.raises(featvis.FeatvisValueError, match="^views="):
         featvis.visualize_activation(tiny, "fc", 0, views=0, size=16, max_iter=2)
+
+
+def test_the_most_negative_layer_index_is_the_first_leaf(tiny):
+    first = featvis.visualize_activation(tiny, -6, 0, max_iter=2, **{**SMALL, "size": 32})  # 6 leaves
+    np.testing.assert_array_equal(
+        first, featvis.visualize_activation(tiny, "conv1", 0, max_iter=2, **{**SMALL, "size": 32})
+    )
+    with pytest.raises(featvis.LayerNotFoundError, match="out of range"):
+        featvis.visualize_activation(tiny, -7, 0, max_iter=2, **{**SMALL, "size": 32})
+
+
+def test_a_model_without_parameters_runs_on_the_cpu():
+    net = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    image = _image(TOP, LEFT)
+    maps = featvis.visualize_saliency(net, "2", 0, image, **UNIT)  # channel 0's mean: the top half
+    np.testing.assert_allclose(maps[0], _mask(TOP), atol=1e-6)
+
+
+def test_a_device_that_is_not_there_is_refused_up_front(tiny):
+    image = np.zeros((32, 32, 3))
+    if torch.cuda.is_available():  # then it is there: the map is made on it
+        maps = featvis.visualize_saliency(tiny.cuda(), "fc", 0, image, device="cuda")
+        np.testing.assert_allclose(maps, featvis.visualize_saliency(tiny.cpu(), "fc", 0, image), atol=1e-4)
+    else:
+        with pytest.raises(featvis.FeatvisValueError, match="^device='cuda'"):
+            featvis.visualize_saliency(tiny, "fc", 0, image, device="cuda")
