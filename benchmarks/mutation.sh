@@ -5,6 +5,7 @@
 #   bash benchmarks/mutation.sh --fresh            # every module, from scratch, then the score
 #   bash benchmarks/mutation.sh                    # go on: only mutants without a result yet
 #   bash benchmarks/mutation.sh "featvis.losses*"  # re-test these mutants (e.g. survivors after new tests)
+#   bash benchmarks/mutation.sh --sample 0.15      # a seeded 15% of each module's mutants (an estimate)
 #   bash benchmarks/mutation.sh --score            # only print the score of what has run
 #
 # What is mutated and which tests run: [tool.mutmut] in pyproject.toml (targets, losses,
@@ -22,8 +23,16 @@ if [[ "${1:-}" == "--fresh" ]]; then
     rm -rf mutants
     shift
 fi
+SCORE=()
+if [[ "${1:-}" == "--sample" ]]; then
+    SCORE=(--sample "$2")
+    [[ -d mutants ]] || .venv/bin/mutmut run "nothing" > /dev/null 2>&1 || true  # generates the mutants
+    mapfile -t names < <(.venv/bin/python benchmarks/mutation_score.py --sample "$2" --to-run)
+    set -- "${names[@]}"
+    [[ $# -gt 0 ]] || set -- --score
+fi
 if [[ "${1:-}" != "--score" ]]; then
     .venv/bin/mutmut run --max-children "$JOBS" "$@" > mutants.log 2>&1 || { tail -c 3000 mutants.log; exit 1; }
     tr '\r' '\n' < mutants.log | grep -v '^\s*$' | tail -n 3
 fi
-.venv/bin/python benchmarks/mutation_score.py
+.venv/bin/python benchmarks/mutation_score.py "${SCORE[@]}"
