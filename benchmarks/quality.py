@@ -3,14 +3,17 @@
 Run: python benchmarks/quality.py [--recipes featvis lucid pixel] [--device cuda] [--grid docs/classes.png]
      python benchmarks/quality.py --classes benchmarks/hard_classes.txt --recipes ...  (the 8 classes
      the earlier defaults missed most, for comparing recipes quickly)
+     python benchmarks/quality.py --equal-passes ...  (Lucid's recipe at the same budget as the others)
 
-For every class in ../shared/bench/classes.txt, a 224 px visualization of that class
-logit is made with EfficientNet-Lite0 (all classes in one batch, each image with its
-own class and its own random transforms), then classified by EfficientNet-Lite2 at
-its own input size (260 px), which never saw the optimization. Every recipe gets the
-same budget of forward+backward passes per image (steps x views = 512 by default).
-Prints JSON and a table: per recipe, Lite2 top-1 and top-5, Lite0's own top-1, and
-seconds per image.
+For every class in benchmarks/classes.txt (20 ImageNet class indices, one a line; it ships
+with the repository), a 224 px visualization of that class logit is made with
+EfficientNet-Lite0 (all classes in one batch, each image with its own class and its own
+random transforms), then classified by EfficientNet-Lite2 at its own input size (260 px),
+which never saw the optimization. Every recipe gets the same budget of forward+backward
+passes per image (steps x views = 512 by default), except Lucid's, which is defined as
+Lucent runs it, 256 single-view steps (256 passes), unless --equal-passes is given (then
+512 x 1). Prints JSON and a table: per recipe, Lite2 top-1 and top-5, Lite0's own top-1,
+passes per image and seconds per image.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from featvis.params import FourierImage
 from featvis.regularizers import TotalVariation
 
 BUDGET = 512  # forward+backward passes per image
-DEFAULT_CLASSES = Path(__file__).resolve().parents[2] / "shared/bench/classes.txt"
+DEFAULT_CLASSES = Path(__file__).resolve().parent / "classes.txt"  # shipped with the repository
 
 
 def lucid_transforms(generator: torch.Generator) -> list:
@@ -174,10 +177,15 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     }
 
 
-def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk):
-    """All classes' images, `chunk` classes per batch (each image with its own class and transforms)."""
+def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_passes=False):
+    """All classes' images, `chunk` classes per batch (each image with its own class and transforms).
+
+    A recipe with its own "steps" (Lucid's) keeps them at the default budget unless
+    `equal_passes`; otherwise every recipe gets budget // views steps.
+    """
     views = recipe.get("views", featvis.Settings.views)
-    steps = recipe.get("steps", budget // views) if budget == BUDGET else budget // views
+    own_steps = budget == BUDGET and not equal_passes
+    steps = recipe.get("steps", budget // views) if own_steps else budget // views
     kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps")}
     kwargs["views"] = views
     if name != "featvis":
@@ -225,6 +233,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=BUDGET, help="forward+backward passes per image")
     parser.add_argument(
+        "--equal-passes",
+        action="store_true",
+        help="give Lucid's recipe the same budget as the others (default: its own 256 x 1)",
+    )
+    parser.add_argument(
         "--chunk",
         type=int,
         default=None,
@@ -246,7 +259,7 @@ def main() -> None:
     available = recipes(torch.Generator().manual_seed(args.seed))
     for name in args.recipes:
         images, seconds, steps, views = run_recipe(
-            name, available[name], lite0, classes, device, args.seed, args.budget, chunk
+            name, available[name], lite0, classes, device, args.seed, args.budget, chunk, args.equal_passes
         )
         target = torch.tensor(classes, device=device)[:, None]
         top5 = judge(lite2, images, lite2.image_size, device).topk(5).indices
@@ -258,6 +271,7 @@ def main() -> None:
             "seconds_per_image": seconds,
             "steps": steps,
             "views": views,
+            "passes_per_image": steps * views,
             "classes_per_batch": chunk,
             "lite2_predictions": top5[:, 0].tolist(),
         }
@@ -276,10 +290,13 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"\n{'recipe':20s} {'Lite2 top-1':>11s} {'Lite2 top-5':>11s} {'Lite0 top-1':>11s} {'s/image':>8s}")
+    print(
+        f"\n{'recipe':20s} {'Lite2 top-1':>11s} {'Lite2 top-5':>11s} {'Lite0 top-1':>11s} {'passes':>7s} {'s/image':>8s}"
+    )
     for name, row in table.items():
         print(
-            f"{name:20s} {row['lite2_top1']:11.0%} {row['lite2_top5']:11.0%} {row['lite0_top1']:11.0%} {row['seconds_per_image']:8.2f}"
+            f"{name:20s} {row['lite2_top1']:11.0%} {row['lite2_top5']:11.0%} {row['lite0_top1']:11.0%} "
+            f"{row['passes_per_image']:7d} {row['seconds_per_image']:8.2f}"
         )
 
 

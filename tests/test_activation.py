@@ -68,6 +68,11 @@ def test_several_filter_indices_raise_all_of_them_together(tiny):
 def test_filter_indices_none_means_all_units(tiny):
     image = featvis.visualize_activation(tiny, "act1", None, **FAST)
     assert image.shape == (32, 32, 3)
+    gray = np.full((32, 32, 3), 127.0)
+    units = list(range(8))  # act1 has 8 channels: their mean is what None maximizes
+    reached = featvis.activations_reached(tiny, "act1", units, np.repeat(image[None], 8, 0))
+    start = featvis.activations_reached(tiny, "act1", units, np.repeat(gray[None], 8, 0))
+    assert reached.mean() > 2 * start.mean() + 1.0
 
 
 def test_raising_tv_weight_lowers_total_variation(tiny):
@@ -108,7 +113,14 @@ def test_with_losses_accepts_pairs_objects_and_plain_functions(tiny):
     )
     assert image.mean() > 170  # starts near 127
     loss = ActivationMaximization("fc", 0) + 0.1 * TotalVariation() + 0.0 * LpNorm()
-    assert featvis.visualize_activation_with_losses(tiny, loss, **FAST).shape == (32, 32, 3)
+    raised = featvis.visualize_activation_with_losses(tiny, loss, **FAST)
+    assert raised.shape == (32, 32, 3)
+
+    def logit0(image):
+        with torch.no_grad():
+            return tiny(torch.as_tensor(image).permute(2, 0, 1)[None].float())[0, 0].item()
+
+    assert logit0(raised) > logit0(np.full((32, 32, 3), 127.0)) + 1.0  # the object form raised unit 0
 
 
 def test_verbose_prints_every_term_and_total(tiny, capsys):
@@ -179,9 +191,17 @@ def test_dense_and_other_rank_outputs(tiny):
         def forward(self, x):
             return self.conv(x.flatten(2))
 
+    torch.manual_seed(0)
     model = Seq1d()
     image = featvis.visualize_activation(model, "conv", 2, **FAST)
     assert image.shape == (32, 32, 3)
+
+    def channel_means(image):  # (N, C, L) output: channel 2, averaged over the sequence
+        with torch.no_grad():
+            return model(torch.as_tensor(image).permute(2, 0, 1)[None].float())[0].mean(1)
+
+    gain = channel_means(image) - channel_means(np.full((32, 32, 3), 127.0))
+    assert gain[2] > 1.0 and gain.argmax() == 2
 
 
 def test_batched_layer_visualization_gives_one_image_per_unit(tiny):

@@ -137,5 +137,10 @@ def test_overlay_and_loading_from_every_kind_of_image(tmp_path):
         np.testing.assert_allclose(maps[0], other, atol=1e-5)
     blended = featvis.overlay(array, maps[0], alpha=0.5)
     assert blended.shape == (32, 32, 3) and blended.dtype == np.uint8
+    from matplotlib import colormaps
+
+    expected = 0.5 * array / 255 + 0.5 * colormaps["jet"](maps[0])[..., :3]  # same size: no resizing
+    np.testing.assert_allclose(blended, np.rint(255 * expected), atol=1)
+    np.testing.assert_array_equal(featvis.overlay(array, maps[0], alpha=0.0), array)  # alpha 0: the image
     with pytest.raises(featvis.FeatvisValueError, match="colormap"):
         featvis.overlay(array, maps[0], colormap="nope")

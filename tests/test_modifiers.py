@@ -110,3 +110,60 @@ def test_backprop_modifier_in_visualization_leaves_model_clean(tiny):
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
     tiny(x)[0, 0].backward()  # gradients flow normally afterwards
     assert x.grad.abs().sum() > 0
+
+
+INPLACE_FORMS = {
+    "torch.relu_": lambda y: torch.relu_(y),
+    "Tensor.relu_": lambda y: y.relu_(),
+    "F.relu inplace": lambda y: F.relu(y, inplace=True),
+    "F.relu_": lambda y: F.relu_(y),
+    "nn.ReLU(inplace)": lambda y: nn.ReLU(inplace=True)(y),
+    "nn.ReLU6(inplace)": lambda y: nn.ReLU6(inplace=True)(y),
+    "F.hardtanh(0, 6, inplace)": lambda y: F.hardtanh(y, 0.0, 6.0, inplace=True),
+}
+
+
+@pytest.mark.parametrize("form", INPLACE_FORMS)
+@pytest.mark.parametrize("modifier", [None, "guided"])
+def test_in_place_relus_stay_in_place_under_a_modifier(form, modifier):
+    x = X.clone().requires_grad_(True)
+    y = x * 1.0
+    with modify_backprop(modifier):
+        out = INPLACE_FORMS[form](y)
+    upper = 6.0 if "6" in form else None
+    assert torch.equal(y.detach(), X.clamp(0, upper))  # the input itself was clamped, as without featvis
+    (out @ V).backward()
+    expected = torch.tensor([[1.0, 0.0, -1.0, 0.0, 0.0]])  # V where 0 < x < 6 (7 saturates a ReLU6)
+    if upper is None:
+        expected[0, 4] = 1.0  # a plain ReLU does not saturate at 7
+    if modifier == "guided":
+        expected = expected.clamp(min=0)
+    assert torch.equal(x.grad, expected)
+
+
+def test_only_hardtanh_with_a_lower_bound_of_zero_is_a_relu():
+    x = torch.tensor([[-2.0, -0.5, 0.5, 2.0]], requires_grad=True)
+    w = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    with modify_backprop("guided"):
+        (F.hardtanh(x * 1.0) @ w).backward()  # (-1, 1): not a ReLU, plain gradient
+    assert torch.equal(x.grad, torch.tensor([[0.0, -1.0, -1.0, 0.0]]))
+    x.grad = None
+    with modify_backprop("guided"):
+        (F.hardtanh(x * 1.0, 0.0, 1.0) @ w).backward()  # (0, 1): a ReLU capped at 1
+    assert torch.equal(x.grad, torch.tensor([[0.0, 0.0, 0.0, 0.0]]))  # 0.5 is active but its gradient < 0
+    x.grad = None
+    with modify_backprop("guided"):
+        (F.hardtanh(x * 1.0, min_val=0.0, max_val=3.0) @ -w).backward()
+    assert torch.equal(x.grad, torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_the_modifier_ends_with_its_block_and_leaves_untracked_tensors_alone():
+    x = X.clone().requires_grad_(True)
+    with modify_backprop("guided"):
+        pass
+    (F.relu(x * 1.0) @ V).backward()
+    assert torch.equal(x.grad, PLAIN)  # after the block: plain gradients again
+    with modify_backprop("guided"), torch.no_grad():
+        assert torch.equal(F.relu(X), X.clamp(min=0))  # no graph: the plain function runs
+    with modify_backprop("guided"):
+        assert torch.equal(torch.relu(X), X.clamp(min=0))  # no gradient wanted: plain as well

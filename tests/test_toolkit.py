@@ -42,6 +42,20 @@ def test_result_displays_itself_in_notebooks():
     )
     png = result._repr_png_()
     assert png.startswith(b"\x89PNG")
+    import io
+
+    shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    tiles = featvis.stitch_images(
+        list(np.rint(255 * result.images.permute(0, 2, 3, 1).numpy()).astype(np.uint8))
+    )
+    np.testing.assert_array_equal(shown, tiles)  # both images, side by side, as stitch_images tiles them
+    assert shown.shape == (4 + 32 + 4, 4 + 2 * (32 + 4), 3)
+    single = featvis.visualize_activation(
+        make_tiny(), "fc", 1, size=32, max_iter=2, seed=0, return_result=True, image_ema=None
+    )
+    alone = np.asarray(Image.open(io.BytesIO(single._repr_png_())).convert("RGB"))
+    expected = np.rint(255 * single.images[0].permute(1, 2, 0).clamp(0, 1).numpy()).astype(np.uint8)
+    np.testing.assert_array_equal(alone, expected)  # one image: shown as it is, no margin
 
 
 def test_result_repr_is_short_and_says_what_is_inside():
@@ -170,11 +184,25 @@ def test_gallery_cli_writes_index(tmp_path):
             str(tmp_path / "site"),
         ]
     )
-    assert (tmp_path / "site" / "index.html").exists()
+    page = (tmp_path / "site" / "index.html").read_text()
     assert sorted(p.name for p in Path(tmp_path / "site" / "conv1").iterdir()) == [
         "unit_0000.png",
         "unit_0001.png",
     ]
+    # the page links both units of conv1, each labeled with its unit and the activation reached
+    assert 'data-layer="conv1"' in page and "2 units, 2 steps, 16 px" in page
+    labels = re.findall(
+        r'<img src="(conv1/unit_000\d\.png)" alt="unit (\d)".*?<span>(\d) · ([-\d.e]+)</span>', page
+    )
+    assert [(src, alt, unit) for src, alt, unit, _ in labels] == [
+        ("conv1/unit_0000.png", "0", "0"),
+        ("conv1/unit_0001.png", "1", "1"),
+    ]
+    for src, _, unit, value in labels:
+        image = Image.open(tmp_path / "site" / src)
+        assert image.size == (16, 16)
+        reached = featvis.activations_reached(make_tiny(), "conv1", [int(unit)], [np.asarray(image)])
+        assert float(value) == pytest.approx(float(reached[0]), rel=1e-2, abs=1e-2)  # the label is true
 
 
 def test_gallery_rerun_with_other_units_merges_them(tmp_path):
@@ -251,3 +279,18 @@ def test_examples_cli_writes_a_page_per_layer(tmp_path):
         ]
     )
     assert (site / "index.html").read_text().count("<details>") == 2
+
+    # the page links both units of conv1, each labeled with its unit and the activation reached
+    assert 'data-layer="conv1"' in page and "2 units, 2 steps, 16 px" in page
+    labels = re.findall(
+        r'<img src="(conv1/unit_000\d\.png)" alt="unit (\d)".*?<span>(\d) · ([-\d.e]+)</span>', page
+    )
+    assert [(src, alt, unit) for src, alt, unit, _ in labels] == [
+        ("conv1/unit_0000.png", "0", "0"),
+        ("conv1/unit_0001.png", "1", "1"),
+    ]
+    for src, _, unit, value in labels:
+        image = Image.open(tmp_path / "site" / src)
+        assert image.size == (16, 16)
+        reached = featvis.activations_reached(make_tiny(), "conv1", [int(unit)], [np.asarray(image)])
+        assert float(value) == pytest.approx(float(reached[0]), rel=1e-2, abs=1e-2)  # the label is true

@@ -161,7 +161,8 @@ def visualize_saliency_with_losses(
     seed: int | None = 0,
     **conventions,
 ) -> np.ndarray:
-    """Saliency of a weighted sum of losses: d(-loss)/d(input), modified, normalized per image.
+    """Saliency of a weighted sum of losses: d(score)/d(input) (score = minus the losses), modified by
+    `grad_modifier` (default ``"absolute"``; ``"negate"`` shows what lowers the score), normalized per image.
 
     ``smooth_samples > 0`` gives SmoothGrad: the mean over noisy copies (noise std
     ``smooth_noise`` times the input range; image i's noise drawn from the stream of
@@ -186,7 +187,8 @@ def visualize_saliency_with_losses(
             noisy = images
             if smooth_samples:
                 noisy = images + smooth_noise * streams.normal(*images.shape[1:]).to(images.device)
-            grads = -_gradients(prepared, loss, noisy, backprop_modifier=backprop_modifier)[0]
+            # the score's gradient, as in Grad-CAM: 'negate' shows what lowers the output
+            grads = _gradients(prepared, loss, noisy, backprop_modifier=backprop_modifier)[0]
             total += modifier(grads) if modifier is not None else grads
     finally:
         if owned:
