@@ -113,9 +113,9 @@ def test_batch_losses_give_each_image_its_own_value():
     history, images = _first_step(model, loss, batch_size=3)
     act2, fc = _acts(model, images)
     per_unit = -torch.stack([act2[0, 1].mean(), act2[1, 4].mean(), act2[2, 9].mean()])
-    assert history["ActivationMaximization"] == pytest.approx(per_unit.mean().item(), rel=1e-4)
+    assert history["UnitPerImage"] == pytest.approx(per_unit.mean().item(), rel=1e-4)
     restricted = -fc[:, [2, 3]].mean(1) * torch.tensor([0.0, 1.0, 1.0])  # image 0 is left out: 0
-    assert history["ActivationMaximization[1]"] == pytest.approx(restricted.mean().item(), rel=1e-4)
+    assert history["ActivationMaximization"] == pytest.approx(restricted.mean().item(), rel=1e-4)
     assert history["class_logit"] == pytest.approx(-fc[2, 5].item() / 3, rel=1e-4)  # image 2 only
     assert history["channel"] == pytest.approx(-act2[0, 3].mean().item() / 3, rel=1e-4)  # image 0 only
 
@@ -152,7 +152,7 @@ def test_units_of_a_dense_layer_one_per_image():
     model = make_tiny()
     history, images = _first_step(model, UnitPerImage("fc", [3, 8]), batch_size=2)
     _, fc = _acts(model, images)
-    assert history["ActivationMaximization"] == pytest.approx(-(fc[0, 3] + fc[1, 8]).item() / 2, rel=1e-4)
+    assert history["UnitPerImage"] == pytest.approx(-(fc[0, 3] + fc[1, 8]).item() / 2, rel=1e-4)
 
 
 def test_views_of_one_image_are_averaged_into_its_value():
@@ -170,7 +170,7 @@ def test_views_of_one_image_are_averaged_into_its_value():
         rows = torch.stack([images[i] * s / 3 for s in (1.0, 2.0, 3.0)])
         act2, _ = _acts(model, rows)
         values.append(-act2[:, unit].mean())  # mean over space, then over the image's 3 views
-    assert history["ActivationMaximization"] == pytest.approx(torch.stack(values).mean().item(), rel=1e-4)
+    assert history["UnitPerImage"] == pytest.approx(torch.stack(values).mean().item(), rel=1e-4)
 
 
 def test_direction_is_scale_invariant_and_per_image():

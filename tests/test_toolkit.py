@@ -279,18 +279,3 @@ def test_examples_cli_writes_a_page_per_layer(tmp_path):
         ]
     )
     assert (site / "index.html").read_text().count("<details>") == 2
-
-    # the page links both units of conv1, each labeled with its unit and the activation reached
-    assert 'data-layer="conv1"' in page and "2 units, 2 steps, 16 px" in page
-    labels = re.findall(
-        r'<img src="(conv1/unit_000\d\.png)" alt="unit (\d)".*?<span>(\d) · ([-\d.e]+)</span>', page
-    )
-    assert [(src, alt, unit) for src, alt, unit, _ in labels] == [
-        ("conv1/unit_0000.png", "0", "0"),
-        ("conv1/unit_0001.png", "1", "1"),
-    ]
-    for src, _, unit, value in labels:
-        image = Image.open(tmp_path / "site" / src)
-        assert image.size == (16, 16)
-        reached = featvis.activations_reached(make_tiny(), "conv1", [int(unit)], [np.asarray(image)])
-        assert float(value) == pytest.approx(float(reached[0]), rel=1e-2, abs=1e-2)  # the label is true
