@@ -12,6 +12,7 @@ from . import (
     grad_modifiers,
     input_modifiers,
     losses,
+    metrics,
     params,
     prepared,
     regularizers,
@@ -21,6 +22,8 @@ from . import (
 )
 from .attention import (
     input_gradients,
+    integrated_gradients,
+    occlusion,
     overlay,
     visualize_cam,
     visualize_cam_with_losses,
@@ -76,8 +79,11 @@ __all__ = [
     "grad_modifiers",
     "input_gradients",
     "input_modifiers",
+    "integrated_gradients",
     "layer_names",
     "losses",
+    "metrics",
+    "occlusion",
     "params",
     "prepared",
     "regularizers",
