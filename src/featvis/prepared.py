@@ -124,6 +124,15 @@ class PreparedModel:
             x = self.preprocess(x)
         return x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x
 
+    def require_input_range(self, purpose: str) -> None:
+        """Refuse ``input_range=None`` (tensors fed as given) where featvis makes the images itself."""
+        if self.input_range is None:
+            raise bad_value(
+                "input_range",
+                None,
+                f"a pair (low, high) for {purpose}: None (feed tensors as given) is for attention maps",
+            )
+
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
         """Fixed (seed 0) uniform images in [0, 1] of `size`, for probing and checks; no global RNG used."""
         generator = torch.Generator().manual_seed(0)
