@@ -317,3 +317,19 @@ def test_metrics_refuse_bad_arguments_with_named_errors():
     with pytest.raises(featvis.FeatvisError, match="maps"):
         metrics.insertion(model, "fc", 3, images, np.ones((1, 16, 16)))
     assert_untouched(model, before)
+
+
+def test_cam_command_prints_the_metrics(tmp_path, capsys):
+    from PIL import Image
+
+    from featvis.cli import main
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.rint(_images(1)[0]).astype(np.uint8)).save(image)
+    out = tmp_path / "map.png"
+    args = ["cam", "--model", "conftest:make_tiny", "--preprocess", "none", "--layer", "fc"]
+    args += ["--image", str(image), "--filter", "2", "--size", "32", "--out", str(out)]
+    main([*args, "--penultimate", "act2", "--method", "scorecam", "--aug-smooth", "--metrics"])
+    printed = capsys.readouterr().out
+    assert "deletion area:" in printed and "insertion area:" in printed
+    assert Image.open(out).size == (32, 32)
