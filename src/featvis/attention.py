@@ -565,6 +565,46 @@ def visualize_saliency(
     )
 
 
+def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, layer: LayerSpec):
+    """The output of `layer` (channels first, float32) and the score's gradient w.r.t. it (None when the
+    score does not depend on it). The layers before run without a graph: the backward pass starts at
+    `layer`, not at the images, which is what makes a CAM cheaper than a saliency map."""
+    terms = [(t, w) for t, w in loss.terms if w != 0]
+    prepared.probe(images)
+    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
+    extra = prepared.resolve(layer, "penultimate_layer")
+    capture = prepared.capture([*targets.values(), extra])
+    call = int(extra.key.rsplit("#", 1)[1])
+    state = {"calls": 0, "leaf": None}
+
+    def hook(module, inputs, output):
+        calls, state["calls"] = state["calls"], state["calls"] + 1
+        if calls == call and isinstance(output, torch.Tensor) and output.is_floating_point():
+            state["leaf"] = output.detach().requires_grad_(True)
+            return state["leaf"]
+        return None
+
+    handle = extra.module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            activations = capture.run(prepared.model, prepared.model_input(images.detach()))
+            ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
+            score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
+            leaf = state["leaf"]
+            if leaf is None or not score.requires_grad:
+                return activations[extra.key].detach().float(), None
+            (grad,) = torch.autograd.grad(score, leaf, allow_unused=True)
+    finally:
+        handle.remove()
+    acts = activations[extra.key].detach().float()
+    if grad is None:
+        return acts, None
+    if not torch.isfinite(grad).all():
+        raise NonFiniteError("the gradient of the losses is NaN or infinite for this input")
+    grad = grad.float()
+    return acts, (grad.movedim(-1, 1) if grad.shape != acts.shape else grad)
+
+
 def _cam_method(method):
     cam_method = choose("method", method, CAM_METHODS) if isinstance(method, str) else method
     if not callable(cam_method):
@@ -581,7 +621,7 @@ def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier, batch
         penultimate = _auto_penultimate(prepared, loss, images)
     needs_gradients = not isinstance(cam_method, ContextMethod) or cam_method.gradients
     if needs_gradients:
-        _, acts, grads = _gradients(prepared, loss, images, extra_layer=penultimate)
+        acts, grads = _layer_gradients(prepared, loss, images, penultimate)
     else:
         prepared.probe(images)
         prepared.resolve(penultimate, "penultimate_layer")
