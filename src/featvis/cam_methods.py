@@ -140,16 +140,17 @@ def _ablationcam(ctx: CamContext) -> torch.Tensor:
 
 def _eigencam(ctx: CamContext) -> torch.Tensor:
     """Eigen-CAM (Muhammad and Yeasin 2020): the activations projected on their first principal
-    component (class-agnostic, no gradient). The component's sign is chosen so the map agrees
-    with the summed activations (pytorch-grad-cam leaves it to the SVD)."""
+    component (class-agnostic, no gradient). The component's sign is chosen so the map grows
+    with the activations' norm at each position (pytorch-grad-cam leaves it to the SVD)."""
     acts = ctx.activations
     n, c, h, w = acts.shape
     flat = acts.flatten(2).transpose(1, 2)  # (N, hw, C)
     centered = flat - flat.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(centered, full_matrices=False)
     projection = (centered @ vh[:, 0, :, None])[..., 0]  # (N, hw)
-    total = flat.sum(2)
-    sign = torch.sign(((projection - projection.mean(1, keepdim=True)) * total).sum(1, keepdim=True))
+    energy = flat.norm(dim=2)
+    energy = energy - energy.mean(1, keepdim=True)
+    sign = torch.sign(((projection - projection.mean(1, keepdim=True)) * energy).sum(1, keepdim=True))
     projection = projection * torch.where(sign == 0, torch.ones_like(sign), sign)
     return F.relu(projection).view(n, h, w)
 
