@@ -350,7 +350,7 @@ def occlusion(
     window: int = 16,
     stride: int = 8,
     baseline=None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     **conventions,
 ) -> torch.Tensor:
     """Occlusion (Zeiler and Fergus 2014, Captum's `Occlusion`): the score's drop when a
@@ -469,7 +469,7 @@ def visualize_saliency_with_losses(
     baseline=None,
     window: int = 16,
     stride: int = 8,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     percentile: float | None = 99.0,
     seed: int | None = 0,
     **conventions,
@@ -478,7 +478,8 @@ def visualize_saliency_with_losses(
 
     `method`: ``"vanilla"`` (d(-loss)/d(input); guided or rectified with `backprop_modifier`),
     ``"integrated_gradients"`` (`steps`, `baseline`: see `integrated_gradients`) or
-    ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`). Gradient maps keep the
+    ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`); `batch_size` rows per
+    forward (None: 32 for Integrated Gradients, 256 for occlusion). Gradient maps keep the
     max over channels, attributions their sum. ``smooth_samples > 0`` averages the map over
     noisy copies (SmoothGrad; noise std ``smooth_noise`` times the image's range, image i's
     noise from the stream of (seed, i)); ``aug_smooth=True`` over flips and zooms too.
@@ -502,6 +503,8 @@ def visualize_saliency_with_losses(
     check_int("steps", steps, 1)
     check_int("window", window, 1)
     check_int("stride", stride, 1)
+    if batch_size is None:  # backward passes hold more memory than forward-only ones
+        batch_size = 256 if method == "occlusion" else 32
     check_int("batch_size", batch_size, 1)
     percentile = _check_percentile(percentile)
     if not isinstance(aug_smooth, bool):
