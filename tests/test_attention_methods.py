@@ -61,7 +61,7 @@ def test_scorecam_and_ablationcam_equal_their_definitions_run_one_mask_at_a_time
     with torch.no_grad():
         acts, _ = _act2_and_logit(model, x * 255)
         # Score-CAM: mask = channel upsampled, min-max scaled; weight = softmax of masked scores
-        up = F.interpolate(acts, size=(32, 32), mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(acts, size=(32, 32), mode="bilinear", align_corners=True)[0]
         scores = []
         for channel in up:
             mask = (channel - channel.min()) / (channel.max() - channel.min() + 1e-8)

@@ -239,57 +239,74 @@ def _scorer(prepared: PreparedModel, loss: Loss, batch_size: int) -> Callable[..
     return score
 
 
-def _ablated_scorer(prepared: PreparedModel, loss: Loss, layer: LayerSpec, images: torch.Tensor, batch_size):
-    """(index, scale (K, C)) -> K scores of image `index` with `layer`'s output scaled channel-wise by
-    each row of `scale`. The layers before run on the one image (its output broadcast over the K
-    rows) where that gives the model's own score, else on K copies of it."""
+def _ablated_scorer(
+    prepared: PreparedModel,
+    loss: Loss,
+    layer: LayerSpec,
+    images: torch.Tensor,
+    acts: torch.Tensor,
+    batch_size,
+):
+    """(index, scale (K, C)) -> K scores of image `index` with `layer`'s output replaced by its
+    activations `acts[index]` scaled channel-wise by each row of `scale`. The layers before run as
+    cheaply as gives the model's own score on an unablated check: on the one image (the
+    replacement broadcast over the K rows), else on K copies of the image at a quarter of its
+    size (the replacement has the full size), else on K copies of the image."""
     terms = [(t, w) for t, w in loss.terms if w != 0]
     targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
     target = prepared.resolve(layer, "penultimate_layer")
     module, call = target.module, int(target.key.rsplit("#", 1)[1])
     capture = prepared.capture(list(targets.values()))
-    state = {"scale": None, "calls": 0}
-    channel_axis = -1 if capture.channels_last else 1
+    state = {"replacement": None, "calls": 0}
 
     def hook(mod, inputs, output):
         calls, state["calls"] = state["calls"], state["calls"] + 1
-        if calls != call or state["scale"] is None:
+        if calls != call or state["replacement"] is None:
             return None
-        scale = state["scale"].to(output.dtype)
-        shape = [1] * output.ndim
-        shape[0], shape[channel_axis] = scale.shape
-        return output * scale.view(shape)
+        return state["replacement"].to(output.dtype)
 
-    def run(image: torch.Tensor, scale: torch.Tensor, repeat: bool) -> torch.Tensor:
-        state["scale"], state["calls"] = scale, 0
-        x = image.expand(len(scale), *image.shape[1:]) if repeat else image
+    h, w = images.shape[-2:]
+    small = (min(h, max(32, h // 4)), min(w, max(32, w // 4)))
+
+    def run(index: int, scale: torch.Tensor, how: str) -> torch.Tensor:
+        image = images[index : index + 1]
+        replacement = acts[index : index + 1] * scale[:, :, None, None]
+        if capture.channels_last:
+            replacement = replacement.movedim(1, -1)
+        state["replacement"], state["calls"] = replacement, 0
+        k = len(scale)
+        if how == "small":
+            image = F.interpolate(image, size=small, mode="bilinear", align_corners=False)
+        x = image if how == "broadcast" else image.expand(k, *image.shape[1:])
         activations = capture.run(prepared.model, prepared.model_input(x))
-        ctx = LossContext(
-            images=x.expand(len(scale), *x.shape[1:]), views=1, activations=activations, targets=targets
-        )
+        ctx = LossContext(images=x.expand(k, *x.shape[1:]), views=1, activations=activations, targets=targets)
         return -sum(w * ctx.per_image(t(ctx)) for t, w in terms).float()
 
     plain = _scorer(prepared, loss, batch_size)
-    mode = {}
+    chosen = {}
 
     def score_ablated(index: int, scale: torch.Tensor) -> torch.Tensor:
-        image = images[index : index + 1]
         handle = module.register_forward_hook(hook)
         try:
             with torch.no_grad():
-                if "repeat" not in mode:
-                    mode["repeat"] = True
-                    try:
-                        check = run(image, torch.ones(2, scale.shape[1], device=scale.device), repeat=False)
-                        mode["repeat"] = not torch.allclose(
-                            check, plain(image).expand(2), rtol=1e-3, atol=1e-4
-                        )
-                    except FeatvisError:
-                        pass
-                return torch.cat([run(image, chunk, mode["repeat"]) for chunk in scale.split(batch_size)])
+                if "how" not in chosen:
+                    chosen["how"] = "repeat"
+                    ones = torch.ones(2, scale.shape[1], device=scale.device)
+                    expected = plain(images[index : index + 1]).expand(2)
+                    for how in ("broadcast", "small"):
+                        try:
+                            check = run(index, ones, how)
+                        except FeatvisError:
+                            continue
+                        if check.shape == expected.shape and torch.allclose(
+                            check, expected, rtol=1e-3, atol=1e-4
+                        ):
+                            chosen["how"] = how
+                            break
+                return torch.cat([run(index, chunk, chosen["how"]) for chunk in scale.split(batch_size)])
         finally:
             handle.remove()
-            state["scale"] = None
+            state["replacement"] = None
 
     return score_ablated
 
@@ -646,7 +663,7 @@ def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier, batch
             gradients=grads,
             images=images,
             score=_scorer(prepared, loss, batch_size),
-            score_ablated=_ablated_scorer(prepared, loss, penultimate, images, batch_size),
+            score_ablated=_ablated_scorer(prepared, loss, penultimate, images, acts, batch_size),
             batch_size=batch_size,
         )
         cam = cam_method(ctx)[:, None]

@@ -94,8 +94,10 @@ def hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
 
 
 def _unit_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Each channel upsampled to `size` and min-max scaled to [0, 1]: (N, C, H, W)."""
-    up = F.interpolate(activations, size=size, mode="bilinear", align_corners=False)
+    """Each channel upsampled to `size` (bilinear with aligned corners, as pytorch-grad-cam's
+    Score-CAM: on a 3x3 map the two conventions weight different channels) and min-max scaled
+    to [0, 1]: (N, C, H, W)."""
+    up = F.interpolate(activations, size=size, mode="bilinear", align_corners=True)
     flat = up.flatten(2)
     low, high = flat.min(2, keepdim=True).values, flat.max(2, keepdim=True).values
     return ((flat - low) / (high - low + 1e-8)).view_as(up)
