@@ -144,3 +144,18 @@ def test_overlay_and_loading_from_every_kind_of_image(tmp_path):
     np.testing.assert_array_equal(featvis.overlay(array, maps[0], alpha=0.0), array)  # alpha 0: the image
     with pytest.raises(featvis.FeatvisValueError, match="colormap"):
         featvis.overlay(array, maps[0], colormap="nope")
+
+
+@pytest.mark.slow
+def test_new_cam_methods_and_integrated_gradients_point_at_each_photographs_class(lite0, cat_and_coffee):
+    before = snapshot(lite0.model)
+    kwargs = dict(preprocess=lite0.preprocess)
+    for method in ("xgradcam", "layercam", "hirescam", "ablationcam"):
+        cat = featvis.visualize_cam(lite0.model, "_fc", 285, cat_and_coffee, method=method, **kwargs)[0]
+        espresso = featvis.visualize_cam(lite0.model, "_fc", 967, cat_and_coffee, method=method, **kwargs)[0]
+        assert _left_share(cat) > 0.5 and 1 - _left_share(espresso) > 0.5, method
+    ig = dict(method="integrated_gradients", steps=16, **kwargs)
+    cat = featvis.visualize_saliency(lite0.model, "_fc", 285, cat_and_coffee, **ig)[0]
+    espresso = featvis.visualize_saliency(lite0.model, "_fc", 967, cat_and_coffee, **ig)[0]
+    assert _left_share(cat) > 0.5 and 1 - _left_share(espresso) > 0.5
+    assert_untouched(lite0.model, before)

@@ -12,6 +12,7 @@ from . import (
     grad_modifiers,
     input_modifiers,
     losses,
+    metrics,
     params,
     prepared,
     regularizers,
@@ -22,6 +23,8 @@ from . import (
 from .atlas import atlas
 from .attention import (
     input_gradients,
+    integrated_gradients,
+    occlusion,
     overlay,
     visualize_cam,
     visualize_cam_with_losses,
@@ -82,8 +85,11 @@ __all__ = [
     "grad_modifiers",
     "input_gradients",
     "input_modifiers",
+    "integrated_gradients",
     "layer_names",
     "losses",
+    "metrics",
+    "occlusion",
     "params",
     "prepared",
     "regularizers",

@@ -1,9 +1,12 @@
 """Attention maps: where in an image the model looks for a class or a unit.
 
-Saliency (vanilla, guided, rectified, SmoothGrad), Grad-CAM, Grad-CAM++ and
-guided Grad-CAM, with the same losses, grad modifiers and backprop modifiers as
-activation maximization. Every function takes a batch of images and returns one
-map per image, resized to the input and normalized to [0, 1] on its own.
+Saliency (vanilla, guided, rectified, SmoothGrad), Integrated Gradients, occlusion,
+the CAM family (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiRes-CAM, Score-CAM,
+Ablation-CAM, Eigen-CAM; see `featvis.cam_methods`) and guided Grad-CAM, with the same
+losses, grad modifiers and backprop modifiers as activation maximization. Every
+function takes a batch of images and returns one map per image, resized to the input
+and normalized to [0, 1] on its own; any map can be smoothed over noisy copies and
+over flips and zooms. ``input_range=None`` takes tensors ready for the model.
 
 Example:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
@@ -14,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import numbers
 
 import numpy as np
 import torch
@@ -21,36 +25,54 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import backprop_modifiers, grad_modifiers
-from .errors import FeatvisValueError, NonFiniteError, bad_type, bad_value, check_int, check_number, choose
+from .cam_methods import (
+    CamContext,
+    ContextMethod,
+    ablationcam,
+    eigencam,
+    gradcam,
+    gradcam_plus_plus,
+    hirescam,
+    layercam,
+    scorecam,
+    xgradcam,
+)
+from .errors import (
+    FeatvisError,
+    FeatvisValueError,
+    NonFiniteError,
+    bad_type,
+    bad_value,
+    check_int,
+    check_number,
+    choose,
+    close_matches,
+)
 from .image import to_unit_tensor
 from .losses import ActivationMaximization, Loss, LossContext, as_losses
 from .prepared import PreparedModel, prepare
 from .rng import Streams, derive_key, fresh_seed
 from .targets import LayerSpec
 
-CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | ContextMethod
 
+CAM_METHODS: dict[str, CamMethod] = {
+    "gradcam": gradcam,
+    "gradcam++": gradcam_plus_plus,
+    "xgradcam": xgradcam,
+    "layercam": layercam,
+    "hirescam": hirescam,
+    "scorecam": scorecam,
+    "ablationcam": ablationcam,
+    "eigencam": eigencam,
+}
 
-def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al.): channels weighted by their mean gradient, summed, ReLU."""
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activations).sum(1))
-
-
-def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha from the gradient's powers."""
-    g2, g3 = gradients**2, gradients**3
-    denominator = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
-    alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    weights = (alphas * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activations).sum(1))
-
-
-CAM_METHODS: dict[str, CamMethod] = {"gradcam": gradcam, "gradcam++": gradcam_plus_plus}
+SALIENCY_METHODS = ("vanilla", "integrated_gradients", "occlusion")
 
 
 def register_cam(name: str, method: CamMethod) -> None:
-    """Add a CAM method: a function (activations, gradients) -> map, both (N, C, H, W), map (N, H, W).
+    """Add a CAM method: a function (activations, gradients) -> map, both (N, C, H, W), map (N, H, W),
+    or a `ContextMethod` (a function of a `CamContext`, for methods that run the model).
 
     Example:
         >>> register_cam("gradxact", lambda a, g: F.relu((a * g).sum(1)))
@@ -59,7 +81,7 @@ def register_cam(name: str, method: CamMethod) -> None:
     if not isinstance(name, str) or not name:
         raise bad_type("name", name, "a non-empty str")
     if not callable(method):
-        raise bad_type("method", method, "a function (activations, gradients) -> map")
+        raise bad_type("method", method, "a function (activations, gradients) -> map or a ContextMethod")
     CAM_METHODS[name] = method
 
 
@@ -83,8 +105,10 @@ def _gradients(
     *,
     backprop_modifier=None,
     extra_layer: LayerSpec | None = None,
+    model_space: bool = False,
 ):
-    """Gradients of the score (minus the losses) w.r.t. the images, and the extra layer's output and gradient.
+    """Gradients of the score (minus the losses) w.r.t. the images (with `model_space`: w.r.t. the
+    model input, after `input_range` and `preprocess`), and the extra layer's output and gradient.
 
     Backprop modifiers see the gradient of the score, the quantity being
     maximized, so 'guided' passes what increases the class, as its definition says.
@@ -97,7 +121,10 @@ def _gradients(
     capture = prepared.capture([*targets.values(), *([extra] if extra else [])])
     images = images.detach().clone().requires_grad_(True)
     with backprop_modifiers.modify_backprop(rule):
-        activations = capture.run(prepared.model, prepared.model_input(images))
+        x = prepared.model_input(images)
+        if model_space and x is not images:
+            x.retain_grad()
+        activations = capture.run(prepared.model, x)
         extra_out = activations[extra.key] if extra else None
         raw_extra = capture.raw_outputs[extra.key] if extra else None
         if raw_extra is not None:
@@ -109,11 +136,12 @@ def _gradients(
         score.backward()
     if not torch.isfinite(images.grad).all():
         raise NonFiniteError("the gradient of the losses is NaN or infinite for this input")
+    grad = x.grad.to(images.dtype) if model_space and x is not images else images.grad
     extra_grad = None
     if raw_extra is not None and raw_extra.grad is not None:
         extra_grad = raw_extra.grad if raw_extra is extra_out else raw_extra.grad.movedim(-1, 1)
         extra_grad = extra_grad.float()  # maps are computed in float32 whatever the model's dtype
-    return images.grad, (extra_out.detach().float() if extra_out is not None else None), extra_grad
+    return grad, (extra_out.detach().float() if extra_out is not None else None), extra_grad
 
 
 def input_gradients(
@@ -133,19 +161,316 @@ def input_gradients(
     prepared, owned = prepare(model, **conventions)
     try:
         images = _load_batch(seed_input, prepared)
-        low, high = prepared.input_range
+        low, high = prepared.input_range if prepared.input_range is not None else (0.0, 1.0)
         return _gradients(prepared, loss, images, backprop_modifier=backprop_modifier)[0] / (high - low)
     finally:
         if owned:
             prepared.close()
 
 
-def _normalize(maps: torch.Tensor) -> np.ndarray:
+def _normalize(maps: torch.Tensor, percentile: float | None = None) -> np.ndarray:
+    """Each map scaled to [0, 1] by its min and max, or by its min and its `percentile`-th
+    percentile (the values above it clipped to 1: outliers no longer hide the rest)."""
     if not torch.isfinite(maps).all():
         raise NonFiniteError("the map holds NaN or infinite values; the model's output is not finite here")
-    flat = maps.flatten(1)
-    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps).cpu().numpy()
+    flat = maps.flatten(1).float()
+    low = flat.min(1, keepdim=True).values
+    if percentile is None:
+        high = flat.max(1, keepdim=True).values
+    else:
+        high = torch.quantile(flat, percentile / 100, dim=1, keepdim=True)
+    scaled = ((flat - low) / (high - low).clamp(min=1e-12)).clamp(0, 1)
+    return scaled.view_as(maps).cpu().numpy()
+
+
+def _check_percentile(percentile) -> float | None:
+    if percentile is None:
+        return None
+    value = check_number("percentile", percentile, positive=True)
+    if value > 100:
+        raise bad_value("percentile", percentile, "a number in (0, 100], or None for min-max scaling")
+    return value
+
+
+def _baseline(baseline, images: torch.Tensor, prepared: PreparedModel) -> torch.Tensor:
+    """The baseline as featvis holds images: None is black (the low end of `input_range`; zeros
+    when ``input_range=None``), a number a flat image of that value, else an image or a batch."""
+    if baseline is None:
+        return torch.zeros_like(images)
+    if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        low, high = prepared.input_range if prepared.input_range is not None else (0.0, 1.0)
+        return torch.full_like(images, (float(baseline) - low) / (high - low))
+    loaded = to_unit_tensor(baseline, "baseline", prepared.input_range, prepared.channels).to(images)
+    if loaded.shape[1:] != images.shape[1:] or loaded.shape[0] not in (1, images.shape[0]):
+        raise bad_value(
+            "baseline",
+            f"an image batch of shape {tuple(loaded.shape)}",
+            f"None, a number, or an image of shape {tuple(images.shape[1:])} "
+            f"(or a batch of {images.shape[0]}) like seed_input",
+        )
+    return loaded.expand_as(images)
+
+
+def _scorer(prepared: PreparedModel, loss: Loss, batch_size: int) -> Callable[..., torch.Tensor]:
+    """(images, masks=None) -> the score (minus the losses) of each row, without gradients, `batch_size`
+    rows per forward, through the fused runner, stopped after the loss's last layer. `masks` (rows, 1,
+    H, W) multiply the model input (after `preprocess`), as pytorch-grad-cam's Score-CAM masks it."""
+    terms = [(t, w) for t, w in loss.terms if w != 0]
+    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
+
+    def score(images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            with torch.no_grad():
+                activations = {}
+                if targets:
+                    runner, capture, channels_last = prepared.runner(list(targets.values()), chunk.shape[1:])
+                    x = prepared.model_input(chunk)
+                    if masks is not None:
+                        x = x * masks[start : start + batch_size].to(x.dtype)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    activations = capture.run(runner, x)
+                ctx = LossContext(images=chunk, views=1, activations=activations, targets=targets)
+                out.append(-sum(w * ctx.per_image(t(ctx)) for t, w in terms).float())
+        return torch.cat(out)
+
+    return score
+
+
+def _ablated_scorer(
+    prepared: PreparedModel,
+    loss: Loss,
+    layer: LayerSpec,
+    images: torch.Tensor,
+    acts: torch.Tensor,
+    batch_size,
+):
+    """(index, scale (K, C)) -> K scores of image `index` with `layer`'s output replaced by its
+    activations `acts[index]` scaled channel-wise by each row of `scale`. The layers before run as
+    cheaply as gives the model's own score on an unablated check: on the one image (the
+    replacement broadcast over the K rows), else on K copies of the image at a quarter of its
+    size (the replacement has the full size), else on K copies of the image."""
+    terms = [(t, w) for t, w in loss.terms if w != 0]
+    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
+    target = prepared.resolve(layer, "penultimate_layer")
+    module, call = target.module, int(target.key.rsplit("#", 1)[1])
+    capture = prepared.capture(list(targets.values()))
+    state = {"replacement": None, "calls": 0}
+
+    def hook(mod, inputs, output):
+        calls, state["calls"] = state["calls"], state["calls"] + 1
+        if calls != call or state["replacement"] is None:
+            return None
+        return state["replacement"].to(output.dtype)
+
+    h, w = images.shape[-2:]
+    small = (min(h, max(32, h // 4)), min(w, max(32, w // 4)))
+
+    def run(index: int, scale: torch.Tensor, how: str) -> torch.Tensor:
+        image = images[index : index + 1]
+        replacement = acts[index : index + 1] * scale[:, :, None, None]
+        if capture.channels_last:
+            replacement = replacement.movedim(1, -1)
+        state["replacement"], state["calls"] = replacement, 0
+        k = len(scale)
+        if how == "small":
+            image = F.interpolate(image, size=small, mode="bilinear", align_corners=False)
+        x = image if how == "broadcast" else image.expand(k, *image.shape[1:])
+        activations = capture.run(prepared.model, prepared.model_input(x))
+        ctx = LossContext(images=x.expand(k, *x.shape[1:]), views=1, activations=activations, targets=targets)
+        return -sum(w * ctx.per_image(t(ctx)) for t, w in terms).float()
+
+    plain = _scorer(prepared, loss, batch_size)
+    chosen = {}
+
+    def score_ablated(index: int, scale: torch.Tensor) -> torch.Tensor:
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                if "how" not in chosen:
+                    chosen["how"] = "repeat"
+                    ones = torch.ones(2, scale.shape[1], device=scale.device)
+                    expected = plain(images[index : index + 1]).expand(2)
+                    for how in ("broadcast", "small"):
+                        try:
+                            check = run(index, ones, how)
+                        except FeatvisError:
+                            continue
+                        if check.shape == expected.shape and torch.allclose(
+                            check, expected, rtol=1e-3, atol=1e-4
+                        ):
+                            chosen["how"] = how
+                            break
+                return torch.cat([run(index, chunk, chosen["how"]) for chunk in scale.split(batch_size)])
+        finally:
+            handle.remove()
+            state["replacement"] = None
+
+    return score_ablated
+
+
+def integrated_gradients(
+    model: nn.Module | PreparedModel,
+    losses,
+    seed_input,
+    *,
+    steps: int = 64,
+    baseline=None,
+    batch_size: int = 32,
+    **conventions,
+) -> torch.Tensor:
+    """Integrated Gradients (Sundararajan et al. 2017): (input - baseline) times the mean gradient
+    of the score on `steps` points of the straight path (midpoint Riemann sum), as (B, C, H, W).
+
+    The attributions of an image sum to score(input) - score(baseline) (completeness, up to the
+    sum's error); the score is minus the losses, as in `input_gradients`. `baseline`: None is a
+    black image (the low end of `input_range`, before `preprocess`; zeros with
+    ``input_range=None``), a number a flat image, or an image (or batch) like `seed_input`.
+    `batch_size` path points run per forward and backward.
+
+    Example:
+        >>> attributions = integrated_gradients(net, ActivationMaximization("fc", 3), image, steps=64)
+    """
+    loss = as_losses(losses)
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1)
+    prepared, owned = prepare(model, **conventions)
+    try:
+        images = _load_batch(seed_input, prepared)
+        return _integrated_gradients(
+            prepared, loss, images, _baseline(baseline, images, prepared), steps, batch_size
+        )
+    finally:
+        if owned:
+            prepared.close()
+
+
+def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> torch.Tensor:
+    alphas = (torch.arange(steps, device=images.device, dtype=images.dtype) + 0.5) / steps
+    n = len(images)
+    rows_image = torch.arange(n * steps, device=images.device) // steps
+    rows_alpha = alphas.repeat(n)
+    total = torch.zeros_like(images)
+    for start in range(0, n * steps, batch_size):
+        index = rows_image[start : start + batch_size]
+        alpha = rows_alpha[start : start + batch_size].view(-1, 1, 1, 1)
+        path = base[index] + alpha * (images[index] - base[index])
+        grads = _gradients(prepared, loss, path)[0]
+        total.index_add_(0, index, grads)
+    return (images - base) * total / steps
+
+
+def occlusion(
+    model: nn.Module | PreparedModel,
+    losses,
+    seed_input,
+    *,
+    window: int = 16,
+    stride: int = 8,
+    baseline=None,
+    batch_size: int = 256,
+    **conventions,
+) -> torch.Tensor:
+    """Occlusion (Zeiler and Fergus 2014, Captum's `Occlusion`): the score's drop when a
+    `window` x `window` square (all channels) is replaced by the baseline, averaged over the
+    windows (every `stride` pixels) covering each pixel; (B, H, W). All windows of all images
+    run in batches of `batch_size`, without gradients.
+
+    Example:
+        >>> drops = occlusion(net, ActivationMaximization("fc", 3), image, window=8, stride=4)
+    """
+    loss = as_losses(losses)
+    check_int("window", window, 1)
+    check_int("stride", stride, 1)
+    check_int("batch_size", batch_size, 1)
+    prepared, owned = prepare(model, **conventions)
+    try:
+        images = _load_batch(seed_input, prepared)
+        return _occlusion(
+            prepared, loss, images, _baseline(baseline, images, prepared), window, stride, batch_size
+        )
+    finally:
+        if owned:
+            prepared.close()
+
+
+def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torch.Tensor:
+    n, _, h, w = images.shape
+    if window > min(h, w):
+        raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
+    score = _scorer(prepared, loss, batch_size)
+    plain = score(images)
+    tops = list(range(0, h - window + 1, stride)) + ([h - window] if (h - window) % stride else [])
+    lefts = list(range(0, w - window + 1, stride)) + ([w - window] if (w - window) % stride else [])
+    boxes = torch.zeros(len(tops) * len(lefts), h, w, device=images.device)
+    for k, (top, left) in enumerate((t, left) for t in tops for left in lefts):
+        boxes[k, top : top + window, left : left + window] = 1
+    m = len(boxes)
+    drops = torch.empty(n, m, device=images.device)
+    rows_image = torch.arange(n * m, device=images.device) // m
+    for start in range(0, n * m, batch_size):
+        index = rows_image[start : start + batch_size]
+        box = boxes[torch.arange(start, start + len(index), device=images.device) % m][:, None]
+        occluded = images[index] * (1 - box) + base[index] * box
+        drops.view(-1)[start : start + len(index)] = plain[index].to(drops) - score(occluded).to(drops)
+    counts = boxes.sum(0).clamp(min=1)
+    return torch.einsum("nm,mhw->nhw", drops, boxes) / counts
+
+
+def _augmented(images: torch.Tensor) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The "aug smooth" views: (view, function taking a map of the view back to the image), for
+    the image and its mirror, each as is and zoomed in 10% (a centered crop)."""
+    h, w = images.shape[-2:]
+    ch, cw = max(1, round(h / 1.1)), max(1, round(w / 1.1))
+    top, left = (h - ch) // 2, (w - cw) // 2
+
+    def zoom(x):
+        crop = x[..., top : top + ch, left : left + cw]
+        return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+
+    def unzoom(m):
+        small = F.interpolate(m, size=(ch, cw), mode="bilinear", align_corners=False)
+        out = torch.full_like(m, float("nan"))
+        out[..., top : top + ch, left : left + cw] = small
+        return out
+
+    def flip(x):
+        return x.flip(-1)
+
+    return [
+        (images, lambda m: m),
+        (flip(images), flip),
+        (zoom(images), unzoom),
+        (zoom(flip(images)), lambda m: flip(unzoom(m))),
+    ]
+
+
+def _smoothed(function, images, *, smooth_samples, smooth_noise, aug_smooth, seed, label) -> torch.Tensor:
+    """`function(images) -> (B, ..., H, W)` averaged over noisy copies (SmoothGrad: noise std
+    `smooth_noise` times the image's range; image i's noise from the stream of (seed, label, i))
+    and, with `aug_smooth`, over flips and zooms; maps of the views taken back to the image."""
+    views = _augmented(images) if aug_smooth else [(images, lambda m: m)]
+    streams = None
+    if smooth_samples:
+        streams = Streams([derive_key(seed, label, i) for i in range(len(images))], images.device)
+        flat = images.flatten(1)
+        spans = (flat.max(1).values - flat.min(1).values).clamp(min=1e-12).view(-1, 1, 1, 1)
+    total, count = 0, 0
+    for view, back in views:
+        for _ in range(max(1, smooth_samples)):
+            noisy = view
+            if streams is not None:
+                noise = streams.normal(*view.shape[1:]).to(view)
+                noisy = view + smooth_noise * spans * noise
+            result = function(noisy)
+            expanded = result if result.ndim == 4 else result[:, None]
+            mapped = back(expanded)
+            mapped = mapped if result.ndim == 4 else mapped[:, 0]
+            total = total + torch.nan_to_num(mapped)
+            count = count + torch.isfinite(mapped).float()
+    return total / count.clamp(min=1)
 
 
 def visualize_saliency_with_losses(
@@ -153,87 +478,199 @@ def visualize_saliency_with_losses(
     losses,
     seed_input,
     *,
+    method: str = "vanilla",
     backprop_modifier: str | Callable | None = None,
     grad_modifier: str | Callable | None = "absolute",
     keepdims: bool = False,
     smooth_samples: int = 0,
     smooth_noise: float = 0.15,
+    aug_smooth: bool = False,
+    steps: int = 64,
+    baseline=None,
+    window: int = 16,
+    stride: int = 8,
+    batch_size: int | None = None,
+    percentile: float | None = 99.0,
     seed: int | None = 0,
     **conventions,
 ) -> np.ndarray:
-    """Saliency of a weighted sum of losses: d(score)/d(input) (score = minus the losses), modified by
-    `grad_modifier` (default ``"absolute"``; ``"negate"`` shows what lowers the score), normalized per image.
+    """Saliency of a weighted sum of losses: the score's (minus the losses') attribution per pixel, modified
+    by `grad_modifier` (default ``"absolute"``; ``"negate"`` shows what lowers the score), normalized per image.
 
-    ``smooth_samples > 0`` gives SmoothGrad: the mean over noisy copies (noise std
-    ``smooth_noise`` times the input range; image i's noise drawn from the stream of
-    (seed, i)). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``.
-    `conventions`: ``input_range``, ``preprocess``, ``channels``, ``device``.
+    `method`: ``"vanilla"`` (d(-loss)/d(input); guided or rectified with `backprop_modifier`),
+    ``"integrated_gradients"`` (`steps`, `baseline`: see `integrated_gradients`) or
+    ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`); `batch_size` rows per
+    forward (None: 32 for Integrated Gradients, 256 for occlusion). Gradient maps keep the
+    max over channels, attributions their sum. ``smooth_samples > 0`` averages the map over
+    noisy copies (SmoothGrad; noise std ``smooth_noise`` times the image's range, image i's
+    noise from the stream of (seed, i)); ``aug_smooth=True`` over flips and zooms too.
+    `percentile`: maps are scaled from their min to this percentile, above it clipped (None:
+    min-max). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``. `conventions`:
+    ``input_range`` (None: tensors fed to the model as given), ``preprocess``, ``channels``, ``device``.
 
     Example:
         >>> maps = visualize_saliency_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
     loss = as_losses(losses)
+    if method not in SALIENCY_METHODS:
+        hint = close_matches(method, SALIENCY_METHODS) if isinstance(method, str) else ""
+        raise bad_value("method", method, f"one of {', '.join(SALIENCY_METHODS)}{hint}")
     modifier = grad_modifiers.get(grad_modifier)
     backprop_modifiers.get(backprop_modifier)
+    if method != "vanilla" and backprop_modifier is not None:
+        raise bad_value("backprop_modifier", backprop_modifier, f"None with method={method!r}")
     check_int("smooth_samples", smooth_samples, 0)
     check_number("smooth_noise", smooth_noise, minimum=0)
+    check_int("steps", steps, 1)
+    check_int("window", window, 1)
+    check_int("stride", stride, 1)
+    if batch_size is None:  # backward passes hold more memory than forward-only ones
+        batch_size = 256 if method == "occlusion" else 32
+    check_int("batch_size", batch_size, 1)
+    percentile = _check_percentile(percentile)
+    if not isinstance(aug_smooth, bool):
+        raise bad_type("aug_smooth", aug_smooth, "True or False")
     seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     prepared, owned = prepare(model, **conventions)
     try:
         images = _load_batch(seed_input, prepared)
-        streams = Streams([derive_key(seed, "saliency", i) for i in range(len(images))], images.device)
-        total = torch.zeros_like(images)
-        for _ in range(max(1, smooth_samples)):
-            noisy = images
-            if smooth_samples:
-                noisy = images + smooth_noise * streams.normal(*images.shape[1:]).to(images.device)
-            # the score's gradient, as in Grad-CAM: 'negate' shows what lowers the output
-            grads = _gradients(prepared, loss, noisy, backprop_modifier=backprop_modifier)[0]
-            total += modifier(grads) if modifier is not None else grads
+        base = _baseline(baseline, images, prepared) if method != "vanilla" else None
+
+        def attribute(x: torch.Tensor) -> torch.Tensor:
+            if method == "integrated_gradients":
+                return _integrated_gradients(prepared, loss, x, base, steps, batch_size)
+            if method == "occlusion":
+                return _occlusion(prepared, loss, x, base, window, stride, batch_size)[:, None].expand_as(x)
+            return _gradients(prepared, loss, x, backprop_modifier=backprop_modifier, model_space=True)[0]
+
+        if method == "vanilla":
+
+            def mapped(x):
+                grads = attribute(x)
+                return modifier(grads) if modifier is not None else grads
+        else:
+
+            def mapped(x):  # attributions: the sum over channels is the pixel's
+                total = attribute(x).sum(1, keepdim=True).expand_as(x)
+                return modifier(total) if modifier is not None else total
+
+        grads = _smoothed(
+            mapped,
+            images,
+            smooth_samples=smooth_samples,
+            smooth_noise=smooth_noise,
+            aug_smooth=aug_smooth,
+            seed=seed,
+            label="saliency",
+        )
     finally:
         if owned:
             prepared.close()
-    grads = total / max(1, smooth_samples)
     if keepdims:
-        return _normalize(grads).transpose(0, 2, 3, 1)
-    return _normalize(grads.max(dim=1).values)
+        return _normalize(grads, percentile).transpose(0, 2, 3, 1)
+    return _normalize(grads.max(dim=1).values, percentile)
 
 
 def visualize_saliency(
     model: nn.Module | PreparedModel, layer: LayerSpec, filter_indices, seed_input, **kwargs
 ) -> np.ndarray:
-    """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad).
+    """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad,
+    Integrated Gradients and occlusion: see `visualize_saliency_with_losses`).
 
     Example:
         >>> vanilla = visualize_saliency(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> guided = visualize_saliency(lite0.model, "_fc", 285, cat, backprop_modifier="guided", preprocess=...)
         >>> smooth = visualize_saliency(lite0.model, "_fc", 285, cat, smooth_samples=20, preprocess=...)
+        >>> ig = visualize_saliency(lite0.model, "_fc", 285, cat, method="integrated_gradients", steps=64,
+        ...                         preprocess=...)
     """
     return visualize_saliency_with_losses(
         model, ActivationMaximization(layer, filter_indices), seed_input, **kwargs
     )
 
 
-def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier) -> torch.Tensor:
-    """The (B, H, W) class activation map at the images' size, not normalized."""
+def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, layer: LayerSpec):
+    """The output of `layer` (channels first, float32) and the score's gradient w.r.t. it (None when the
+    score does not depend on it). The layers before run without a graph: the backward pass starts at
+    `layer`, not at the images, which is what makes a CAM cheaper than a saliency map."""
+    terms = [(t, w) for t, w in loss.terms if w != 0]
+    prepared.probe(images)
+    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
+    extra = prepared.resolve(layer, "penultimate_layer")
+    capture = prepared.capture([*targets.values(), extra])
+    call = int(extra.key.rsplit("#", 1)[1])
+    state = {"calls": 0, "leaf": None}
+
+    def hook(module, inputs, output):
+        calls, state["calls"] = state["calls"], state["calls"] + 1
+        if calls == call and isinstance(output, torch.Tensor) and output.is_floating_point():
+            state["leaf"] = output.detach().requires_grad_(True)
+            return state["leaf"]
+        return None
+
+    handle = extra.module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            activations = capture.run(prepared.model, prepared.model_input(images.detach()))
+            ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
+            score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
+            leaf = state["leaf"]
+            if leaf is None or not score.requires_grad:
+                return activations[extra.key].detach().float(), None
+            (grad,) = torch.autograd.grad(score, leaf, allow_unused=True)
+    finally:
+        handle.remove()
+    acts = activations[extra.key].detach().float()
+    if grad is None:
+        return acts, None
+    if not torch.isfinite(grad).all():
+        raise NonFiniteError("the gradient of the losses is NaN or infinite for this input")
+    grad = grad.float()
+    return acts, (grad.movedim(-1, 1) if grad.shape != acts.shape else grad)
+
+
+def _cam_method(method):
     cam_method = choose("method", method, CAM_METHODS) if isinstance(method, str) else method
     if not callable(cam_method):
         raise bad_type("method", method, f"one of {', '.join(CAM_METHODS)} or a function")
+    return cam_method
+
+
+def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier, batch_size=64) -> torch.Tensor:
+    """The (B, H, W) class activation map at the images' size, not normalized."""
+    cam_method = _cam_method(method)
     modifier = grad_modifiers.get(grad_modifier)
     penultimate = penultimate_layer
     if penultimate is None:
         penultimate = _auto_penultimate(prepared, loss, images)
-    _, acts, grads = _gradients(prepared, loss, images, extra_layer=penultimate)
+    needs_gradients = not isinstance(cam_method, ContextMethod) or cam_method.gradients
+    if needs_gradients:
+        acts, grads = _layer_gradients(prepared, loss, images, penultimate)
+    else:
+        prepared.probe(images)
+        prepared.resolve(penultimate, "penultimate_layer")
+        acts, grads = prepared.layer_output(penultimate, images).float(), None
     if acts.ndim != 4:
         raise bad_value("penultimate_layer", penultimate, "a layer with (N, C, H, W) output")
-    if grads is None:
+    if needs_gradients and grads is None:
         raise bad_value(
             "penultimate_layer", penultimate, "a layer the loss depends on (it runs before the loss's layer)"
         )
-    if modifier is not None:
+    if modifier is not None and grads is not None:
         grads = modifier(grads)
-    cam = cam_method(acts, grads)[:, None]
-    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    if isinstance(cam_method, ContextMethod):
+        ctx = CamContext(
+            activations=acts,
+            gradients=grads,
+            images=images,
+            score=_scorer(prepared, loss, batch_size),
+            score_ablated=_ablated_scorer(prepared, loss, penultimate, images, acts, batch_size),
+            batch_size=batch_size,
+        )
+        cam = cam_method(ctx)[:, None]
+    else:
+        cam = cam_method(acts, grads)[:, None]
+    return F.interpolate(cam.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
 def visualize_cam_with_losses(
@@ -244,23 +681,46 @@ def visualize_cam_with_losses(
     penultimate_layer: LayerSpec | None = None,
     method: str | CamMethod = "gradcam",
     grad_modifier: str | Callable | None = None,
+    batch_size: int = 64,
+    smooth_samples: int = 0,
+    smooth_noise: float = 0.15,
+    aug_smooth: bool = False,
+    seed: int | None = 0,
     **conventions,
 ) -> np.ndarray:
     """A class activation map (Grad-CAM by default) of a weighted sum of losses; (B, H, W) in [0, 1].
 
-    `method`: a name in `CAM_METHODS` (``"gradcam"``, ``"gradcam++"``; `register_cam` adds
-    one) or a function (activations, gradients) -> map. `penultimate_layer` defaults to
-    the last layer run before the loss's layer whose output has spatial dimensions (for
-    EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``).
+    `method`: a name in `CAM_METHODS` (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``,
+    ``"layercam"``, ``"hirescam"``, ``"scorecam"``, ``"ablationcam"``, ``"eigencam"``;
+    `register_cam` adds one) or a function (activations, gradients) -> map. `penultimate_layer`
+    defaults to the last layer run before the loss's layer whose output has spatial dimensions
+    (for EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``). `batch_size`:
+    rows per forward for the methods that run the model (Score-CAM, Ablation-CAM).
+    ``smooth_samples > 0`` averages over noisy copies, ``aug_smooth=True`` over flips and zooms.
 
     Example:
         >>> cams = visualize_cam_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
     loss = as_losses(losses)
+    _cam_method(method)
+    check_int("batch_size", batch_size, 1)
+    check_int("smooth_samples", smooth_samples, 0)
+    check_number("smooth_noise", smooth_noise, minimum=0)
+    if not isinstance(aug_smooth, bool):
+        raise bad_type("aug_smooth", aug_smooth, "True or False")
+    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     prepared, owned = prepare(model, **conventions)
     try:
         images = _load_batch(seed_input, prepared)
-        cam = _cam(prepared, loss, images, penultimate_layer, method, grad_modifier)
+        cam = _smoothed(
+            lambda x: _cam(prepared, loss, x, penultimate_layer, method, grad_modifier, batch_size),
+            images,
+            smooth_samples=smooth_samples,
+            smooth_noise=smooth_noise,
+            aug_smooth=aug_smooth,
+            seed=seed,
+            label="cam",
+        )
     finally:
         if owned:
             prepared.close()
@@ -317,7 +777,7 @@ def visualize_guided_cam(
     try:
         images = _load_batch(seed_input, prepared)
         cam = torch.as_tensor(_normalize(_cam(prepared, loss, images, penultimate_layer, "gradcam", None)))
-        guided = _gradients(prepared, loss, images, backprop_modifier="guided")[0]
+        guided = _gradients(prepared, loss, images, backprop_modifier="guided", model_space=True)[0]
     finally:
         if owned:
             prepared.close()

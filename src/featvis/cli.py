@@ -690,6 +690,7 @@ Examples:
   featvis cam --image cat.jpg --filter espresso --method gradcam++ --out campp.png
   featvis cam --image cat.jpg --filter 285 --guided --out guided_cam.png
   featvis cam --image cat.jpg --filter 285 --size 224x224 --out cam.png   # a model that needs 224x224
+  featvis cam --image cat.jpg --filter 285 --method scorecam --aug-smooth --metrics --out scorecam.png
 """
 )
 @click.option("--penultimate", default=None, help="Layer whose activations are weighted (default: found).")
@@ -697,6 +698,13 @@ Examples:
     "--method", type=click.Choice(list(attention.CAM_METHODS)), default="gradcam", show_default=True
 )
 @click.option("--guided", is_flag=True, help="Guided Grad-CAM: guided backprop times the CAM.")
+@click.option("--aug-smooth", is_flag=True, help="Average the map over flips and zooms of the image.")
+@click.option(
+    "--metrics",
+    "show_metrics",
+    is_flag=True,
+    help="Print the map's deletion and insertion areas (featvis.metrics, 16 steps).",
+)
 @with_options(attention_options)
 def cam(
     image_path,
@@ -705,6 +713,8 @@ def cam(
     penultimate,
     method,
     guided,
+    aug_smooth,
+    show_metrics,
     size,
     overlay_it,
     out,
@@ -725,8 +735,23 @@ def cam(
     if guided:
         heatmap = attention.visualize_guided_cam(loaded.model, layer, indices, image, **common)[0]
     else:
-        heatmap = attention.visualize_cam(loaded.model, layer, indices, image, method=method, **common)[0]
+        heatmap = attention.visualize_cam(
+            loaded.model, layer, indices, image, method=method, aug_smooth=aug_smooth, **common
+        )[0]
     _attention_output(photo, heatmap, out, overlay_it)
+    if show_metrics:
+        from . import metrics
+
+        del common["penultimate_layer"]
+        for name, curve in (
+            ("deletion", metrics.deletion(loaded.model, layer, indices, image, heatmap, steps=16, **common)),
+            (
+                "insertion",
+                metrics.insertion(loaded.model, layer, indices, image, heatmap, steps=16, **common),
+            ),
+        ):
+            better = "lower" if name == "deletion" else "higher"
+            click.echo(f"{name} area: {curve.areas[0]:.4f} ({better} is better)")
 
 
 @cli.command(

@@ -37,8 +37,9 @@ def check_range(input_range: object) -> tuple[float, float]:
     return tuple(input_range)
 
 
-def to_array(images: torch.Tensor, input_range: tuple[float, float] = (0, 255)) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W, C) numpy in `input_range` (uint8 for (0, 255))."""
+def to_array(images: torch.Tensor, input_range: tuple[float, float] | None = (0, 255)) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, C) numpy in `input_range` (uint8 for (0, 255); None: [0, 1])."""
+    input_range = (0.0, 1.0) if input_range is None else input_range
     low, high = input_range
     array = (low + (high - low) * images.detach().float().clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
     if is_integer_range(input_range):
@@ -49,7 +50,7 @@ def to_array(images: torch.Tensor, input_range: tuple[float, float] = (0, 255)) 
 
 
 def to_unit_tensor(
-    image: object, argument: str, input_range: tuple[float, float], channels: int | None = None
+    image: object, argument: str, input_range: tuple[float, float] | None, channels: int | None = None
 ) -> torch.Tensor:
     """Load an image (path, PIL, numpy HWC/CHW, tensor CHW/HWC/NCHW) as (N, C, H, W) in [0, 1].
 
@@ -61,8 +62,9 @@ def to_unit_tensor(
     channel; where 3 channels are asked (``channels=3``) it is repeated into R = G = B.
     With ``channels=None`` files and PIL images are decoded as RGB and a 2-D array
     stays one channel.
+    ``input_range=None``: arrays and tensors are model input as given (any finite values,
+    not rescaled), files and PIL images in [0, 1].
     """
-    low, high = input_range
     if isinstance(image, str | os.PathLike):
         path = Path(image)
         if not path.is_file():
@@ -115,6 +117,9 @@ def to_unit_tensor(
         raise bad_value(argument, f"an image with {tensor.shape[1]} channels", f"{channels} channels")
     if not torch.isfinite(tensor).all():
         raise bad_value(argument, "an image containing NaN or infinite values", "finite values")
+    if input_range is None:
+        return tensor
+    low, high = input_range
     span = high - low
     if tensor.min() < low - 1e-3 * span or tensor.max() > high + 1e-3 * span:
         raise bad_value(
@@ -281,6 +286,8 @@ def stitch_images(
 def check_seed_range(given: object, unit: torch.Tensor, input_range: tuple[float, float]) -> None:
     """Refuse a float seed image in [0, 1] given with a wide `input_range` such as (0, 255): read that
     way it is black, and the optimization would start from (and often stay) a black image."""
+    if input_range is None:
+        return
     low, high = input_range
     is_float = (isinstance(given, np.ndarray) and np.issubdtype(given.dtype, np.floating)) or (
         isinstance(given, torch.Tensor) and given.is_floating_point()

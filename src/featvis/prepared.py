@@ -43,7 +43,7 @@ class PreparedModel:
         self,
         model: nn.Module,
         *,
-        input_range: tuple[float, float] = (0, 255),
+        input_range: tuple[float, float] | None = (0, 255),
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
         channels: int | None = None,
         device: str | torch.device | None = None,
@@ -55,9 +55,16 @@ class PreparedModel:
         if not isinstance(model, nn.Module):
             raise bad_type("model", model, "a torch.nn.Module")
         self.model = targets.unwrap_compiled(model)
-        self.input_range = check_range(input_range)
+        self.input_range = None if input_range is None else check_range(input_range)
         if preprocess is not None and not callable(preprocess):
             raise bad_type("preprocess", preprocess, "a function of the image batch, or None")
+        if input_range is None and preprocess is not None:
+            raise bad_value(
+                "preprocess",
+                preprocess,
+                "None with input_range=None (tensors are then fed to the model as given, already "
+                "normalized); to have featvis preprocess, give input_range (e.g. (0, 255))",
+            )
         self.preprocess = preprocess
         self.channels = targets.infer_channels(self.model) if channels is None else channels
         check_int("channels", self.channels, 1)
@@ -104,12 +111,27 @@ class PreparedModel:
 
     # -- input conventions ----------------------------------------------------------------
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] as the model takes them: scaled to `input_range`, preprocessed, in its dtype."""
-        low, high = self.input_range
-        x = low + (high - low) * images
+        """Images in [0, 1] as the model takes them: scaled to `input_range`, preprocessed, in its dtype.
+
+        With ``input_range=None`` images are model input already (e.g. ImageNet-normalized
+        tensors, as Captum and pytorch-grad-cam take them) and only the dtype changes.
+        """
+        x = images
+        if self.input_range is not None:
+            low, high = self.input_range
+            x = low + (high - low) * images
         if self.preprocess is not None:
             x = self.preprocess(x)
         return x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x
+
+    def require_input_range(self, purpose: str) -> None:
+        """Refuse ``input_range=None`` (tensors fed as given) where featvis makes the images itself."""
+        if self.input_range is None:
+            raise bad_value(
+                "input_range",
+                None,
+                f"a pair (low, high) for {purpose}: None (feed tensors as given) is for attention maps",
+            )
 
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
         """Fixed (seed 0) uniform images in [0, 1] of `size`, for probing and checks; no global RNG used."""
@@ -247,6 +269,8 @@ _WARNED_UNSCALED: set[str] = set()
 def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
     """Warn once per model class when it is fed raw 0-255 values with no preprocess (a common mix-up)."""
     kind = type(model).__qualname__
+    if input_range is None:
+        return
     if preprocess is None and input_range[1] - input_range[0] > 2 and kind not in _WARNED_UNSCALED:
         _WARNED_UNSCALED.add(kind)
         warnings.warn(

@@ -75,6 +75,7 @@ def visualize_activation_with_losses(
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
     prepared, owned = prepare(model, **conventions)
+    prepared.require_input_range("activation maximization")
     try:
         keys = [derive_key(seed, "image", index) for index in range(batch_size)]
         return _run(prepared, loss, settings, keys, seed, seed_input, size, return_result)
@@ -211,6 +212,7 @@ def visualize_layer(
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
     prepared, owned = prepare(model, **conventions)
+    prepared.require_input_range("activation maximization")
     try:
         prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
         target = prepared.resolve(layer)

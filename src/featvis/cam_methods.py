@@ -1,0 +1,162 @@
+"""The CAM family: how a layer's activations become a class activation map.
+
+Two kinds of method share one registry (`featvis.attention.CAM_METHODS`):
+
+- a plain function ``(activations, gradients) -> map``, both (N, C, h, w), map (N, h, w):
+  Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiRes-CAM;
+- a `ContextMethod`, called with a `CamContext` that can also score masked images or
+  ablated activations with the model: Score-CAM, Ablation-CAM, and Eigen-CAM (which
+  needs no gradient). Their model runs are batched (many masks per forward, in chunks
+  of ``ctx.batch_size`` rows), without gradients, and stop at the score's layer.
+
+Names follow pytorch-grad-cam, in lower case.
+
+Example:
+    >>> cams = scorecam(ctx)                    # (N, h, w), not resized, not normalized
+    >>> gradcam(activations, gradients).shape   # (N, h, w)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class CamContext:
+    """What a `ContextMethod` sees.
+
+    `activations` and `gradients` (None when the method asks for none) are the layer's
+    (N, C, h, w) output and the score's gradient w.r.t. it, in float32; `images` the
+    batch (N, C, H, W) as featvis holds it; ``score(images)`` returns one score per row
+    (the quantity the map explains), without gradients, and ``score(images, masks)`` the scores
+    of the model input multiplied by `masks` (rows, 1, H, W); ``score_ablated(index, scale)``
+    runs image `index` with the layer's output multiplied channel-wise by each row of
+    `scale` (K, C) and returns K scores. Both run at most `batch_size` rows per forward.
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    images: torch.Tensor
+    score: Callable[..., torch.Tensor]
+    score_ablated: Callable[[int, torch.Tensor], torch.Tensor]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ContextMethod:
+    """A CAM method that needs the model: ``function(ctx: CamContext) -> (N, h, w)``.
+
+    Example:
+        >>> register_cam("mean", ContextMethod(lambda ctx: ctx.activations.mean(1), gradients=False))
+    """
+
+    function: Callable[[CamContext], torch.Tensor]
+    gradients: bool = False
+
+    def __call__(self, ctx: CamContext) -> torch.Tensor:
+        return self.function(ctx)
+
+
+def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.): channels weighted by their mean gradient, summed, ReLU."""
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activations).sum(1))
+
+
+def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha from the gradient's powers."""
+    g2, g3 = gradients**2, gradients**3
+    denominator = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
+    alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    weights = (alphas * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activations).sum(1))
+
+
+def xgradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al. 2020): weights sum(gradient * activation) / sum(activation) per channel."""
+    total = activations.sum(dim=(2, 3), keepdim=True)
+    weights = (gradients * activations).sum(dim=(2, 3), keepdim=True) / (total + 1e-7)
+    return F.relu((weights * activations).sum(1))
+
+
+def layercam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Layer-CAM (Jiang et al. 2021): each position weighted by its own positive gradient."""
+    return F.relu((F.relu(gradients) * activations).sum(1))
+
+
+def hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """HiRes-CAM (Draelos and Carin 2020): gradient times activation summed over channels, ReLU."""
+    return F.relu((gradients * activations).sum(1))
+
+
+def _unit_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each channel upsampled to `size` (bilinear with aligned corners, as pytorch-grad-cam's
+    Score-CAM: on a 3x3 map the two conventions weight different channels) and min-max scaled
+    to [0, 1]: (N, C, H, W)."""
+    up = F.interpolate(activations, size=size, mode="bilinear", align_corners=True)
+    flat = up.flatten(2)
+    low, high = flat.min(2, keepdim=True).values, flat.max(2, keepdim=True).values
+    return ((flat - low) / (high - low + 1e-8)).view_as(up)
+
+
+def _scorecam(ctx: CamContext) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020): channels weighted by the softmax of the scores of the model
+    input masked by each channel (upsampled, scaled to [0, 1]; as pytorch-grad-cam, the mask
+    multiplies the input after `preprocess`); every mask of every image batched."""
+    acts, images = ctx.activations, ctx.images
+    n, c = acts.shape[:2]
+    masks = _unit_masks(acts, tuple(images.shape[-2:])).to(images.dtype)
+    scores = torch.empty(n * c, device=acts.device)
+    rows_per_image = torch.arange(n * c, device=images.device) // c
+    for start in range(0, n * c, ctx.batch_size):
+        rows = slice(start, min(start + ctx.batch_size, n * c))
+        index = rows_per_image[rows]
+        channel = torch.arange(rows.start, rows.stop, device=images.device) % c
+        scores[rows] = ctx.score(images[index], masks[index, channel][:, None]).float().to(acts.device)
+    weights = torch.softmax(scores.view(n, c), dim=1)
+    return F.relu((weights[:, :, None, None] * acts).sum(1))
+
+
+def _ablationcam(ctx: CamContext) -> torch.Tensor:
+    """Ablation-CAM (Desai and Ramaswamy 2020): channel k weighted by the score's relative drop,
+    (y - y_k) / y, when channel k of the layer is zeroed; the rest of the network runs once per
+    chunk of channels, from the layer's output on."""
+    acts = ctx.activations
+    n, c = acts.shape[:2]
+    weights = torch.empty(n, c, device=acts.device)
+    eye = torch.eye(c, device=acts.device)
+    for i in range(n):
+        base = ctx.score(ctx.images[i : i + 1]).float().to(acts.device)[0]
+        for start in range(0, c, ctx.batch_size):
+            scale = 1 - eye[start : start + ctx.batch_size]
+            ablated = ctx.score_ablated(i, scale).float().to(acts.device)
+            weights[i, start : start + len(scale)] = (base - ablated) / torch.where(
+                base != 0, base, torch.ones_like(base)
+            )
+    return F.relu((weights[:, :, None, None] * acts).sum(1))
+
+
+def _eigencam(ctx: CamContext) -> torch.Tensor:
+    """Eigen-CAM (Muhammad and Yeasin 2020): the activations projected on their first principal
+    component (class-agnostic, no gradient). The component's sign is chosen so the map grows
+    with the activations' norm at each position (pytorch-grad-cam leaves it to the SVD)."""
+    acts = ctx.activations
+    n, c, h, w = acts.shape
+    flat = acts.flatten(2).transpose(1, 2)  # (N, hw, C)
+    centered = flat - flat.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    projection = (centered @ vh[:, 0, :, None])[..., 0]  # (N, hw)
+    energy = flat.norm(dim=2)
+    energy = energy - energy.mean(1, keepdim=True)
+    sign = torch.sign(((projection - projection.mean(1, keepdim=True)) * energy).sum(1, keepdim=True))
+    projection = projection * torch.where(sign == 0, torch.ones_like(sign), sign)
+    return F.relu(projection).view(n, h, w)
+
+
+scorecam = ContextMethod(_scorecam)
+ablationcam = ContextMethod(_ablationcam)
+eigencam = ContextMethod(_eigencam)

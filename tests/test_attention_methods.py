@@ -1,0 +1,335 @@
+"""The CAM family, Integrated Gradients, occlusion, smoothing and model-ready input on tiny models."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import featvis
+from featvis.attention import CAM_METHODS
+from featvis.cam_methods import hirescam, layercam, xgradcam
+from featvis.losses import ActivationMaximization
+from featvis.zoo import Normalize
+
+from conftest import assert_untouched, make_tiny, snapshot
+
+NEW_CAMS = ["xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam"]
+
+
+def _images(count=4, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (count, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", NEW_CAMS)
+def test_each_cam_method_is_batched_like_single_calls(method):
+    model = make_tiny()
+    before = snapshot(model)
+    images = _images()
+    batch = featvis.visualize_cam(model, "fc", 3, images, method=method, penultimate_layer="act2")
+    assert batch.shape == (4, 32, 32)
+    assert np.allclose(batch.min(axis=(1, 2)), 0) and np.allclose(batch.max(axis=(1, 2)), 1)
+    single = np.stack(
+        [
+            featvis.visualize_cam(model, "fc", 3, img, method=method, penultimate_layer="act2")[0]
+            for img in images
+        ]
+    )
+    np.testing.assert_allclose(batch, single, atol=1e-4)
+    assert_untouched(model, before)
+
+
+def test_gradient_cams_equal_their_formulas():
+    g = torch.Generator().manual_seed(0)
+    acts, grads = torch.rand(2, 5, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+    weights = (grads * acts).sum((2, 3), keepdim=True) / acts.sum((2, 3), keepdim=True)
+    torch.testing.assert_close(xgradcam(acts, grads), F.relu((weights * acts).sum(1)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layercam(acts, grads), F.relu((grads.clamp(min=0) * acts).sum(1)))
+    torch.testing.assert_close(hirescam(acts, grads), F.relu((grads * acts).sum(1)))
+
+
+def _act2_and_logit(model, x):
+    act2 = model.act2(model.conv2(model.act1(model.conv1(x))))
+    return act2, model.fc(model.bn(act2).mean(dim=(2, 3)))
+
+
+def test_scorecam_and_ablationcam_equal_their_definitions_run_one_mask_at_a_time():
+    model = make_tiny()
+    image = _images(1)[0]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        acts, _ = _act2_and_logit(model, x * 255)
+        # Score-CAM: mask = channel upsampled, min-max scaled; weight = softmax of masked scores
+        up = F.interpolate(acts, size=(32, 32), mode="bilinear", align_corners=True)[0]
+        scores = []
+        for channel in up:
+            mask = (channel - channel.min()) / (channel.max() - channel.min() + 1e-8)
+            scores.append(_act2_and_logit(model, x * mask * 255)[1][0, 3])
+        weights = torch.softmax(torch.stack(scores), 0)
+        expected_score = F.relu((weights[:, None, None] * acts[0]).sum(0))
+        # Ablation-CAM: weight = (y - y_k) / y with channel k of act2 zeroed
+        y = model.fc(model.bn(acts).mean(dim=(2, 3)))[0, 3]
+        drops = []
+        for k in range(acts.shape[1]):
+            ablated = acts.clone()
+            ablated[:, k] = 0
+            drops.append((y - model.fc(model.bn(ablated).mean(dim=(2, 3)))[0, 3]) / y)
+        expected_ablation = F.relu((torch.stack(drops)[:, None, None] * acts[0]).sum(0))
+    for method, expected in (("scorecam", expected_score), ("ablationcam", expected_ablation)):
+        up = F.interpolate(expected[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+        up = ((up - up.min()) / (up.max() - up.min())).numpy()
+        got = featvis.visualize_cam(model, "fc", 3, image, method=method, penultimate_layer="act2")[0]
+        np.testing.assert_allclose(got, up, atol=1e-4, err_msg=method)
+
+
+def test_eigencam_is_the_first_principal_component_with_the_activations_sign():
+    model = make_tiny()
+    image = _images(1)[0]
+    cam = featvis.visualize_cam(model, "fc", 3, image, method="eigencam", penultimate_layer="act2")[0]
+    other_class = featvis.visualize_cam(model, "fc", 7, image, method="eigencam", penultimate_layer="act2")[0]
+    np.testing.assert_allclose(cam, other_class)  # class-agnostic
+    assert cam.shape == (32, 32)
+
+
+def test_integrated_gradients_is_complete_within_one_percent_at_64_steps():
+    """Sundararajan et al.: the attributions sum to score(input) - score(baseline)."""
+    model = make_tiny()
+    before = snapshot(model)
+    images = _images(3, seed=5)
+    loss = ActivationMaximization("fc", 4)
+    for conventions in ({"input_range": (0, 255), "preprocess": Normalize()}, {"input_range": (0, 255)}):
+        attributions = featvis.integrated_gradients(model, loss, images, steps=64, **conventions)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2)
+        pre = conventions.get("preprocess") or (lambda v: v)
+        with torch.no_grad():
+            difference = model(pre(x))[:, 4] - model(pre(torch.zeros_like(x)))[:, 4]
+        sums = attributions.sum(dim=(1, 2, 3))
+        assert torch.all((sums - difference).abs() <= 0.01 * difference.abs()), (sums, difference)
+    assert_untouched(model, before)
+
+
+def test_integrated_gradients_with_a_baseline_image_and_in_chunks():
+    model = make_tiny()
+    image = _images(1)[0]
+    gray = np.full_like(image, 128.0)
+    loss = ActivationMaximization("fc", 1)
+    whole = featvis.integrated_gradients(model, loss, image, steps=8, baseline=gray, batch_size=64)
+    chunked = featvis.integrated_gradients(model, loss, image, steps=8, baseline=128, batch_size=3)
+    torch.testing.assert_close(whole, chunked, atol=1e-4, rtol=1e-4)
+
+
+def test_occlusion_equals_the_score_drop_of_each_window():
+    model = make_tiny()
+    image = _images(1)[0]
+    drops = featvis.occlusion(model, ActivationMaximization("fc", 2), image, window=16, stride=16)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        full = model(x)[0, 2]
+        occluded = x.clone()
+        occluded[..., 16:, :16] = 0
+        expected = full - model(occluded)[0, 2]
+    torch.testing.assert_close(drops[0, 20, 5], expected, atol=1e-4, rtol=1e-4)
+    maps = featvis.visualize_saliency(model, "fc", 2, _images(2), method="occlusion", window=8, stride=4)
+    assert maps.shape == (2, 32, 32)
+
+
+def test_normalized_tensor_gives_the_same_map_as_uint8_plus_preprocess():
+    model = make_tiny()
+    before = snapshot(model)
+    images = np.rint(_images(2, seed=7)).astype(np.uint8)
+    normalized = Normalize()(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+    cases = [
+        (featvis.visualize_cam, {"penultimate_layer": "act2"}),
+        (featvis.visualize_cam, {"penultimate_layer": "act2", "method": "scorecam"}),
+        (featvis.visualize_cam, {"penultimate_layer": "act2", "method": "ablationcam"}),
+        (featvis.visualize_saliency, {}),
+        (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 16}),
+    ]
+    black = Normalize()(torch.zeros(1, 3, 32, 32))  # the default baseline of the uint8 call
+    for function, kwargs in cases:
+        raw = function(model, "fc", 3, images, preprocess=Normalize(), **kwargs)
+        extra = {"baseline": black} if "steps" in kwargs else {}  # input_range=None: zeros by default
+        ready = function(model, "fc", 3, normalized, input_range=None, **kwargs, **extra)
+        np.testing.assert_allclose(raw, ready, atol=2e-3, err_msg=f"{function.__name__} {kwargs}")
+    assert_untouched(model, before)
+
+
+def test_smoothing_of_any_map_over_noise_and_flips_is_seeded():
+    model = make_tiny()
+    images = _images(2)
+    for function, kwargs in [
+        (featvis.visualize_cam, {"penultimate_layer": "act2", "method": "layercam"}),
+        (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 4}),
+    ]:
+        a = function(model, "fc", 3, images, smooth_samples=2, aug_smooth=True, seed=1, **kwargs)
+        b = function(model, "fc", 3, images, smooth_samples=2, aug_smooth=True, seed=1, **kwargs)
+        plain = function(model, "fc", 3, images, **kwargs)
+        assert a.shape == (2, 32, 32) and np.isfinite(a).all()
+        np.testing.assert_allclose(a, b)
+        assert not np.allclose(a, plain)
+
+
+def test_percentile_display_keeps_a_single_outlier_from_hiding_the_map():
+    from featvis.attention import visualize_saliency_with_losses
+
+    class Spike(torch.nn.Module):
+        def forward(self, x):  # gradient from 1 (left) to 2 (right), 1000 at one pixel
+            weights = torch.linspace(1, 2, x.shape[-1]).expand_as(x[:1]).clone()
+            weights[..., 0, 0] = 1000
+            return (x * weights).sum(dim=(1, 2, 3))[:, None]
+
+    image = np.full((16, 16, 3), 0.5, np.float32)
+    loss = ActivationMaximization("", 0)
+    clipped = visualize_saliency_with_losses(Spike(), loss, image, input_range=(0.0, 1.0))[0]
+    minmax = visualize_saliency_with_losses(Spike(), loss, image, input_range=(0.0, 1.0), percentile=None)[0]
+    assert minmax[5, 15] < 0.01 and clipped[5, 15] == 1.0 and 0.4 < clipped[5, 8] < 0.6
+
+
+BAD_CALLS = [
+    (featvis.visualize_cam, {"method": "nocam"}, "method='nocam'"),
+    (featvis.visualize_cam, {"method": "scorecam", "batch_size": 0}, "batch_size"),
+    (featvis.visualize_cam, {"smooth_samples": -1}, "smooth_samples"),
+    (featvis.visualize_cam, {"aug_smooth": "yes"}, "aug_smooth"),
+    (featvis.visualize_saliency, {"method": "smoothgrad"}, "method='smoothgrad'"),
+    (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 0}, "steps"),
+    (
+        featvis.visualize_saliency,
+        {"method": "integrated_gradients", "baseline": np.zeros((8, 8, 3))},
+        "baseline",
+    ),
+    (featvis.visualize_saliency, {"method": "occlusion", "window": 64}, "window"),
+    (featvis.visualize_saliency, {"method": "occlusion", "stride": 0}, "stride"),
+    (featvis.visualize_saliency, {"method": "occlusion", "backprop_modifier": "guided"}, "backprop_modifier"),
+    (featvis.visualize_saliency, {"percentile": 0}, "percentile"),
+    (featvis.visualize_saliency, {"percentile": 101}, "percentile"),
+    (featvis.visualize_saliency, {"input_range": None, "preprocess": Normalize()}, "preprocess"),
+]
+
+
+@pytest.mark.parametrize(("function", "kwargs", "named"), BAD_CALLS)
+def test_bad_new_arguments_raise_named_errors_and_leave_the_model_untouched(function, kwargs, named):
+    model = make_tiny()
+    before = snapshot(model)
+    with pytest.raises(featvis.FeatvisError, match=named.replace("(", r"\(")):
+        function(model, "fc", 3, _images(1)[0], **kwargs)
+    assert_untouched(model, before)
+
+
+def test_integrated_gradients_refuses_zero_steps_and_a_wrong_baseline():
+    model = make_tiny()
+    loss = ActivationMaximization("fc", 1)
+    with pytest.raises(featvis.FeatvisValueError, match="steps=0"):
+        featvis.integrated_gradients(model, loss, _images(1)[0], steps=0)
+    with pytest.raises(featvis.FeatvisValueError, match="baseline"):
+        featvis.integrated_gradients(model, loss, _images(2), baseline=_images(3))
+
+
+def test_register_cam_accepts_a_context_method():
+    from featvis.cam_methods import ContextMethod
+
+    model = make_tiny()
+    CAM_METHODS["test_mean"] = ContextMethod(lambda ctx: ctx.activations.mean(1))
+    try:
+        cam = featvis.visualize_cam(
+            copy.deepcopy(model), "fc", 3, _images(1)[0], method="test_mean", penultimate_layer="act2"
+        )
+        assert cam.shape == (1, 32, 32)
+    finally:
+        del CAM_METHODS["test_mean"]
+
+
+def test_deletion_and_insertion_curves_follow_the_map_order():
+    from featvis import metrics
+
+    model = make_tiny()
+    before = snapshot(model)
+    images = _images(2)
+    good = featvis.visualize_saliency(model, "fc", 3, images, method="occlusion", window=8, stride=4)
+    bad = 1 - good
+    kwargs = dict(steps=8, score="logit")
+    d_good = metrics.deletion(model, "fc", 3, images, good, **kwargs)
+    d_bad = metrics.deletion(model, "fc", 3, images, bad, **kwargs)
+    i_good = metrics.insertion(model, "fc", 3, images, good, **kwargs)
+    assert d_good.scores.shape == (2, 9) and d_good.fractions[0] == 0 and d_good.fractions[-1] == 1
+    np.testing.assert_allclose(d_good.scores[:, -1], d_bad.scores[:, -1], rtol=1e-5)  # all removed
+    np.testing.assert_allclose(d_good.scores[:, 0], i_good.scores[:, -1], rtol=1e-5)  # the image itself
+    assert np.all(d_good.areas < d_bad.areas)
+    chunked = metrics.deletion(model, "fc", 3, images, good, batch_size=5, **kwargs)
+    np.testing.assert_allclose(chunked.scores, d_good.scores, rtol=1e-5, atol=1e-6)
+    probability = metrics.deletion(model, "fc", 3, images, good, steps=4)
+    assert np.all((probability.scores >= 0) & (probability.scores <= 1))
+    assert_untouched(model, before)
+
+
+def test_pointing_game_and_share_on():
+    from featvis import metrics
+
+    maps = np.zeros((2, 4, 4))
+    maps[0, 0, 0] = 1
+    maps[1, 3, 3] = 1
+    left = np.zeros((4, 4), bool)
+    left[:, :2] = True
+    assert metrics.pointing_game(maps, left).tolist() == [True, False]
+    assert metrics.pointing_game(maps, left, tolerance=2).tolist() == [True, True]
+    assert metrics.share_on(maps, left).tolist() == [1.0, 0.0]
+    with pytest.raises(featvis.FeatvisValueError, match="masks"):
+        metrics.pointing_game(maps, np.zeros((3, 3), bool))
+
+
+def test_randomization_check_works_on_a_copy_and_decorrelates_the_maps():
+    from featvis import metrics
+
+    model = make_tiny()
+    before = snapshot(model)
+    images = _images(2)
+    state = torch.get_rng_state()
+
+    def explain(m):
+        return featvis.visualize_cam(m, "fc", 3, images, penultimate_layer="act2")
+
+    results = metrics.randomization_check(model, explain, layers=["fc", "conv2"])
+    assert [label for label, _ in results] == ["fc", "conv2"]
+    assert all(values.shape == (2,) for _, values in results)
+    assert results[-1][1].max() < 0.9
+    ((label, values),) = metrics.randomization_check(model, explain)
+    assert label == "all" and values.shape == (2,)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert_untouched(model, before)
+    with pytest.raises(featvis.FeatvisValueError, match="layers"):
+        metrics.randomization_check(model, explain, layers=["nope"])
+
+
+def test_metrics_refuse_bad_arguments_with_named_errors():
+    from featvis import metrics
+
+    model = make_tiny()
+    before = snapshot(model)
+    images = _images(1)
+    maps = np.ones((1, 32, 32))
+    for kwargs, named in [
+        ({"steps": 0}, "steps"),
+        ({"score": "prob"}, "score"),
+        ({"baseline": "gray"}, "baseline"),
+    ]:
+        with pytest.raises(featvis.FeatvisError, match=named):
+            metrics.deletion(model, "fc", 3, images, maps, **kwargs)
+    with pytest.raises(featvis.FeatvisError, match="maps"):
+        metrics.insertion(model, "fc", 3, images, np.ones((1, 16, 16)))
+    assert_untouched(model, before)
+
+
+def test_cam_command_prints_the_metrics(tmp_path, capsys):
+    from PIL import Image
+
+    from featvis.cli import main
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.rint(_images(1)[0]).astype(np.uint8)).save(image)
+    out = tmp_path / "map.png"
+    args = ["cam", "--model", "conftest:make_tiny", "--preprocess", "none", "--layer", "fc"]
+    args += ["--image", str(image), "--filter", "2", "--size", "32", "--out", str(out)]
+    main([*args, "--penultimate", "act2", "--method", "scorecam", "--aug-smooth", "--metrics"])
+    printed = capsys.readouterr().out
+    assert "deletion area:" in printed and "insertion area:" in printed
+    assert Image.open(out).size == (32, 32)
