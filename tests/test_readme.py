@@ -110,6 +110,13 @@ def test_readme_block_runs(line, heading, code, tmp_path, monkeypatch, request):
         from skimage import data
 
         Image.fromarray(data.chelsea()).reduce(2).save("cat.jpg")  # 226 x 150, a non-square photo
+    if "photos/" in code:  # the reader's own folder of photos
+        from PIL import Image
+        from skimage import data
+
+        (tmp_path / "photos").mkdir()
+        for name in ("chelsea", "coffee", "astronaut", "rocket"):
+            Image.fromarray(getattr(data, name)()).reduce(2).save(tmp_path / "photos" / f"{name}.jpg")
     if "net.keras" in code:
         monkeypatch.setenv("KERAS_BACKEND", "torch")
         _write_keras_model(tmp_path / "net.keras")
