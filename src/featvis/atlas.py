@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 import hashlib
 import html
@@ -315,7 +316,7 @@ def _check_manifest(out: Path, manifest: dict, restart: bool, *, write: bool) ->
 
 def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, progress) -> int:
     """Optimize this rank's batches, skipping those already written; returns how many units were skipped."""
-    quiet = Settings(**{**settings.__dict__, "progress": False})
+    quiet = dataclasses.replace(settings, progress=False)
     total = sum(int(c) for c in json.loads((out / MANIFEST).read_text())["layers"].values())
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     bar = tqdm(total=total, desc="atlas", unit="unit", disable=not show)

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 import numbers
 
 import numpy as np
@@ -85,19 +85,6 @@ def register_cam(name: str, method: CamMethod) -> None:
     CAM_METHODS[name] = method
 
 
-def _load_batch(seed_input, prepared: PreparedModel) -> torch.Tensor:
-    if isinstance(seed_input, Sequence) and not isinstance(seed_input, str | np.ndarray):
-        if not seed_input:
-            raise bad_value("seed_input", seed_input, "at least one image")
-        images = [
-            to_unit_tensor(s, "seed_input", prepared.input_range, prepared.channels) for s in seed_input
-        ]
-        return torch.cat(images).to(prepared.device)
-    return to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels).to(
-        prepared.device
-    )
-
-
 def _gradients(
     prepared: PreparedModel,
     loss: Loss,
@@ -160,7 +147,7 @@ def input_gradients(
     loss = as_losses(losses)
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load_batch(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         low, high = prepared.input_range if prepared.input_range is not None else (0.0, 1.0)
         return _gradients(prepared, loss, images, backprop_modifier=backprop_modifier)[0] / (high - low)
     finally:
@@ -338,7 +325,7 @@ def integrated_gradients(
     check_int("batch_size", batch_size, 1)
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load_batch(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         return _integrated_gradients(
             prepared, loss, images, _baseline(baseline, images, prepared), steps, batch_size
         )
@@ -387,7 +374,7 @@ def occlusion(
     check_int("batch_size", batch_size, 1)
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load_batch(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         return _occlusion(
             prepared, loss, images, _baseline(baseline, images, prepared), window, stride, batch_size
         )
@@ -533,7 +520,7 @@ def visualize_saliency_with_losses(
     seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load_batch(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         base = _baseline(baseline, images, prepared) if method != "vanilla" else None
 
         def attribute(x: torch.Tensor) -> torch.Tensor:
@@ -711,7 +698,7 @@ def visualize_cam_with_losses(
     seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load_batch(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         cam = _smoothed(
             lambda x: _cam(prepared, loss, x, penultimate_layer, method, grad_modifier, batch_size),
             images,
@@ -775,7 +762,7 @@ def visualize_guided_cam(
     loss = ActivationMaximization(layer, filter_indices)
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load_batch(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         cam = torch.as_tensor(_normalize(_cam(prepared, loss, images, penultimate_layer, "gradcam", None)))
         guided = _gradients(prepared, loss, images, backprop_modifier="guided", model_space=True)[0]
     finally:

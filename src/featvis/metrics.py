@@ -28,7 +28,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from .errors import bad_type, bad_value, check_int
-from .image import to_unit_tensor
 from .losses import ActivationMaximization, as_losses
 from .prepared import PreparedModel, prepare
 from .targets import LayerSpec
@@ -110,7 +109,7 @@ def _curve(
     loss = as_losses(ActivationMaximization(layer, filter_indices))
     prepared, owned = prepare(model, **conventions)
     try:
-        images = _load(seed_input, prepared)
+        images = prepared.load_images(seed_input)
         order = _maps(maps, images)
         base = _baseline(baseline, images, prepared)
         n, _, h, w = images.shape
@@ -140,19 +139,6 @@ def _curve(
     fractions = (counts.cpu().numpy() / pixels).astype(np.float64)
     areas = ((scores[:, 1:] + scores[:, :-1]) / 2 * np.diff(fractions)).sum(1)
     return Curve(fractions=fractions, scores=scores, areas=areas)
-
-
-def _load(seed_input, prepared: PreparedModel) -> torch.Tensor:
-    if isinstance(seed_input, Sequence) and not isinstance(seed_input, str | np.ndarray):
-        if not seed_input:
-            raise bad_value("seed_input", seed_input, "at least one image")
-        loaded = [
-            to_unit_tensor(s, "seed_input", prepared.input_range, prepared.channels) for s in seed_input
-        ]
-        return torch.cat(loaded).to(prepared.device)
-    return to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels).to(
-        prepared.device
-    )
 
 
 def _maps(maps, images: torch.Tensor) -> torch.Tensor:

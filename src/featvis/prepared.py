@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -132,6 +133,22 @@ class PreparedModel:
                 None,
                 f"a pair (low, high) for {purpose}: None (feed tensors as given) is for attention maps",
             )
+
+    def load_images(self, images: object, argument: str = "seed_input") -> torch.Tensor:
+        """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
+        as one (N, C, H, W) batch in [0, 1] on the model's device.
+
+        Example:
+            >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
+        """
+        from .image import to_unit_tensor
+
+        if isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
+            if not images:
+                raise bad_value(argument, images, "at least one image")
+            loaded = [to_unit_tensor(i, argument, self.input_range, self.channels) for i in images]
+            return torch.cat(loaded).to(self.device)
+        return to_unit_tensor(images, argument, self.input_range, self.channels).to(self.device)
 
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
         """Fixed (seed 0) uniform images in [0, 1] of `size`, for probing and checks; no global RNG used."""

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import dataclasses
 import sys
 
 import numpy as np
@@ -224,7 +225,7 @@ def visualize_layer(
         check_int("batch_size", batch_size, 1)
         chunks = layer_batches(units, batch_size)
         show = settings.progress if settings.progress is not None else len(chunks) > 1 and sys.stderr.isatty()
-        quiet = Settings(**{**settings.__dict__, "progress": False})
+        quiet = dataclasses.replace(settings, progress=False)
         results = []
         for chunk in tqdm(chunks, desc=f"layer {layer}", disable=not show):
             loss = _regularized(UnitPerImage(layer, chunk), act_max_weight, tv_weight, lp_norm_weight)
