@@ -140,3 +140,11 @@ def test_raw_0_255_input_without_preprocess_is_warned_about_once():
         warnings.simplefilter("error")  # no warning with a preprocess or a [0, 1] range
         featvis.visualize_activation(model, "conv", 0, size=8, max_iter=1, input_range=(0.0, 1.0))
         featvis.visualize_activation(model, "conv", 0, size=8, max_iter=1, preprocess=lambda x: x / 255)
+
+
+def test_layer_names_and_find_layer_idx_use_the_models_dtype_and_the_given_shape():
+    model = make_tiny().double()  # a float64 input of zeros must be float64
+    assert featvis.layer_names(model, input_shape=(3, 32, 32))[-1] == "fc"
+    torch.manual_seed(0)
+    fixed = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 2)).eval()  # 8x8 only
+    assert featvis.find_layer_idx(fixed, "2", input_shape=(3, 8, 8)) == 2
