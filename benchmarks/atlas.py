@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=8, help="units made per sampled layer")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the atlas's (4 CPU, 32 GPU)")
     parser.add_argument("--steps", type=int, default=featvis.Settings.max_iter)
+    parser.add_argument("--views", type=int, default=featvis.Settings.views)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--worlds", type=int, nargs="*", default=[1, 2, 4, 8])
     args = parser.parse_args()
@@ -51,7 +52,7 @@ def main() -> None:
     for layer in args.layers:
         with tempfile.TemporaryDirectory() as out:
             options = dict(size=args.size, batch_size=batch, max_iter=args.steps, progress=False)
-            options.update(preprocess=lite0.preprocess, device=device)
+            options.update(views=args.views, preprocess=lite0.preprocess, device=device)
             # a warm-up batch (first use of each kernel), then the timed units in a fresh folder
             featvis.atlas(model, out, [layer], **{**options, "max_iter": 2})
         with tempfile.TemporaryDirectory() as out:
@@ -82,7 +83,7 @@ def main() -> None:
         else f"cpu x{torch.get_num_threads()}",
         "torch": torch.__version__,
         "steps": args.steps,
-        "views": featvis.Settings.views,
+        "views": args.views,
         "size": args.size,
         "batch_size": batch,
         "seconds_per_unit": per_unit,

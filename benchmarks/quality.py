@@ -19,9 +19,11 @@ passes per image and seconds per image.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 import time
+from unittest import mock
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 import featvis
 from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop, RandomFlip, RandomZoom
 from featvis.losses import UnitPerImage
+from featvis.optimizer import QUALITY
 from featvis.params import FourierImage
 from featvis.regularizers import TotalVariation
 
@@ -83,6 +86,17 @@ def fourier_decay(decay: float):
     return make
 
 
+class LowResolution(FourierImage):
+    """A Fourier image made at `resolution` px and resized to the asked size (fewer parameters)."""
+
+    def __init__(self, batch, channels, size, *, resolution=112, **kwargs):
+        super().__init__(batch, channels, (resolution, resolution), **kwargs)
+        self.target = size
+
+    def __call__(self):
+        return F.interpolate(super().__call__(), size=self.target, mode="bilinear", align_corners=False)
+
+
 def recipes(generator: torch.Generator) -> dict[str, dict]:
     """Each recipe: keyword arguments of visualize_activation_with_losses plus a TV weight."""
     crops = [RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.05)]
@@ -93,7 +107,16 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
         RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.03),
         Noise(0.01),
     ]  # the first default
+    presets = {
+        f"quality={name}": dict(
+            views=preset.get("views", featvis.Settings.views),
+            steps=preset.get("max_iter", featvis.Settings.max_iter),
+            image_ema=preset.get("image_ema", featvis.Settings.image_ema),
+        )
+        for name, preset in QUALITY.items()
+    }  # the named presets (quality="fast" ...), each at its own number of passes
     return {
+        **presets,
         "featvis": dict(),  # the library's defaults (the only recipe with the image average by default)
         "fourier-flip-zoom-4v-last": dict(
             method="fourier",
@@ -177,6 +200,51 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     }
 
 
+def grid_recipe(spec: str) -> dict:
+    """A recipe written out in its name: ``grid:v=2,lr=0.1,sched=cosine,ema=0.8,tv=1,zoom=0.316-1.3``.
+
+    Keys: v (views), lr, sched (a `featvis.optimizer.SCHEDULES` name), ema (a decay or
+    "none"), tv, decay (the Fourier spectrum's), zoom (RandomZoom's side range), noise,
+    jitter, flip (0 or 1), method. Anything left out is the library's default.
+    """
+    options = dict(item.split("=", 1) for item in spec.split(":", 1)[1].split(",") if item)
+    recipe: dict = {}
+    if "v" in options:
+        recipe["views"] = int(options["v"])
+    if "lr" in options:
+        recipe["lr"] = float(options["lr"])
+    if "sched" in options:
+        recipe["lr_schedule"] = options["sched"]
+    if "ema" in options:
+        recipe["image_ema"] = None if options["ema"] == "none" else float(options["ema"])
+    if "tv" in options:
+        recipe["tv"] = float(options["tv"])
+    if "decay" in options:
+        recipe["method"] = fourier_decay(float(options["decay"]))
+    if "method" in options:
+        recipe["method"] = options["method"]
+    if "res" in options or "sd" in options:
+        resolution, sd = int(options.get("res", 0)), float(options.get("sd", 0.01))
+
+        def make(batch, channels, size, **kwargs):
+            if resolution:
+                return LowResolution(batch, channels, size, resolution=resolution, sd=sd, **kwargs)
+            return FourierImage(batch, channels, size, sd=sd, **kwargs)
+
+        make.default_lr = FourierImage.default_lr
+        recipe["method"] = make
+    if "b1" in options or "b2" in options:
+        recipe["betas"] = (float(options.get("b1", 0.9)), float(options.get("b2", 0.999)))
+    if {"zoom", "noise", "jitter", "flip"} & set(options):
+        low, high = (float(v) for v in options.get("zoom", "0.316-1.3").split("-"))
+        modifiers = [RandomZoom((low, high)), Jitter(float(options.get("jitter", 0.03)))]
+        modifiers.append(Noise(float(options.get("noise", 0.05))))
+        if options.get("flip", "1") == "1":
+            modifiers.insert(0, RandomFlip())
+        recipe["input_modifiers"] = modifiers
+    return recipe
+
+
 def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_passes=False):
     """All classes' images, `chunk` classes per batch (each image with its own class and transforms).
 
@@ -186,9 +254,11 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
     views = recipe.get("views", featvis.Settings.views)
     own_steps = budget == BUDGET and not equal_passes
     steps = recipe.get("steps", budget // views) if own_steps else budget // views
-    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps")}
+    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "betas")}
+    betas = recipe.get("betas")
+    adam = functools.partial(torch.optim.Adam, betas=betas) if betas else torch.optim.Adam
     kwargs["views"] = views
-    if name != "featvis":
+    if name != "featvis" and not name.startswith("grid:"):
         kwargs.setdefault("image_ema", None)  # the recipes as measured: the last step's image
     start = time.perf_counter()
     images = []
@@ -198,8 +268,8 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
             UnitPerImage("_fc", part)
             + recipe.get("tv", featvis.visualization.DEFAULT_TV_WEIGHT) * TotalVariation()
         )
-        images.append(
-            featvis.visualize_activation_with_losses(
+        with mock.patch("torch.optim.Adam", adam):  # Adam's betas, when the recipe sets them
+            image = featvis.visualize_activation_with_losses(
                 lite0.model,
                 loss,
                 batch_size=len(part),
@@ -211,7 +281,7 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
                 progress=False,
                 **kwargs,
             ).reshape(len(part), 224, 224, 3)
-        )
+        images.append(image)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / len(classes)
@@ -225,12 +295,41 @@ def judge(zoo_model, images: np.ndarray, size: int, device) -> torch.Tensor:
         return zoo_model.model.to(device)(zoo_model.preprocess(x))
 
 
+def evaluate(name, recipe, lite0, lite2, classes, device, seed, args, chunk) -> dict:
+    """One recipe at one seed: its images judged by Lite2 (top-1, top-5) and by Lite0."""
+    images, seconds, steps, views = run_recipe(
+        name, recipe, lite0, classes, device, seed, args.budget, chunk, args.equal_passes
+    )
+    target = torch.tensor(classes, device=device)[:, None]
+    top5 = judge(lite2, images, lite2.image_size, device).topk(5).indices
+    own = judge(lite0, images, lite0.image_size, device).argmax(1)
+    row = {
+        "lite2_top1": float((top5[:, :1] == target).any(1).float().mean()),
+        "lite2_top5": float((top5 == target).any(1).float().mean()),
+        "lite0_top1": float((own == target[:, 0]).float().mean()),
+        "seconds_per_image": seconds,
+        "steps": steps,
+        "views": views,
+        "passes_per_image": steps * views,
+        "classes_per_batch": chunk,
+        "lite2_predictions": top5[:, 0].tolist(),
+    }
+    return row, images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=["featvis", "lucid", "pixel"])
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["featvis", "lucid", "pixel"],
+        help="names from recipes(), or grid:KEY=VALUE,... (see grid_recipe)",
+    )
     parser.add_argument("--classes", type=Path, default=DEFAULT_CLASSES)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", "--seed", type=int, nargs="+", default=[0], help="each recipe at each seed; means"
+    )
     parser.add_argument("--budget", type=int, default=BUDGET, help="forward+backward passes per image")
     parser.add_argument(
         "--equal-passes",
@@ -244,10 +343,13 @@ def main() -> None:
         help="classes per batch (default: all on a GPU, 1 on a CPU, where small batches run fastest)",
     )
     parser.add_argument(
-        "--grid", type=Path, default=None, help="save a 4x5 grid of the first recipe's images"
+        "--grid", type=Path, default=None, help="save a 4x5 grid of the first recipe's images (first seed)"
     )
     parser.add_argument(
         "--grid-dir", type=Path, default=None, help="save every recipe's grid as <recipe>.png here"
+    )
+    parser.add_argument(
+        "--jsonl", type=Path, default=None, help="append each recipe's result here as it ends"
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -255,34 +357,35 @@ def main() -> None:
     lite0, lite2 = featvis.zoo.efficientnet_lite0(), featvis.zoo.efficientnet_lite2()
     lite0.model.to(device)
     chunk = args.chunk or (len(classes) if device.type == "cuda" else 1)
+    labels = [lite0.class_names[c] for c in classes]
+    # a warm-up call (first use of every kernel), so that the first recipe's time is not inflated
+    featvis.visualize_activation(
+        lite0.model, "_fc", classes[0], max_iter=2, preprocess=lite0.preprocess, device=device, progress=False
+    )
     table = {}
-    available = recipes(torch.Generator().manual_seed(args.seed))
     for name in args.recipes:
-        images, seconds, steps, views = run_recipe(
-            name, available[name], lite0, classes, device, args.seed, args.budget, chunk, args.equal_passes
-        )
-        target = torch.tensor(classes, device=device)[:, None]
-        top5 = judge(lite2, images, lite2.image_size, device).topk(5).indices
-        own = judge(lite0, images, lite0.image_size, device).argmax(1)
+        runs = []
+        for seed in args.seeds:
+            available = recipes(torch.Generator().manual_seed(seed))
+            recipe = grid_recipe(name) if name.startswith("grid:") else available[name]
+            row, images = evaluate(name, recipe, lite0, lite2, classes, device, seed, args, chunk)
+            runs.append({"seed": seed, **row})
+            if seed == args.seeds[0]:
+                grid = featvis.stitch_images(list(images), cols=5, labels=labels)
+                if args.grid is not None and name == args.recipes[0]:
+                    featvis.save_image(grid, args.grid)
+                if args.grid_dir is not None:
+                    featvis.save_image(grid, args.grid_dir / f"{name.replace(':', '_')}.png")
+        keys = ("lite2_top1", "lite2_top5", "lite0_top1", "seconds_per_image")
         table[name] = {
-            "lite2_top1": float((top5[:, :1] == target).any(1).float().mean()),
-            "lite2_top5": float((top5 == target).any(1).float().mean()),
-            "lite0_top1": float((own == target[:, 0]).float().mean()),
-            "seconds_per_image": seconds,
-            "steps": steps,
-            "views": views,
-            "passes_per_image": steps * views,
-            "classes_per_batch": chunk,
-            "lite2_predictions": top5[:, 0].tolist(),
+            **{key: float(np.mean([run[key] for run in runs])) for key in keys},
+            "passes_per_image": runs[0]["passes_per_image"],
+            "seeds": runs,
         }
-        labels = [lite0.class_names[c] for c in classes]
-        if args.grid is not None and name == args.recipes[0]:
-            featvis.save_image(featvis.stitch_images(list(images), cols=5, labels=labels), args.grid)
-        if args.grid_dir is not None:
-            featvis.save_image(
-                featvis.stitch_images(list(images), cols=5, labels=labels), args.grid_dir / f"{name}.png"
-            )
-        print(f"{name}: {table[name]['lite2_top1']:.2f} / {table[name]['lite2_top5']:.2f}", flush=True)
+        if args.jsonl is not None:
+            with args.jsonl.open("a") as file:
+                file.write(json.dumps({"recipe": name, **table[name]}) + "\n")
+        print(f"{name}: {table[name]['lite2_top1']:.4f} / {table[name]['lite2_top5']:.4f}", flush=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         json.dumps(
@@ -295,7 +398,7 @@ def main() -> None:
     )
     for name, row in table.items():
         print(
-            f"{name:20s} {row['lite2_top1']:11.0%} {row['lite2_top5']:11.0%} {row['lite0_top1']:11.0%} "
+            f"{name:20s} {row['lite2_top1']:11.2%} {row['lite2_top5']:11.2%} {row['lite0_top1']:11.2%} "
             f"{row['passes_per_image']:7d} {row['seconds_per_image']:8.2f}"
         )
 

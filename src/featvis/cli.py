@@ -21,7 +21,7 @@ import torch
 from . import attention, backprop_modifiers, gallery, grad_modifiers, params, visualization, watch, zoo
 from .errors import FeatvisError, FeatvisValueError, bad_value
 from .image import resize, save_image, stitch_images, to_array, to_unit_tensor
-from .optimizer import Settings
+from .optimizer import QUALITY, Settings
 
 EPILOG_ACTIVATION = """\b
 Examples:
@@ -297,6 +297,26 @@ common_options = [
 
 OUT_HELP = "Output PNG; its folder must exist."
 
+quality_options = [
+    click.option(
+        "--quality",
+        type=click.Choice(list(QUALITY)),
+        default="best",
+        show_default=True,
+        help="Preset, in forward+backward passes per image: preview 32 (a first look in seconds on "
+        "a CPU), fast 128, balanced 256, best 512 (128 steps x 4 views). Time grows with the passes.",
+    ),
+    click.option("--steps", type=int, default=None, help="Optimization steps (default: the preset's)."),
+    click.option("--views", type=int, default=None, help="Random views per step (default: the preset's)."),
+]
+
+
+def quality_arguments(quality: str, steps: int | None, views: int | None) -> dict:
+    """The preset and the options given beside it (those left out come from the preset)."""
+    given = {"max_iter": steps, "views": views}
+    return {"quality": quality, **{key: value for key, value in given.items() if value is not None}}
+
+
 attention_options = [
     click.option("--image", "image_path", required=True, type=click.Path(), help="Image file."),
     click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained."),
@@ -340,8 +360,7 @@ def cli() -> None:
 @click.option(
     "--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'."
 )
-@click.option("--steps", type=int, default=Settings.max_iter, show_default=True)
-@click.option("--views", type=int, default=Settings.views, show_default=True, help="Random views per step.")
+@with_options(quality_options)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option(
     "--method",
@@ -368,6 +387,7 @@ def cli() -> None:
 def activation(
     layer,
     filters,
+    quality,
     steps,
     views,
     size,
@@ -399,8 +419,7 @@ def activation(
         loaded.model,
         layer,
         indices,
-        max_iter=steps,
-        views=views,
+        **quality_arguments(quality, steps, views),
         size=size,
         method=method,
         tv_weight=tv_weight,
@@ -428,7 +447,7 @@ def activation(
 @cli.command()
 @click.option("--layer", required=True, help="Module name of the layer.")
 @click.option("--units", default=None, help="Comma list of units (default: all).")
-@click.option("--steps", type=int, default=Settings.max_iter, show_default=True)
+@with_options(quality_options)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
 @click.option("--cols", type=int, default=None, help="Columns of the grid.")
@@ -439,7 +458,9 @@ def activation(
 def layer(
     layer,
     units,
+    quality,
     steps,
+    views,
     size,
     batch_size,
     cols,
@@ -465,7 +486,7 @@ def layer(
         loaded.model,
         layer,
         chosen,
-        max_iter=steps,
+        **quality_arguments(quality, steps, views),
         size=size,
         batch_size=batch_size,
         input_range=parse_range(input_range),
@@ -770,8 +791,7 @@ Examples:
     help="Layer to include (repeat; default: every block, head, classifier).",
 )
 @click.option("--all", "all_convolutions", is_flag=True, help="Every conv and linear layer.")
-@click.option("--steps", type=int, default=Settings.max_iter, show_default=True)
-@click.option("--views", type=int, default=Settings.views, show_default=True, help="Random views per step.")
+@with_options(quality_options)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Units per batch (default 4 on CPU, 32 on GPU).")
 @click.option("--restart", is_flag=True, help="Delete an atlas made with other settings in --out first.")
@@ -780,6 +800,7 @@ Examples:
 def atlas_command(
     layers,
     all_convolutions,
+    quality,
     steps,
     views,
     size,
@@ -810,8 +831,7 @@ def atlas_command(
         batch_size=batch_size,
         seed=seed,
         restart=restart,
-        max_iter=steps,
-        views=views,
+        **quality_arguments(quality, steps, views),
         preprocess=loaded.preprocess,
         input_range=parse_range(input_range),
         device=device,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+import math
 import sys
 import warnings
 
@@ -95,7 +96,10 @@ class Settings:
     prints every term at every step; `progress` shows a bar (None: on a terminal, for
     64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
     precision; `image_ema` (default 0.9) returns the moving average of the images over
-    the second half of the steps (None: the last step's images).
+    the second half of the steps (None: the last step's images); `lr_schedule` multiplies
+    the rate at each step (None: constant; "cosine": `warmup_cosine_lr`; or ``f(step,
+    steps)``). The defaults are the "best" of the `QUALITY` presets, which entry points
+    take as ``quality=``.
 
     Example:
         >>> Settings(max_iter=64, views=2, method="pixel").learning_rate
@@ -114,8 +118,14 @@ class Settings:
     progress: bool | None = None
     autocast: torch.dtype | None = None
     image_ema: float | None = 0.9
+    lr_schedule: str | Callable[[int, int], float] | None = None
 
     def __post_init__(self):
+        schedule = self.lr_schedule
+        if isinstance(schedule, str) and schedule not in SCHEDULES:
+            raise bad_value("lr_schedule", schedule, f"one of {', '.join(SCHEDULES)}, a callable or None")
+        if not isinstance(schedule, str) and schedule is not None and not callable(schedule):
+            raise bad_type("lr_schedule", schedule, "a name, a function f(step, steps) -> factor, or None")
         check_int("max_iter", self.max_iter, 1)
         check_int("views", self.views, 1)
         if self.lr is not None:
@@ -152,24 +162,80 @@ class Settings:
 
     @classmethod
     def take(cls, options: dict, allowed: Sequence[str] = ()) -> Settings:
-        """Settings from keyword options (removing them); any other option not in `allowed` is an error."""
+        """Settings from keyword options (removing them); any other option not in `allowed` is an error.
+
+        ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win.
+
+        Example:
+            >>> settings = Settings.take({"quality": "fast", "lr": 0.03})
+            >>> settings.max_iter, settings.views, settings.lr
+            (128, 1, 0.03)
+        """
         from .errors import close_matches
 
-        unknown = [k for k in options if k not in cls.names() and k not in allowed]
+        names = [*cls.names(), "quality"]
+        unknown = [k for k in options if k not in names and k not in allowed]
         if unknown:
-            known = [*cls.names(), *allowed]
             raise FeatvisTypeError(
-                f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], known)}"
+                f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], [*names, *allowed])}"
             )
-        return cls(**{k: options.pop(k) for k in list(options) if k in cls.names()})
+        quality = options.pop("quality", "best")
+        if not isinstance(quality, str) or quality not in QUALITY:
+            raise bad_value("quality", quality, f"one of {', '.join(map(repr, QUALITY))}")
+        given = {k: options.pop(k) for k in list(options) if k in cls.names()}
+        return cls(**{**QUALITY[quality], **given})
 
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else default_lr(self.method)
 
     @property
+    def lr_factor(self) -> Callable[[int, int], float]:
+        """The learning rate's multiplier at each step, ``f(step, steps)``."""
+        schedule = self.lr_schedule or "constant"
+        return SCHEDULES[schedule] if isinstance(schedule, str) else schedule
+
+    @property
     def transforms(self) -> list[InputModifier | Callable]:
         return standard_transforms() if self.input_modifiers is None else list(self.input_modifiers)
+
+
+def constant_lr(step: int, steps: int) -> float:
+    """The same learning rate at every step."""
+    return 1.0
+
+
+def warmup_cosine_lr(step: int, steps: int, warmup: float = 0.1, floor: float = 0.05) -> float:
+    """A linear warm-up over the first `warmup` of the steps, then a cosine decay to `floor`.
+
+    Example:
+        >>> [round(warmup_cosine_lr(s, 10), 2) for s in (0, 1, 5, 9)]
+        [1.0, 1.0, 0.61, 0.08]
+    """
+    ramp = max(1, round(warmup * steps))
+    if step < ramp:
+        return (step + 1) / ramp
+    progress = (step - ramp) / max(1, steps - ramp)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_lr, "cosine": warmup_cosine_lr}
+
+
+QUALITY: dict[str, dict] = {
+    "preview": dict(max_iter=32, views=1),
+    "fast": dict(max_iter=128, views=1, image_ema=0.95),
+    "balanced": dict(max_iter=256, views=1),
+    "best": dict(max_iter=128, views=4),
+}
+"""Named presets of `Settings` (``quality=`` in every activation-maximization entry point).
+
+Forward+backward passes per image and what EfficientNet-Lite2 recognized of Lite0's 20
+benchmark class images (top-1 / top-5, mean of four seeds, ``benchmarks/quality.py`` on
+an H200; see benchmarks/RESULTS.md):
+"preview" 32 passes (25% / 44%), "fast" 128 (84% / 88%), "balanced" 256 (89% / 95%),
+"best" 512 (91% / 96%, the default). The time is about proportional to the passes.
+"""
 
 
 def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
@@ -224,6 +290,7 @@ def optimize(
     # one fused kernel per step on a GPU rather than a handful over the whole spectrum
     fused_adam = all(p.is_cuda and p.is_floating_point() for p in param.parameters()) or None
     optimizer = torch.optim.Adam(param.parameters(), lr=settings.learning_rate, fused=fused_adam)
+    lr_factor = settings.lr_factor
     log = _StepLog(names)
     transparency = None
     average = None  # of the images, when image_ema is set
@@ -274,6 +341,8 @@ def optimize(
             means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
             params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
             log.add(step, means, torch.cat([finite, params_finite[None]]))
+            for group in optimizer.param_groups:
+                group["lr"] = settings.learning_rate * lr_factor(step, steps)
             optimizer.step()
             param.project()
             magnitude = images.grad.detach().abs().mean(1)

@@ -1,0 +1,101 @@
+"""Quality presets (``quality="preview" | "fast" | "balanced" | "best"``) and learning-rate schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import featvis
+from featvis.cli import main
+from featvis.errors import FeatvisTypeError, FeatvisValueError
+from featvis.optimizer import QUALITY, Settings, warmup_cosine_lr
+
+from conftest import assert_untouched, snapshot
+
+
+@pytest.mark.parametrize("quality", list(QUALITY))
+def test_each_preset_runs_the_passes_it_announces(tiny, quality):
+    preset = {**dict(max_iter=Settings.max_iter, views=Settings.views), **QUALITY[quality]}
+    batches: list[int] = []  # what the model is shown at each step, seen by a plain input modifier
+
+    def record(images):
+        batches.append(images.shape[0])
+        return images
+
+    featvis.visualize_activation(
+        tiny, "fc", 1, quality=quality, input_modifiers=[record], size=32, input_range=(0, 1), seed=0
+    )
+    assert batches == [preset["views"]] * preset["max_iter"]
+
+
+def test_best_is_the_default_and_options_beside_a_preset_win(tiny):
+    assert Settings.take({"quality": "best"}) == Settings()
+    settings = Settings.take({"quality": "preview", "max_iter": 5, "views": 3})
+    assert (settings.max_iter, settings.views) == (5, 3)
+    assert Settings.take({"quality": "fast"}).image_ema == 0.95
+
+
+def test_the_class_score_rises_at_every_preset(tiny):
+    with torch.no_grad():
+        start = tiny(torch.rand(1, 3, 32, 32) * 255)[0, 3].item()
+    for quality in QUALITY:
+        image = featvis.visualize_activation(tiny, "fc", 3, quality=quality, size=32, seed=0, progress=False)
+        with torch.no_grad():
+            end = tiny(torch.tensor(image).permute(2, 0, 1)[None].float())[0, 3].item()
+        assert end > start + 1.0, quality
+
+
+@pytest.mark.parametrize("quality", ["quick", None, 3])
+def test_an_unknown_preset_is_refused_naming_the_presets_and_the_model_is_untouched(tiny, quality):
+    before = snapshot(tiny)
+    with pytest.raises(FeatvisValueError, match="quality.*'preview', 'fast', 'balanced', 'best'"):
+        featvis.visualize_activation(tiny, "fc", 1, quality=quality, size=32, input_range=(0, 1))
+    assert_untouched(tiny, before)
+
+
+def test_a_misspelled_quality_keyword_suggests_it(tiny):
+    with pytest.raises(FeatvisTypeError, match="close matches: quality"):
+        featvis.visualize_activation(tiny, "fc", 1, qualty="fast", size=32, input_range=(0, 1))
+
+
+def test_the_cli_takes_a_preset_and_steps_beside_it(tmp_path, monkeypatch):
+    from featvis import visualization
+
+    calls: list[dict] = []
+    real = visualization.visualize_activation
+    monkeypatch.setattr(
+        visualization, "visualize_activation", lambda *a, **k: calls.append(k) or real(*a, **k)
+    )
+    out = tmp_path / "unit.png"
+    args = ["activation", "--model", "conftest:make_tiny", "--preprocess", "none", "--layer", "fc"]
+    args += ["--filter", "2", "--size", "32", "--quality", "preview", "--steps", "6", "--out", str(out)]
+    main(args)
+    assert calls[0]["quality"] == "preview" and calls[0]["max_iter"] == 6 and "views" not in calls[0]
+    assert out.stat().st_size > 0
+
+
+def test_a_schedule_that_stops_the_steps_freezes_the_image(tiny):
+    options = dict(size=32, input_range=(0, 1), seed=0, progress=False, image_ema=None)
+    one = featvis.visualize_activation(tiny, "fc", 1, max_iter=1, **options)
+    frozen = featvis.visualize_activation(
+        tiny, "fc", 1, max_iter=6, lr_schedule=lambda step, steps: 1.0 if step == 0 else 0.0, **options
+    )
+    moving = featvis.visualize_activation(tiny, "fc", 1, max_iter=6, **options)
+    assert np.array_equal(one, frozen)
+    assert not np.array_equal(one, moving)
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_its_floor():
+    factors = [warmup_cosine_lr(step, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert factors[-1] == pytest.approx(0.05, abs=0.01)
+
+
+@pytest.mark.parametrize("schedule", ["linear", 3])
+def test_an_unknown_schedule_is_refused_naming_the_choices(tiny, schedule):
+    before = snapshot(tiny)
+    with pytest.raises((FeatvisValueError, FeatvisTypeError), match="lr_schedule"):
+        featvis.visualize_activation(tiny, "fc", 1, lr_schedule=schedule, size=32, input_range=(0, 1))
+    assert_untouched(tiny, before)
