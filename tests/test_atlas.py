@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from PIL import Image
 import pytest
 import torch
@@ -59,6 +60,11 @@ def _env(folder: Path) -> dict:
 def toy_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("toy")
     (folder / "toy.py").write_text(TOY)
+    photos = folder / "photos"  # 11 pictures: two ranks' shares differ in size
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(photos / f"p{i:02d}.png")
     return folder
 
 
@@ -66,10 +72,15 @@ def _atlas_command(*args) -> list[str]:
     return [sys.executable, "-m", "featvis", "atlas", "--model", "toy:make", *OPTIONS, *args]
 
 
+def _data(folder: Path) -> list[str]:
+    return ["--data", str(folder / "photos"), "--examples", "3"]
+
+
 @pytest.fixture(scope="module")
 def one_process_site(toy_folder) -> Path:
     out = toy_folder / "one"
-    subprocess.run(_atlas_command("--out", str(out)), env=_env(toy_folder), check=True, capture_output=True)
+    command = _atlas_command(*_data(toy_folder), "--out", str(out))
+    subprocess.run(command, env=_env(toy_folder), check=True, capture_output=True)
     return out
 
 
@@ -104,6 +115,7 @@ def test_two_processes_under_torchrun_write_the_same_files_as_one(toy_folder, on
             "toy:make",
         ]
         + OPTIONS
+        + _data(toy_folder)
         + ["--out", str(out)],
         env=_env(toy_folder),
         capture_output=True,
@@ -117,6 +129,7 @@ def test_two_processes_under_torchrun_write_the_same_files_as_one(toy_folder, on
     }
     assert ranks == {0, 1}  # both processes did work
     assert _files(out) == _files(one_process_site)  # every PNG, record, page: bitwise the same
+    assert len(list(out.glob("units/*/*.examples.png"))) == 18  # each unit's dataset examples too
     units = _index_units(out)
     expected = [
         (layer, u)
@@ -174,6 +187,62 @@ def test_the_python_api_writes_a_site_and_a_rerun_skips_and_other_settings_are_r
         featvis.atlas(model, tmp_path, ["0"], **{**options, "max_iter": 5})
     featvis.atlas(model, tmp_path, ["0"], restart=True, **{**options, "max_iter": 5})
     assert _index_units(tmp_path) == [("0", u) for u in range(4)]
+
+
+def test_dataset_examples_on_every_card_are_the_images_that_drive_the_unit_most(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3)).eval()
+    before = snapshot(model)
+    data = torch.rand(13, 3, 12, 12)
+    options = dict(size=12, max_iter=2, views=1, input_range=(0.0, 1.0), progress=False)
+    index = featvis.atlas(model, tmp_path, ["0", "2"], data=data, examples=3, **options)
+    assert_untouched(model, before)
+    for layer, units in (("0", 4), ("2", 3)):
+        expected = featvis.dataset_examples(model, layer, data, k=3, input_range=(0.0, 1.0))
+        for unit in range(units):
+            record = json.loads((tmp_path / f"units/{layer}/unit_{unit:05d}.examples.json").read_text())
+            assert record["sources"] == expected.sources(unit)
+            assert record["values"] == pytest.approx(expected.values[unit].tolist(), rel=1e-5)
+            assert record["values"] == sorted(record["values"], reverse=True)
+            strip = Image.open(tmp_path / f"units/{layer}/unit_{unit:05d}.examples.png")
+            assert strip.size[0] >= 2 * 64  # the three crops, 64 px each, two to a row
+    page = (tmp_path / "layer_2.html").read_text()
+    assert page.count(".examples.png") == 3 and 'loading="lazy"' in page
+    assert index.exists()
+    with pytest.raises(featvis.FeatvisValueError, match="examples"):
+        featvis.atlas(model, tmp_path, ["0", "2"], data=data, examples=5, **options)
+
+
+def test_merged_shares_give_the_examples_of_one_pass():
+    from torch.utils.data import DistributedSampler
+
+    from featvis.dataset_examples import merge_examples
+    from featvis.datasource import image_source
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)).eval()
+    model(torch.rand(1, 3, 10, 10))
+    data = torch.rand(9, 3, 10, 10)
+    whole = featvis.dataset_examples(model, ["0", "3"], data, k=4, input_range=(0.0, 1.0))
+    source = image_source(data, input_range=(0.0, 1.0))
+    shares = [
+        featvis.dataset_examples(
+            model,
+            ["0", "3"],
+            data,
+            k=4,
+            input_range=(0.0, 1.0),
+            sampler=DistributedSampler(source, num_replicas=3, rank=rank, shuffle=False),
+        )
+        for rank in range(3)
+    ]
+    for layer in ("0", "3"):
+        merged = merge_examples([share[layer] for share in shares], k=4)
+        assert np.array_equal(merged.indices, whole[layer].indices)
+        assert np.array_equal(merged.lowest_indices, whole[layer].lowest_indices)
+        assert np.allclose(merged.values, whole[layer].values)
+        if whole[layer].positions is not None:
+            assert np.array_equal(merged.positions, whole[layer].positions)
 
 
 def test_the_plan_and_shares_do_not_depend_on_the_world_size_and_balance_cost():

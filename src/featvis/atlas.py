@@ -37,8 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from .dataset_examples import dataset_examples, dataset_fingerprint, merge_examples
+from .datasource import ImageSource, image_source
 from .errors import FeatvisValueError, bad_type, check_int
 from .image import atomic_write, save_image, to_array
 from .optimizer import Settings
@@ -48,6 +51,7 @@ from .visualization import activations_reached, layer_batches, visualize_layer
 
 MANIFEST = "atlas.json"
 THUMBNAIL = 96
+UNIT_RECORD = re.compile(r"unit_\d+\.json")  # a unit's record (not its examples' record)
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -190,6 +194,8 @@ def atlas(
     restart: bool = False,
     title: str = "featvis atlas",
     progress: bool | None = None,
+    data: object = None,
+    examples: int = 9,
     **options,
 ) -> Path:
     """Visualize every unit of `layers` (default `default_layers`; ``all_convolutions=True``: every conv
@@ -204,6 +210,12 @@ def atlas(
     (``preprocess``, ``input_range``, ``channels``, ``device``) and `featvis.Settings`
     (``max_iter``, ``views``, ...). A rerun with other settings is an error naming what
     differs, unless ``restart=True`` (which deletes the folder's atlas first).
+
+    With `data` (anything `featvis.dataset_examples` reads but a DataLoader: a folder, a
+    list of paths, an array, a Dataset), every unit also gets its `examples` dataset
+    examples (the images that drive it most, cropped to its receptive field), shown on
+    its card: one pass over the data, split over the ranks by a ``DistributedSampler``,
+    the per-rank top-k merged with a collective (`merge_examples`).
 
     Example:
         >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
@@ -232,11 +244,16 @@ def atlas(
             check_int("batch_size", batch_size, 1)
             counts = {name: prepared.unit_count(layer, shape) for name, layer in zip(names, chosen)}
             manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
+            if data is not None:
+                check_int("examples", examples, 1)
+                manifest["settings"]["examples"] = {"k": examples, **_data_fingerprint(data)}
             if rank == 0:
                 _check_manifest(out, manifest, restart, write=True)
             _barrier(world_size)
             if rank != 0:
                 _check_manifest(out, manifest, False, write=False)
+            if data is not None:
+                _write_examples(model, prepared, out, counts, data, examples, rank, world_size, progress)
             work = plan(counts, layer_costs(prepared, names, shape), batch_size)
             mine = shard(work, world_size)[rank]
             started_at = time.perf_counter()
@@ -253,6 +270,78 @@ def atlas(
         if started:
             dist.destroy_process_group()
     return out / "index.html"
+
+
+def _data_fingerprint(data: object) -> dict:
+    """What the manifest records of the data: its description and the fingerprint of its items."""
+    source = image_source(data)
+    if not isinstance(source, ImageSource):
+        raise bad_type("data", data, "a folder, a list of paths, an array or a Dataset (not a DataLoader)")
+    return dataset_fingerprint(source)
+
+
+def _write_examples(model, prepared, out, counts, data, k, rank, world_size, progress) -> None:
+    """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them.
+
+    Every rank reads its share of the data (a DistributedSampler), the shares' top-k are
+    gathered and merged on every rank, and each rank writes every world_size-th unit.
+    """
+    missing = {
+        layer: [
+            u for u in range(count) if not _unit_stem(out, layer, u).with_suffix(".examples.json").exists()
+        ]
+        for layer, count in counts.items()
+    }
+    layers = [layer for layer, units in missing.items() if units]
+    if not layers:
+        return
+    source = image_source(data, channels=prepared.channels)
+    sampler = DistributedSampler(source, num_replicas=world_size, rank=rank, shuffle=False)
+    mine = dataset_examples(
+        model,
+        layers,
+        data,
+        k=k,
+        input_range=prepared.input_range,
+        preprocess=prepared.preprocess,
+        channels=prepared.channels,
+        device=prepared.device,
+        progress=bool(progress) and rank == 0,
+        sampler=sampler,
+    )
+    shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
+    gathered = [shares]
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, shares)
+    jobs = [(layer, unit) for layer in layers for unit in missing[layer]]
+    for layer in layers:
+        merged = merge_examples([part[layer] for part in gathered], k)
+        merged = dataclasses.replace(merged, _source=mine[layer]._source)
+        for layer_name, unit in jobs[rank::world_size]:
+            if layer_name == layer:
+                _save_examples(out, layer, unit, merged)
+
+
+def _save_examples(out: Path, layer: str, unit: int, examples) -> None:
+    from PIL import Image
+
+    from .image import stitch_images, to_pil
+
+    side = 64
+    crops = [
+        np.asarray(to_pil(crop).resize((side, side), Image.Resampling.LANCZOS))
+        for crop in examples.images(unit)
+    ]
+    stem = _unit_stem(out, layer, unit)
+    cols = max(1, int(np.ceil(np.sqrt(len(crops)))))
+    save_image(stitch_images(crops, cols=cols), stem.with_name(stem.name + ".examples.png"))
+    row = examples.row(unit)
+    record = {
+        "sources": examples.sources(unit),
+        "values": [float(f"{v:.6g}") for v in examples.values[row]],
+    }
+    atomic_write(stem.with_suffix(".examples.json"), lambda tmp: Path(tmp).write_text(json.dumps(record)))
 
 
 def _manifest(prepared, settings, counts, shape, batch_size, seed) -> dict:
@@ -373,7 +462,7 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
 def _count_done(out: Path) -> int:
     units = out / "units"
     return (
-        sum(1 for folder in units.iterdir() for f in folder.iterdir() if f.suffix == ".json")
+        sum(1 for folder in units.iterdir() for f in folder.iterdir() if UNIT_RECORD.fullmatch(f.name))
         if units.exists()
         else 0
     )
@@ -385,7 +474,11 @@ def _records(out: Path) -> dict[str, list[dict]]:
     found: dict[str, list[dict]] = {}
     for layer in manifest["layers"]:
         folder = out / "units" / _slug(layer)
-        files = sorted(folder.glob("unit_*.json")) if folder.exists() else []
+        files = (
+            sorted(f for f in folder.glob("unit_*.json") if UNIT_RECORD.fullmatch(f.name))
+            if folder.exists()
+            else []
+        )
         found[layer] = [json.loads(f.read_text()) for f in files]
     return found
 
@@ -436,10 +529,16 @@ def write_site(out: str | os.PathLike, *, title: str = "featvis atlas", class_na
                     "page": page,
                 }
             )
+            examples = ""
+            if (out / f"{stem}.examples.png").exists():
+                examples = (
+                    f'<img src="{stem}.examples.png" loading="lazy" width="{THUMBNAIL}" height="{THUMBNAIL}" '
+                    f'alt="dataset examples of unit {e["unit"]}" title="dataset examples">'
+                )
             cards.append(
                 f'<a class="card" href="{stem}.png" data-unit="{e["unit"]}" data-label="{html.escape(label.lower())}">'
                 f'<img src="{stem}.thumb.png" loading="lazy" width="{THUMBNAIL}" height="{THUMBNAIL}" alt="unit {e["unit"]}">'
-                f"<span>{e['unit']}{' ' + html.escape(label) if label else ''} · {e['activation']:.3g}</span></a>"
+                f"{examples}<span>{e['unit']}{' ' + html.escape(label) if label else ''} · {e['activation']:.3g}</span></a>"
             )
         _write_page(out / page, f"{title}: {layer}", _layer_body(layer, len(units), cards))
         strip = "".join(

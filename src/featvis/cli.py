@@ -794,6 +794,13 @@ Examples:
 @with_options(quality_options)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Units per batch (default 4 on CPU, 32 on GPU).")
+@click.option(
+    "--data",
+    type=click.Path(exists=True),
+    default=None,
+    help="Folder of images: each unit's card also shows the images that drive it most.",
+)
+@click.option("--examples", type=int, default=9, show_default=True, help="Dataset examples per unit.")
 @click.option("--restart", is_flag=True, help="Delete an atlas made with other settings in --out first.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder of the site.")
 @with_common
@@ -805,6 +812,8 @@ def atlas_command(
     views,
     size,
     batch_size,
+    data,
+    examples,
     restart,
     out,
     model_spec,
@@ -831,6 +840,8 @@ def atlas_command(
         batch_size=batch_size,
         seed=seed,
         restart=restart,
+        data=data,
+        examples=examples,
         **quality_arguments(quality, steps, views),
         preprocess=loaded.preprocess,
         input_range=parse_range(input_range),

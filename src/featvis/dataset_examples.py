@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 import hashlib
 import os
@@ -36,7 +37,7 @@ import weakref
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from .datasource import DataSummary, ImageSource, array_item, collate, image_source
@@ -212,7 +213,10 @@ def _receptive_field(reader, index, to_model, channels, image_size) -> Receptive
 
 
 class _RunningTopK:
-    """The k highest scores per unit seen so far, their data positions and spatial positions."""
+    """The k highest scores per unit seen so far, their data positions and spatial positions.
+
+    Equal scores are ranked by data position, so the result does not depend on the batching.
+    """
 
     def __init__(self, units: int, k: int, device: torch.device):
         self.values = torch.full((units, k), -torch.inf, device=device)
@@ -225,7 +229,9 @@ class _RunningTopK:
         values = torch.cat([self.values, torch.nan_to_num(scores.T, nan=-torch.inf)], dim=1)
         indices = torch.cat([self.indices, positions.expand(len(self.values), -1)], dim=1)
         spots = torch.cat([self.where, where.T], dim=1)
-        best = values.topk(min(k, values.shape[1]), dim=1).indices
+        by_position = indices.argsort(dim=1, stable=True)  # ties go to the earlier item, however split
+        values, indices, spots = (t.gather(1, by_position) for t in (values, indices, spots))
+        best = values.sort(dim=1, descending=True, stable=True).indices[:, :k]
         self.values = values.gather(1, best)
         self.indices = indices.gather(1, best)
         self.where = spots.gather(1, best)
@@ -330,6 +336,67 @@ class DatasetExamples:
         return [describe(int(p)) for p in indices]
 
 
+def merge_examples(parts: Sequence[DatasetExamples], k: int | None = None) -> DatasetExamples:
+    """One layer's examples from the results of several shares of the same data (one per process).
+
+    Per unit, the `k` highest (and lowest) of all the shares (default: as many as the
+    widest share kept), an item found by two shares counted once, ties broken by the
+    item's position, so the result does not depend on how the data was split.
+
+    Example:
+        >>> merged = merge_examples([ex_rank0, ex_rank1], k=9)
+    """
+    if not parts or any(p.layer != parts[0].layer or p.units != parts[0].units for p in parts):
+        raise bad_value("parts", f"{len(parts)} results", "results of the same layer and units")
+    k = k or max(p.indices.shape[1] for p in parts)
+
+    def best(indices, values, positions, highest):
+        rows_i, rows_v, rows_p = [], [], []
+        for row in range(len(parts[0].units)):
+            seen: dict[int, tuple] = {}
+            for part_i, part_v, part_p in zip(indices, values, positions):
+                for column, index in enumerate(part_i[row]):
+                    if index >= 0 and int(index) not in seen:
+                        where = part_p[row][column] if part_p is not None else None
+                        seen[int(index)] = (float(part_v[row][column]), where)
+            order = sorted(seen, key=lambda i: ((-1 if highest else 1) * seen[i][0], i))[:k]
+            rows_i.append(order)
+            rows_v.append([seen[i][0] for i in order])
+            rows_p.append([seen[i][1] for i in order])
+        width = min(len(r) for r in rows_i)  # as a single pass: k shrinks to the images used
+        stack = np.array([r[:width] for r in rows_i], dtype=np.int64).reshape(len(rows_i), width)
+        kept = np.array([r[:width] for r in rows_v], dtype=np.float32).reshape(len(rows_v), width)
+        where = None if positions[0] is None else np.array([r[:width] for r in rows_p]).reshape(-1, width, 2)
+        return stack, kept, where
+
+    top = best([p.indices for p in parts], [p.values for p in parts], [p.positions for p in parts], True)
+    low = best(
+        [p.lowest_indices for p in parts],
+        [p.lowest_values for p in parts],
+        [p.lowest_positions for p in parts],
+        False,
+    )
+    summary = DataSummary(
+        used=sum(p.summary.used for p in parts),
+        skipped=[item for p in parts for item in p.summary.skipped],
+        converted={
+            note: sum(p.summary.converted.get(note, 0) for p in parts)
+            for note in {n for p in parts for n in p.summary.converted}
+        },
+    )
+    return dataclasses.replace(
+        parts[0],
+        indices=top[0],
+        values=top[1],
+        positions=top[2],
+        lowest_indices=low[0],
+        lowest_values=low[1],
+        lowest_positions=low[2],
+        summary=summary,
+        interrupted=any(p.interrupted for p in parts),
+    )
+
+
 def _short(units: Sequence[int]) -> str:
     return ", ".join(map(str, units[:8])) + (", ..." if len(units) > 8 else "")
 
@@ -363,8 +430,8 @@ class _UserLoader:
         return f"item {position}"
 
 
-def _fingerprint(source: object) -> dict:
-    """What identifies the data for a checkpoint: its length and, for files, a digest of the paths."""
+def dataset_fingerprint(source: object) -> dict:
+    """What identifies the data (for a checkpoint, an atlas): its length and, for files, a digest of the paths."""
     if isinstance(source, ImageSource):
         digest = hashlib.sha1("\n".join(source.names or []).encode()).hexdigest() if source.names else ""
         return {"count": len(source.items), "paths": digest}
@@ -420,6 +487,7 @@ def dataset_examples(
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
+    sampler: Sampler | None = None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
@@ -439,6 +507,10 @@ def dataset_examples(
     ``checkpoint="run.pt"`` the running top-k is saved atomically every
     `checkpoint_every` batches (and at the end or on Ctrl-C); a call with the same
     path and settings resumes from there.
+
+    `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
+    process of a distributed job ranks its share, and `merge_examples` joins the shares
+    (as `featvis.atlas` does). Not with a DataLoader of your own, nor with `checkpoint`.
 
     Example:
         >>> ex = dataset_examples(lite0.model, "_fc", "photos/", k=4, preprocess=lite0.preprocess)
@@ -476,6 +548,13 @@ def dataset_examples(
 
     source = image_source(data, channels=channels, size=size, input_range=input_range)
     own_loader = isinstance(source, ImageSource)
+    if sampler is not None and (not own_loader or checkpoint is not None):
+        given = "a DataLoader as data" if not own_loader else "checkpoint"
+        raise bad_value(
+            "sampler",
+            sampler,
+            f"a sampler over data that is not a DataLoader, without checkpoint (given {given})",
+        )
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
     settings = {
         "layers": [str(x) if not isinstance(x, nn.Module) else type(x).__name__ for x in layers],
@@ -486,7 +565,7 @@ def dataset_examples(
         "channels": channels,
         "input_range": list(input_range),
         "batch_size": batch_size,
-        **_fingerprint(source),
+        **dataset_fingerprint(source),
     }
     state = _load_checkpoint(checkpoint_path, settings) if checkpoint_path else None
     start = state["next"] if state else 0
@@ -499,12 +578,12 @@ def dataset_examples(
         loader = DataLoader(
             source,
             batch_size=batch_size,
-            shuffle=False,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=target_device.type == "cuda",
         )
-        total = len(source.items)
+        total = len(sampler) if sampler is not None else len(source.items)
     else:
         loader = source
         source = _UserLoader(loader, input_range, channels)
