@@ -591,7 +591,7 @@ def _write_page(path: Path, title: str, body: str) -> Path:
 body {{ font-family: sans-serif; margin: 1em; background: #fafafa; }}
 small {{ font-weight: normal; color: #666; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }}
-.strip img {{ margin-right: 2px; }}
+.strip {{ white-space: nowrap; }} .strip img {{ margin-right: 2px; }}
 .grid, #results {{ display: flex; flex-wrap: wrap; gap: 6px; margin: 8px 0; }}
 .card {{ display: flex; flex-direction: column; align-items: center; width: {THUMBNAIL + 8}px;
   text-decoration: none; color: #333; font-size: 11px; }}
