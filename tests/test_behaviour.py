@@ -394,6 +394,23 @@ def test_guided_grad_cam_is_the_guided_gradient_where_the_cam_is(two):
     np.testing.assert_allclose(maps, _mask(TOP_RIGHT), atol=1e-6)
 
 
+def test_guided_grad_cam_drops_the_gradient_that_lowers_the_class_where_the_cam_is(two):
+    image = np.zeros((N, N, 3), np.float32)
+    image[..., 0] = 1.0  # A0 = 1 everywhere
+    image[(*TOP_LEFT, 1)] = 0.25  # A1 = 0.25 on the top left, 1 on the bottom right, 0 elsewhere
+    image[(*BOTTOM_RIGHT, 1)] = 1.0
+    # class 2 = A0 - 2 A1: CAM = ReLU(A0 - 2 A1), normalized: 0.5 on the top left, 0 on the bottom
+    # right, 1 elsewhere. The input gradient is 1/HW on channel 0 everywhere and -2/HW on channel 1
+    # where A1 is active; guided backprop drops the negative one, so channel 1 gets nothing, even
+    # on the top left where the CAM is positive (the plain gradient would make it the maximum there)
+    expected = 0.5 * _mask(TOP_LEFT) + _mask(TOP_RIGHT, BOTTOM_LEFT)
+    per_channel = featvis.visualize_guided_cam(two, "fc", 2, image, keepdims=True, **UNIT)[0]
+    np.testing.assert_allclose(per_channel[..., 0], expected, atol=1e-6)
+    np.testing.assert_allclose(per_channel[..., 1:], 0, atol=1e-6)
+    maps = featvis.visualize_guided_cam(two, "fc", 2, image, **UNIT)[0]  # the max over channels
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+
+
 def test_smoothgrad_averages_noisy_copies_and_stays_on_the_evidence(two):
     image = _image(TOP, LEFT)
     smooth = featvis.visualize_saliency(two, "fc", 0, image, smooth_samples=8, smooth_noise=0.05, **UNIT)[0]
