@@ -243,9 +243,29 @@ def test_a_gradient_that_turns_non_finite_later_names_that_step(tiny):
 def test_a_model_with_a_non_finite_backward_stops_at_step_1():
     model = BadGradient()
     before = snapshot(model)
-    with pytest.raises(featvis.NonFiniteError, match=r"step 1\b"):
+    through = r"^step 1: the gradient that comes back through the model \(before the grad modifier\)"
+    with pytest.raises(featvis.NonFiniteError, match=through):
         featvis.visualize_activation(model, "fc", 0, max_iter=4, **SMALL)
     assert_untouched(model, before)
+
+
+def test_a_grad_modifier_that_makes_the_gradient_non_finite_is_told_apart_from_the_model(tiny):
+    # the model's gradient is finite; what the modifier makes of it reaches the image parameters
+    with pytest.raises(featvis.NonFiniteError, match="^step 1: the gradient of the image parameters became"):
+        featvis.visualize_activation(
+            tiny, "fc", 0, max_iter=4, grad_modifier=lambda g: g * float("nan"), **SMALL
+        )
+
+
+def test_an_infinite_loss_value_names_the_term_and_the_total(tiny):
+    def huge(ctx):
+        return ctx.images.mean(dim=(1, 2, 3)) * float("inf")
+
+    terms = [(featvis.ActivationMaximization("fc", 0), 1.0), (FunctionLoss(huge), 1.0)]
+    with pytest.raises(
+        featvis.NonFiniteError, match=r"^step 1: term\(s\) huge, total became NaN or infinite"
+    ):
+        featvis.visualize_activation_with_losses(tiny, terms, max_iter=5, **SMALL)
 
 
 # The README promises that a non-finite gradient is named with its step and its term.
