@@ -66,18 +66,37 @@ def test_ablation_cam_is_its_definition_when_the_layers_after_also_read_the_laye
         np.testing.assert_allclose(got, _normalized(expected), atol=1e-4)
 
 
-def test_grad_cam_at_each_call_of_a_module_called_twice(shared_net):
-    """`act#0` is the first call of the shared ReLU: its own output and the score's gradient there."""
+def test_grad_cam_and_ablation_cam_at_each_call_of_a_module_called_twice(shared_net):
+    """`act#0` is the first call of the shared ReLU: its own output, the score's gradient there, and
+    the score with one of its channels zeroed while the second call runs as it is."""
     image = np.random.default_rng(2).uniform(0, 1, (32, 32, 3)).astype(np.float32)
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
+
+    def score(first=None, second=None):
+        first = F.relu(shared_net.conv1(x)) if first is None else first
+        second = F.relu(shared_net.conv2(first)) if second is None else second
+        return shared_net.fc(second.mean(dim=(2, 3)))[0, 2]
+
     first = F.relu(shared_net.conv1(x)).detach().requires_grad_(True)
     second = F.relu(shared_net.conv2(first))
-    score = shared_net.fc(second.mean(dim=(2, 3)))[0, 2]
-    grads = torch.autograd.grad(score, [first, second])
-    for layer, acts, grad in (("act#0", first, grads[0]), ("act#1", second, grads[1])):
-        expected = F.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1))[0].detach()
+    grads = torch.autograd.grad(score(first, second), [first, second])
+    for index, (acts, grad) in enumerate([(first, grads[0]), (second, grads[1])]):
+        acts = acts.detach()
+        layer = f"act#{index}"
+        expected = F.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1))[0]
         got = featvis.visualize_cam(shared_net, "fc", 2, image, penultimate_layer=layer, **UNIT)[0]
         np.testing.assert_allclose(got, _normalized(expected), atol=1e-4, err_msg=layer)
+        with torch.no_grad():
+            y, drops = score(), []
+            for k in range(acts.shape[1]):
+                ablated = acts.clone()
+                ablated[:, k] = 0
+                drops.append((y - score(**{("first", "second")[index]: ablated})) / y)
+            expected = F.relu((torch.stack(drops)[:, None, None] * acts[0]).sum(0))
+        got = featvis.visualize_cam(
+            shared_net, "fc", 2, image, method="ablationcam", penultimate_layer=layer, **UNIT
+        )[0]
+        np.testing.assert_allclose(got, _normalized(expected), atol=1e-4, err_msg=f"ablationcam {layer}")
 
 
 class Brightness(nn.Module):
@@ -105,6 +124,28 @@ def test_occlusion_reaches_every_pixel_when_the_stride_does_not_divide_the_image
     )
     assert drops.shape == (1, size, size)
     torch.testing.assert_close(drops[0], torch.full((size, size), 3 * window**2 / size**2))
+    # a number as the baseline: a flat image of that value, so each drop is a quarter as large
+    quarter = featvis.occlusion(
+        Brightness(),
+        ActivationMaximization("fc", 0),
+        image,
+        window=window,
+        stride=stride,
+        baseline=0.75,
+        **UNIT,
+    )
+    torch.testing.assert_close(quarter, drops / 4)
+
+
+def test_occlusion_defaults_to_16_pixel_windows_every_8_pixels():
+    model = ConcatSkip().eval()
+    image = np.random.default_rng(5).uniform(0, 1, (40, 40, 3)).astype(np.float32)
+    loss = ActivationMaximization("fc", 0)
+    plain = featvis.occlusion(model, loss, image, **UNIT)
+    torch.testing.assert_close(plain, featvis.occlusion(model, loss, image, window=16, stride=8, **UNIT))
+    assert not torch.allclose(plain, featvis.occlusion(model, loss, image, window=16, stride=9, **UNIT))
+    with pytest.raises(featvis.FeatvisValueError, match="^batch_size=0"):
+        featvis.occlusion(model, loss, image, batch_size=0, **UNIT)
 
 
 @pytest.mark.parametrize("method", [featvis.integrated_gradients, featvis.occlusion])
@@ -115,3 +156,72 @@ def test_a_baseline_that_cannot_be_read_is_named(method):
         method(Brightness(), loss, image, baseline="no-such-file.png", **UNIT)
     with pytest.raises(featvis.FeatvisTypeError, match="^baseline has type dict"):
         method(Brightness(), loss, image, baseline={"low": 0}, **UNIT)
+
+
+class Features(nn.Module):
+    """features = ReLU(input channels 0 and 1) (a 1x1 conv), global average pool, linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.pick = nn.Conv2d(3, 2, 1, bias=False)
+        self.features = nn.ReLU()
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.pick.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])[:, :, None, None])
+            self.fc.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, -1.0]]))
+
+    def forward(self, x):
+        return self.fc(self.features(self.pick(x)).mean(dim=(2, 3)))
+
+
+def test_eigen_cam_is_the_first_principal_component_signed_by_the_activations():
+    """Both feature channels equal a pattern P, so every position's activation is P * (1, 1): the first
+    principal component is (1, 1), the projection on it is P minus its mean, with the sign that makes
+    it grow with the activations. P = 1 on the top left, 0.5 on the top right, 0 below (mean 0.375):
+    ReLU(P - 0.375) is 0.625, 0.125 and 0, normalized 1, 0.2 and 0. The second image is the first's
+    negative, 1 - P (mean 0.625): 0, 0 and 0.375, normalized 0, 0 and 1."""
+    pattern = np.zeros((16, 16), np.float32)
+    pattern[:8, :8], pattern[:8, 8:] = 1.0, 0.5
+    images = np.zeros((2, 16, 16, 3), np.float32)
+    images[0, ..., :2] = pattern[..., None]
+    images[1, ..., :2] = 1 - pattern[..., None]
+    expected = np.zeros((2, 16, 16), np.float32)
+    expected[0, :8, :8], expected[0, :8, 8:] = 1.0, 0.2
+    expected[1, 8:] = 1.0
+    for unit in (0, 1):  # class-agnostic
+        cams = featvis.visualize_cam(
+            Features(), "fc", unit, images, method="eigencam", penultimate_layer="features", **UNIT
+        )
+        np.testing.assert_allclose(cams, expected, atol=1e-5)
+
+
+class Linear(nn.Module):
+    """score = sum of weight * pixel: the input gradient is the weight, whatever the image."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(weight.numel(), 1, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(weight.flatten()[None])
+
+    def forward(self, x):
+        return self.fc(self.flat(x))
+
+
+def test_aug_smooth_takes_each_views_map_back_to_the_image():
+    """The views are the image, its mirror, and both zoomed in 10% (a centered crop of round(32 / 1.1)
+    = 29 pixels from pixel 1, resized to 32). A linear model's saliency is its weight W in the view's
+    coordinates, so in the image's: W, W mirrored, and W shrunk into the crop, mirrored or not; each
+    pixel averages the views that see it."""
+    weight = torch.zeros(32, 32)
+    weight[:8, :4] = 1.0  # a block at the top left: mirrored, it is at the top right
+    weight[20:, 24:] = 0.5
+    model = Linear(weight.expand(3, 32, 32))
+    image = np.random.default_rng(6).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    got = featvis.visualize_saliency(model, "fc", 0, image, aug_smooth=True, **UNIT)[0]
+    shrunk = torch.full((32, 32), float("nan"))
+    shrunk[1:30, 1:30] = F.interpolate(weight[None, None], size=(29, 29), mode="bilinear")[0, 0]
+    views = torch.stack([weight, weight.flip(-1), shrunk, shrunk.flip(-1)])
+    expected = views.nansum(0) / views.isfinite().sum(0)
+    np.testing.assert_allclose(got, _normalized(expected), atol=1e-5)

@@ -362,6 +362,9 @@ def test_grad_cam_plus_plus_drops_channels_with_negative_gradients(two):
     np.testing.assert_allclose(campp, _mask(TOP), atol=1e-6)
     gradcam = featvis.visualize_cam(two, "fc", 2, image, **UNIT)[0]
     assert not np.allclose(campp, gradcam)  # Grad-CAM subtracts A1 where Grad-CAM++ ignores it
+    # class 0 = A0: A1's gradient is 0 everywhere, a zero weight (not 0 / 0) for a channel it ignores
+    only_a0 = featvis.visualize_cam(two, "fc", 0, image, method="gradcam++", **UNIT)[0]
+    np.testing.assert_allclose(only_a0, _mask(TOP), atol=1e-6)
 
 
 def test_grad_cam_plus_plus_weights_follow_the_closed_form(two):

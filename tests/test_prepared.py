@@ -75,6 +75,9 @@ def test_a_prepared_model_serves_many_calls_and_restores_the_model_on_close(coun
     image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
     with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
         assert not model.training  # featvis runs the model in eval mode, weights frozen
+        assert (
+            repr(prepared) == "PreparedModel(TinyNet, input_range=(0.0, 1.0), channels=3, device=cpu, open)"
+        )
         featvis.visualize_activation(prepared, "conv2", 1, size=32, max_iter=2, views=1, seed=0)
         featvis.visualize_layer(prepared, "conv2", [0, 1], size=32, max_iter=2, views=1, seed=0)
         featvis.visualize_cam(prepared, "fc", 3, image)
@@ -82,6 +85,7 @@ def test_a_prepared_model_serves_many_calls_and_restores_the_model_on_close(coun
     assert counted["probe"] == 1
     assert_untouched(model, before)
     assert model.training
+    assert repr(prepared).endswith("device=cpu, closed)")
 
 
 ENTRY_POINTS = {
