@@ -225,3 +225,118 @@ def test_aug_smooth_takes_each_views_map_back_to_the_image():
     views = torch.stack([weight, weight.flip(-1), shrunk, shrunk.flip(-1)])
     expected = views.nansum(0) / views.isfinite().sum(0)
     np.testing.assert_allclose(got, _normalized(expected), atol=1e-5)
+
+
+def test_saliency_options_that_are_not_allowed_are_named():
+    image = np.ones((8, 8, 3), np.float32)
+    for kwargs, message in [
+        ({"method": "occlusion", "window": 0}, "^window=0 is not allowed: expected an int >= 1"),
+        ({"method": "occlusion", "batch_size": 0}, "^batch_size=0 is not allowed: expected an int >= 1"),
+        ({"batch_size": 0}, "^batch_size=0 is not allowed"),
+    ]:
+        with pytest.raises(featvis.FeatvisValueError, match=message):
+            featvis.visualize_saliency(Brightness(), "fc", 0, image, **kwargs, **UNIT)
+
+
+class Ramp(nn.Module):
+    """score = sum over pixels and channels of (row * width + column + 1) * pixel, at any size."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            self.fc.weight.fill_(1.0)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        ramp = torch.arange(h * w, dtype=x.dtype).view(h, w) + 1
+        return self.fc((x * ramp).sum(dim=(2, 3)))
+
+
+def test_occlusion_saliency_of_single_pixels_is_the_weight_of_each_pixel():
+    """window=1 (the smallest window is allowed): each pixel's drop on a white image, over a black
+    baseline, is 3 times its weight in the score; the defaults are occlusion's (16, every 8)."""
+    image = np.ones((12, 16, 3), np.float32)
+    single = featvis.visualize_saliency(
+        Ramp(), "fc", 0, image, method="occlusion", window=1, stride=1, percentile=None, **UNIT
+    )[0]
+    np.testing.assert_allclose(single, np.arange(12 * 16).reshape(12, 16) / (12 * 16 - 1), atol=1e-5)
+    image = np.random.default_rng(8).uniform(0, 1, (40, 40, 3)).astype(np.float32)
+    model = ConcatSkip().eval()
+    drops = featvis.occlusion(model, ActivationMaximization("fc", 0), image, **UNIT)[0]
+    maps = featvis.visualize_saliency(model, "fc", 0, image, method="occlusion", percentile=None, **UNIT)[0]
+    np.testing.assert_allclose(maps, _normalized(drops.abs()), atol=1e-5)
+
+
+def test_smoothgrad_noise_is_seeded_with_0_by_default():
+    model = ConcatSkip().eval()
+    image = np.random.default_rng(9).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    plain = featvis.visualize_saliency(model, "fc", 0, image, smooth_samples=2, **UNIT)
+    np.testing.assert_array_equal(
+        plain, featvis.visualize_saliency(model, "fc", 0, image, smooth_samples=2, seed=0, **UNIT)
+    )
+    assert not np.allclose(
+        plain, featvis.visualize_saliency(model, "fc", 0, image, smooth_samples=2, seed=1, **UNIT)
+    )
+
+
+@pytest.mark.parametrize("method", [featvis.integrated_gradients, featvis.occlusion])
+def test_baselines_as_a_number_a_gray_image_and_model_ready_values(method):
+    """A number is a flat image of that value in input_range; a 2-D array a gray image (R = G = B);
+    with input_range=None both are model input as given."""
+    model = Brightness()
+    loss = ActivationMaximization("fc", 0)
+    image = np.random.default_rng(10).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    extra = {"window": 4, "stride": 2} if method is featvis.occlusion else {}
+    bytes_ = dict(input_range=(0, 255), preprocess=lambda x: x / 255, **extra)
+    flat = method(model, loss, image, baseline=64, **bytes_)
+    as_gray = method(model, loss, image, baseline=np.full((8, 8), 64, np.float32), **bytes_)
+    torch.testing.assert_close(as_gray, flat)
+    ready = torch.from_numpy(image / 255).permute(2, 0, 1)[None]
+    as_ready = method(model, loss, ready, baseline=64 / 255, input_range=None, **extra)
+    torch.testing.assert_close(as_ready, flat, atol=1e-5, rtol=1e-4)
+
+
+def test_guided_grad_cam_of_bytes_and_a_preprocess_equals_that_of_the_model_ready_tensor():
+    """Guided gradients are taken w.r.t. the model input: the same map for the same model input,
+    however it was given (a per-channel normalization scales the channels differently)."""
+    from featvis.zoo import Normalize
+
+    model = ConcatSkip().eval()
+    images = np.rint(np.random.default_rng(11).uniform(0, 255, (2, 16, 16, 3))).astype(np.uint8)
+    normalized = Normalize()(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+    for keepdims in (False, True):
+        raw = featvis.visualize_guided_cam(model, "fc", 1, images, keepdims=keepdims, preprocess=Normalize())
+        ready = featvis.visualize_guided_cam(model, "fc", 1, normalized, keepdims=keepdims, input_range=None)
+        np.testing.assert_allclose(raw, ready, atol=1e-4)
+
+
+class TwoCells(nn.Module):
+    """A 16x32 image seen as two 16x16 cells: the last map before the head is 1x2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(12)
+        self.cells = nn.Conv2d(3, 4, 16, stride=16)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.pool(self.act(self.cells(x)))))
+
+
+def test_cam_finds_a_map_of_two_cells_by_itself():
+    image = np.random.default_rng(13).uniform(0, 1, (16, 32, 3)).astype(np.float32)
+    found = featvis.visualize_cam(TwoCells().eval(), "fc", 0, image, **UNIT)
+    named = featvis.visualize_cam(TwoCells().eval(), "fc", 0, image, penultimate_layer="act", **UNIT)
+    np.testing.assert_array_equal(found, named)
+
+
+def test_overlay_resizes_the_heat_map_with_pixel_centres_aligned():
+    """A 2x2 map over a 4x4 image: bilinear with half-pixel centres (as image resizers do) gives the
+    rows and columns 0, 1/4, 3/4, 1 of the way from one cell to the next."""
+    heat = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
+    blended = featvis.overlay(np.zeros((4, 4, 3), np.float32), heat, colormap="gray", alpha=1.0)
+    np.testing.assert_allclose(blended[..., 0] / 255, np.tile([0, 0.25, 0.75, 1], (4, 1)), atol=1 / 255)
