@@ -144,6 +144,10 @@ def test_a_neuron_must_lie_inside_the_map():
     for x, y in [(SIZE, 0), (0, SIZE), (-1, 0)]:
         with pytest.raises(featvis.FeatvisValueError, match="x, y"):
             _first_step(model, neuron("act2", 0, x=x, y=y))
+    with pytest.raises(
+        featvis.FeatvisValueError, match=r"^index=-1 is not allowed: expected unit indices >= 0"
+    ):
+        neuron("act2", -1)
     corner, images = _first_step(model, neuron("conv2", 4, x=SIZE - 1, y=SIZE - 1))
     assert corner["neuron"] == pytest.approx(-_conv2(model, images)[0, 4, -1, -1].item(), rel=1e-4, abs=1e-6)
 
