@@ -340,3 +340,31 @@ def test_overlay_resizes_the_heat_map_with_pixel_centres_aligned():
     heat = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
     blended = featvis.overlay(np.zeros((4, 4, 3), np.float32), heat, colormap="gray", alpha=1.0)
     np.testing.assert_allclose(blended[..., 0] / 255, np.tile([0, 0.25, 0.75, 1], (4, 1)), atol=1 / 255)
+
+
+class Centred(ConcatSkip):
+    """ConcatSkip on the image minus its mean: adding a constant to every pixel changes nothing."""
+
+    def forward(self, x):
+        return super().forward(x - x.mean())
+
+
+def test_smoothgrad_noise_scales_with_the_images_range_not_its_level():
+    model = Centred().eval()
+    image = np.random.default_rng(14).uniform(0.1, 0.5, (16, 16, 3)).astype(np.float32)
+    smooth = featvis.visualize_saliency(model, "fc", 0, image, smooth_samples=2, **UNIT)
+    brighter = featvis.visualize_saliency(model, "fc", 0, image + 0.4, smooth_samples=2, **UNIT)
+    np.testing.assert_allclose(brighter, smooth, atol=1e-5)
+    assert not np.allclose(smooth, featvis.visualize_saliency(model, "fc", 0, image, **UNIT), atol=1e-3)
+
+
+def test_cam_smoothing_without_a_seed_draws_fresh_noise():
+    model = ConcatSkip().eval()
+    image = np.random.default_rng(15).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    first, second = (
+        featvis.visualize_cam(
+            model, "fc", 0, image, smooth_samples=2, seed=None, penultimate_layer="act", **UNIT
+        )
+        for _ in range(2)
+    )
+    assert first.shape == (1, 16, 16) and not np.allclose(first, second)

@@ -450,6 +450,15 @@ def test_smoothgrad_averages_noisy_copies_and_stays_on_the_evidence(two):
     np.testing.assert_array_equal(smooth, again)  # seeded: the same noise each call
 
 
+def test_smoothgrad_of_one_sample_is_the_map_of_one_noisy_copy(two):
+    image = _image(TOP, LEFT)
+    one = featvis.visualize_saliency(two, "fc", 0, image, smooth_samples=1, smooth_noise=0.05, **UNIT)[0]
+    # one noisy copy: each pixel of the bottom half (0 +- noise) is active or not, nothing between
+    assert set(np.unique(one)) == {0.0, 1.0}
+    np.testing.assert_array_equal(one[TOP], 1)
+    assert 0.2 < one[BOTTOM].mean() < 0.8
+
+
 class InfiniteFeatures(nn.Module):
     """Finite gradients, but a feature map (and so the score) that is infinite where the input is bright."""
 
