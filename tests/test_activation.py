@@ -248,6 +248,6 @@ def test_every_unit_of_a_layer_with_one_value_per_image_is_one_image():
 def test_a_pixel_image_starts_gray_with_a_little_noise():
     from featvis.params import PixelImage
 
-    start = PixelImage(2, 3, (32, 32), streams=featvis.rng.Streams([0, 1]))()
+    start = PixelImage(2, 3, (32, 32), streams=featvis.rng.Streams([0, 1]))().detach()
     assert abs(float(start.mean()) - 0.5) < 0.01
     assert 0.09 < float(start.std()) < 0.11
