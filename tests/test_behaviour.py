@@ -408,6 +408,11 @@ def test_saliency_maps_by_construction(two):
     np.testing.assert_allclose(per_channel[..., 0], 0.5 * _mask(TOP), atol=1e-6)
     np.testing.assert_allclose(per_channel[..., 1], _mask(LEFT), atol=1e-6)
     np.testing.assert_allclose(per_channel[..., 2], 0, atol=1e-6)
+    # the percentile scales all channels together: of the 768 values 512 are 0, 128 are 1/HW
+    # (channel 0), 128 are 2/HW (channel 1); the 80th percentile is 1/HW, above it clipped to 1
+    at_80 = featvis.visualize_saliency(two, "fc", 2, image, keepdims=True, percentile=80, **UNIT)[0]
+    np.testing.assert_allclose(at_80[..., 0], _mask(TOP), atol=1e-6)
+    np.testing.assert_allclose(at_80[..., 1], _mask(LEFT), atol=1e-6)
 
 
 def test_guided_grad_cam_is_the_guided_gradient_where_the_cam_is(two):
