@@ -102,3 +102,12 @@ def test_grad_cam_on_a_keras_conv_layer(keras_model):
     )
     assert cam.shape == (1, 16, 16) and np.isfinite(cam).all()
     np.testing.assert_allclose(cam, named)  # found automatically: the last spatial layer, 'relu'
+
+
+def test_a_gray_keras_model_gets_one_channel_images():
+    keras.utils.set_random_seed(1)
+    gray = keras.Sequential(
+        [keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.ReLU(name="relu")]
+    )
+    image = featvis.visualize_activation(gray, "conv", 2, **{**FAST, "max_iter": 2})
+    assert image.shape == (16, 16, 1)  # the channel count read from the model's input shape
