@@ -106,8 +106,9 @@ def test_grad_cam_on_a_keras_conv_layer(keras_model):
 
 def test_a_gray_keras_model_gets_one_channel_images():
     keras.utils.set_random_seed(1)
-    gray = keras.Sequential(
-        [keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.ReLU(name="relu")]
-    )
-    image = featvis.visualize_activation(gray, "conv", 2, **{**FAST, "max_iter": 2})
-    assert image.shape == (16, 16, 1)  # the channel count read from the model's input shape
+    for size in [(16, 16), (None, None)]:  # a fixed input size, and any size
+        gray = keras.Sequential(
+            [keras.Input((*size, 1)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.ReLU(name="relu")]
+        )
+        image = featvis.visualize_activation(gray, "conv", 2, **{**FAST, "max_iter": 2})
+        assert image.shape == (16, 16, 1)  # the channel count read from the model's input shape
