@@ -251,3 +251,14 @@ def test_a_pixel_image_starts_gray_with_a_little_noise():
     start = PixelImage(2, 3, (32, 32), streams=featvis.rng.Streams([0, 1]))().detach()
     assert abs(float(start.mean()) - 0.5) < 0.01
     assert 0.09 < float(start.std()) < 0.11
+
+
+def test_progress_shows_the_steps_done_of_all(tiny, capsys):
+    featvis.visualize_activation(
+        tiny, "conv2", 1, size=16, max_iter=3, views=1, seed=0, progress=True, input_range=(0.0, 1.0)
+    )
+    assert "3/3" in capsys.readouterr().err
+    featvis.visualize_activation(
+        tiny, "conv2", 1, size=16, max_iter=3, views=1, seed=0, progress=False, input_range=(0.0, 1.0)
+    )
+    assert capsys.readouterr().err == ""
