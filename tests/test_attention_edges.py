@@ -368,3 +368,13 @@ def test_cam_smoothing_without_a_seed_draws_fresh_noise():
         for _ in range(2)
     )
     assert first.shape == (1, 16, 16) and not np.allclose(first, second)
+
+
+def test_occlusion_works_on_a_model_that_takes_one_input_size():
+    """A flatten and a linear layer take 16x16 images only: occlusion probes the model at the
+    images' size. Each pixel's drop on a white image over a black baseline is its weight."""
+    weight = torch.rand(16, 16, generator=torch.Generator().manual_seed(16))
+    model = Linear(weight.expand(3, 16, 16))
+    image = np.ones((16, 16, 3), np.float32)
+    drops = featvis.occlusion(model, ActivationMaximization("fc", 0), image, window=1, stride=1, **UNIT)
+    torch.testing.assert_close(drops[0], 3 * weight, atol=1e-4, rtol=1e-4)
