@@ -230,3 +230,35 @@ def test_jitter_rolls_each_image_by_its_own_offset():
         assert len(match) == 1
         shifts.append(match[0])
     assert len(set(shifts)) > 1  # not one shift shared by the batch
+
+
+class Total(torch.nn.Module):
+    """One value per image: the sum of its channels' means."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3)).sum(1)
+
+
+def test_every_unit_of_a_layer_with_one_value_per_image_is_one_image():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), Total()).eval()
+    images = featvis.visualize_layer(model, "1", size=8, max_iter=2, views=1, seed=0, input_range=(0.0, 1.0))
+    assert images.shape == (1, 8, 8, 3)
+
+
+def test_a_pixel_image_starts_gray_with_a_little_noise():
+    from featvis.params import PixelImage
+
+    start = PixelImage(2, 3, (32, 32), streams=featvis.rng.Streams([0, 1]))().detach()
+    assert abs(float(start.mean()) - 0.5) < 0.01
+    assert 0.09 < float(start.std()) < 0.11
+
+
+def test_progress_shows_the_steps_out_of_all(tiny, capsys):
+    featvis.visualize_activation(
+        tiny, "conv2", 1, size=16, max_iter=3, views=1, seed=0, progress=True, input_range=(0.0, 1.0)
+    )
+    assert "0/3" in capsys.readouterr().err  # the bar counts the steps out of all 3 from its first draw
+    featvis.visualize_activation(
+        tiny, "conv2", 1, size=16, max_iter=3, views=1, seed=0, progress=False, input_range=(0.0, 1.0)
+    )
+    assert capsys.readouterr().err == ""

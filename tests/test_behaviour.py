@@ -243,9 +243,29 @@ def test_a_gradient_that_turns_non_finite_later_names_that_step(tiny):
 def test_a_model_with_a_non_finite_backward_stops_at_step_1():
     model = BadGradient()
     before = snapshot(model)
-    with pytest.raises(featvis.NonFiniteError, match=r"step 1\b"):
+    through = r"^step 1: the gradient that comes back through the model \(before the grad modifier\)"
+    with pytest.raises(featvis.NonFiniteError, match=through):
         featvis.visualize_activation(model, "fc", 0, max_iter=4, **SMALL)
     assert_untouched(model, before)
+
+
+def test_a_grad_modifier_that_makes_the_gradient_non_finite_is_told_apart_from_the_model(tiny):
+    # the model's gradient is finite; what the modifier makes of it reaches the image parameters
+    with pytest.raises(featvis.NonFiniteError, match="^step 1: the gradient of the image parameters became"):
+        featvis.visualize_activation(
+            tiny, "fc", 0, max_iter=4, grad_modifier=lambda g: g * float("nan"), **SMALL
+        )
+
+
+def test_an_infinite_loss_value_names_the_term_and_the_total(tiny):
+    def huge(ctx):
+        return ctx.images.mean(dim=(1, 2, 3)) * float("inf")
+
+    terms = [(featvis.ActivationMaximization("fc", 0), 1.0), (FunctionLoss(huge), 1.0)]
+    with pytest.raises(
+        featvis.NonFiniteError, match=r"^step 1: term\(s\) huge, total became NaN or infinite"
+    ):
+        featvis.visualize_activation_with_losses(tiny, terms, max_iter=5, **SMALL)
 
 
 # The README promises that a non-finite gradient is named with its step and its term.
@@ -342,6 +362,9 @@ def test_grad_cam_plus_plus_drops_channels_with_negative_gradients(two):
     np.testing.assert_allclose(campp, _mask(TOP), atol=1e-6)
     gradcam = featvis.visualize_cam(two, "fc", 2, image, **UNIT)[0]
     assert not np.allclose(campp, gradcam)  # Grad-CAM subtracts A1 where Grad-CAM++ ignores it
+    # class 0 = A0: A1's gradient is 0 everywhere, a zero weight (not 0 / 0) for a channel it ignores
+    only_a0 = featvis.visualize_cam(two, "fc", 0, image, method="gradcam++", **UNIT)[0]
+    np.testing.assert_allclose(only_a0, _mask(TOP), atol=1e-6)
 
 
 def test_grad_cam_plus_plus_weights_follow_the_closed_form(two):
@@ -385,6 +408,11 @@ def test_saliency_maps_by_construction(two):
     np.testing.assert_allclose(per_channel[..., 0], 0.5 * _mask(TOP), atol=1e-6)
     np.testing.assert_allclose(per_channel[..., 1], _mask(LEFT), atol=1e-6)
     np.testing.assert_allclose(per_channel[..., 2], 0, atol=1e-6)
+    # the percentile scales all channels together: of the 768 values 512 are 0, 128 are 1/HW
+    # (channel 0), 128 are 2/HW (channel 1); the 80th percentile is 1/HW, above it clipped to 1
+    at_80 = featvis.visualize_saliency(two, "fc", 2, image, keepdims=True, percentile=80, **UNIT)[0]
+    np.testing.assert_allclose(at_80[..., 0], _mask(TOP), atol=1e-6)
+    np.testing.assert_allclose(at_80[..., 1], _mask(LEFT), atol=1e-6)
 
 
 def test_guided_grad_cam_is_the_guided_gradient_where_the_cam_is(two):
@@ -392,6 +420,23 @@ def test_guided_grad_cam_is_the_guided_gradient_where_the_cam_is(two):
     # class 2: CAM = top right; guided gradient = channel 0 on the top half: product = top right
     maps = featvis.visualize_guided_cam(two, "fc", 2, image, **UNIT)[0]
     np.testing.assert_allclose(maps, _mask(TOP_RIGHT), atol=1e-6)
+
+
+def test_guided_grad_cam_drops_the_gradient_that_lowers_the_class_where_the_cam_is(two):
+    image = np.zeros((N, N, 3), np.float32)
+    image[..., 0] = 1.0  # A0 = 1 everywhere
+    image[(*TOP_LEFT, 1)] = 0.25  # A1 = 0.25 on the top left, 1 on the bottom right, 0 elsewhere
+    image[(*BOTTOM_RIGHT, 1)] = 1.0
+    # class 2 = A0 - 2 A1: CAM = ReLU(A0 - 2 A1), normalized: 0.5 on the top left, 0 on the bottom
+    # right, 1 elsewhere. The input gradient is 1/HW on channel 0 everywhere and -2/HW on channel 1
+    # where A1 is active; guided backprop drops the negative one, so channel 1 gets nothing, even
+    # on the top left where the CAM is positive (the plain gradient would make it the maximum there)
+    expected = 0.5 * _mask(TOP_LEFT) + _mask(TOP_RIGHT, BOTTOM_LEFT)
+    per_channel = featvis.visualize_guided_cam(two, "fc", 2, image, keepdims=True, **UNIT)[0]
+    np.testing.assert_allclose(per_channel[..., 0], expected, atol=1e-6)
+    np.testing.assert_allclose(per_channel[..., 1:], 0, atol=1e-6)
+    maps = featvis.visualize_guided_cam(two, "fc", 2, image, **UNIT)[0]  # the max over channels
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
 
 
 def test_smoothgrad_averages_noisy_copies_and_stays_on_the_evidence(two):
@@ -408,6 +453,15 @@ def test_smoothgrad_averages_noisy_copies_and_stays_on_the_evidence(two):
     assert 0.2 < bottom.mean() < 0.7
     again = featvis.visualize_saliency(two, "fc", 0, image, smooth_samples=8, smooth_noise=0.05, **UNIT)[0]
     np.testing.assert_array_equal(smooth, again)  # seeded: the same noise each call
+
+
+def test_smoothgrad_of_one_sample_is_the_map_of_one_noisy_copy(two):
+    image = _image(TOP, LEFT)
+    one = featvis.visualize_saliency(two, "fc", 0, image, smooth_samples=1, smooth_noise=0.05, **UNIT)[0]
+    # one noisy copy: each pixel of the bottom half (0 +- noise) is active or not, nothing between
+    assert set(np.unique(one)) == {0.0, 1.0}
+    np.testing.assert_array_equal(one[TOP], 1)
+    assert 0.2 < one[BOTTOM].mean() < 0.8
 
 
 class InfiniteFeatures(nn.Module):

@@ -102,3 +102,33 @@ def test_grad_cam_on_a_keras_conv_layer(keras_model):
     )
     assert cam.shape == (1, 16, 16) and np.isfinite(cam).all()
     np.testing.assert_allclose(cam, named)  # found automatically: the last spatial layer, 'relu'
+
+
+def test_a_gray_keras_model_gets_one_channel_images():
+    keras.utils.set_random_seed(1)
+    for size in [(16, 16), (None, None)]:  # a fixed input size, and any size
+        gray = keras.Sequential(
+            [keras.Input((*size, 1)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.ReLU(name="relu")]
+        )
+        image = featvis.visualize_activation(gray, "conv", 2, **{**FAST, "max_iter": 2})
+        assert image.shape == (16, 16, 1)  # the channel count read from the model's input shape
+
+
+def test_grad_cam_skips_a_keras_layer_with_a_one_by_one_map():
+    """A 1x1 map (N, 1, 1, C) channels-last is not spatial: the CAM layer found is the last one
+    with more than one position, 'relu', not the 1x1 'squeeze' after it."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(8, 3, name="conv"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Conv2D(4, 14, name="squeeze"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(3, name="dense"),
+        ]
+    )
+    image = np.random.default_rng(3).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    found = featvis.visualize_cam(model, "dense", 0, image, input_range=(0.0, 1.0))
+    named = featvis.visualize_cam(model, "dense", 0, image, penultimate_layer="relu", input_range=(0.0, 1.0))
+    np.testing.assert_allclose(found, named)

@@ -144,6 +144,10 @@ def test_a_neuron_must_lie_inside_the_map():
     for x, y in [(SIZE, 0), (0, SIZE), (-1, 0)]:
         with pytest.raises(featvis.FeatvisValueError, match="x, y"):
             _first_step(model, neuron("act2", 0, x=x, y=y))
+    with pytest.raises(
+        featvis.FeatvisValueError, match=r"^index=-1 is not allowed: expected unit indices >= 0"
+    ):
+        neuron("act2", -1)
     corner, images = _first_step(model, neuron("conv2", 4, x=SIZE - 1, y=SIZE - 1))
     assert corner["neuron"] == pytest.approx(-_conv2(model, images)[0, 4, -1, -1].item(), rel=1e-4, abs=1e-6)
 
@@ -212,7 +216,41 @@ def test_loss_arithmetic_builds_the_weights_it_says():
     def bright(ctx):
         return -ctx.images.mean(dim=(1, 2, 3))
 
+    with pytest.raises(featvis.FeatvisTypeError, match="^other has type int"):
+        1 - a  # noqa: B018  a number on the left (Loss.__rsub__) is refused the same way
     mixed = bright - 2 * a  # a plain function on the left: Loss.__rsub__
     assert [(t.name, w) for t, w in mixed.terms] == [("bright", 1.0), ("channel", -2.0)]
     assert (a + neuron("fc", 0) - channel("conv1", 2)).layers() == ("act2", "fc", "conv1")
     assert repr(0.5 * a - b) == "0.5 * channel + -1 * neuron"
+
+
+def test_a_bad_loss_in_a_list_of_pairs_is_named_as_losses():
+    with pytest.raises(featvis.FeatvisTypeError, match="^losses has type str"):
+        featvis.visualize_activation_with_losses(make_tiny(), [(channel("act2", 1), 1.0), ("act2", 1.0)])
+
+
+class Tokens(torch.nn.Module):
+    """A patch embedding that hands on (N, tokens, channels), as a vision transformer's blocks do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = torch.nn.Conv2d(3, 6, 4, stride=4)
+        self.tokens = torch.nn.Identity()
+        self.fc = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        tokens = self.tokens(self.embed(x).flatten(2).transpose(1, 2))
+        return self.fc(tokens.mean(1))
+
+
+def test_units_of_token_outputs_are_averaged_over_the_tokens():
+    """UnitPerImage on (N, tokens, channels) with channel_axis=-1: each image's unit, mean over tokens."""
+    model = Tokens().eval()
+    history, images = _first_step(model, UnitPerImage("tokens", [1, 4], channel_axis=-1), batch_size=2)
+    with torch.no_grad():
+        tokens = model.embed(images).flatten(2).transpose(1, 2)  # (2, 9, 6)
+    per_image = -torch.stack([tokens[0, :, 1].mean(), tokens[1, :, 4].mean()])
+    assert history["UnitPerImage"] == pytest.approx(per_image.mean().item(), rel=1e-4)
+    # one value per image, not one per token: the total is the term's, not 9 times it
+    assert history["total"] == pytest.approx(per_image.mean().item(), rel=1e-4)

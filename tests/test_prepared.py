@@ -1,5 +1,7 @@
 """One prepared model behind every entry point: probed and folded once, randomness private and per unit."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,9 @@ def test_a_prepared_model_serves_many_calls_and_restores_the_model_on_close(coun
     image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
     with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
         assert not model.training  # featvis runs the model in eval mode, weights frozen
+        assert (
+            repr(prepared) == "PreparedModel(TinyNet, input_range=(0.0, 1.0), channels=3, device=cpu, open)"
+        )
         featvis.visualize_activation(prepared, "conv2", 1, size=32, max_iter=2, views=1, seed=0)
         featvis.visualize_layer(prepared, "conv2", [0, 1], size=32, max_iter=2, views=1, seed=0)
         featvis.visualize_cam(prepared, "fc", 3, image)
@@ -82,6 +87,7 @@ def test_a_prepared_model_serves_many_calls_and_restores_the_model_on_close(coun
     assert counted["probe"] == 1
     assert_untouched(model, before)
     assert model.training
+    assert repr(prepared).endswith("device=cpu, closed)")
 
 
 ENTRY_POINTS = {
@@ -231,3 +237,44 @@ def test_a_model_that_takes_one_input_size_only_is_probed_at_that_size():
     assert images.shape == (4, 8, 8, 1)
     image = featvis.visualize_activation(model, "2", 1, size=8, max_iter=2, seed=0, input_range=(0.0, 1.0))
     assert image.shape == (8, 8, 1)
+
+
+def _splitmix64(state: int) -> int:
+    """The reference SplitMix64 output function (Steele, Lea and Flood 2014), in plain Python."""
+    mask = (1 << 64) - 1
+    z = state & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_small_draws_are_splitmix64_of_key_and_counter():
+    golden = 0x9E3779B97F4A7C15
+    streams = featvis.rng.Streams([0, 2**62 + 12345])
+    bits = streams.bits(3).tolist()
+    assert [b & ((1 << 64) - 1) for b in bits[0]] == [
+        0xE220A8397B1DCDAF,
+        0x6E789E6AA1B965F4,
+        0x06C45D188009454F,
+    ]
+    assert [b & ((1 << 64) - 1) for b in bits[1]] == [
+        _splitmix64(2**62 + 12345 + i * golden) for i in (1, 2, 3)
+    ]
+    uniform = streams.uniform(4)[1].tolist()  # the top 24 bits of the next four patterns
+    assert uniform == [(_splitmix64(2**62 + 12345 + i * golden) >> 40) / 2**24 for i in (4, 5, 6, 7)]
+
+
+def test_normal_draws_are_box_muller_of_the_patterns_and_standard_normal():
+    golden, key = 0x9E3779B97F4A7C15, 777
+    expected = []
+    for i in (1, 2, 3, 4):
+        pattern = _splitmix64(key + i * golden)
+        radius = ((pattern >> 40) + 1) / 2**24  # the top 24 bits, in (0, 1]
+        angle = (pattern & 0xFFFFFF) / 2**24  # the low 24 bits, in [0, 1)
+        expected.append(math.sqrt(-2 * math.log(radius)) * math.cos(2 * math.pi * angle))
+    got = featvis.rng.Streams([key]).normal(4)[0].tolist()
+    assert got == pytest.approx(expected, abs=1e-5)
+    draws = featvis.rng.Streams(range(8)).normal(500).flatten()  # Box-Muller on the hashed patterns
+    assert abs(float(draws.mean())) < 0.05 and abs(float(draws.std()) - 1) < 0.05
+    assert abs(float((draws < 0).float().mean()) - 0.5) < 0.03
+    assert abs(float((draws.abs() < 1).float().mean()) - 0.6827) < 0.03

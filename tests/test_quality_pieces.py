@@ -59,14 +59,40 @@ def test_fourier_and_maco_images_have_less_high_frequency_than_pixels():
 
 
 def test_fourier_image_starts_from_a_seed_image_exactly():
-    seed = torch.rand(1, 3, 16, 18) * 0.9 + 0.05
-    assert torch.allclose(FourierImage(1, 3, (16, 18), init=seed)(), seed, atol=1e-4)
+    for size in [(16, 18), (15, 17)]:  # an odd width too: the spectrum alone does not tell it
+        seed = torch.rand(1, 3, *size) * 0.9 + 0.05
+        assert torch.allclose(FourierImage(1, 3, size, init=seed)(), seed, atol=1e-4)
 
 
 def test_natural_magnitude_falls_with_frequency():
     magnitude = natural_magnitude(3, (64, 64))
     assert magnitude.shape == (3, 64, 33)
     assert magnitude[:, 1, 1].mean() > 5 * magnitude[:, 32, 32].mean()
+    # at the size it was estimated at, the stored photograph spectrum, each colour its own
+    stored = torch.tensor(featvis.params.natural_statistics()["magnitude"])
+    torch.testing.assert_close(natural_magnitude(3, (224, 224)), stored)
+    # one channel (or four): the mean of the colours' magnitudes, for every channel
+    gray = natural_magnitude(1, (64, 64))
+    assert gray.shape == (1, 64, 33)
+    torch.testing.assert_close(gray[0], magnitude.mean(0))
+    torch.testing.assert_close(natural_magnitude(4, (64, 64)), gray.expand(4, -1, -1))
+
+
+def test_a_maco_image_is_its_spectrum_standardized_through_a_sigmoid():
+    """Random phases in [-pi, pi); the image's logit is 1.5 times the inverse FFT, centred per channel
+    and divided by its standard deviation, plus logit(0.45): each channel's mean logit is logit(0.45)."""
+    param = MacoImage(2, 3, (32, 30), **GEN)
+    phase = param.phase.detach()
+    assert phase.min() >= -np.pi and phase.max() < np.pi
+    assert phase.min() < -3 and phase.max() > 3 and abs(phase.mean()) < 0.1
+    with torch.no_grad():
+        logits = torch.logit(param().double())
+    torch.testing.assert_close(
+        logits.mean(dim=(2, 3)),
+        torch.full((2, 3), np.log(0.45 / 0.55), dtype=torch.double),
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize(

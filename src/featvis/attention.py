@@ -387,6 +387,7 @@ def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torc
     n, _, h, w = images.shape
     if window > min(h, w):
         raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
+    prepared.probe(images)  # at the images' size: a model may take no other
     score = _scorer(prepared, loss, batch_size)
     plain = score(images)
     tops = list(range(0, h - window + 1, stride)) + ([h - window] if (h - window) % stride else [])
