@@ -50,11 +50,12 @@ def main() -> None:
         counts = {layer: prepared.unit_count(layer, (args.size, args.size)) for layer in layers}
     per_unit = {}
     for layer in args.layers:
-        with tempfile.TemporaryDirectory() as out:
-            options = dict(size=args.size, batch_size=batch, max_iter=args.steps, progress=False)
-            options.update(views=args.views, preprocess=lite0.preprocess, device=device)
-            # a warm-up batch (first use of each kernel), then the timed units in a fresh folder
-            featvis.atlas(model, out, [layer], **{**options, "max_iter": 2})
+        options = dict(size=args.size, batch_size=batch, max_iter=args.steps, progress=False)
+        options.update(views=args.views, preprocess=lite0.preprocess, device=device)
+        # a warm-up batch (first use of each kernel), then the timed units in a fresh folder
+        featvis.visualize_layer(
+            model, layer, list(range(min(batch, counts[layer]))), **{**options, "max_iter": 2}
+        )
         with tempfile.TemporaryDirectory() as out:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
