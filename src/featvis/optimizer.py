@@ -255,6 +255,11 @@ def optimize(
                 ):
                     activations = capture.run(runner, x) if wanted else {}
                 activations = {key: value.float() for key, value in activations.items()}
+                if settings.verbose and step == 0:  # where each term's units lie, once
+                    shapes = {key: tuple(value.shape) for key, value in activations.items()}
+                    for term, _ in terms:
+                        if hasattr(term, "units_line"):
+                            print(term.units_line(targets, shapes))
                 values = []
                 for index, (term, _) in enumerate(terms):  # each term its own view: its gradient is watched
                     own = images.view_as(images)

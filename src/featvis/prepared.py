@@ -172,6 +172,10 @@ class PreparedModel:
         """The probe (on a 224 px random image when nothing was probed yet)."""
         return self._seen if self._seen is not None else self.probe(self.random_images((224, 224)))
 
+    def seen_modules(self) -> dict[nn.Module, str]:
+        """Each module of the model and the name the probe's events give it."""
+        return targets.module_names(self.model)
+
     def resolve(self, layer: LayerSpec, argument: str = "layer") -> Target:
         """The `Target` a layer spec names, with clear errors naming `argument`."""
         return targets.resolve_layer(self.model, layer, self.seen, argument)
@@ -235,10 +239,19 @@ class PreparedModel:
         with torch.no_grad():
             return self.capture([target]).run(self.model, self.model_input(images))[target.key]
 
-    def unit_count(self, layer: LayerSpec, size: tuple[int, ...]) -> int:
-        """How many units `layer` has (its channel axis; 1 for one value per image)."""
+    def unit_count(self, layer: LayerSpec, size: tuple[int, ...], unit_axis: int | None = None) -> int:
+        """How many units `layer` has (along its unit axis, or `unit_axis`; 1 for one value per image).
+
+        Example:
+            >>> prepared.unit_count("encoder.layers.encoder_layer_5.mlp.0", (224, 224))
+            3072
+        """
+        from .losses import check_unit_axis, resolve_axis
+
         out = self.layer_output(layer, self.random_images(size))
-        return 1 if out.ndim == 1 else int(out.shape[1])
+        if out.ndim == 1:
+            return 1
+        return int(out.shape[resolve_axis(out, check_unit_axis(unit_axis), self.resolve(layer), layer)])
 
     def activation_bytes(self, size: tuple[int, ...]) -> int:
         """Bytes of all leaf outputs of one image of `size` (a bound on what a batch needs)."""
