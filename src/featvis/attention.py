@@ -343,7 +343,7 @@ def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> to
     total = torch.zeros_like(images)
     for start in range(0, n * steps, batch_size):
         index = rows_image[start : start + batch_size]
-        alpha = rows_alpha[start : start + batch_size].view(-1, 1, 1, 1)
+        alpha = rows_alpha[start : start + batch_size].view(-1, *[1] * (images.ndim - 1))
         path = base[index] + alpha * (images[index] - base[index])
         grads = _gradients(prepared, loss, path)[0]
         total.index_add_(0, index, grads)
@@ -385,6 +385,8 @@ def occlusion(
 
 
 def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torch.Tensor:
+    if images.ndim != 4:
+        raise bad_value("method", "occlusion", "'vanilla' or 'integrated_gradients' for 1-D and 3-D input")
     n, _, h, w = images.shape
     if window > min(h, w):
         raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
@@ -439,6 +441,8 @@ def _smoothed(function, images, *, smooth_samples, smooth_noise, aug_smooth, see
     """`function(images) -> (B, ..., H, W)` averaged over noisy copies (SmoothGrad: noise std
     `smooth_noise` times the image's range; image i's noise from the stream of (seed, label, i))
     and, with `aug_smooth`, over flips and zooms; maps of the views taken back to the image."""
+    if aug_smooth and images.ndim != 4:
+        raise bad_value("aug_smooth", True, "False for 1-D and 3-D input (its flips and zooms are of images)")
     views = _augmented(images) if aug_smooth else [(images, lambda m: m)]
     streams = None
     if smooth_samples:
@@ -555,7 +559,7 @@ def visualize_saliency_with_losses(
         if owned:
             prepared.close()
     if keepdims:
-        return _normalize(grads, percentile).transpose(0, 2, 3, 1)
+        return np.moveaxis(_normalize(grads, percentile), 1, -1)
     return _normalize(grads.max(dim=1).values, percentile)
 
 
@@ -893,7 +897,7 @@ def visualize_guided_cam(
             prepared.close()
     product = (guided * cam.to(guided.device)[:, None]).abs()
     if keepdims:
-        return _normalize(product).transpose(0, 2, 3, 1)
+        return np.moveaxis(_normalize(product), 1, -1)
     return _normalize(product.max(dim=1).values)
 
 

@@ -131,6 +131,27 @@ def infer_channels(model: nn.Module) -> int:
     return 3
 
 
+def infer_spatial_dims(model: nn.Module) -> int:
+    """How many spatial axes the model's input has: a Keras model's input rank less 2, else that
+    of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3, volumes); 2 when
+    neither tells.
+
+    Example:
+        >>> infer_spatial_dims(nn.Sequential(nn.Conv1d(1, 8, 5)))
+        1
+    """
+    if is_keras(model):
+        inputs = getattr(model, "inputs", None) or []
+        shape = getattr(inputs[0], "shape", None) if inputs else None
+        return max(1, len(shape) - 2) if shape else 2
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
+                return 1
+            return 3 if isinstance(module, nn.Conv3d | nn.ConvTranspose3d) else 2
+    return 2
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
     for tensor in model.parameters():
@@ -223,9 +244,9 @@ def _is_leaf(model: nn.Module, module: nn.Module) -> bool:
 
 
 def run_model(model: nn.Module, x: torch.Tensor):
-    """Call the model on NCHW images, as NHWC for a Keras model."""
-    if is_keras(model) and x.ndim == 4:
-        x = x.permute(0, 2, 3, 1)
+    """Call the model on NCHW images (NCL signals, NCDHW volumes), channels-last for a Keras model."""
+    if is_keras(model) and x.ndim >= 3:
+        x = x.movedim(1, -1)
     return model(x)
 
 

@@ -34,7 +34,7 @@ from .losses import (
 )
 from .optimizer import Result, Settings, optimize
 from .params import make_parameterization
-from .prepared import CONVENTIONS, PreparedModel, image_size, prepare
+from .prepared import CONVENTIONS, PreparedModel, input_size, prepare
 from .regularizers import LpNorm, TotalVariation
 from .rng import Streams, derive_key, fresh_seed
 from .targets import LayerSpec
@@ -54,7 +54,7 @@ def visualize_activation_with_losses(
     losses: Loss | Sequence[tuple[Loss, float]],
     *,
     seed_input: object = None,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     batch_size: int = 1,
     seed: int | None = None,
     return_result: bool = False,
@@ -98,16 +98,19 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
     batch_size = len(keys)
     init = None
     if seed_input is not None:
-        init = to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels)
-        check_seed_range(seed_input, init, prepared.input_range)
+        if prepared.spatial_dims == 2:
+            init = to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels)
+            check_seed_range(seed_input, init, prepared.input_range)
+        else:
+            init = prepared.load_images(seed_input).cpu()
         if init.shape[0] not in (1, batch_size):
             raise bad_value("seed_input", f"a batch of {init.shape[0]}", f"1 or {batch_size} images")
         if size is not None:
-            init = resize(init, image_size(size))
-        init = init.expand(batch_size, -1, -1, -1).to(prepared.device)
-        shape = tuple(init.shape[-2:])
+            init = resize(init, input_size(size, prepared.spatial_dims))
+        init = init.expand(batch_size, *init.shape[1:]).to(prepared.device)
+        shape = tuple(init.shape[2:])
     else:
-        shape = image_size(DEFAULT_SIZE if size is None else size)
+        shape = size_of(prepared, size)
     streams = Streams(keys, prepared.device)
     param = make_parameterization(
         settings.method,
@@ -123,6 +126,19 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
         return result
     array = to_array(result.images, prepared.input_range)
     return array[0] if batch_size == 1 else array
+
+
+def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
+    """The input size for `prepared`'s model: `size` checked (an int, or one int per spatial axis),
+    or the default (224 x 224 images, 128-sample signals, 32^3 volumes).
+
+    Example:
+        >>> size_of(PreparedModel(conv1d_net), 256)
+        (256,)
+    """
+    if size is None:
+        return prepared.default_size()
+    return input_size(size, prepared.spatial_dims)
 
 
 def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:
@@ -197,7 +213,7 @@ def visualize_layer(
     act_max_weight: float = 1.0,
     tv_weight: float = DEFAULT_TV_WEIGHT,
     lp_norm_weight: float = 0.0,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     seed: int | None = None,
     return_result: bool = False,
     unit_axis: int | None = None,
@@ -226,7 +242,6 @@ def visualize_layer(
         (16, 224, 224, 3)
     """
     seed = _seed(seed)
-    shape = image_size(DEFAULT_SIZE if size is None else size)
     if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
         raise bad_type("units", units, "a list of unit indices or None")
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
@@ -234,6 +249,7 @@ def visualize_layer(
     prepared, owned = prepare(model, **conventions)
     prepared.require_input_range("activation maximization")
     try:
+        shape = size_of(prepared, size)
         prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
         units = list(range(prepared.unit_count(layer, shape, unit_axis)) if units is None else units)
@@ -297,7 +313,10 @@ def activations_reached(
     """
     prepared, owned = prepare(model, **conventions)
     try:
-        batch = to_unit_tensor(np.asarray(images), "images", prepared.input_range, prepared.channels)
+        if prepared.spatial_dims == 2:
+            batch = to_unit_tensor(np.asarray(images), "images", prepared.input_range, prepared.channels)
+        else:
+            batch = prepared.load_images(np.asarray(images), "images")
         units = list(units)
         if len(units) != batch.shape[0]:
             raise bad_value("units", units, f"one unit per image ({batch.shape[0]})")
