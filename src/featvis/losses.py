@@ -241,9 +241,11 @@ def _units(
         return act[:, None]
     act = act.movedim(axis, 1)
     if token is not None:
+        if act.ndim == 2:
+            raise bad_value(
+                "token", token, f"None: layer {layer!r} has one value per unit (no tokens or positions)"
+            )
         positions = act.flatten(2)
-        if positions.shape[2] <= 1 and act.ndim == 2:
-            raise bad_value("token", token, f"None: layer {layer!r} has one value per unit")
         if not -positions.shape[2] <= token < positions.shape[2]:
             raise bad_value(
                 "token",
