@@ -194,7 +194,8 @@ def test_dense_and_other_rank_outputs(tiny):
 
     torch.manual_seed(0)
     model = Seq1d()
-    image = featvis.visualize_activation(model, "conv", 2, **FAST)
+    # its first convolution is a Conv1d, so an int size would mean a signal: two axes say "images"
+    image = featvis.visualize_activation(model, "conv", 2, **{**FAST, "size": (32, 32)})
     assert image.shape == (32, 32, 3)
 
     def channel_means(image):  # (N, C, L) output: channel 2, averaged over the sequence

@@ -121,7 +121,7 @@ def test_gradcam_on_token_layers_lies_on_the_patch_grid_of_a_collage(quick_vit):
         penultimate_layer="blocks.1.norm1",
         token_grid=(4, 8),
     )
-    assert auto.shape == (1, 16, 32) and np.isfinite(auto).all() and auto.max() == 1
+    assert auto.shape == (1, 16, 32) and np.isfinite(auto).all() and 0 <= auto.min() <= auto.max() <= 1
     np.testing.assert_array_equal(
         auto, norm1
     )  # the last block's first norm, as pytorch-grad-cam's ViT recipe
@@ -129,7 +129,7 @@ def test_gradcam_on_token_layers_lies_on_the_patch_grid_of_a_collage(quick_vit):
     block = featvis.visualize_cam(
         quick_vit, "head", int(labels[0]), collage, input_range=(0.0, 1.0), penultimate_layer="blocks.1"
     )
-    assert block.shape == (1, 16, 32) and block.max() == 1
+    assert block.shape == (1, 16, 32) and 0 <= block.min() <= block.max() <= 1
     for method in ("gradcam++", "layercam", "scorecam", "eigencam"):
         cam = featvis.visualize_cam(
             quick_vit,
@@ -188,3 +188,51 @@ def test_guided_backprop_through_gelu_and_silu_passes_positive_gradients_where_t
     with modify_backprop("deconv"):
         (activation(x) * upstream).sum().backward()
     torch.testing.assert_close(x.grad, upstream.clamp(min=0))
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class Mixed(nn.Module):
+    """A conv stem, a ConvNeXt-like block (Linear in channels-last, permuted back), then tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.act = nn.ReLU()
+        self.block = nn.Sequential(Permute(0, 2, 3, 1), nn.LayerNorm(8), nn.Linear(8, 8), Permute(0, 3, 1, 2))
+        self.proj = nn.Linear(8, 12)
+        self.gelu = nn.GELU()
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):
+        x = self.block(self.act(self.stem(x)))  # (N, 8, 4, 4)
+        tokens = self.gelu(self.proj(x.flatten(2).transpose(1, 2)))  # (N, 16, 12)
+        return self.head(tokens.mean(1))
+
+
+@pytest.mark.parametrize(
+    ("layer", "axis", "units"),
+    [
+        ("stem", 1, 8),
+        ("act", 1, 8),
+        ("block", 1, 8),
+        ("block.2", -1, 8),
+        ("proj", -1, 12),
+        ("gelu", -1, 12),
+        ("head", 1, 2),
+    ],
+)
+def test_the_unit_axis_follows_the_module_that_set_the_units(layer, axis, units):
+    torch.manual_seed(0)
+    model = Mixed()
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        prepared.probe(prepared.random_images((16, 16)))
+        assert prepared.resolve(layer).unit_axis == axis
+        assert prepared.unit_count(layer, (16, 16)) == units
