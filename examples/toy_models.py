@@ -84,13 +84,14 @@ def digit_settings(digit: int) -> dict:
 
 
 class DigitsCNN(nn.Module):
-    """keras-vis's MNIST example, on scikit-learn's 8x8 digits (input in [0, 1], 1 channel)."""
+    """keras-vis's MNIST example, on scikit-learn's 8x8 digits (input in [0, 1], 1 channel;
+    `size` x `size` for digits upsampled with `digits_data`)."""
 
-    def __init__(self):
+    def __init__(self, size: int = 8):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 4 * 4, 10)
+        self.fc = nn.Linear(32 * (size // 2) ** 2, 10)
         self.softmax = nn.Softmax(dim=1)
 
     def logits(self, x):
@@ -102,15 +103,22 @@ class DigitsCNN(nn.Module):
         return self.softmax(self.logits(x))
 
 
-def train_digits_cnn(seed: int = 0, epochs: int = 30) -> DigitsCNN:
-    """Train `DigitsCNN` on `sklearn.datasets.load_digits`; a few seconds on a CPU."""
+def digits_data(size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as (N, 1, size, size) images in [0, 1] (bilinear upsampling) and labels."""
     from sklearn.datasets import load_digits
 
-    torch.manual_seed(seed)
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
-    labels = torch.tensor(digits.target)
-    model = DigitsCNN()
+    if size != 8:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.clamp(0, 1), torch.tensor(digits.target)
+
+
+def train_digits_cnn(seed: int = 0, epochs: int = 30, size: int = 8) -> DigitsCNN:
+    """Train `DigitsCNN` on `sklearn.datasets.load_digits` (upsampled to `size`); seconds on a CPU."""
+    torch.manual_seed(seed)
+    images, labels = digits_data(size)
+    model = DigitsCNN(size)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(epochs):
         for index in torch.randperm(len(images)).split(128):
@@ -118,4 +126,109 @@ def train_digits_cnn(seed: int = 0, epochs: int = 30) -> DigitsCNN:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    return model.eval()
+
+
+class ViTBlock(nn.Module):
+    """A pre-norm transformer block: attention and an MLP (Linear, GELU, Linear), each residual."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A vision transformer for gray digits: 4x4 patches, a class token, learned position embeddings
+    (tiled over the patch grid of a larger input, so each 16 x 16 tile of a collage sees them all), two blocks; the head reads the class token
+    plus the patch tokens' mean; input in [0, 1]."""
+
+    def __init__(self, patch: int = 4, grid: int = 4, dim: int = 48, depth: int = 2, classes: int = 10):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(1, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, dim, grid, grid))
+        self.blocks = nn.Sequential(*[ViTBlock(dim, 4, 2 * dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        patches = self.patch_embed(x)
+        h, w = patches.shape[-2:]
+        grid = self.pos_embed.shape[-1]
+        pos = self.pos_embed.repeat(1, 1, -(-h // grid), -(-w // grid))[..., :h, :w]
+        tokens = (patches + pos).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0] + x[:, 1:].mean(1))  # the class token and the patches' mean
+
+
+def train_digits_vit(seed: int = 0, epochs: int = 20, size: int = 16, noise: float = 0.1) -> TinyViT:
+    """Train `TinyViT` on the digits upsampled to `size`, with Gaussian noise of std `noise` added
+    to each training image (a smoother model, whose class images look like digits); ~15 s."""
+    torch.manual_seed(seed)
+    images, labels = digits_data(size)
+    model = TinyViT(grid=size // 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    steps = epochs * -(-len(images) // 128)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images)).split(128):
+            batch = images[index] + noise * torch.randn_like(images[index])
+            loss = F.cross_entropy(model(batch), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+def waves(n: int, length: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` signals (N, 1, length) in [-1, 1]: sine (label 0) or square (label 1) waves of 3 to 8
+    cycles, random phase and amplitude 0.6 to 0.9, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / length
+    labels = rng.integers(0, 2, n)
+    cycles = rng.uniform(3, 8, (n, 1))
+    phase = rng.uniform(0, 2 * np.pi, (n, 1))
+    amplitude = rng.uniform(0.6, 0.9, (n, 1))
+    sine = np.sin(2 * np.pi * cycles * t + phase)
+    signal = np.where(labels[:, None] == 1, np.sign(sine), sine) * amplitude
+    signal += rng.normal(0, 0.05, signal.shape)
+    return torch.tensor(signal.clip(-1, 1), dtype=torch.float32)[:, None], torch.tensor(labels)
+
+
+class WaveNet(nn.Module):
+    """A 1-D CNN that tells sine from square waves (input (N, 1, L) in [-1, 1]); `head` gives the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, 16, 7, padding=3), nn.ReLU(), nn.Conv1d(16, 16, 7, padding=3), nn.ReLU()
+        )
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(2))
+
+
+def train_wave_net(seed: int = 0, steps: int = 120) -> WaveNet:
+    """Train `WaveNet` on `waves`; a couple of seconds on a CPU."""
+    torch.manual_seed(seed)
+    signals, labels = waves(2048, seed=seed)
+    model = WaveNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        index = torch.randint(0, len(signals), (64,))
+        loss = F.cross_entropy(model(signals[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     return model.eval()

@@ -126,7 +126,8 @@ def test_with_losses_accepts_pairs_objects_and_plain_functions(tiny):
 def test_verbose_prints_every_term_and_total(tiny, capsys):
     featvis.visualize_activation(tiny, "fc", 0, verbose=True, lp_norm_weight=0.1, **{**FAST, "max_iter": 3})
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3
+    assert "units [0] on axis 1 (10 units) of (N, 10)" in lines[0]  # where the units lie, once
+    assert len([line for line in lines if line.startswith("step ")]) == 3
     for name in ("ActivationMaximization", "TotalVariation", "LpNorm", "total"):
         assert name in lines[-1]
 
@@ -193,7 +194,8 @@ def test_dense_and_other_rank_outputs(tiny):
 
     torch.manual_seed(0)
     model = Seq1d()
-    image = featvis.visualize_activation(model, "conv", 2, **FAST)
+    # its first convolution is a Conv1d, so an int size would mean a signal: two axes say "images"
+    image = featvis.visualize_activation(model, "conv", 2, **{**FAST, "size": (32, 32)})
     assert image.shape == (32, 32, 3)
 
     def channel_means(image):  # (N, C, L) output: channel 2, averaged over the sequence

@@ -166,10 +166,44 @@ def _cases():
     ]:
         argument = "colormap" if colormap == "nope" else ("alpha" if heatmap is None else "heatmap")
         add(argument, "overlay", colormap=colormap, alpha=alpha, heatmap=heatmap)
+    # the arguments of issue 18: the unit axis, one token, the token grid, the input's axes
+    for layer, axis in [
+        ("fc", 0),
+        ("fc", 2),
+        ("fc", -3),
+        ("conv2", 4),
+        ("conv2", -5),
+        ("fc", "1"),
+        ("fc", 1.5),
+    ]:
+        add("unit_axis", "activation", layer=layer, unit_axis=axis)
+    for layer, token in [("fc", 0), ("conv2", 999), ("conv2", -999), ("fc", "a"), ("conv2", 1.5)]:
+        add("token", "activation", layer=layer, token=token)
+    for grid in ["x", (0, 2), (1, 2, 3), (2.0, 2), 4]:
+        add("token_grid", "cam", token_grid=grid)
+    add("unit_axis", "cam", unit_axis=5)
+    add("unit_axis", "saliency", unit_axis=-7)
+    add("token", "saliency", token="first")
+    for size in [(16,), (8, 8, 8), "16"]:
+        add("size", "activation", size=size)
+    add("unit_axis", "num_filters", unit_axis=9)
+    add("input_shape", "num_filters", input_shape=16)
+    add("indices", "labels", indices=1000)
+    add("indices", "labels", indices=["cat"])
+    add("input_array", "deprocess", input_array="image")
+    add("path", "load_img", path="no_such_file.png")
+    add("every", "print", every=0)
+    add("path", "gif", path=3)
     return cases
 
 
 CALLS = {
+    "num_filters": lambda model, kw: featvis.get_num_filters(model, "conv2", input_range=(0.0, 1.0), **kw),
+    "labels": lambda model, kw: featvis.lookup_imagenet_labels(kw["indices"]),
+    "deprocess": lambda model, kw: featvis.deprocess_input(kw["input_array"]),
+    "load_img": lambda model, kw: featvis.load_img(kw["path"]),
+    "print": lambda model, kw: featvis.Print(**kw),
+    "gif": lambda model, kw: featvis.GifGenerator(kw["path"]),
     "activation": lambda model, kw: featvis.visualize_activation(
         model, kw.pop("layer", "fc"), kw.pop("filter_indices", 1), **{**OK, **kw}
     ),

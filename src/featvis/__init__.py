@@ -8,6 +8,7 @@ Example:
 
 from . import (
     backprop_modifiers,
+    callbacks,
     fusion,
     grad_modifiers,
     input_modifiers,
@@ -18,6 +19,8 @@ from . import (
     regularizers,
     rng,
     targets,
+    tokens,
+    utils,
     zoo,
 )
 from .atlas import atlas
@@ -32,6 +35,7 @@ from .attention import (
     visualize_saliency,
     visualize_saliency_with_losses,
 )
+from .callbacks import GifGenerator, Print
 from .dataset_examples import DatasetExamples, SkippedImagesWarning, dataset_examples
 from .errors import (
     FeatvisError,
@@ -41,13 +45,14 @@ from .errors import (
     ModelError,
     NonFiniteError,
 )
-from .image import save_image, stitch_images
+from .image import save_image, save_signal, save_volume, stitch_images
 from .input_modifiers import InputModifier, Jitter
 from .losses import ActivationMaximization, Loss
 from .optimizer import Result, Settings
 from .prepared import PreparedModel
 from .regularizers import LpNorm, TotalVariation
 from .targets import FeatvisWarning, find_layer_idx, layer_names
+from .utils import deprocess_input, get_num_filters, load_img, lookup_imagenet_labels
 from .visualization import (
     activations_reached,
     visualize_activation,
@@ -64,6 +69,7 @@ __all__ = [
     "FeatvisTypeError",
     "FeatvisValueError",
     "FeatvisWarning",
+    "GifGenerator",
     "InputModifier",
     "Jitter",
     "LayerNotFoundError",
@@ -72,6 +78,7 @@ __all__ = [
     "ModelError",
     "NonFiniteError",
     "PreparedModel",
+    "Print",
     "Result",
     "Settings",
     "SkippedImagesWarning",
@@ -79,14 +86,19 @@ __all__ = [
     "activations_reached",
     "atlas",
     "backprop_modifiers",
+    "callbacks",
+    "deprocess_input",
     "dataset_examples",
     "find_layer_idx",
     "fusion",
+    "get_num_filters",
     "grad_modifiers",
     "input_gradients",
     "input_modifiers",
     "integrated_gradients",
     "layer_names",
+    "load_img",
+    "lookup_imagenet_labels",
     "losses",
     "metrics",
     "occlusion",
@@ -95,8 +107,12 @@ __all__ = [
     "regularizers",
     "rng",
     "save_image",
+    "save_signal",
+    "save_volume",
     "stitch_images",
     "targets",
+    "tokens",
+    "utils",
     "visualize_activation",
     "visualize_activation_with_losses",
     "visualize_layer",

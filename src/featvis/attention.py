@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+import math
 import numbers
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import backprop_modifiers, grad_modifiers
+from . import backprop_modifiers, grad_modifiers, tokens
 from .cam_methods import (
     CamContext,
     ContextMethod,
@@ -342,7 +343,7 @@ def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> to
     total = torch.zeros_like(images)
     for start in range(0, n * steps, batch_size):
         index = rows_image[start : start + batch_size]
-        alpha = rows_alpha[start : start + batch_size].view(-1, 1, 1, 1)
+        alpha = rows_alpha[start : start + batch_size].view(-1, *[1] * (images.ndim - 1))
         path = base[index] + alpha * (images[index] - base[index])
         grads = _gradients(prepared, loss, path)[0]
         total.index_add_(0, index, grads)
@@ -384,6 +385,8 @@ def occlusion(
 
 
 def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torch.Tensor:
+    if images.ndim != 4:
+        raise bad_value("method", "occlusion", "'vanilla' or 'integrated_gradients' for 1-D and 3-D input")
     n, _, h, w = images.shape
     if window > min(h, w):
         raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
@@ -439,6 +442,8 @@ def _smoothed(function, images, *, smooth_samples, smooth_noise, aug_smooth, see
     """`function(images) -> (B, ..., H, W)` averaged over noisy copies (SmoothGrad: noise std
     `smooth_noise` times the image's range; image i's noise from the stream of (seed, label, i))
     and, with `aug_smooth`, over flips and zooms; maps of the views taken back to the image."""
+    if aug_smooth and images.ndim != 4:
+        raise bad_value("aug_smooth", True, "False for 1-D and 3-D input (its flips and zooms are of images)")
     views = _augmented(images) if aug_smooth else [(images, lambda m: m)]
     streams = None
     if smooth_samples:
@@ -555,12 +560,19 @@ def visualize_saliency_with_losses(
         if owned:
             prepared.close()
     if keepdims:
-        return _normalize(grads, percentile).transpose(0, 2, 3, 1)
+        return np.moveaxis(_normalize(grads, percentile), 1, -1)
     return _normalize(grads.max(dim=1).values, percentile)
 
 
 def visualize_saliency(
-    model: nn.Module | PreparedModel, layer: LayerSpec, filter_indices, seed_input, **kwargs
+    model: nn.Module | PreparedModel,
+    layer: LayerSpec,
+    filter_indices,
+    seed_input,
+    *,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    **kwargs,
 ) -> np.ndarray:
     """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad,
     Integrated Gradients and occlusion: see `visualize_saliency_with_losses`).
@@ -572,9 +584,8 @@ def visualize_saliency(
         >>> ig = visualize_saliency(lite0.model, "_fc", 285, cat, method="integrated_gradients", steps=64,
         ...                         preprocess=...)
     """
-    return visualize_saliency_with_losses(
-        model, ActivationMaximization(layer, filter_indices), seed_input, **kwargs
-    )
+    objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
+    return visualize_saliency_with_losses(model, objective, seed_input, **kwargs)
 
 
 def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, layer: LayerSpec):
@@ -624,22 +635,71 @@ def _cam_method(method):
     return cam_method
 
 
-def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier, batch_size=64) -> torch.Tensor:
-    """The (B, H, W) class activation map at the images' size, not normalized."""
+def _as_map(prepared, penultimate, acts, grads, images, token_grid):
+    """A penultimate layer's output and gradient as (N, C, *spatial) maps like the images': conv outputs
+    as they are, channels-last blocks (Swin) moved channels-first, token outputs (N, tokens, features)
+    on their patch grid (leading class/register tokens dropped); and whether they were converted."""
+    target = prepared.resolve(penultimate, "penultimate_layer")
+    axis = target.unit_axis
+    spatial = images.ndim - 2
+    if acts.ndim == images.ndim:
+        if axis == 1:
+            return acts, grads, False
+        moved = (acts.movedim(axis, 1), None if grads is None else grads.movedim(axis, 1))
+        return *moved, True
+    if acts.ndim == 3 and spatial == 2:
+        (rows, cols), extra = token_grid_of(acts.shape[1 if axis != 1 else 2], images, token_grid, target)
+        grid = (rows, cols)
+        return (
+            tokens.to_grid(acts, axis, grid, extra),
+            None if grads is None else tokens.to_grid(grads, axis, grid, extra),
+            True,
+        )
+    expected = "(N, C, H, W) or (N, tokens, features)" if spatial == 2 else f"(N, C, {spatial} spatial axes)"
+    raise bad_value(
+        "penultimate_layer", penultimate, f"a layer with {expected} output (it gives {tuple(acts.shape)})"
+    )
+
+
+def token_grid_of(count: int, images: torch.Tensor, token_grid, target) -> tuple[tuple[int, int], int]:
+    """The patch grid and leading-token count of a token layer for these images."""
+    return tokens.token_grid(
+        count, tuple(images.shape[-2:]), tokens.check_token_grid(token_grid), str(target)
+    )
+
+
+def _resize_map(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, 1, *spatial) maps resized (linear, bilinear or trilinear) to `size`."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(cam.float(), size=tuple(size), mode=mode, align_corners=False)
+
+
+def _cam(
+    prepared, loss, images, penultimate_layer, method, grad_modifier, batch_size=64, token_grid=None
+) -> torch.Tensor:
+    """The (B, *spatial) class activation map at the images' size, not normalized."""
     cam_method = _cam_method(method)
     modifier = grad_modifiers.get(grad_modifier)
-    penultimate = penultimate_layer
-    if penultimate is None:
-        penultimate = _auto_penultimate(prepared, loss, images)
     needs_gradients = not isinstance(cam_method, ContextMethod) or cam_method.gradients
-    if needs_gradients:
-        acts, grads = _layer_gradients(prepared, loss, images, penultimate)
-    else:
-        prepared.probe(images)
-        prepared.resolve(penultimate, "penultimate_layer")
-        acts, grads = prepared.layer_output(penultimate, images).float(), None
-    if acts.ndim != 4:
-        raise bad_value("penultimate_layer", penultimate, "a layer with (N, C, H, W) output")
+    candidates = [penultimate_layer]
+    if penultimate_layer is None:
+        candidates = _auto_penultimates(prepared, loss, images, token_grid)
+    for tried, penultimate in enumerate(candidates):
+        if needs_gradients or penultimate_layer is None:
+            acts, grads = _layer_gradients(prepared, loss, images, penultimate)
+        else:
+            prepared.probe(images)
+            prepared.resolve(penultimate, "penultimate_layer")
+            acts, grads = prepared.layer_output(penultimate, images).float(), None
+        acts, grads, converted = _as_map(prepared, penultimate, acts, grads, images, token_grid)
+        # a token layer whose patch tokens do not reach the score (a ViT's final norm feeds only the
+        # class token to the head): try the layer before, as pytorch-grad-cam's ViT recipe does
+        automatic_token = penultimate_layer is None and converted and tried + 1 < len(candidates)
+        if automatic_token and (grads is None or not bool(grads.abs().amax() > 0)):
+            continue
+        break
+    if not needs_gradients:
+        grads = None
     if needs_gradients and grads is None:
         raise bad_value(
             "penultimate_layer", penultimate, "a layer the loss depends on (it runs before the loss's layer)"
@@ -647,6 +707,13 @@ def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier, batch
     if modifier is not None and grads is not None:
         grads = modifier(grads)
     if isinstance(cam_method, ContextMethod):
+        if converted and cam_method is ablationcam:
+            raise bad_value(
+                "method",
+                "ablationcam",
+                f"another CAM method for layer {penultimate!r}, whose output is "
+                "not (N, C, H, W) (Ablation-CAM replaces the layer's output channel by channel)",
+            )
         ctx = CamContext(
             activations=acts,
             gradients=grads,
@@ -658,7 +725,7 @@ def _cam(prepared, loss, images, penultimate_layer, method, grad_modifier, batch
         cam = cam_method(ctx)[:, None]
     else:
         cam = cam_method(acts, grads)[:, None]
-    return F.interpolate(cam.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return _resize_map(cam, images.shape[2:])[:, 0]
 
 
 def visualize_cam_with_losses(
@@ -674,9 +741,16 @@ def visualize_cam_with_losses(
     smooth_noise: float = 0.15,
     aug_smooth: bool = False,
     seed: int | None = 0,
+    token_grid: tuple[int, int] | None = None,
     **conventions,
 ) -> np.ndarray:
     """A class activation map (Grad-CAM by default) of a weighted sum of losses; (B, H, W) in [0, 1].
+
+    Transformers: a `penultimate_layer` with (N, tokens, features) output (a ViT block or its
+    norm) is put on its patch grid, the leading class/register tokens dropped; the grid is
+    inferred from the token count and the image size, or given as ``token_grid=(rows, cols)``.
+    Channels-last blocks (Swin's (N, H, W, C)) are read channels-last. Without a
+    `penultimate_layer` a token model's last token layer that the score depends on is taken.
 
     `method`: a name in `CAM_METHODS` (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``,
     ``"layercam"``, ``"hirescam"``, ``"scorecam"``, ``"ablationcam"``, ``"eigencam"``;
@@ -691,6 +765,7 @@ def visualize_cam_with_losses(
     """
     loss = as_losses(losses)
     _cam_method(method)
+    tokens.check_token_grid(token_grid)
     check_int("batch_size", batch_size, 1)
     check_int("smooth_samples", smooth_samples, 0)
     check_number("smooth_noise", smooth_noise, minimum=0)
@@ -701,7 +776,9 @@ def visualize_cam_with_losses(
     try:
         images = prepared.load_images(seed_input)
         cam = _smoothed(
-            lambda x: _cam(prepared, loss, x, penultimate_layer, method, grad_modifier, batch_size),
+            lambda x: _cam(
+                prepared, loss, x, penultimate_layer, method, grad_modifier, batch_size, token_grid
+            ),
             images,
             smooth_samples=smooth_samples,
             smooth_noise=smooth_noise,
@@ -715,13 +792,47 @@ def visualize_cam_with_losses(
     return _normalize(cam)
 
 
-def _auto_penultimate(prepared: PreparedModel, loss: Loss, images: torch.Tensor) -> str:
+def _last_attention_input(prepared: PreparedModel, target) -> str | None:
+    """The last leaf call with a token output before the last `nn.MultiheadAttention` call that runs
+    before `target` (a transformer block's first norm), or None."""
+    events = prepared.seen.events
+    end = next((i for i, e in enumerate(events) if e[0] == target.name and e[1] == target.call), len(events))
+    names = {name: module for module, name in prepared.seen_modules().items()}
+    for index in range(end - 1, -1, -1):
+        if isinstance(names.get(events[index][0]), nn.MultiheadAttention):
+            for name, call, shape, leaf in reversed(events[:index]):
+                if leaf and shape is not None and len(shape) == 3:
+                    return f"{name}#{call}"
+            return None
+    return None
+
+
+def _auto_penultimates(prepared: PreparedModel, loss: Loss, images: torch.Tensor, token_grid) -> list[str]:
+    """Layers to try as the penultimate layer, best first: the last leaf call before the loss's layer
+    whose output is a map like the images' (N, C, *spatial), or a token output whose tokens make
+    a grid for these images; for a token output, the token layers before it too."""
     specs = [layer for term, w in loss.terms if w != 0 for layer in term.layers()]
     if not specs:
         raise bad_value("penultimate_layer", None, "a layer name: the losses read no layer to search before")
     prepared.probe(images)
-    found = prepared.spatial_layer_before(specs[0])
-    if found is None:
+    target = prepared.resolve(specs[0])
+    found: list[str] = []
+    before = prepared.seen.leaf_outputs_before(target)
+    attention_input = _last_attention_input(prepared, target)
+    if attention_input is not None:  # pytorch-grad-cam's ViT recipe: the last block's first norm
+        before = [item for item in before if item[0] == attention_input] + before
+    for label, shape in before:
+        if len(shape) == images.ndim and math.prod(shape[2:]) > 1:
+            found.append(label)
+            break  # a map: the classic choice, and nothing earlier is needed
+        if len(shape) == 3 and images.ndim == 4 and len(found) < 8 and label not in found:
+            axis = prepared.resolve(label, "penultimate_layer").unit_axis
+            try:
+                token_grid_of(shape[2 if axis == 1 else 1], images, token_grid, label)
+            except FeatvisError:
+                continue
+            found.append(label)
+    if not found:
         raise bad_value(
             "penultimate_layer", None, f"a layer name: no layer with spatial output runs before {specs[0]!r}"
         )
@@ -729,17 +840,28 @@ def _auto_penultimate(prepared: PreparedModel, loss: Loss, images: torch.Tensor)
 
 
 def visualize_cam(
-    model: nn.Module | PreparedModel, layer: LayerSpec, filter_indices, seed_input, **kwargs
+    model: nn.Module | PreparedModel,
+    layer: LayerSpec,
+    filter_indices,
+    seed_input,
+    *,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    **kwargs,
 ) -> np.ndarray:
     """Grad-CAM map of the chosen units of `layer` for each image; ``method="gradcam++"`` for Grad-CAM++.
+
+    `unit_axis` and `token` choose the units as in `featvis.visualize_activation`; other
+    keyword arguments as in `visualize_cam_with_losses` (``penultimate_layer``,
+    ``token_grid`` for transformers, ``method``, ...).
 
     Example:
         >>> cam = visualize_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> cam_pp = visualize_cam(lite0.model, "_fc", 285, cat, method="gradcam++", preprocess=...)
+        >>> vit_cam = visualize_cam(vit, "heads.head", 3, image, penultimate_layer="encoder.layers.encoder_layer_11.ln_1")
     """
-    return visualize_cam_with_losses(
-        model, ActivationMaximization(layer, filter_indices), seed_input, **kwargs
-    )
+    objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
+    return visualize_cam_with_losses(model, objective, seed_input, **kwargs)
 
 
 def visualize_guided_cam(
@@ -750,6 +872,9 @@ def visualize_guided_cam(
     *,
     penultimate_layer: LayerSpec | None = None,
     keepdims: bool = False,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    token_grid: tuple[int, int] | None = None,
     **conventions,
 ) -> np.ndarray:
     """Guided Grad-CAM (Selvaraju et al.): guided-backprop gradients times the Grad-CAM map.
@@ -760,18 +885,20 @@ def visualize_guided_cam(
     Example:
         >>> maps = visualize_guided_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
     """
-    loss = ActivationMaximization(layer, filter_indices)
+    loss = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
+    tokens.check_token_grid(token_grid)
     prepared, owned = prepare(model, **conventions)
     try:
         images = prepared.load_images(seed_input)
-        cam = torch.as_tensor(_normalize(_cam(prepared, loss, images, penultimate_layer, "gradcam", None)))
+        cam = _cam(prepared, loss, images, penultimate_layer, "gradcam", None, token_grid=token_grid)
+        cam = torch.as_tensor(_normalize(cam))
         guided = _gradients(prepared, loss, images, backprop_modifier="guided", model_space=True)[0]
     finally:
         if owned:
             prepared.close()
     product = (guided * cam.to(guided.device)[:, None]).abs()
     if keepdims:
-        return _normalize(product).transpose(0, 2, 3, 1)
+        return np.moveaxis(_normalize(product), 1, -1)
     return _normalize(product.max(dim=1).values)
 
 

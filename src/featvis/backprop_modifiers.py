@@ -1,8 +1,9 @@
-"""Backprop modifiers: change how gradients flow back through every ReLU of the model.
+"""Backprop modifiers: change how gradients flow back through every ReLU, GELU and SiLU of the model.
 
 They act on ``nn.ReLU``/``nn.ReLU6`` modules and on functional calls (``F.relu``,
 ``torch.relu``, ``Tensor.relu``, their in-place forms, ``F.relu6``, ``F.hardtanh``
-with a lower bound of 0) alike,
+with a lower bound of 0) alike, and on ``nn.GELU``/``F.gelu`` and ``nn.SiLU``/``F.silu``
+(transformers, ConvNeXt, EfficientNet), whose ``local_grad`` is their own derivative,
 through a `torch.overrides.TorchFunctionMode`, so the model is never touched.
 A modifier is a function ``rule(x, grad_output, local_grad) -> grad_input``, where
 ``local_grad`` is the ReLU's own derivative at ``x`` (0 or 1) and ``grad_output``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +34,9 @@ BackpropRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 
 
 def guided(x: torch.Tensor, grad_output: torch.Tensor, local_grad: torch.Tensor) -> torch.Tensor:
-    """Guided backprop: pass a gradient only where the input was active and the gradient positive."""
-    return grad_output.clamp(min=0) * local_grad
+    """Guided backprop: pass a gradient only where the input was positive and the gradient positive
+    (times the activation's own derivative: 1 for a ReLU, GELU's or SiLU's there)."""
+    return grad_output.clamp(min=0) * local_grad * (x > 0).to(grad_output.dtype)
 
 
 def rectified(x: torch.Tensor, grad_output: torch.Tensor, local_grad: torch.Tensor) -> torch.Tensor:
@@ -75,6 +78,39 @@ class _ModifiedReLU(torch.autograd.Function):
         return ctx.rule(x, grad_output, local.to(grad_output.dtype)), None, None, None
 
 
+class _ModifiedSmooth(torch.autograd.Function):
+    """GELU or SiLU forward as usual; backward through `rule` with the activation's derivative."""
+
+    @staticmethod
+    def forward(ctx, x, function, rule, kwargs):
+        ctx.rule, ctx.function, ctx.kwargs = rule, function, kwargs
+        ctx.save_for_backward(x)
+        return function(x, **kwargs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        local = _derivative(ctx.function, x.detach().float(), ctx.kwargs.get("approximate", "none"))
+        return ctx.rule(x, grad_output, local.to(grad_output.dtype)), None, None, None
+
+
+def _derivative(function, x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """SiLU's or GELU's derivative at `x`, in closed form (no autograd inside a backward pass)."""
+    if function is F.silu:
+        s = torch.sigmoid(x)
+        return s * (1 + x * (1 - s))
+    if approximate == "tanh":
+        c = math.sqrt(2 / math.pi)
+        inner = c * (x + 0.044715 * x**3)
+        t = torch.tanh(inner)
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return cdf + x * pdf
+
+
+_SMOOTH = {F.gelu: ("approximate",), F.silu: ()}
+
 _RELUS = {
     torch.relu: (None, False),
     torch.relu_: (None, True),
@@ -101,6 +137,11 @@ class _BackpropMode(TorchFunctionMode):
             if inplace is None:
                 inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
             return _ModifiedReLU.apply(x, upper, self.rule, inplace)
+        if func in _SMOOTH:
+            kept = {k: v for k, v in kwargs.items() if k in _SMOOTH[func]}
+            if func is F.gelu and len(args) > 1:
+                kept["approximate"] = args[1]
+            return _ModifiedSmooth.apply(x, func, self.rule, kept)
         if func is F.hardtanh:  # nn.ReLU6 is a Hardtanh(0, 6)
             low, high, inplace = _hardtanh_args(args, kwargs)
             if low == 0:

@@ -61,25 +61,35 @@ class ContextMethod:
         return self.function(ctx)
 
 
+def _space(activations: torch.Tensor) -> tuple[int, ...]:
+    """The spatial axes of (N, C, *spatial) maps: (2, 3) for images, (2,) for signals, (2, 3, 4) for volumes."""
+    return tuple(range(2, activations.ndim))
+
+
+def _per_channel(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N, C) weights shaped to multiply (N, C, *spatial) maps."""
+    return weights.view(*weights.shape, *[1] * (like.ndim - 2))
+
+
 def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.): channels weighted by their mean gradient, summed, ReLU."""
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    weights = gradients.mean(dim=_space(activations), keepdim=True)
     return F.relu((weights * activations).sum(1))
 
 
 def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha from the gradient's powers."""
     g2, g3 = gradients**2, gradients**3
-    denominator = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
+    denominator = 2 * g2 + activations.sum(dim=_space(activations), keepdim=True) * g3
     alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    weights = (alphas * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
+    weights = (alphas * F.relu(gradients)).sum(dim=_space(activations), keepdim=True)
     return F.relu((weights * activations).sum(1))
 
 
 def xgradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """XGrad-CAM (Fu et al. 2020): weights sum(gradient * activation) / sum(activation) per channel."""
-    total = activations.sum(dim=(2, 3), keepdim=True)
-    weights = (gradients * activations).sum(dim=(2, 3), keepdim=True) / (total + 1e-7)
+    total = activations.sum(dim=_space(activations), keepdim=True)
+    weights = (gradients * activations).sum(dim=_space(activations), keepdim=True) / (total + 1e-7)
     return F.relu((weights * activations).sum(1))
 
 
@@ -93,11 +103,12 @@ def hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     return F.relu((gradients * activations).sum(1))
 
 
-def _unit_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _unit_masks(activations: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Each channel upsampled to `size` (bilinear with aligned corners, as pytorch-grad-cam's
     Score-CAM: on a 3x3 map the two conventions weight different channels) and min-max scaled
     to [0, 1]: (N, C, H, W)."""
-    up = F.interpolate(activations, size=size, mode="bilinear", align_corners=True)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    up = F.interpolate(activations, size=size, mode=mode, align_corners=True)
     flat = up.flatten(2)
     low, high = flat.min(2, keepdim=True).values, flat.max(2, keepdim=True).values
     return ((flat - low) / (high - low + 1e-8)).view_as(up)
@@ -109,7 +120,7 @@ def _scorecam(ctx: CamContext) -> torch.Tensor:
     multiplies the input after `preprocess`); every mask of every image batched."""
     acts, images = ctx.activations, ctx.images
     n, c = acts.shape[:2]
-    masks = _unit_masks(acts, tuple(images.shape[-2:])).to(images.dtype)
+    masks = _unit_masks(acts, tuple(images.shape[2:])).to(images.dtype)
     scores = torch.empty(n * c, device=acts.device)
     rows_per_image = torch.arange(n * c, device=images.device) // c
     for start in range(0, n * c, ctx.batch_size):
@@ -118,7 +129,7 @@ def _scorecam(ctx: CamContext) -> torch.Tensor:
         channel = torch.arange(rows.start, rows.stop, device=images.device) % c
         scores[rows] = ctx.score(images[index], masks[index, channel][:, None]).float().to(acts.device)
     weights = torch.softmax(scores.view(n, c), dim=1)
-    return F.relu((weights[:, :, None, None] * acts).sum(1))
+    return F.relu((_per_channel(weights, acts) * acts).sum(1))
 
 
 def _ablationcam(ctx: CamContext) -> torch.Tensor:
@@ -137,7 +148,7 @@ def _ablationcam(ctx: CamContext) -> torch.Tensor:
             weights[i, start : start + len(scale)] = (base - ablated) / torch.where(
                 base != 0, base, torch.ones_like(base)
             )
-    return F.relu((weights[:, :, None, None] * acts).sum(1))
+    return F.relu((_per_channel(weights, acts) * acts).sum(1))
 
 
 def _eigencam(ctx: CamContext) -> torch.Tensor:
@@ -145,7 +156,7 @@ def _eigencam(ctx: CamContext) -> torch.Tensor:
     component (class-agnostic, no gradient). The component's sign is chosen so the map grows
     with the activations' norm at each position (pytorch-grad-cam leaves it to the SVD)."""
     acts = ctx.activations
-    n, c, h, w = acts.shape
+    n = acts.shape[0]
     flat = acts.flatten(2).transpose(1, 2)  # (N, hw, C)
     centered = flat - flat.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(centered, full_matrices=False)
@@ -154,7 +165,7 @@ def _eigencam(ctx: CamContext) -> torch.Tensor:
     energy = energy - energy.mean(1, keepdim=True)
     sign = torch.sign(((projection - projection.mean(1, keepdim=True)) * energy).sum(1, keepdim=True))
     projection = projection * torch.where(sign == 0, torch.ones_like(sign), sign)
-    return F.relu(projection).view(n, h, w)
+    return F.relu(projection).view(n, *acts.shape[2:])
 
 
 scorecam = ContextMethod(_scorecam)

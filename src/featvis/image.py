@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import numbers
 import os
 from pathlib import Path
 import tempfile
@@ -38,10 +39,11 @@ def check_range(input_range: object) -> tuple[float, float]:
 
 
 def to_array(images: torch.Tensor, input_range: tuple[float, float] | None = (0, 255)) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W, C) numpy in `input_range` (uint8 for (0, 255); None: [0, 1])."""
+    """(B, C, H, W) in [0, 1] -> (B, H, W, C) numpy in `input_range` (uint8 for (0, 255); None: [0, 1]);
+    signals (B, C, L) -> (B, L, C), volumes (B, C, D, H, W) -> (B, D, H, W, C)."""
     input_range = (0.0, 1.0) if input_range is None else input_range
     low, high = input_range
-    array = (low + (high - low) * images.detach().float().clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
+    array = (low + (high - low) * images.detach().float().clamp(0, 1)).movedim(1, -1).cpu().numpy()
     if is_integer_range(input_range):
         array = np.rint(array)
         dtype = np.uint8 if low >= 0 and high <= 255 else np.int64
@@ -136,11 +138,137 @@ def _is_hwc_tensor(shape: tuple[int, ...], channels: int | None) -> bool:
     return shape[-1] in looks_like_channels and shape[0] not in looks_like_channels
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (N, C, H, W) images (antialiased when shrinking)."""
-    if tuple(images.shape[-2:]) == tuple(size):
+def resize(images: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) images (antialiased when shrinking); linear for (N, C, L)
+    signals, trilinear for (N, C, D, H, W) volumes."""
+    if tuple(images.shape[2:]) == tuple(size):
         return images
+    if images.ndim != 4:
+        mode = {3: "linear", 5: "trilinear"}[images.ndim]
+        return F.interpolate(images, size=tuple(size), mode=mode, align_corners=False)
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+SIGNAL = {1: "(L,), (C, L) or (N, C, L)", 3: "(D, H, W), (C, D, H, W) or (N, C, D, H, W)"}
+
+
+def to_unit_signal(
+    data: object, argument: str, input_range: tuple[float, float] | None, channels: int, spatial_dims: int
+) -> torch.Tensor:
+    """A 1-D signal or 3-D volume (numpy array or tensor, channels first, or channels last as featvis
+    returns results when axis 1 cannot be the channels; a list of them is a batch) as (N, C, *size)
+    in [0, 1], values read in `input_range` (None: as given, model input).
+
+    Example:
+        >>> to_unit_signal(np.sin(np.linspace(0, 6.28, 128)), "seed_input", (-1.0, 1.0), 1, 1).shape
+        torch.Size([1, 1, 128])
+    """
+    if isinstance(data, list | tuple) and data and not isinstance(data[0], numbers.Number):
+        return torch.cat([to_unit_signal(d, argument, input_range, channels, spatial_dims) for d in data])
+    shape_text = SIGNAL.get(spatial_dims, f"(N, C, {spatial_dims} axes)")
+    if isinstance(data, np.ndarray):
+        if data.dtype == object or not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+            raise bad_type(argument, data, f"a real numeric array (got dtype {data.dtype})")
+        tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    elif isinstance(data, torch.Tensor):
+        if data.is_complex() or not (data.is_floating_point() or data.dtype in (torch.uint8, torch.int64)):
+            raise bad_type(argument, data, f"a real tensor (got {data.dtype})")
+        tensor = data.detach().float().cpu()
+    else:
+        raise bad_type(argument, data, f"a numpy array or tensor {shape_text}")
+    if tensor.ndim == spatial_dims:
+        tensor = tensor[None]
+    if tensor.ndim == spatial_dims + 1:
+        tensor = tensor[None]
+    if tensor.ndim == spatial_dims + 2 and tensor.shape[1] != channels and tensor.shape[-1] == channels:
+        tensor = tensor.movedim(-1, 1)  # channels-last, as featvis returns results
+    if tensor.ndim != spatial_dims + 2 or tensor.shape[0] == 0 or min(tensor.shape[2:]) < 1:
+        raise bad_value(argument, f"an array of shape {tuple(data.shape)}", shape_text)
+    if tensor.shape[1] != channels:
+        raise bad_value(
+            argument, f"an input with {tensor.shape[1]} channels", f"{channels} channels (axis 1)"
+        )
+    if not torch.isfinite(tensor).all():
+        raise bad_value(argument, "an input containing NaN or infinite values", "finite values")
+    if input_range is None:
+        return tensor
+    low, high = input_range
+    span = high - low
+    if tensor.min() < low - 1e-3 * span or tensor.max() > high + 1e-3 * span:
+        raise bad_value(
+            argument,
+            f"values in [{tensor.min().item():.4g}, {tensor.max().item():.4g}]",
+            f"values within input_range {tuple(input_range)}",
+        )
+    return ((tensor - low) / span).clamp(0, 1)
+
+
+def save_signal(
+    signal: object, path: str | os.PathLike, *, heatmap: object = None, title: str | None = None
+) -> Path:
+    """Plot a 1-D result, (L,) or (L, C) as featvis returns it (one line per channel), as a PNG
+    (matplotlib), optionally with a [0, 1] `heatmap` (L,) (a saliency or CAM) shaded beneath.
+
+    Example:
+        >>> square = featvis.visualize_activation(waves, "head", 1, size=128, input_range=(-1.0, 1.0))
+        >>> save_signal(square, "square.png")
+    """
+    from matplotlib.figure import Figure
+
+    if not isinstance(path, str | os.PathLike):
+        raise bad_type("path", path, "a file path (str or os.PathLike)")
+    array = np.asarray(
+        signal.detach().cpu() if isinstance(signal, torch.Tensor) else signal, dtype=np.float64
+    )
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.shape[0] < 2 or not np.isfinite(array).all():
+        raise bad_value("signal", f"an array of shape {array.shape}", "a finite (L,) or (L, C) signal")
+    figure = Figure(figsize=(7, 2.5), dpi=100)
+    axes = figure.subplots()
+    if heatmap is not None:
+        heat = np.asarray(heatmap, dtype=np.float64).reshape(-1)
+        if heat.shape[0] != array.shape[0]:
+            raise bad_value("heatmap", f"a map of length {heat.shape[0]}", f"length {array.shape[0]}")
+        low, high = float(array.min()), float(array.max())
+        axes.imshow(heat[None], aspect="auto", cmap="Reds", alpha=0.5, extent=(0, len(heat), low, high))
+    for channel in range(array.shape[1]):
+        axes.plot(np.arange(array.shape[0]), array[:, channel], linewidth=1)
+    axes.set_xlabel("sample")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def volume_slices(volume: object, cols: int | None = None) -> np.ndarray:
+    """A 3-D result (D, H, W) or (D, H, W, C) as one picture: its D slices tiled in a grid (labeled
+    z=0, 1, ...; values other than uint8 scaled by the volume's min and max).
+
+    Example:
+        >>> volume_slices(featvis.visualize_activation(net3d, "fc", 0, size=(8, 16, 16))).shape
+    """
+    array = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume)
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or not np.isfinite(array).all():
+        raise bad_value(
+            "volume", f"an array of shape {array.shape}", "a finite (D, H, W) or (D, H, W, C) volume"
+        )
+    if array.dtype != np.uint8:  # values in any range (e.g. input_range=(-1.0, 1.0)): the volume's own span
+        low, high = float(array.min()), float(array.max())
+        array = (array - low) / max(high - low, 1e-12)
+    frames = [frame[..., 0] if frame.shape[-1] == 1 else frame for frame in array]
+    return stitch_images(frames, cols=cols, labels=[f"z={z}" for z in range(len(frames))])
+
+
+def save_volume(volume: object, path: str | os.PathLike, cols: int | None = None) -> Path:
+    """Save a 3-D result as its slices tiled in one image (see `volume_slices`).
+
+    Example:
+        >>> save_volume(featvis.visualize_activation(net3d, "fc", 0, size=(8, 16, 16)), "slices.png")
+    """
+    return save_image(volume_slices(volume, cols), path)
 
 
 def atomic_write(path: Path, write) -> Path:

@@ -56,6 +56,8 @@ class Jitter(InputModifier):
         self.jitter = jitter
 
     def __call__(self, images, streams):
+        if images.ndim != 4:  # signals and volumes: one roll per spatial axis
+            return _roll_each(images, self.jitter, streams)
         h, w = images.shape[-2:]
         jy, jx = _pixels(self.jitter, h), _pixels(self.jitter, w)
         if jy == 0 and jx == 0:
@@ -67,6 +69,21 @@ class Jitter(InputModifier):
         cols = (torch.arange(w, device=images.device)[None] - dx) % w
         images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
         return images.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def _roll_each(images: torch.Tensor, jitter: float, streams: Streams) -> torch.Tensor:
+    """Roll each image of an (N, C, *spatial) batch by its own offset along every spatial axis."""
+    for axis in range(2, images.ndim):
+        size = images.shape[axis]
+        j = _pixels(jitter, size)
+        if j == 0:
+            continue
+        shift = streams.integers(-j, j + 1, 1).to(images.device)  # (N, 1)
+        index = (torch.arange(size, device=images.device)[None] - shift) % size
+        shape = [images.shape[0]] + [1] * (images.ndim - 1)
+        shape[axis] = size
+        images = images.gather(axis, index.view(shape).expand_as(images))
+    return images
 
 
 class RandomAffine(InputModifier):
@@ -82,6 +99,12 @@ class RandomAffine(InputModifier):
         self.scale, self.degrees, self.translate = tuple(scale), float(degrees), float(translate)
 
     def __call__(self, images, streams):
+        if images.ndim != 4:
+            raise bad_value(
+                "input_modifiers",
+                self,
+                "RandomZoom, Jitter, RandomFlip or Noise for 1-D and 3-D input (rotation is 2-D)",
+            )
         draws = streams.uniform(4).to(images.device)
         zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * draws[:, 0]
         angle = (2 * draws[:, 1] - 1) * self.degrees * math.pi / 180
@@ -99,10 +122,19 @@ def _resample_window(images: torch.Tensor, side: torch.Tensor, streams: Streams)
     are centered and reflect the image at its borders.
     """
     room = (1 - side).clamp(min=0)
-    center = streams.uniform(2, low=-1.0, high=1.0).to(images.device) * room[:, None]
-    cx, cy = center[:, 0], center[:, 1]
-    zero = torch.zeros_like(side)
-    theta = torch.stack([torch.stack([side, zero, cx], 1), torch.stack([zero, side, cy], 1)], 1)
+    if images.ndim == 3:  # a signal: the same window along its one axis, as a one-row image
+        center = streams.uniform(2, low=-1.0, high=1.0).to(images.device)[:, :1] * room[:, None]
+        zero, one = torch.zeros_like(side), torch.ones_like(side)
+        theta = torch.stack(
+            [torch.stack([side, zero, center[:, 0]], 1), torch.stack([zero, one, zero], 1)], 1
+        )
+        rows = images[:, :, None]
+        grid = F.affine_grid(theta.to(images.dtype), list(rows.shape), align_corners=False)
+        out = F.grid_sample(rows, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return out[:, :, 0]
+    dims = images.ndim - 2
+    center = streams.uniform(dims, low=-1.0, high=1.0).to(images.device) * room[:, None]
+    theta = torch.cat([torch.diag_embed(side[:, None].expand(-1, dims)), center[:, :, None]], dim=2)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -144,7 +176,8 @@ class RandomZoom(InputModifier):
 
 
 class RandomFlip(InputModifier):
-    """Mirror each image left-right with probability `p` (each image draws its own).
+    """Mirror each image left-right (a signal in time, a volume along its last axis) with probability
+    `p` (each image draws its own).
 
     Example:
         >>> RandomFlip(0.5)
@@ -157,7 +190,7 @@ class RandomFlip(InputModifier):
 
     def __call__(self, images, streams):
         flip = streams.uniform().to(images.device) < self.p
-        return torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return torch.where(flip.view(-1, *[1] * (images.ndim - 1)), images.flip(-1), images)
 
 
 class Pad(InputModifier):
@@ -174,7 +207,7 @@ class Pad(InputModifier):
 
     def __call__(self, images, streams):
         kwargs = {"value": self.value} if self.mode == "constant" else {}
-        return F.pad(images, [self.pad] * 4, mode=self.mode, **kwargs)
+        return F.pad(images, [self.pad] * 2 * (images.ndim - 2), mode=self.mode, **kwargs)
 
 
 class Noise(InputModifier):

@@ -52,6 +52,10 @@ class LossContext:
         """The output of `layer` for every view, shape (rows, ...)."""
         return self.activations[self.targets[layer_key(layer)].key]
 
+    def target(self, layer: LayerSpec) -> Target | None:
+        """The resolved `Target` of `layer` (its name, module, call and unit axis)."""
+        return self.targets.get(layer_key(layer))
+
     def image_of_row(self) -> torch.Tensor:
         """For each row of an activation, the index of its image in the batch."""
         return torch.arange(self.rows, device=self.images.device) // self.views
@@ -227,30 +231,109 @@ def _check_indices(indices: object, argument: str) -> list[int] | None:
     return [int(v) for v in values]
 
 
-def _units(act: torch.Tensor, indices: list[int] | None, layer: object, channel_axis: int) -> torch.Tensor:
-    """Select units along the channel axis; returns (rows, k, ...)."""
+def _units(
+    act: torch.Tensor, indices: list[int] | None, layer: object, axis: int, token: int | None = None
+) -> torch.Tensor:
+    """Select units along `axis` (and one position of the rest with `token`); returns (rows, k, ...)."""
     if act.ndim == 1:
         if indices is not None:
             raise bad_value("filter_indices", indices, f"None, since layer {layer!r} has one value per image")
         return act[:, None]
-    act = act.movedim(channel_axis, 1)
+    act = act.movedim(axis, 1)
+    if token is not None:
+        if act.ndim == 2:
+            raise bad_value(
+                "token", token, f"None: layer {layer!r} has one value per unit (no tokens or positions)"
+            )
+        positions = act.flatten(2)
+        if not -positions.shape[2] <= token < positions.shape[2]:
+            raise bad_value(
+                "token",
+                token,
+                f"a token (position) index in [0, {positions.shape[2] - 1}] of layer {layer!r}",
+            )
+        act = positions[:, :, token]
     if indices is None:
         return act
     units = act.shape[1]
     if max(indices) >= units:
-        raise bad_value("filter_indices", indices, f"indices in [0, {units - 1}] for layer {layer!r}")
+        raise bad_value(
+            "filter_indices",
+            indices,
+            f"indices in [0, {units - 1}] for layer {layer!r} (units on axis {axis})",
+        )
     return act[:, indices]
+
+
+def check_unit_axis(unit_axis: object, argument: str = "unit_axis") -> int | None:
+    """None (the layer's own unit axis) or an int axis other than 0 (the batch)."""
+    if unit_axis is None:
+        return None
+    if isinstance(unit_axis, bool) or not isinstance(unit_axis, numbers.Integral):
+        raise bad_type(argument, unit_axis, "an int axis of the layer's output (1, -1, ...) or None")
+    if unit_axis == 0:
+        raise bad_value(argument, unit_axis, "an axis other than 0 (the batch): 1, -1, ... or None")
+    return int(unit_axis)
+
+
+def check_token(token: object) -> int | None:
+    """None (average over tokens/positions) or an int position index."""
+    if token is None:
+        return None
+    if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+        raise bad_type("token", token, "an int token index (0: the class token) or None")
+    return int(token)
+
+
+def resolve_axis(act: torch.Tensor, given: int | None, target: Target | None, layer: object) -> int:
+    """The unit axis for `act`: the given one (checked against its rank) or the layer's default."""
+    if given is None:
+        return target.unit_axis if target is not None and act.ndim > 1 else 1
+    if not (-act.ndim < given < act.ndim) or given == 0 or given == -act.ndim:
+        allowed = f"an axis in 1..{act.ndim - 1} or -1..-{act.ndim - 1}"
+        raise bad_value(
+            "unit_axis",
+            given,
+            f"{allowed} of layer {layer!r}, whose output has shape {tuple(act.shape)} (axis 0 is the batch)",
+        )
+    return given
+
+
+def _units_line(loss, chosen: str, targets: dict, shapes: dict) -> str:
+    target = targets.get(layer_key(loss.layer))
+    shape = shapes.get(target.key) if target is not None else None
+    if target is None or shape is None:
+        return f"{loss.name}: layer {loss.layer!r}"
+    axis = loss.unit_axis if loss.unit_axis is not None else (target.unit_axis if len(shape) > 1 else 1)
+    where = "averaged over the other axes" if loss.token is None else f"at token {loss.token}"
+    return (
+        f"{loss.name}: layer {target.name or '<model output>'!r}, {chosen} on "
+        f"{describe_axis(shape, axis)}, {where}"
+    )
+
+
+def describe_axis(shape: Sequence[int], axis: int) -> str:
+    """'axis -1 (64 units) of (N, 65, 64)': a short phrase for verbose output."""
+    if len(shape) <= 1:
+        return "one value per image"
+    dims = ", ".join(["N", *map(str, shape[1:])])
+    return f"axis {axis} ({shape[axis]} units) of ({dims})"
 
 
 class ActivationMaximization(Loss):
     """Minus the mean activation of the chosen units of a layer (keras-vis's loss).
 
-    Dense outputs (N, C) select units; conv outputs (N, C, H, W) select channels
-    averaged over space; other ranks average over everything after the channel axis.
-    `batch` restricts the loss to some images of the batch (others get 0).
+    Units lie on the layer's unit axis: axis 1 for dense (N, C) and conv (N, C, ...)
+    outputs, the last axis for (N, tokens, features) outputs of a Linear, LayerNorm or
+    attention and for channels-last blocks (see `featvis.targets.Probe.unit_axis`);
+    `unit_axis` (alias `channel_axis`) overrides it. A unit is averaged over the other
+    axes (space, tokens); `token` picks one position instead (``token=0``: a ViT's class
+    token). `batch` restricts the loss to some images of the batch (others get 0).
 
     Example:
         >>> ActivationMaximization("_fc", [130, 285])  # one image: flamingo and cat together
+        >>> ActivationMaximization("encoder.layers.encoder_layer_5.mlp.0", 7)  # MLP neuron 7
+        >>> ActivationMaximization("encoder.layers.encoder_layer_5", 7, token=0)  # on the class token
     """
 
     name = "ActivationMaximization"
@@ -261,18 +344,35 @@ class ActivationMaximization(Loss):
         filter_indices: int | Sequence[int] | None = None,
         *,
         batch: int | Sequence[int] | None = None,
-        channel_axis: int = 1,
+        unit_axis: int | None = None,
+        token: int | None = None,
+        channel_axis: int | None = None,
     ):
         self.layer = layer
         self.filter_indices = _check_indices(filter_indices, "filter_indices")
         self.batch = _check_indices(batch, "batch")
-        self.channel_axis = channel_axis
+        if unit_axis is not None and channel_axis is not None and unit_axis != channel_axis:
+            raise bad_value("channel_axis", channel_axis, f"None or the same axis as unit_axis={unit_axis}")
+        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
+        self.token = check_token(token)
+
+    @property
+    def channel_axis(self) -> int | None:
+        """keras-vis's name of `unit_axis`."""
+        return self.unit_axis
 
     def layers(self) -> tuple[LayerSpec, ...]:
         return (self.layer,)
 
+    def units_line(self, targets: dict, shapes: dict) -> str:
+        """One line for verbose output: the layer, its output shape and the axis its units lie on."""
+        chosen = "all units" if self.filter_indices is None else f"units {self.filter_indices}"
+        return _units_line(self, chosen, targets, shapes)
+
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = _units(ctx.activation(self.layer), self.filter_indices, self.layer, self.channel_axis)
+        raw = ctx.activation(self.layer)
+        axis = resolve_axis(raw, self.unit_axis, ctx.target(self.layer), self.layer)
+        act = _units(raw, self.filter_indices, self.layer, axis, self.token)
         values = -act.flatten(1).mean(1)
         if self.batch is None:
             return values
@@ -290,17 +390,32 @@ class UnitPerImage(Loss):
 
     name = "UnitPerImage"
 
-    def __init__(self, layer: LayerSpec, units: Sequence[int], *, channel_axis: int = 1):
+    def __init__(
+        self,
+        layer: LayerSpec,
+        units: Sequence[int],
+        *,
+        unit_axis: int | None = None,
+        token: int | None = None,
+        channel_axis: int | None = None,
+    ):
         self.layer = layer
         self.units = _check_indices(list(units), "units")
-        self.channel_axis = channel_axis
+        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
+        self.token = check_token(token)
         self._units_on: torch.Tensor | None = None
 
     def layers(self) -> tuple[LayerSpec, ...]:
         return (self.layer,)
 
+    def units_line(self, targets: dict, shapes: dict) -> str:
+        """One line for verbose output, as `ActivationMaximization.units_line`."""
+        return _units_line(self, f"one unit per image {self.units}", targets, shapes)
+
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = _units(ctx.activation(self.layer), None, self.layer, self.channel_axis)
+        raw = ctx.activation(self.layer)
+        axis = resolve_axis(raw, self.unit_axis, ctx.target(self.layer), self.layer)
+        act = _units(raw, None, self.layer, axis, self.token)
         if max(self.units) >= act.shape[1]:
             raise bad_value("units", self.units, f"indices in [0, {act.shape[1] - 1}]")
         if len(self.units) != ctx.batch_size:
@@ -352,7 +467,11 @@ class neuron(Loss):
         return (self.layer,)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = _units(ctx.activation(self.layer), [self.index], self.layer, 1)[:, 0]
+        raw = ctx.activation(self.layer)
+        act = _units(
+            raw, [self.index], self.layer, resolve_axis(raw, None, ctx.target(self.layer), self.layer)
+        )
+        act = act[:, 0]
         if act.ndim != 3:
             raise bad_value("layer", self.layer, "a layer with (N, C, H, W) output for neuron()")
         h, w = act.shape[1:]
@@ -384,6 +503,7 @@ class direction(Loss):
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
         act = ctx.activation(self.layer)
+        act = act.movedim(resolve_axis(act, None, ctx.target(self.layer), self.layer), 1)
         if act.shape[1] != self.vector.numel():
             raise bad_value("vector", f"length {self.vector.numel()}", f"length {act.shape[1]}")
         vector = self.vector.to(act.device, act.dtype).view(1, -1, *([1] * (act.ndim - 2)))

@@ -92,7 +92,8 @@ class Settings:
     passes per image); `lr` (None: the parameterization's `default_lr`); `method`: a
     name in `featvis.params.METHODS` or a factory; `input_modifiers` (None:
     `standard_transforms()`; ``[]`` for none); `grad_modifier`, `backprop_modifier`: a
-    name or a callable; `callbacks`: functions ``f(step, terms, images)``; `verbose`
+    name or a callable; `callbacks`: functions ``f(step, terms, images)`` (an ``on_end()``
+    method of one is called when the optimization ends; see `featvis.callbacks`); `verbose`
     prints every term at every step; `progress` shows a bar (None: on a terminal, for
     64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
     precision; `image_ema` (default 0.9) returns the moving average of the images over
@@ -322,6 +323,11 @@ def optimize(
                 ):
                     activations = capture.run(runner, x) if wanted else {}
                 activations = {key: value.float() for key, value in activations.items()}
+                if settings.verbose and step == 0:  # where each term's units lie, once
+                    shapes = {key: tuple(value.shape) for key, value in activations.items()}
+                    for term, _ in terms:
+                        if hasattr(term, "units_line"):
+                            print(term.units_line(targets, shapes))
                 values = []
                 for index, (term, _) in enumerate(terms):  # each term its own view: its gradient is watched
                     own = images.view_as(images)
@@ -365,6 +371,10 @@ def optimize(
         )
     finally:
         bar.close()
+    for callback in callbacks:  # keras-vis's on_end: e.g. GifGenerator writes its file
+        on_end = getattr(callback, "on_end", None)
+        if callable(on_end):
+            on_end()
     with torch.no_grad():
         final = param().detach() if average is None else average
     return Result(

@@ -104,12 +104,14 @@ class PixelImage(Parameterization):
             self.pixels.clamp_(0, 1)
 
 
-def _frequency_scale(size: tuple[int, int], decay: float, device) -> torch.Tensor:
-    h, w = size
-    fy = torch.fft.fftfreq(h, device=device)[:, None]
-    fx = torch.fft.rfftfreq(w, device=device)[None, :]
-    freqs = torch.sqrt(fx**2 + fy**2)
-    return 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
+def _frequency_scale(size: tuple[int, ...], decay: float, device) -> torch.Tensor:
+    """1/frequency^decay on the rfftn grid of `size` (any number of axes: signals, images, volumes)."""
+    axes = [torch.fft.fftfreq(n, device=device) for n in size[:-1]] + [
+        torch.fft.rfftfreq(size[-1], device=device)
+    ]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    freqs = torch.sqrt(sum(g**2 for g in grids))
+    return 1.0 / torch.clamp(freqs, min=1.0 / max(size)) ** decay
 
 
 def _mix_colors(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,8 @@ class FourierImage(Parameterization):
     """Spectrum parameters scaled by 1/frequency^decay, optionally in decorrelated color.
 
     The image is ``sigmoid(color @ irfft2(scale * spectrum) / 4)``: low frequencies
-    move first, which gives smoother, more natural images than pixels.
+    move first, which gives smoother, more natural images than pixels. `size` may have
+    one axis (signals), two (images) or three (volumes): the FFT runs over all of them.
 
     Example:
         >>> FourierImage(1, 3, (224, 224), decay=1.0, decorrelate=True)
@@ -148,15 +151,16 @@ class FourierImage(Parameterization):
         sd: float = 0.01,
     ):
         super().__init__(batch, channels, size)
-        h, w = size
+        self.axes = tuple(range(-len(size), 0))
         self.scale = _frequency_scale(size, decay, device)
         self.color = _color_matrix(channels, device) if decorrelate else torch.eye(channels, device=device)
         if init is None:
-            spectrum = sd * _draw(streams, batch, "normal", channels, h, w // 2 + 1, 2, device=device)
+            shape = (*size[:-1], size[-1] // 2 + 1)
+            spectrum = sd * _draw(streams, batch, "normal", channels, *shape, 2, device=device)
             spectrum = torch.view_as_complex(spectrum)
         else:
             spatial = _mix_colors(torch.linalg.inv(self.color), _logit(init.to(device)))
-            spectrum = torch.fft.rfft2(spatial * 4, norm="ortho") / self.scale
+            spectrum = torch.fft.rfftn(spatial * 4, dim=self.axes, norm="ortho") / self.scale
         self.spectrum = torch.view_as_real(spectrum).contiguous().requires_grad_(True)
 
     def parameters(self):
@@ -164,7 +168,7 @@ class FourierImage(Parameterization):
 
     def __call__(self):
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        spatial = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4
+        spatial = torch.fft.irfftn(spectrum, s=self.size, dim=self.axes, norm="ortho") / 4
         return torch.sigmoid(_mix_colors(self.color, spatial))
 
 
@@ -196,6 +200,12 @@ class MacoImage(Parameterization):
     default_lr = 0.5
 
     def __init__(self, batch, channels, size, *, init=None, streams=None, device=None):
+        if len(size) != 2:
+            raise bad_value(
+                "method",
+                "maco",
+                f"'fourier' or 'pixel' for {len(size)}-D input: MACO's magnitude is a photograph's",
+            )
         super().__init__(batch, channels, size)
         h, w = size
         self.magnitude = natural_magnitude(channels, size, device)

@@ -69,6 +69,7 @@ class PreparedModel:
         self.preprocess = preprocess
         self.channels = targets.infer_channels(self.model) if channels is None else channels
         check_int("channels", self.channels, 1)
+        self.spatial_dims = targets.infer_spatial_dims(self.model)
         self.device = targets.resolve_device(device, self.model)
         self.dtype = targets.model_dtype(self.model)
         if channels_last is not None and not isinstance(channels_last, bool):
@@ -136,12 +137,17 @@ class PreparedModel:
 
     def load_images(self, images: object, argument: str = "seed_input") -> torch.Tensor:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
-        as one (N, C, H, W) batch in [0, 1] on the model's device.
+        as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
+        signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
 
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
         """
-        from .image import to_unit_tensor
+        from .image import to_unit_signal, to_unit_tensor
+
+        if self.spatial_dims != 2:
+            loaded = to_unit_signal(images, argument, self.input_range, self.channels, self.spatial_dims)
+            return loaded.to(self.device)
 
         if isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
@@ -149,6 +155,10 @@ class PreparedModel:
             loaded = [to_unit_tensor(i, argument, self.input_range, self.channels) for i in images]
             return torch.cat(loaded).to(self.device)
         return to_unit_tensor(images, argument, self.input_range, self.channels).to(self.device)
+
+    def default_size(self) -> tuple[int, ...]:
+        """The input size used when none is given: 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        return {1: (128,), 2: (224, 224), 3: (32, 32, 32)}.get(self.spatial_dims, (224, 224))
 
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
         """Fixed (seed 0) uniform images in [0, 1] of `size`, for probing and checks; no global RNG used."""
@@ -170,7 +180,11 @@ class PreparedModel:
     @property
     def seen(self) -> Probe:
         """The probe (on a 224 px random image when nothing was probed yet)."""
-        return self._seen if self._seen is not None else self.probe(self.random_images((224, 224)))
+        return self._seen if self._seen is not None else self.probe(self.random_images(self.default_size()))
+
+    def seen_modules(self) -> dict[nn.Module, str]:
+        """Each module of the model and the name the probe's events give it."""
+        return targets.module_names(self.model)
 
     def resolve(self, layer: LayerSpec, argument: str = "layer") -> Target:
         """The `Target` a layer spec names, with clear errors naming `argument`."""
@@ -210,7 +224,7 @@ class PreparedModel:
         wanted = _unique(wanted)
         key = (tuple(t.key for t in wanted), tuple(image_shape))
         if key not in self._runners:
-            check = self.model_input(self.random_images(tuple(image_shape[-2:])))
+            check = self.model_input(self.random_images(tuple(image_shape[1:])))
             self._runners[key] = fusion.choose_runner(
                 self.model,
                 check,
@@ -235,10 +249,19 @@ class PreparedModel:
         with torch.no_grad():
             return self.capture([target]).run(self.model, self.model_input(images))[target.key]
 
-    def unit_count(self, layer: LayerSpec, size: tuple[int, ...]) -> int:
-        """How many units `layer` has (its channel axis; 1 for one value per image)."""
+    def unit_count(self, layer: LayerSpec, size: tuple[int, ...], unit_axis: int | None = None) -> int:
+        """How many units `layer` has (along its unit axis, or `unit_axis`; 1 for one value per image).
+
+        Example:
+            >>> prepared.unit_count("encoder.layers.encoder_layer_5.mlp.0", (224, 224))
+            3072
+        """
+        from .losses import check_unit_axis, resolve_axis
+
         out = self.layer_output(layer, self.random_images(size))
-        return 1 if out.ndim == 1 else int(out.shape[1])
+        if out.ndim == 1:
+            return 1
+        return int(out.shape[resolve_axis(out, check_unit_axis(unit_axis), self.resolve(layer), layer)])
 
     def activation_bytes(self, size: tuple[int, ...]) -> int:
         """Bytes of all leaf outputs of one image of `size` (a bound on what a batch needs)."""
@@ -297,6 +320,36 @@ def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
             FeatvisWarning,
             stacklevel=4,
         )
+
+
+def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> tuple[int, ...]:
+    """An int (the same along every axis) or a tuple of one int per spatial axis of the model's input:
+    (L,) for signals, (H, W) for images, (D, H, W) for volumes.
+
+    Example:
+        >>> input_size(128, 1), input_size((16, 32, 32), 3)
+        ((128,), (16, 32, 32))
+    """
+    import numbers
+
+    shapes = {1: "(length,)", 2: "(height, width)", 3: "(depth, height, width)"}
+    wanted = f"an int or {shapes.get(spatial_dims, f'{spatial_dims} ints')} of ints"
+    if isinstance(size, bool):
+        raise bad_type(argument, size, wanted)
+    if isinstance(size, numbers.Integral):
+        size = (int(size),) * spatial_dims
+    if (
+        not isinstance(size, Sequence)
+        or isinstance(size, str)
+        or len(size) != spatial_dims
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
+    ):
+        if isinstance(size, Sequence) and not isinstance(size, str) and len(size) != spatial_dims:
+            raise bad_value(argument, size, f"{wanted}: the model takes {spatial_dims}-D input")
+        raise bad_type(argument, size, wanted)
+    if min(size) < 1:
+        raise bad_value(argument, size, "sizes >= 1")
+    return tuple(int(s) for s in size)
 
 
 def image_size(size: object, argument: str = "size") -> tuple[int, int]:

@@ -16,7 +16,8 @@ from .losses import Loss, LossContext
 
 
 class TotalVariation(Loss):
-    """Mean over pixels of (dx^2 + dy^2)^(beta/2): penalizes high-frequency noise.
+    """Mean over pixels of (dx^2 + dy^2)^(beta/2): penalizes high-frequency noise (signals and volumes:
+    the differences along each of their axes, see `total_variation_nd`).
 
     Example:
         >>> TotalVariation(beta=2)
@@ -30,7 +31,28 @@ class TotalVariation(Loss):
         self.beta = float(beta)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
+        if ctx.images.ndim != 4:
+            return total_variation_nd(ctx.images, self.beta)
         return _TotalVariation.apply(ctx.images, self.beta)
+
+
+def total_variation_nd(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Per-image TV of signals (N, C, L) or volumes (N, C, D, H, W): the mean over positions of the
+    squared differences to the next sample along each spatial axis, summed, to the power beta/2.
+
+    Example:
+        >>> total_variation_nd(torch.rand(2, 1, 128)).shape
+        torch.Size([2])
+    """
+    dims = images.ndim - 2
+    inner = tuple(slice(0, -1) for _ in range(dims))
+    squared = 0
+    for axis in range(dims):
+        ahead = tuple(slice(1, None) if a == axis else slice(0, -1) for a in range(dims))
+        diff = images[(..., *ahead)] - images[(..., *inner)]
+        squared = squared + diff * diff
+    powered = squared if beta == 2 else (squared + 1e-8) ** (beta / 2)
+    return powered.flatten(1).mean(1)
 
 
 class _TotalVariation(torch.autograd.Function):

@@ -41,6 +41,7 @@ class Target:
     name: str
     module: nn.Module
     call: int = 0
+    unit_axis: int = 1  # where its units lie in its (channels-first for Keras) output; see `unit_axis`
 
     @property
     def key(self) -> str:
@@ -128,6 +129,27 @@ def infer_channels(model: nn.Module) -> int:
         if isinstance(module, nn.modules.conv._ConvNd):
             return int(module.in_channels)
     return 3
+
+
+def infer_spatial_dims(model: nn.Module) -> int:
+    """How many spatial axes the model's input has: a Keras model's input rank less 2, else that
+    of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3, volumes); 2 when
+    neither tells.
+
+    Example:
+        >>> infer_spatial_dims(nn.Sequential(nn.Conv1d(1, 8, 5)))
+        1
+    """
+    if is_keras(model):
+        inputs = getattr(model, "inputs", None) or []
+        shape = getattr(inputs[0], "shape", None) if inputs else None
+        return max(1, len(shape) - 2) if shape else 2
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
+                return 1
+            return 3 if isinstance(module, nn.Conv3d | nn.ConvTranspose3d) else 2
+    return 2
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -222,9 +244,9 @@ def _is_leaf(model: nn.Module, module: nn.Module) -> bool:
 
 
 def run_model(model: nn.Module, x: torch.Tensor):
-    """Call the model on NCHW images, as NHWC for a Keras model."""
-    if is_keras(model) and x.ndim == 4:
-        x = x.permute(0, 2, 3, 1)
+    """Call the model on NCHW images (NCL signals, NCDHW volumes), channels-last for a Keras model."""
+    if is_keras(model) and x.ndim >= 3:
+        x = x.movedim(1, -1)
     return model(x)
 
 
@@ -242,17 +264,104 @@ class Probe:
     softmax_outputs: set[str]
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
 
-    def spatial_layer_before(self, target: Target) -> str | None:
-        """The last leaf call before `target` finished whose output is (N, C, H, W) with H*W > 1."""
+    def shape_of(self, name: str, call: int) -> tuple[int, ...] | None:
+        """The output shape (channels-first for Keras) of call `call` of module `name`, if a tensor."""
+        for event_name, event_call, shape, _ in self.events:
+            if event_name == name and event_call == call:
+                return shape
+        return None
+
+    def unit_axis(self, name: str, call: int, *, names_to_modules: dict[str, nn.Module]) -> int:
+        """The axis of the units of a layer's output: its features, not its tokens or positions.
+
+        The last module run up to this call that sets a unit count (a convolution or norm over
+        channels: axis 1; a Linear, LayerNorm or Embedding: the last axis) gives the count, and
+        the output's axis of that size (axis 1 or the last) is the unit axis. So a conv's
+        channels are axis 1, the features of (N, tokens, features) outputs the last axis, and a
+        block whose last layer is a Linear followed by a permute back to channels-first, axis 1.
+
+        Example:
+            >>> prepared.seen.unit_axis("encoder.layers.encoder_layer_5.mlp.0", 0, names_to_modules=...)
+            -1
+        """
+        end = next(
+            (i for i, (n, c, _, _) in enumerate(self.events) if n == name and c == call),
+            None,
+        )
+        if end is None:
+            return 1
+        shape = self.events[end][2]
+        if shape is None or len(shape) <= 2:
+            return 1
+        for event_name, _, _, leaf in reversed(self.events[: end + 1]):
+            module = names_to_modules.get(event_name)
+            found = _defining_units(module) if module is not None and leaf else None
+            if found is not None:
+                return unit_axis_of(shape, *found)
+        return 1
+
+    def leaf_outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
+        """('name#call', output shape) of the leaf calls with a tensor output before `target`
+        finished, last first."""
         ends = [
             i
             for i, (name, call, _, _) in enumerate(self.events)
             if name == target.name and call == target.call
         ]
-        for name, call, shape, leaf in reversed(self.events[: ends[0]] if ends else []):
-            if leaf and shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
-                return f"{name}#{call}"
+        return [
+            (f"{name}#{call}", shape)
+            for name, call, shape, leaf in reversed(self.events[: ends[0]] if ends else [])
+            if leaf and shape is not None
+        ]
+
+    def spatial_layer_before(self, target: Target) -> str | None:
+        """The last leaf call before `target` finished whose output is (N, C, H, W) with H*W > 1."""
+        for label, shape in self.leaf_outputs_before(target):
+            if len(shape) == 4 and shape[2] * shape[3] > 1:
+                return label
         return None
+
+
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+)
+_FEATURE_NORMS = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if c is not None)
+
+
+def _defining_units(module: nn.Module) -> tuple[int, int] | None:
+    """(unit count, conventional axis) of a module that sets where units lie, else None."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return int(module.out_channels), 1
+    if isinstance(module, nn.GroupNorm):
+        return int(module.num_channels), 1
+    if isinstance(module, _CHANNELS_FIRST):
+        return int(module.num_features), 1
+    if isinstance(module, nn.Linear | nn.Bilinear):
+        return int(module.out_features), -1
+    if isinstance(module, nn.Embedding):
+        return int(module.embedding_dim), -1
+    if isinstance(module, nn.MultiheadAttention):
+        return int(module.embed_dim), -1
+    if isinstance(module, _FEATURE_NORMS):
+        shape = module.normalized_shape
+        return (int(shape[-1]), -1) if shape else None
+    return None
+
+
+def unit_axis_of(shape: Sequence[int], units: int, convention: int) -> int:
+    """Where `units` lie in an output of `shape`: axis 1 or the last axis, whichever has that size
+    (the defining module's `convention` when both or neither do); 1 for outputs of rank <= 2."""
+    if len(shape) <= 2:
+        return 1
+    first, last = shape[1] == units, shape[-1] == units
+    if first and not last:
+        return 1
+    if last and not first:
+        return -1
+    return convention
 
 
 def probe(model: nn.Module, example: torch.Tensor) -> Probe:
@@ -368,7 +477,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
         raise LayerNotFoundError(
             f"{argument}={layer!r} asks for call {call}, but the module runs only {count} time(s)"
         )
-    return Target(name=name, module=module, call=call)
+    axis = 1 if is_keras(model) else seen.unit_axis(name, call, names_to_modules=by_name)
+    return Target(name=name, module=module, call=call, unit_axis=axis)
 
 
 def layer_names(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:

@@ -23,10 +23,18 @@ from tqdm.auto import tqdm
 
 from .errors import bad_type, bad_value, check_int, check_number
 from .image import check_seed_range, resize, to_array, to_unit_tensor
-from .losses import ActivationMaximization, Loss, UnitPerImage, WeightedSum, as_losses
+from .losses import (
+    ActivationMaximization,
+    Loss,
+    LossContext,
+    UnitPerImage,
+    WeightedSum,
+    as_losses,
+    layer_key,
+)
 from .optimizer import Result, Settings, optimize
 from .params import make_parameterization
-from .prepared import CONVENTIONS, PreparedModel, image_size, prepare
+from .prepared import CONVENTIONS, PreparedModel, input_size, prepare
 from .regularizers import LpNorm, TotalVariation
 from .rng import Streams, derive_key, fresh_seed
 from .targets import LayerSpec
@@ -46,7 +54,7 @@ def visualize_activation_with_losses(
     losses: Loss | Sequence[tuple[Loss, float]],
     *,
     seed_input: object = None,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     batch_size: int = 1,
     seed: int | None = None,
     return_result: bool = False,
@@ -90,16 +98,19 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
     batch_size = len(keys)
     init = None
     if seed_input is not None:
-        init = to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels)
-        check_seed_range(seed_input, init, prepared.input_range)
+        if prepared.spatial_dims == 2:
+            init = to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels)
+            check_seed_range(seed_input, init, prepared.input_range)
+        else:
+            init = prepared.load_images(seed_input).cpu()
         if init.shape[0] not in (1, batch_size):
             raise bad_value("seed_input", f"a batch of {init.shape[0]}", f"1 or {batch_size} images")
         if size is not None:
-            init = resize(init, image_size(size))
-        init = init.expand(batch_size, -1, -1, -1).to(prepared.device)
-        shape = tuple(init.shape[-2:])
+            init = resize(init, input_size(size, prepared.spatial_dims))
+        init = init.expand(batch_size, *init.shape[1:]).to(prepared.device)
+        shape = tuple(init.shape[2:])
     else:
-        shape = image_size(DEFAULT_SIZE if size is None else size)
+        shape = size_of(prepared, size)
     streams = Streams(keys, prepared.device)
     param = make_parameterization(
         settings.method,
@@ -115,6 +126,22 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
         return result
     array = to_array(result.images, prepared.input_range)
     return array[0] if batch_size == 1 else array
+
+
+def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
+    """The input size for `prepared`'s model: `size` checked (an int, or one int per spatial axis),
+    or the default (224 x 224 images, 128-sample signals, 32^3 volumes). A tuple's length sets
+    the input's axes (a model that flattens images into a Conv1d takes ``size=(32, 32)``).
+
+    Example:
+        >>> size_of(PreparedModel(conv1d_net), 256)
+        (256,)
+    """
+    if size is None:
+        return prepared.default_size()
+    if isinstance(size, Sequence) and not isinstance(size, str) and 1 <= len(size) <= 3:
+        prepared.spatial_dims = len(size)  # a size's axes say what the model takes
+    return input_size(size, prepared.spatial_dims)
 
 
 def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:
@@ -137,12 +164,17 @@ def visualize_activation(
     act_max_weight: float = 1.0,
     tv_weight: float = DEFAULT_TV_WEIGHT,
     lp_norm_weight: float = 0.0,
+    unit_axis: int | None = None,
+    token: int | None = None,
     **kwargs,
 ) -> np.ndarray | Result:
     """Generate the input that maximizes the chosen units of `layer` (keras-vis's main API).
 
     `filter_indices`: a unit/channel index, a list (one image maximizing them
-    together), or None (all units). The loss is ``act_max_weight *
+    together), or None (all units). Units lie on the layer's unit axis: axis 1 of conv
+    and dense outputs, the last axis of (N, tokens, features) outputs (a ViT's MLP or
+    block); ``unit_axis`` overrides it, ``verbose=True`` prints it. A unit is averaged
+    over tokens (or space); ``token=0`` takes one token (a ViT's class token). The loss is ``act_max_weight *
     ActivationMaximization + tv_weight * TotalVariation + lp_norm_weight * LpNorm``;
     a weight of 0 switches a term off. Other keyword arguments are those of
     `visualize_activation_with_losses` (``seed_input``, ``size``, ``seed``,
@@ -152,8 +184,9 @@ def visualize_activation(
         >>> image = visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess, seed=0)
         >>> count_up = visualize_activation(counter, "head", 0, input_range=(0.0, 1.0), size=32)
         >>> count_down = visualize_activation(counter, "head", 0, grad_modifier="negate", size=32)
+        >>> neuron = visualize_activation(vit, "encoder.layers.encoder_layer_5.mlp.0", 7, verbose=True)
     """
-    objective = ActivationMaximization(layer, filter_indices)
+    objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
     loss = _regularized(objective, act_max_weight, tv_weight, lp_norm_weight)
     return visualize_activation_with_losses(model, loss, **kwargs)
 
@@ -183,12 +216,17 @@ def visualize_layer(
     act_max_weight: float = 1.0,
     tv_weight: float = DEFAULT_TV_WEIGHT,
     lp_norm_weight: float = 0.0,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     seed: int | None = None,
     return_result: bool = False,
+    unit_axis: int | None = None,
+    token: int | None = None,
     **options,
 ) -> np.ndarray | Result:
     """One image per unit of `layer` (all units by default), many units per batch.
+
+    Units lie on the layer's unit axis (see `visualize_activation`; `unit_axis` and
+    `token` as there).
 
     Each image of a batch maximizes its own unit with its own random transforms, and
     a unit's random draws depend only on (seed, layer, unit), not on its batch.
@@ -207,7 +245,6 @@ def visualize_layer(
         (16, 224, 224, 3)
     """
     seed = _seed(seed)
-    shape = image_size(DEFAULT_SIZE if size is None else size)
     if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
         raise bad_type("units", units, "a list of unit indices or None")
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
@@ -215,9 +252,10 @@ def visualize_layer(
     prepared, owned = prepare(model, **conventions)
     prepared.require_input_range("activation maximization")
     try:
+        shape = size_of(prepared, size)
         prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
-        units = list(range(prepared.unit_count(layer, shape)) if units is None else units)
+        units = list(range(prepared.unit_count(layer, shape, unit_axis)) if units is None else units)
         if not units:
             raise bad_value("units", units, "at least one unit index")
         if batch_size is None:
@@ -228,7 +266,8 @@ def visualize_layer(
         quiet = dataclasses.replace(settings, progress=False)
         results = []
         for chunk in tqdm(chunks, desc=f"layer {layer}", disable=not show):
-            loss = _regularized(UnitPerImage(layer, chunk), act_max_weight, tv_weight, lp_norm_weight)
+            objective = UnitPerImage(layer, chunk, unit_axis=unit_axis, token=token)
+            loss = _regularized(objective, act_max_weight, tv_weight, lp_norm_weight)
             keys = [derive_key(seed, target.key, unit) for unit in chunk]
             results.append(_run(prepared, loss, quiet, keys, seed, None, shape, True))
             if results[-1].interrupted:  # Ctrl-C: keep what is done, start no further batch
@@ -261,24 +300,36 @@ def activations_reached(
     layer: LayerSpec,
     units: Sequence[int],
     images: np.ndarray,
+    *,
+    unit_axis: int | None = None,
+    token: int | None = None,
     **conventions,
 ) -> np.ndarray:
     """The mean activation of ``units[i]`` on ``images[i]``, with no random transform.
 
-    `conventions`: ``input_range``, ``preprocess``, ``channels``, ``device`` as elsewhere.
+    Units on the layer's unit axis (`unit_axis` overrides it), averaged over the other
+    axes (or at one `token`). `conventions`: ``input_range``, ``preprocess``,
+    ``channels``, ``device`` as elsewhere.
 
     Example:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
     """
     prepared, owned = prepare(model, **conventions)
     try:
-        batch = to_unit_tensor(np.asarray(images), "images", prepared.input_range, prepared.channels)
+        if prepared.spatial_dims == 2:
+            batch = to_unit_tensor(np.asarray(images), "images", prepared.input_range, prepared.channels)
+        else:
+            batch = prepared.load_images(np.asarray(images), "images")
         units = list(units)
         if len(units) != batch.shape[0]:
             raise bad_value("units", units, f"one unit per image ({batch.shape[0]})")
         out = prepared.layer_output(layer, batch.to(prepared.device))
+        target = prepared.resolve(layer)
+        loss = UnitPerImage(layer, units, unit_axis=unit_axis, token=token)
+        ctx = LossContext(
+            images=batch, views=1, activations={target.key: out}, targets={layer_key(layer): target}
+        )
+        return (-loss(ctx)).cpu().numpy()
     finally:
         if owned:
             prepared.close()
-    chosen = out[torch.arange(len(units)), torch.tensor(units, device=out.device)]
-    return chosen.flatten(1).mean(1).cpu().numpy() if chosen.ndim > 1 else chosen.cpu().numpy()
