@@ -333,3 +333,62 @@ def test_cam_command_prints_the_metrics(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "deletion area:" in printed and "insertion area:" in printed
     assert Image.open(out).size == (32, 32)
+
+
+class _RedAndBlue(torch.nn.Module):
+    """Unit 0 counts red pixels, unit 1 blue ones: conv (a red and a blue detector) - ReLU - mean - fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0], self.conv.weight[0, 1:] = 1 / 9, -1 / 9  # red, not white
+            self.conv.weight[1, 2], self.conv.weight[1, :2] = 1 / 9, -1 / 9  # blue
+            self.conv.bias.fill_(-0.1)
+            self.fc.weight.copy_(50 * torch.eye(2))  # logits far apart: Score-CAM's softmax picks one channel
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _red_left_blue_right():
+    image = np.zeros((32, 32, 3), np.float32)
+    image[8:24, 3:13, 0] = 1.0  # a red object on the left half
+    image[10:22, 19:29, 2] = 1.0  # a blue one on the right half
+    left = np.zeros((32, 32), bool)
+    left[:, :16] = True
+    return image, left
+
+
+CLASS_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam"]
+PER_UNIT_CALLS = [
+    *[(featvis.visualize_cam_with_losses, {"method": m, "penultimate_layer": "act"}) for m in CLASS_CAMS],
+    (featvis.visualize_saliency_with_losses, {"method": "vanilla"}),
+    (featvis.visualize_saliency_with_losses, {"method": "integrated_gradients", "steps": 16}),
+    (featvis.visualize_saliency_with_losses, {"method": "occlusion", "window": 8, "stride": 4}),
+]
+
+
+@pytest.mark.parametrize(("function", "kwargs"), PER_UNIT_CALLS, ids=[k["method"] for _, k in PER_UNIT_CALLS])
+def test_maps_per_image_and_unit_point_at_each_units_own_object(function, kwargs):
+    """UnitPerImage gives row i unit units[i]: the red unit's map lies on the red object, the blue
+    unit's on the blue one, in one batched call, as the calls for one unit at a time give them."""
+    from featvis import UnitPerImage, metrics
+
+    model = _RedAndBlue().eval()
+    before = snapshot(model)
+    image, left = _red_left_blue_right()
+    images = np.stack([image, image, image])
+    units = [0, 1, 0]
+    maps = function(model, UnitPerImage("fc", units), images, input_range=(0.0, 1.0), **kwargs)
+    objects = np.stack([left, ~left, left])
+    assert metrics.pointing_game(maps, objects).all(), metrics.share_on(maps, objects)
+    assert (metrics.share_on(maps, objects) > 0.8).all(), metrics.share_on(maps, objects)
+    for unit in (0, 1):
+        alone = function(model, ActivationMaximization("fc", unit), image, input_range=(0.0, 1.0), **kwargs)
+        np.testing.assert_allclose(maps[unit], alone[0], atol=1e-4)
+    assert_untouched(model, before)

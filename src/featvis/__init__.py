@@ -43,7 +43,7 @@ from .errors import (
 )
 from .image import save_image, stitch_images
 from .input_modifiers import InputModifier, Jitter
-from .losses import ActivationMaximization, Loss
+from .losses import ActivationMaximization, Loss, UnitPerImage
 from .optimizer import Result, Settings
 from .prepared import PreparedModel
 from .regularizers import LpNorm, TotalVariation
@@ -76,6 +76,7 @@ __all__ = [
     "Settings",
     "SkippedImagesWarning",
     "TotalVariation",
+    "UnitPerImage",
     "activations_reached",
     "atlas",
     "backprop_modifiers",
