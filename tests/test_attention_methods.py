@@ -106,6 +106,17 @@ def test_integrated_gradients_is_complete_within_one_percent_at_64_steps():
             difference = model(pre(x))[:, 4] - model(pre(torch.zeros_like(x)))[:, 4]
         sums = attributions.sum(dim=(1, 2, 3))
         assert torch.all((sums - difference).abs() <= 0.01 * difference.abs()), (sums, difference)
+    # each image with its own unit, in chunks that mix the images' path points
+    units = [4, 7, 4]
+    attributions = featvis.integrated_gradients(
+        model, featvis.UnitPerImage("fc", units), images, steps=64, batch_size=20, input_range=(0, 255)
+    )
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        rows = torch.arange(3)
+        difference = model(x)[rows, units] - model(torch.zeros_like(x))[rows, units]
+    sums = attributions.sum(dim=(1, 2, 3))
+    assert torch.all((sums - difference).abs() <= 0.01 * difference.abs()), (sums, difference)
     assert_untouched(model, before)
 
 
@@ -145,11 +156,13 @@ def test_normalized_tensor_gives_the_same_map_as_uint8_plus_preprocess():
         (featvis.visualize_cam, {"penultimate_layer": "act2", "method": "ablationcam"}),
         (featvis.visualize_saliency, {}),
         (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 16}),
+        (featvis.visualize_saliency, {"method": "occlusion", "window": 8, "stride": 4}),
     ]
     black = Normalize()(torch.zeros(1, 3, 32, 32))  # the default baseline of the uint8 call
     for function, kwargs in cases:
         raw = function(model, "fc", 3, images, preprocess=Normalize(), **kwargs)
-        extra = {"baseline": black} if "steps" in kwargs else {}  # input_range=None: zeros by default
+        baselined = kwargs.get("method") in ("integrated_gradients", "occlusion")
+        extra = {"baseline": black} if baselined else {}  # input_range=None: zeros by default
         ready = function(model, "fc", 3, normalized, input_range=None, **kwargs, **extra)
         np.testing.assert_allclose(raw, ready, atol=2e-3, err_msg=f"{function.__name__} {kwargs}")
     assert_untouched(model, before)
@@ -199,6 +212,8 @@ BAD_CALLS = [
         "baseline",
     ),
     (featvis.visualize_saliency, {"method": "occlusion", "window": 64}, "window"),
+    (featvis.visualize_saliency, {"method": "occlusion", "baseline": np.zeros((8, 8, 3))}, "baseline"),
+    (featvis.visualize_saliency, {"method": "integrated_gradients", "baseline": "black"}, "baseline"),
     (featvis.visualize_saliency, {"method": "occlusion", "stride": 0}, "stride"),
     (featvis.visualize_saliency, {"method": "occlusion", "backprop_modifier": "guided"}, "backprop_modifier"),
     (featvis.visualize_saliency, {"percentile": 0}, "percentile"),
