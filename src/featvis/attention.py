@@ -441,13 +441,15 @@ def occlusion(
     window: int = 16,
     stride: int = 8,
     baseline=None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     **conventions,
 ) -> torch.Tensor:
     """Occlusion (Zeiler and Fergus 2014, Captum's `Occlusion`): the score's drop when a
     `window` x `window` square (all channels) is replaced by the baseline, averaged over the
     windows (every `stride` pixels) covering each pixel; (B, H, W). All windows of all images
-    run in batches of `batch_size`, without gradients.
+    run in batches of `batch_size` rows, without gradients (None: as many rows as hold the
+    pixels of 256 images of 224 x 224, at most 1024: 256 rows at 224 px, 1024 at 112 px;
+    on 2 CPU cores a forward of Lite0 costs 2.5x less CPU time per row at 256 rows than at 16).
 
     Example:
         >>> drops = occlusion(net, ActivationMaximization("fc", 3), image, window=8, stride=4)
@@ -455,7 +457,8 @@ def occlusion(
     loss = as_losses(losses)
     check_int("window", window, 1)
     check_int("stride", stride, 1)
-    check_int("batch_size", batch_size, 1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     prepared, owned = prepare(model, **conventions)
     try:
         images = prepared.load_images(seed_input)
@@ -471,6 +474,8 @@ def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torc
     n, _, h, w = images.shape
     if window > min(h, w):
         raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
+    if batch_size is None:
+        batch_size = max(1, min(1024, 256 * 224 * 224 // (h * w)))
     score = _scorer(prepared, loss, images, batch_size)
     plain = score(torch.arange(n, device=images.device))
     tops = list(range(0, h - window + 1, stride)) + ([h - window] if (h - window) % stride else [])
@@ -571,8 +576,8 @@ def visualize_saliency_with_losses(
     `method`: ``"vanilla"`` (d(-loss)/d(input); guided or rectified with `backprop_modifier`),
     ``"integrated_gradients"`` (`steps`, `baseline`: see `integrated_gradients`) or
     ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`); `batch_size` rows per
-    forward (None: 32 for Integrated Gradients, 256 for occlusion). Gradient maps keep the
-    max over channels, attributions their sum. ``smooth_samples > 0`` averages the map over
+    forward (None: 32 for Integrated Gradients; for occlusion 256 at 224 px, up to 1024 on
+    smaller images). Gradient maps keep the max over channels, attributions their sum. ``smooth_samples > 0`` averages the map over
     noisy copies (SmoothGrad; noise std ``smooth_noise`` times the image's range, image i's
     noise from the stream of (seed, i)); ``aug_smooth=True`` over flips and zooms too.
     `percentile`: maps are scaled from their min to this percentile, above it clipped (None:
@@ -595,9 +600,10 @@ def visualize_saliency_with_losses(
     check_int("steps", steps, 1)
     check_int("window", window, 1)
     check_int("stride", stride, 1)
-    if batch_size is None:  # backward passes hold more memory than forward-only ones
-        batch_size = 256 if method == "occlusion" else 32
-    check_int("batch_size", batch_size, 1)
+    if batch_size is None and method != "occlusion":  # backward passes hold more memory
+        batch_size = 32
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     percentile = _check_percentile(percentile)
     if not isinstance(aug_smooth, bool):
         raise bad_type("aug_smooth", aug_smooth, "True or False")
