@@ -120,7 +120,8 @@ def captum_maps(model, method, x, classes, args):
         sliding_window_shapes=(3, args.window, args.window),
         strides=(3, args.stride, args.stride),
         baselines=0,
-        perturbations_per_eval=64,
+        # as many rows per forward as featvis's default (256 at 224 px, 1024 at 112 px)
+        perturbations_per_eval=max(1, min(1024, 256 * 224 * 224 // (x.shape[-2] * x.shape[-1])) // len(x)),
     )
     return result.sum(1).abs().numpy()
 
