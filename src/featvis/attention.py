@@ -311,9 +311,13 @@ def _ablated_scorer(
         state["replacement"], state["calls"], state["first_row"] = replacement, 0, rows_mode == "first_row"
         if size is not None:
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        x = prepared.model_input(image if rows_mode == "broadcast" else image.expand(k, *image.shape[1:]))
+        x = prepared.model_input(image)  # one row, preprocessed once
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if rows_mode != "broadcast":  # K rows for the model to count; copies of the one row
+            x = x.expand(k, *x.shape[1:])
+            if rows_mode == "copies" and channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         try:
             activations = capture.run(runner, x)
         finally:
