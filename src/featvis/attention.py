@@ -5,8 +5,10 @@ the CAM family (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiRes-CAM, Score-CAM
 Ablation-CAM, Eigen-CAM; see `featvis.cam_methods`) and guided Grad-CAM, with the same
 losses, grad modifiers and backprop modifiers as activation maximization. Every
 function takes a batch of images and returns one map per image, resized to the input
-and normalized to [0, 1] on its own; any map can be smoothed over noisy copies and
-over flips and zooms. ``input_range=None`` takes tensors ready for the model.
+and normalized to [0, 1] on its own; with a loss that gives each image its own unit
+(`UnitPerImage`), one map per image and unit, for every method. Any map can be smoothed
+over noisy copies and over flips and zooms. ``input_range=None`` takes tensors ready
+for the model.
 
 Example:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
