@@ -418,14 +418,20 @@ def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> to
     return (images - base) * total / steps
 
 
-def _path_gradients(prepared, terms, targets, images, index, path) -> torch.Tensor:
-    """d(score)/d(path) for rows `path`, row r a copy of image ``index[r]`` of `images`."""
-    path = path.detach().requires_grad_(True)
+def _path_gradients(prepared, terms, targets, images, index, path, model_space=False) -> torch.Tensor:
+    """d(score)/d(path) for rows `path`, row r a copy of image ``index[r]`` of `images` (None: row r is
+    image r), through the fused runner; with `model_space`, w.r.t. the model input (after
+    `input_range` and `preprocess`) instead."""
+    if model_space:
+        leaf = x = prepared.model_input(path).detach().requires_grad_(True)
+    else:
+        leaf = path = path.detach().requires_grad_(True)
     with torch.enable_grad():
         activations = {}
         if targets:
             runner, capture, channels_last = prepared.runner(list(targets.values()), images.shape[1:])
-            x = prepared.model_input(path)
+            if not model_space:
+                x = prepared.model_input(path)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             activations = capture.run(runner, x)
@@ -433,10 +439,10 @@ def _path_gradients(prepared, terms, targets, images, index, path) -> torch.Tens
         score = _row_scores(ctx, terms).sum()
         if not score.requires_grad:
             raise FeatvisValueError("the losses do not depend on the input image")
-        (grad,) = torch.autograd.grad(score, path)
+        (grad,) = torch.autograd.grad(score, leaf)
     if not torch.isfinite(grad).all():
         raise NonFiniteError("the gradient of the losses is NaN or infinite for this input")
-    return grad
+    return grad.to(images.dtype)
 
 
 def occlusion(
@@ -624,6 +630,10 @@ def visualize_saliency_with_losses(
                 return _integrated_gradients(prepared, loss, x, base, steps, batch_size)
             if method == "occlusion":
                 return _occlusion(prepared, loss, x, base, window, stride, batch_size)[:, None].expand_as(x)
+            if backprop_modifier is None:  # plain gradients: through the fused runner
+                terms, targets = _loss_terms(prepared, loss)
+                prepared.probe(x)
+                return _path_gradients(prepared, terms, targets, x, None, x, model_space=True)
             return _gradients(prepared, loss, x, backprop_modifier=backprop_modifier, model_space=True)[0]
 
         if method == "vanilla":
