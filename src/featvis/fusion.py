@@ -195,12 +195,12 @@ def fused_copy(
         return None
     for conv_name, norm_name in folds:
         _fold_batch_norm(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
-        _replace(fused, norm_name, nn.Identity())
+        _replace(fused, norm_name, nn.Identity().train(fused.get_submodule(norm_name).training))
     for pad_name, conv_name in pads:
         conv = fused.get_submodule(conv_name)
         amount = fused.get_submodule(pad_name).padding[0]
         conv.padding = (amount, amount)
-        _replace(fused, pad_name, nn.Identity())
+        _replace(fused, pad_name, nn.Identity().train(fused.get_submodule(pad_name).training))
     return fused
 
 
