@@ -407,3 +407,17 @@ def test_maps_per_image_and_unit_point_at_each_units_own_object(function, kwargs
         alone = function(model, ActivationMaximization("fc", unit), image, input_range=(0.0, 1.0), **kwargs)
         np.testing.assert_allclose(maps[unit], alone[0], atol=1e-4)
     assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "integrated_gradients", "occlusion"])
+def test_saliency_methods_work_on_a_model_of_one_input_size(method):
+    """A model that takes 16 x 16 images only (a flatten into a linear layer) is probed at its
+    input's size, not at featvis's 224 px default."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4)).eval()
+    before = snapshot(model)
+    image = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    kwargs = {"steps": 4} if method == "integrated_gradients" else {"window": 4, "stride": 4}
+    maps = featvis.visualize_saliency(model, "1", 2, image, method=method, input_range=(0.0, 1.0), **kwargs)
+    assert maps.shape == (1, 16, 16) and np.isfinite(maps).all() and maps.max() == 1
+    assert_untouched(model, before)

@@ -407,8 +407,8 @@ def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> to
     n = len(images)
     rows_image = torch.arange(n * steps, device=images.device) // steps
     rows_alpha = alphas.repeat(n)
+    prepared.probe(images)  # before resolving: a model of one input size is probed at that size
     terms, targets = _loss_terms(prepared, loss)
-    prepared.probe(images)
     total = torch.zeros_like(images)
     for start in range(0, n * steps, batch_size):
         index = rows_image[start : start + batch_size]
@@ -488,6 +488,7 @@ def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torc
         raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
     if batch_size is None:
         batch_size = max(1, min(1024, 256 * 224 * 224 // (h * w)))
+    prepared.probe(images)  # before the scorer resolves the loss's layers
     score = _scorer(prepared, loss, images, batch_size)
     plain = score(torch.arange(n, device=images.device))
     tops = list(range(0, h - window + 1, stride)) + ([h - window] if (h - window) % stride else [])
@@ -631,8 +632,8 @@ def visualize_saliency_with_losses(
             if method == "occlusion":
                 return _occlusion(prepared, loss, x, base, window, stride, batch_size)[:, None].expand_as(x)
             if backprop_modifier is None:  # plain gradients: through the fused runner
+                prepared.probe(x)  # before resolving the loss's layers
                 terms, targets = _loss_terms(prepared, loss)
-                prepared.probe(x)
                 return _path_gradients(prepared, terms, targets, x, None, x, model_space=True)
             return _gradients(prepared, loss, x, backprop_modifier=backprop_modifier, model_space=True)[0]
 
