@@ -4,13 +4,14 @@ EfficientNet-Lite0 and a batch of collages of two scikit-image photos (the cat o
 ``chelsea()``, class 285, and the espresso of ``coffee()``, class 967: Lite0's top-1 on
 each photo alone), each photo on a known half, half the batch asking for the cat and half
 for the espresso. Every library gets the same ImageNet-normalized tensor (featvis with
-``input_range=None``) and the same layer (``_bn1``, the head's 1280 channels; pytorch-grad-cam
-cannot pick the second call of Lite0's shared ``_swish``). For each method both have:
-maps per second on the batch, the share of the map on the object's half, the pointing
-game, deletion and insertion areas (featvis.metrics, probabilities, the same settings for
-every map), and the rank correlation of featvis's map with the anchor's (median over the
-batch). featvis runs one call per class (its maps take one class per call); the anchors one
-call with a target per image.
+``input_range=None``) and the same layer (``--layer``, default ``_bn1``, the head's 1280
+channels; pytorch-grad-cam cannot pick the second call of Lite0's shared ``_swish``). For
+each method both have: maps per second on the batch, the share of the map on the object's
+half, the pointing game, deletion and insertion areas (featvis.metrics, probabilities, the
+same settings for every map), and the rank correlation of featvis's map with the anchor's
+(median over the batch). Both libraries make one call for the batch with a class per image
+(featvis: ``UnitPerImage``, a map per image and unit). With ``--repeat n`` each library is
+timed n times, interleaved, and the medians are reported, with the load average.
 
     python benchmarks/attention.py                       # batch 16, 224 px, every method
     python benchmarks/attention.py --size 112 --methods gradcam,scorecam --batch 16
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -63,32 +65,26 @@ def collages(batch: int, size: int):
 
 
 def featvis_maps(prepared, method, x, classes, args):
-    """One featvis call per class; maps in batch order."""
-    out = np.zeros((len(x), *x.shape[-2:]), np.float32)
-    for target in np.unique(classes):
-        rows = np.flatnonzero(classes == target)
-        batch = x[rows]
-        if method in CAMS:
-            maps = featvis.visualize_cam(
-                prepared, "_fc", int(target), batch, method=method, penultimate_layer="_bn1"
-            )
-        else:
-            maps = featvis.visualize_saliency(
-                prepared,
-                "_fc",
-                int(target),
-                batch,
-                method=method,
-                steps=args.steps,
-                window=args.window,
-                stride=args.stride,
-                percentile=None,
-            )
-        out[rows] = maps
-    return out
+    """One featvis call for the batch: `UnitPerImage` gives each image its own class (a map per
+    image and unit), as the anchors' one target per image."""
+    loss = featvis.UnitPerImage("_fc", [int(c) for c in classes])
+    if method in CAMS:
+        return featvis.visualize_cam_with_losses(
+            prepared, loss, x, method=method, penultimate_layer=args.layer
+        )
+    return featvis.visualize_saliency_with_losses(
+        prepared,
+        loss,
+        x,
+        method=method,
+        steps=args.steps,
+        window=args.window,
+        stride=args.stride,
+        percentile=None,
+    )
 
 
-def gradcam_library_maps(model, method, x, classes):
+def gradcam_library_maps(model, method, x, classes, layer):
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -102,7 +98,7 @@ def gradcam_library_maps(model, method, x, classes):
         "scorecam": pgc.ScoreCAM,
         "ablationcam": pgc.AblationCAM,
     }
-    with kinds[method](model=model, target_layers=[model._bn1]) as cam:
+    with kinds[method](model=model, target_layers=[model.get_submodule(layer)]) as cam:
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
 
 
@@ -124,7 +120,8 @@ def captum_maps(model, method, x, classes, args):
         sliding_window_shapes=(3, args.window, args.window),
         strides=(3, args.stride, args.stride),
         baselines=0,
-        perturbations_per_eval=64,
+        # as many rows per forward as featvis's default (256 at 224 px, 1024 at 112 px)
+        perturbations_per_eval=max(1, min(1024, 256 * 224 * 224 // (x.shape[-2] * x.shape[-1])) // len(x)),
     )
     return result.sum(1).abs().numpy()
 
@@ -146,9 +143,11 @@ def scores(model, maps, x, classes, masks, args) -> dict:
 
 
 def timed(function):
-    start = time.perf_counter()
+    """(result as float32, wall-clock seconds, CPU seconds of this process). On a shared machine the
+    CPU seconds move less with the other processes' load than the wall clock."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = function()
-    return np.asarray(result, dtype=np.float32), time.perf_counter() - start
+    return np.asarray(result, dtype=np.float32), time.perf_counter() - start, time.process_time() - cpu
 
 
 def import_gradcam_library() -> bool:
@@ -210,8 +209,12 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (px)")
     parser.add_argument("--curve-steps", type=int, default=8, help="deletion/insertion steps")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="time each library this many times, interleaved; keep the best"
+        "--repeat",
+        type=int,
+        default=1,
+        help="time each library this many times, interleaved (featvis, anchor, featvis, ...); report the medians",
     )
+    parser.add_argument("--layer", default="_bn1", help="the CAM layer, for both libraries")
     parser.add_argument("--no-metrics", action="store_true", help="skip share/pointing/deletion/insertion")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -223,7 +226,8 @@ def main() -> None:
     with torch.no_grad():
         top1 = model(x).argmax(1).numpy()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()},"
+        f" load average {os.getloadavg()}"
     )
     print(
         f"batch {args.batch} at {args.size} px; Lite0's top-1 on the collages: {np.bincount(top1).argmax()}"
@@ -242,32 +246,43 @@ def main() -> None:
 
     results = []
     with featvis.PreparedModel(model, input_range=None) as prepared:
-        featvis.visualize_cam(prepared, "_fc", CAT, x[:1], penultimate_layer="_bn1")  # probe, warm up
+        featvis.visualize_cam(prepared, "_fc", CAT, x[:1], penultimate_layer=args.layer)  # probe, warm up
         for method in args.methods.split(","):
-            row = {"method": method}
+            row = {"method": method, "load_before": os.getloadavg()[0]}
             anchor = None
             if method in CAMS and has_pgc:
                 anchor = (
                     "pytorch-grad-cam",
-                    lambda method=method: gradcam_library_maps(model, method, x, classes),
+                    lambda method=method: gradcam_library_maps(model, method, x, classes, args.layer),
                 )
             elif method in SALIENCY and has_captum:
                 anchor = ("captum", lambda method=method: captum_maps(model, method, x, classes, args))
-            seconds = other_seconds = float("inf")
+            seconds, other_seconds, cpu, other_cpu = [], [], [], []
             for _ in range(args.repeat):  # interleaved, so both see the same machine load
-                maps, took = timed(lambda method=method: featvis_maps(prepared, method, x, classes, args))
-                seconds = min(seconds, took)
+                maps, took, used = timed(
+                    lambda method=method: featvis_maps(prepared, method, x, classes, args)
+                )
+                seconds.append(took)
+                cpu.append(used)
                 if anchor is not None:
                     prepared.close()  # the anchors need the model as the user has it (weights not frozen)
-                    other, took = timed(anchor[1])
-                    other_seconds = min(other_seconds, took)
-            row["featvis_maps_per_s"] = len(x) / seconds
+                    other, took, used = timed(anchor[1])
+                    other_seconds.append(took)
+                    other_cpu.append(used)
+            row["load_after"] = os.getloadavg()[0]
+            row["featvis_seconds"] = seconds
+            row["featvis_cpu_seconds"] = cpu
+            row["featvis_maps_per_s"] = len(x) / float(np.median(seconds))
             if not args.no_metrics:
                 row["featvis"] = scores(prepared, maps, x, classes, masks, args)
             if anchor is not None:
                 row["anchor"] = anchor[0]
-                row["anchor_maps_per_s"] = len(x) / other_seconds
-                row["speedup"] = other_seconds / seconds
+                row["anchor_seconds"] = other_seconds
+                row["anchor_maps_per_s"] = len(x) / float(np.median(other_seconds))
+                row["speedup"] = float(np.median(other_seconds) / np.median(seconds))
+                row["speedup_per_pair"] = [a / f for a, f in zip(other_seconds, seconds)]
+                row["anchor_cpu_seconds"] = other_cpu
+                row["speedup_cpu"] = float(np.median(other_cpu) / np.median(cpu))
                 row["rank_correlation_median"] = float(np.median(metrics.rank_correlation(maps, other)))
                 row["rank_correlation_min"] = float(np.min(metrics.rank_correlation(maps, other)))
                 if not args.no_metrics:
@@ -276,11 +291,12 @@ def main() -> None:
             results.append(row)
     print()
     print(
-        "| method | featvis maps/s | anchor | anchor maps/s | speed-up | rank corr. (median, min) |"
+        "| method | featvis maps/s | anchor | anchor maps/s | speed-up (median; per pair) | speed-up, CPU time |"
+        " rank corr. (median, min) |"
         " share on object (fv / anchor) | pointing (fv / anchor) | deletion (fv / anchor) |"
         " insertion (fv / anchor) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         fv, an = row.get("featvis", {}), row.get("anchor_scores", {})
 
@@ -295,8 +311,10 @@ def main() -> None:
             else "-"
         )
         print(
-            f"| {row['method']} | {row['featvis_maps_per_s']:.2f} | {row.get('anchor', '-')} | "
-            f"{row.get('anchor_maps_per_s', float('nan')):.2f} | {row.get('speedup', float('nan')):.2f}x | "
+            f"| {row['method']} | {row['featvis_maps_per_s']:.3g} | {row.get('anchor', '-')} | "
+            f"{row.get('anchor_maps_per_s', float('nan')):.3g} | {row.get('speedup', float('nan')):.2f}x"
+            f"{'; ' + ', '.join(f'{v:.2f}' for v in row['speedup_per_pair']) if 'speedup_per_pair' in row else ''} | "
+            f"{row.get('speedup_cpu', float('nan')):.2f}x | "
             f"{corr} | {pair('share_on_object')} | {pair('pointing_game')} | {pair('deletion_area')} | "
             f"{pair('insertion_area')} |"
         )

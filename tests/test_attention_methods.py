@@ -106,6 +106,17 @@ def test_integrated_gradients_is_complete_within_one_percent_at_64_steps():
             difference = model(pre(x))[:, 4] - model(pre(torch.zeros_like(x)))[:, 4]
         sums = attributions.sum(dim=(1, 2, 3))
         assert torch.all((sums - difference).abs() <= 0.01 * difference.abs()), (sums, difference)
+    # each image with its own unit, in chunks that mix the images' path points
+    units = [4, 7, 4]
+    attributions = featvis.integrated_gradients(
+        model, featvis.UnitPerImage("fc", units), images, steps=64, batch_size=20, input_range=(0, 255)
+    )
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        rows = torch.arange(3)
+        difference = model(x)[rows, units] - model(torch.zeros_like(x))[rows, units]
+    sums = attributions.sum(dim=(1, 2, 3))
+    assert torch.all((sums - difference).abs() <= 0.01 * difference.abs()), (sums, difference)
     assert_untouched(model, before)
 
 
@@ -145,11 +156,13 @@ def test_normalized_tensor_gives_the_same_map_as_uint8_plus_preprocess():
         (featvis.visualize_cam, {"penultimate_layer": "act2", "method": "ablationcam"}),
         (featvis.visualize_saliency, {}),
         (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 16}),
+        (featvis.visualize_saliency, {"method": "occlusion", "window": 8, "stride": 4}),
     ]
     black = Normalize()(torch.zeros(1, 3, 32, 32))  # the default baseline of the uint8 call
     for function, kwargs in cases:
         raw = function(model, "fc", 3, images, preprocess=Normalize(), **kwargs)
-        extra = {"baseline": black} if "steps" in kwargs else {}  # input_range=None: zeros by default
+        baselined = kwargs.get("method") in ("integrated_gradients", "occlusion")
+        extra = {"baseline": black} if baselined else {}  # input_range=None: zeros by default
         ready = function(model, "fc", 3, normalized, input_range=None, **kwargs, **extra)
         np.testing.assert_allclose(raw, ready, atol=2e-3, err_msg=f"{function.__name__} {kwargs}")
     assert_untouched(model, before)
@@ -199,6 +212,8 @@ BAD_CALLS = [
         "baseline",
     ),
     (featvis.visualize_saliency, {"method": "occlusion", "window": 64}, "window"),
+    (featvis.visualize_saliency, {"method": "occlusion", "baseline": np.zeros((8, 8, 3))}, "baseline"),
+    (featvis.visualize_saliency, {"method": "integrated_gradients", "baseline": "black"}, "baseline"),
     (featvis.visualize_saliency, {"method": "occlusion", "stride": 0}, "stride"),
     (featvis.visualize_saliency, {"method": "occlusion", "backprop_modifier": "guided"}, "backprop_modifier"),
     (featvis.visualize_saliency, {"percentile": 0}, "percentile"),
@@ -333,3 +348,76 @@ def test_cam_command_prints_the_metrics(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "deletion area:" in printed and "insertion area:" in printed
     assert Image.open(out).size == (32, 32)
+
+
+class _RedAndBlue(torch.nn.Module):
+    """Unit 0 counts red pixels, unit 1 blue ones: conv (a red and a blue detector) - ReLU - mean - fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0], self.conv.weight[0, 1:] = 1 / 9, -1 / 9  # red, not white
+            self.conv.weight[1, 2], self.conv.weight[1, :2] = 1 / 9, -1 / 9  # blue
+            self.conv.bias.fill_(-0.1)
+            self.fc.weight.copy_(50 * torch.eye(2))  # logits far apart: Score-CAM's softmax picks one channel
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _red_left_blue_right():
+    image = np.zeros((32, 32, 3), np.float32)
+    image[8:24, 3:13, 0] = 1.0  # a red object on the left half
+    image[10:22, 19:29, 2] = 1.0  # a blue one on the right half
+    left = np.zeros((32, 32), bool)
+    left[:, :16] = True
+    return image, left
+
+
+CLASS_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam"]
+PER_UNIT_CALLS = [
+    *[(featvis.visualize_cam_with_losses, {"method": m, "penultimate_layer": "act"}) for m in CLASS_CAMS],
+    (featvis.visualize_saliency_with_losses, {"method": "vanilla"}),
+    (featvis.visualize_saliency_with_losses, {"method": "integrated_gradients", "steps": 16}),
+    (featvis.visualize_saliency_with_losses, {"method": "occlusion", "window": 8, "stride": 4}),
+]
+
+
+@pytest.mark.parametrize(("function", "kwargs"), PER_UNIT_CALLS, ids=[k["method"] for _, k in PER_UNIT_CALLS])
+def test_maps_per_image_and_unit_point_at_each_units_own_object(function, kwargs):
+    """UnitPerImage gives row i unit units[i]: the red unit's map lies on the red object, the blue
+    unit's on the blue one, in one batched call, as the calls for one unit at a time give them."""
+    from featvis import UnitPerImage, metrics
+
+    model = _RedAndBlue().eval()
+    before = snapshot(model)
+    image, left = _red_left_blue_right()
+    images = np.stack([image, image, image])
+    units = [0, 1, 0]
+    maps = function(model, UnitPerImage("fc", units), images, input_range=(0.0, 1.0), **kwargs)
+    objects = np.stack([left, ~left, left])
+    assert metrics.pointing_game(maps, objects).all(), metrics.share_on(maps, objects)
+    assert (metrics.share_on(maps, objects) > 0.8).all(), metrics.share_on(maps, objects)
+    for unit in (0, 1):
+        alone = function(model, ActivationMaximization("fc", unit), image, input_range=(0.0, 1.0), **kwargs)
+        np.testing.assert_allclose(maps[unit], alone[0], atol=1e-4)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "integrated_gradients", "occlusion"])
+def test_saliency_methods_work_on_a_model_of_one_input_size(method):
+    """A model that takes 16 x 16 images only (a flatten into a linear layer) is probed at its
+    input's size, not at featvis's 224 px default."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4)).eval()
+    before = snapshot(model)
+    image = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    kwargs = {"steps": 4} if method == "integrated_gradients" else {"window": 4, "stride": 4}
+    maps = featvis.visualize_saliency(model, "1", 2, image, method=method, input_range=(0.0, 1.0), **kwargs)
+    assert maps.shape == (1, 16, 16) and np.isfinite(maps).all() and maps.max() == 1
+    assert_untouched(model, before)

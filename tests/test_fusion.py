@@ -139,6 +139,26 @@ def test_a_model_with_hooks_is_not_copied():
         handle.remove()
 
 
+def test_featvis_own_capture_hooks_do_not_keep_later_runners_from_the_fused_copy():
+    """A prepared model collects outputs with hooks; a runner asked for later is still fused, and
+    the hooks of the user's stay a reason not to copy."""
+    model = make_conv_bn()
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        images = prepared.random_images((16, 16))
+        prepared.layer_output("conv2", images)  # a capture: featvis's hooks on the model
+        assert hook_count(model) > 0
+        runner, _, _ = prepared.runner([prepared.resolve("fc")], images.shape[1:])
+        assert runner is not model and isinstance(runner.bn1, nn.Identity)
+        calls = []
+        handle = model.conv1.register_forward_hook(lambda m, i, o: calls.append(1))
+        try:
+            runner, _, _ = prepared.runner([prepared.resolve("conv3")], images.shape[1:])
+            assert runner is model
+        finally:
+            handle.remove()
+    assert hook_count(model) == 0
+
+
 class PreNormResidual(nn.Module):
     """Reads a convolution's output twice (before and after its batch norm): folding would be wrong."""
 

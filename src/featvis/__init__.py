@@ -47,7 +47,7 @@ from .errors import (
 )
 from .image import save_image, save_signal, save_volume, stitch_images
 from .input_modifiers import InputModifier, Jitter
-from .losses import ActivationMaximization, Loss
+from .losses import ActivationMaximization, Loss, UnitPerImage
 from .optimizer import Result, Settings
 from .prepared import PreparedModel
 from .regularizers import LpNorm, TotalVariation
@@ -83,6 +83,7 @@ __all__ = [
     "Settings",
     "SkippedImagesWarning",
     "TotalVariation",
+    "UnitPerImage",
     "activations_reached",
     "atlas",
     "backprop_modifiers",

@@ -31,11 +31,14 @@ class CamContext:
 
     `activations` and `gradients` (None when the method asks for none) are the layer's
     (N, C, h, w) output and the score's gradient w.r.t. it, in float32; `images` the
-    batch (N, C, H, W) as featvis holds it; ``score(images)`` returns one score per row
-    (the quantity the map explains), without gradients, and ``score(images, masks)`` the scores
-    of the model input multiplied by `masks` (rows, 1, H, W); ``score_ablated(index, scale)``
-    runs image `index` with the layer's output multiplied channel-wise by each row of
-    `scale` (K, C) and returns K scores. Both run at most `batch_size` rows per forward.
+    batch (N, C, H, W) as featvis holds it. ``score(index)`` scores rows that are copies of
+    images ``index`` (a (R,) tensor of image indices, any number of rows per image): one
+    score per row (the quantity the map explains, with each image's own units when the loss
+    gives each image its own, as `UnitPerImage` does), without gradients;
+    ``score(index, masks=masks)`` the same with the model input multiplied by `masks`
+    (R, 1, H, W). ``score_ablated(index, scale)`` runs image `index` with the layer's output
+    multiplied channel-wise by each row of `scale` (K, C) and returns K scores. Both run at
+    most `batch_size` rows per forward.
     """
 
     activations: torch.Tensor
@@ -117,17 +120,19 @@ def _unit_masks(activations: torch.Tensor, size: tuple[int, ...]) -> torch.Tenso
 def _scorecam(ctx: CamContext) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): channels weighted by the softmax of the scores of the model
     input masked by each channel (upsampled, scaled to [0, 1]; as pytorch-grad-cam, the mask
-    multiplies the input after `preprocess`); every mask of every image batched."""
+    multiplies the input after `preprocess`); every mask of every image batched, each chunk's
+    masks made when it runs (all of them at once would take N x C images' memory)."""
     acts, images = ctx.activations, ctx.images
     n, c = acts.shape[:2]
-    masks = _unit_masks(acts, tuple(images.shape[2:])).to(images.dtype)
     scores = torch.empty(n * c, device=acts.device)
-    rows_per_image = torch.arange(n * c, device=images.device) // c
+    rows_per_image = torch.arange(n * c, device=acts.device) // c
     for start in range(0, n * c, ctx.batch_size):
         rows = slice(start, min(start + ctx.batch_size, n * c))
         index = rows_per_image[rows]
-        channel = torch.arange(rows.start, rows.stop, device=images.device) % c
-        scores[rows] = ctx.score(images[index], masks[index, channel][:, None]).float().to(acts.device)
+        channel = torch.arange(rows.start, rows.stop, device=acts.device) % c
+        masks = _unit_masks(acts[index, channel][:, None], tuple(images.shape[2:])).to(images.dtype)
+        index = index.to(images.device)
+        scores[rows] = ctx.score(index, masks=masks.to(images.device)).float().to(acts.device)
     weights = torch.softmax(scores.view(n, c), dim=1)
     return F.relu((_per_channel(weights, acts) * acts).sum(1))
 
@@ -140,8 +145,9 @@ def _ablationcam(ctx: CamContext) -> torch.Tensor:
     n, c = acts.shape[:2]
     weights = torch.empty(n, c, device=acts.device)
     eye = torch.eye(c, device=acts.device)
+    bases = ctx.score(torch.arange(n, device=ctx.images.device)).float().to(acts.device)
     for i in range(n):
-        base = ctx.score(ctx.images[i : i + 1]).float().to(acts.device)[0]
+        base = bases[i]
         for start in range(0, c, ctx.batch_size):
             scale = 1 - eye[start : start + ctx.batch_size]
             ablated = ctx.score_ablated(i, scale).float().to(acts.device)

@@ -33,14 +33,15 @@ from .errors import LayerNotFoundError, ModelError
 from .targets import Capture, ModelGuard, Probe, Target, is_keras
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    """Whether any module carries hooks (the user's or anyone's): a copy would not run them."""
+def _has_hooks(model: nn.Module, ignore: Collection[int] = ()) -> bool:
+    """Whether any module carries hooks (the user's or anyone's) other than those whose ids are in
+    `ignore` (featvis's own captures, silent unless their own pass runs): a copy would not run them."""
+    tables = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return any(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None)
+        key not in ignore
         for module in model.modules()
+        for table in tables
+        for key in (getattr(module, table, None) or {})
     )
 
 
@@ -164,19 +165,25 @@ def _copy_along(model: nn.Module, names: Collection[str]) -> nn.Module:
 
 
 def fused_copy(
-    model: nn.Module, example: torch.Tensor, calls: dict[str, int], keep: Collection[str]
+    model: nn.Module,
+    example: torch.Tensor,
+    calls: dict[str, int],
+    keep: Collection[str],
+    own_hooks: Collection[int] = (),
 ) -> nn.Module | None:
     """A copy of `model` with batch norms and symmetric zero pads folded into convolutions.
 
     `calls` counts how often each module ran (from `targets.probe`); modules run
     more than once and those named in `keep` are not touched. Returns None when
-    there is nothing to fold or the model carries hooks. The model must be in eval
-    mode (see `targets.ModelGuard`).
+    there is nothing to fold or the model carries hooks other than `own_hooks` (the ids of
+    featvis's own capture hooks, which stay silent outside their own pass, so a copy that
+    shares their modules is not changed by them). The model must be in eval mode (see
+    `targets.ModelGuard`).
 
     Example:
         >>> fast = fused_copy(model, x[:1], probe(model, x[:1]).calls, keep={"_blocks.10"})
     """
-    if _has_hooks(model) or any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+    if _has_hooks(model, own_hooks) or any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         return None  # a copy would not run the hooks; TorchScript takes no Python hooks
     folds, pads = _find_pairs(model, example, calls, keep)
     if not folds and not pads:
@@ -188,12 +195,12 @@ def fused_copy(
         return None
     for conv_name, norm_name in folds:
         _fold_batch_norm(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
-        _replace(fused, norm_name, nn.Identity())
+        _replace(fused, norm_name, nn.Identity().train(fused.get_submodule(norm_name).training))
     for pad_name, conv_name in pads:
         conv = fused.get_submodule(conv_name)
         amount = fused.get_submodule(pad_name).padding[0]
         conv.padding = (amount, amount)
-        _replace(fused, pad_name, nn.Identity())
+        _replace(fused, pad_name, nn.Identity().train(fused.get_submodule(pad_name).training))
     return fused
 
 
@@ -250,7 +257,9 @@ def choose_runner(
     automatic = channels_last is None and image_input and check_input.device.type in ("cpu", "cuda")
     fused = None
     if targets and fuse and image_input and not is_keras(model):  # before featvis's hooks go on
-        fused = fused_copy(model, check_input, seen.calls, keep={t.name for t in targets})
+        fused = fused_copy(
+            model, check_input, seen.calls, keep={t.name for t in targets}, own_hooks=guard.hook_ids()
+        )
     capture = Capture(targets, guard, pre_softmax)
     if not targets:
         return model, capture, False

@@ -32,13 +32,17 @@ class LossContext:
 
     `images` are the batch before transforms, in [0, 1], shape (B, C, H, W);
     `activations` hold every target layer's output for the transformed views,
-    ``views`` rows per image (rows ``i * views ... i * views + views - 1`` are image i).
+    ``views`` rows per image (rows ``i * views ... i * views + views - 1`` are image i),
+    or, when `row_images` is given, one row per entry of it, row r a changed copy of
+    image ``row_images[r]`` (the masked, occluded or interpolated copies that attention
+    maps score, any number per image, in any order).
     """
 
     images: torch.Tensor
     views: int
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     targets: dict[object, Target] = field(default_factory=dict)
+    row_images: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -46,7 +50,7 @@ class LossContext:
 
     @property
     def rows(self) -> int:
-        return self.batch_size * self.views
+        return len(self.row_images) if self.row_images is not None else self.batch_size * self.views
 
     def activation(self, layer: LayerSpec) -> torch.Tensor:
         """The output of `layer` for every view, shape (rows, ...)."""
@@ -58,7 +62,27 @@ class LossContext:
 
     def image_of_row(self) -> torch.Tensor:
         """For each row of an activation, the index of its image in the batch."""
+        if self.row_images is not None:
+            return self.row_images
         return torch.arange(self.rows, device=self.images.device) // self.views
+
+    def per_row(self, values: torch.Tensor) -> torch.Tensor:
+        """One value per row: per-row values pass through, per-image values are repeated for each
+        row of their image, a scalar for every row.
+
+        Example:
+            >>> ctx.per_row(loss(ctx))  # the score of each masked copy, with its own image's unit
+        """
+        if values.ndim == 0:
+            return values.expand(self.rows)
+        if values.shape[0] == self.rows:
+            return values
+        if values.shape[0] == self.batch_size:
+            return values[self.image_of_row()]
+        raise FeatvisValueError(
+            f"a loss returned {values.shape[0]} values; expected one per image "
+            f"({self.batch_size}) or one per row ({self.rows})"
+        )
 
     def per_image(self, values: torch.Tensor) -> torch.Tensor:
         """Average per-view values over each image's views; per-image values pass through."""

@@ -79,6 +79,10 @@ class ModelGuard(contextlib.AbstractContextManager):
     def add_hook(self, handle) -> None:
         self._handles.append(handle)
 
+    def hook_ids(self) -> set[int]:
+        """The ids of the hooks added through `add_hook` and not yet removed (featvis's own)."""
+        return {handle.id for handle in self._handles}
+
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
