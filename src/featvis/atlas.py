@@ -244,16 +244,24 @@ def atlas(
             check_int("batch_size", batch_size, 1)
             counts = {name: prepared.unit_count(layer, shape) for name, layer in zip(names, chosen)}
             manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
+            source = None
             if data is not None:
                 check_int("examples", examples, 1)
-                manifest["settings"]["examples"] = {"k": examples, **_data_fingerprint(data)}
+                source = image_source(data, channels=prepared.channels)
+                if not isinstance(source, ImageSource):
+                    raise bad_type(
+                        "data", data, "a folder, a list of paths, an array or a Dataset (not a DataLoader)"
+                    )
+                manifest["settings"]["examples"] = {"k": examples, **dataset_fingerprint(source)}
             if rank == 0:
                 _check_manifest(out, manifest, restart, write=True)
             _barrier(world_size)
             if rank != 0:
                 _check_manifest(out, manifest, False, write=False)
-            if data is not None:
-                _write_examples(model, prepared, out, counts, data, examples, rank, world_size, progress)
+            if source is not None:
+                _write_examples(
+                    model, prepared, out, counts, data, source, examples, rank, world_size, progress
+                )
             work = plan(counts, layer_costs(prepared, names, shape), batch_size)
             mine = shard(work, world_size)[rank]
             started_at = time.perf_counter()
@@ -272,19 +280,12 @@ def atlas(
     return out / "index.html"
 
 
-def _data_fingerprint(data: object) -> dict:
-    """What the manifest records of the data: its description and the fingerprint of its items."""
-    source = image_source(data)
-    if not isinstance(source, ImageSource):
-        raise bad_type("data", data, "a folder, a list of paths, an array or a Dataset (not a DataLoader)")
-    return dataset_fingerprint(source)
-
-
-def _write_examples(model, prepared, out, counts, data, k, rank, world_size, progress) -> None:
+def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress) -> None:
     """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them.
 
-    Every rank reads its share of the data (a DistributedSampler), the shares' top-k are
-    gathered and merged on every rank, and each rank writes every world_size-th unit.
+    Every rank reads its share of the data (a DistributedSampler over `source`, the data's
+    items), the shares' top-k are gathered and merged on every rank, and each rank writes every
+    world_size-th unit.
     """
     missing = {
         layer: [
@@ -295,7 +296,6 @@ def _write_examples(model, prepared, out, counts, data, k, rank, world_size, pro
     layers = [layer for layer, units in missing.items() if units]
     if not layers:
         return
-    source = image_source(data, channels=prepared.channels)
     sampler = DistributedSampler(source, num_replicas=world_size, rank=rank, shuffle=False)
     mine = dataset_examples(
         model,
@@ -314,13 +314,15 @@ def _write_examples(model, prepared, out, counts, data, k, rank, world_size, pro
     if world_size > 1:
         gathered = [None] * world_size
         dist.all_gather_object(gathered, shares)
+    merged = {
+        layer: dataclasses.replace(
+            merge_examples([part[layer] for part in gathered], k), _source=mine[layer]._source
+        )
+        for layer in layers
+    }
     jobs = [(layer, unit) for layer in layers for unit in missing[layer]]
-    for layer in layers:
-        merged = merge_examples([part[layer] for part in gathered], k)
-        merged = dataclasses.replace(merged, _source=mine[layer]._source)
-        for layer_name, unit in jobs[rank::world_size]:
-            if layer_name == layer:
-                _save_examples(out, layer, unit, merged)
+    for layer, unit in jobs[rank::world_size]:
+        _save_examples(out, layer, unit, merged[layer])
 
 
 def _save_examples(out: Path, layer: str, unit: int, examples) -> None:
