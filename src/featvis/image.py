@@ -119,6 +119,11 @@ def to_unit_tensor(
         raise bad_value(argument, f"an image with {tensor.shape[1]} channels", f"{channels} channels")
     if not torch.isfinite(tensor).all():
         raise bad_value(argument, "an image containing NaN or infinite values", "finite values")
+    return _scale_to_unit(tensor, input_range, argument)
+
+
+def _scale_to_unit(tensor: torch.Tensor, input_range, argument: str) -> torch.Tensor:
+    """`tensor` in `input_range` mapped to [0, 1] (values outside the range are refused); as given for None."""
     if input_range is None:
         return tensor
     low, high = input_range
@@ -190,17 +195,7 @@ def to_unit_signal(
         )
     if not torch.isfinite(tensor).all():
         raise bad_value(argument, "an input containing NaN or infinite values", "finite values")
-    if input_range is None:
-        return tensor
-    low, high = input_range
-    span = high - low
-    if tensor.min() < low - 1e-3 * span or tensor.max() > high + 1e-3 * span:
-        raise bad_value(
-            argument,
-            f"values in [{tensor.min().item():.4g}, {tensor.max().item():.4g}]",
-            f"values within input_range {tuple(input_range)}",
-        )
-    return ((tensor - low) / span).clamp(0, 1)
+    return _scale_to_unit(tensor, input_range, argument)
 
 
 def save_signal(
