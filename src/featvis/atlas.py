@@ -34,6 +34,7 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 import torch
 from torch import nn
 import torch.distributed as dist
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 from .dataset_examples import dataset_examples, dataset_fingerprint, merge_examples
 from .datasource import ImageSource, image_source
 from .errors import FeatvisValueError, bad_type, check_int
-from .image import atomic_write, save_image, to_array
+from .image import atomic_write, save_image, stitch_images, to_array, to_pil
 from .optimizer import Settings
 from .prepared import CONVENTIONS, PreparedModel, image_size
 from .targets import LayerSpec
@@ -326,10 +327,6 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
 
 
 def _save_examples(out: Path, layer: str, unit: int, examples) -> None:
-    from PIL import Image
-
-    from .image import stitch_images, to_pil
-
     side = 64
     crops = [
         np.asarray(to_pil(crop).resize((side, side), Image.Resampling.LANCZOS))
@@ -452,10 +449,6 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    from .image import to_pil
-
     pil = to_pil(image)
     pil.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
     return np.asarray(pil)
