@@ -91,6 +91,8 @@ def test_the_cosine_schedule_warms_up_then_decays_to_its_floor():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
     assert factors[-1] == pytest.approx(0.05, abs=0.01)
+    # a short run warms up over one step: the full rate from the first step on, then the decay
+    assert [warmup_cosine_lr(step, 10) for step in (0, 1)] == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("schedule", ["linear", 3])
