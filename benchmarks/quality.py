@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import featvis
 from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop, RandomFlip, RandomZoom
-from featvis.losses import UnitPerImage
+from featvis.losses import Loss, UnitPerImage
 from featvis.optimizer import QUALITY
 from featvis.params import FourierImage
 from featvis.regularizers import TotalVariation
@@ -97,6 +97,46 @@ class LowResolution(FourierImage):
         return F.interpolate(super().__call__(), size=self.target, mode="bilinear", align_corners=False)
 
 
+class CoarseToFine(FourierImage):
+    """A Fourier image whose spectrum opens from the lowest frequencies to all of them.
+
+    At call k only frequencies up to ``start + (1 - start) * k / calls`` of the highest
+    (in normalized radius) move; after `calls` calls, all of them.
+    """
+
+    def __init__(self, batch, channels, size, *, calls=32, start=0.1, **kwargs):
+        super().__init__(batch, channels, size, **kwargs)
+        h, w = size
+        fy, fx = torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :]
+        self.radius = (torch.sqrt(fy**2 + fx**2) / 0.5 / 2**0.5).to(self.scale.device)
+        self.full_scale, self.calls, self.start, self.done = self.scale, calls, start, 0
+
+    def __call__(self):
+        cutoff = self.start + (1 - self.start) * min(1.0, self.done / self.calls)
+        self.done += 1
+        self.scale = self.full_scale * (self.radius <= cutoff) if cutoff < 1 else self.full_scale
+        return super().__call__()
+
+
+class ClassScore(Loss):
+    """Image i maximizes ``logit + weight * log_softmax`` of class ``units[i]`` at "_fc".
+
+    weight 0 is the plain logit; a large weight is nearly the log-probability alone.
+    """
+
+    def __init__(self, units, weight: float, logit: float = 1.0):
+        self.units, self.weight, self.logit = list(units), weight, logit
+
+    def layers(self):
+        return ("_fc",)
+
+    def __call__(self, ctx):
+        act = ctx.activation("_fc")
+        units = torch.tensor(self.units, device=act.device)[ctx.image_of_row()]
+        chosen = act.gather(1, units[:, None])[:, 0]
+        return -(self.logit * chosen + self.weight * (chosen - act.logsumexp(1)))
+
+
 def recipes(generator: torch.Generator) -> dict[str, dict]:
     """Each recipe: keyword arguments of visualize_activation_with_losses plus a TV weight."""
     crops = [RandomCrop(area=(0.25, 1.0)), Jitter(0.03), Noise(0.05)]
@@ -109,11 +149,11 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     ]  # the first default
     presets = {
         f"quality={name}": dict(
-            views=preset.get("views", featvis.Settings.views),
-            steps=preset.get("max_iter", featvis.Settings.max_iter),
-            image_ema=preset.get("image_ema", featvis.Settings.image_ema),
+            quality=name,
+            views=featvis.Settings.take({"quality": name}).views,
+            steps=featvis.Settings.take({"quality": name}).max_iter,
         )
-        for name, preset in QUALITY.items()
+        for name in QUALITY
     }  # the named presets (quality="fast" ...), each at its own number of passes
     return {
         **presets,
@@ -205,7 +245,10 @@ def grid_recipe(spec: str) -> dict:
 
     Keys: v (views), lr, sched (a `featvis.optimizer.SCHEDULES` name), ema (a decay or
     "none"), tv, decay (the Fourier spectrum's), zoom (RandomZoom's side range), noise,
-    jitter, flip (0 or 1), method. Anything left out is the library's default.
+    jitter, flip (0 or 1), method, crop (RandomCrop's smallest area, instead of the zoom),
+    ctf (coarse to fine: the spectrum opens over that many steps, from ctf0's radius),
+    lsm (the weight of the class's log-softmax beside its logit), logit (the logit's
+    weight, default 1). Anything left out is the library's default.
     """
     options = dict(item.split("=", 1) for item in spec.split(":", 1)[1].split(",") if item)
     recipe: dict = {}
@@ -233,11 +276,22 @@ def grid_recipe(spec: str) -> dict:
 
         make.default_lr = FourierImage.default_lr
         recipe["method"] = make
+    if "ctf" in options:
+        calls, start = int(options["ctf"]), float(options.get("ctf0", 0.1))
+
+        def coarse_to_fine(batch, channels, size, **kwargs):
+            return CoarseToFine(batch, channels, size, calls=calls, start=start, **kwargs)
+
+        coarse_to_fine.default_lr = FourierImage.default_lr
+        recipe["method"] = coarse_to_fine
+    if "lsm" in options or "logit" in options:
+        recipe["objective"] = (float(options.get("lsm", 0)), float(options.get("logit", 1)))
     if "b1" in options or "b2" in options:
         recipe["betas"] = (float(options.get("b1", 0.9)), float(options.get("b2", 0.999)))
-    if {"zoom", "noise", "jitter", "flip"} & set(options):
+    if {"zoom", "noise", "jitter", "flip", "crop"} & set(options):
         low, high = (float(v) for v in options.get("zoom", "0.316-1.3").split("-"))
-        modifiers = [RandomZoom((low, high)), Jitter(float(options.get("jitter", 0.03)))]
+        first = RandomCrop((float(options["crop"]), 1.0)) if "crop" in options else RandomZoom((low, high))
+        modifiers = [first, Jitter(float(options.get("jitter", 0.03)))]
         modifiers.append(Noise(float(options.get("noise", 0.05))))
         if options.get("flip", "1") == "1":
             modifiers.insert(0, RandomFlip())
@@ -254,20 +308,20 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
     views = recipe.get("views", featvis.Settings.views)
     own_steps = budget == BUDGET and not equal_passes
     steps = recipe.get("steps", budget // views) if own_steps else budget // views
-    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "betas")}
+    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "betas", "objective")}
     betas = recipe.get("betas")
     adam = functools.partial(torch.optim.Adam, betas=betas) if betas else torch.optim.Adam
     kwargs["views"] = views
-    if name != "featvis" and not name.startswith("grid:"):
+    if name != "featvis" and not name.startswith(("grid:", "quality=")):
         kwargs.setdefault("image_ema", None)  # the recipes as measured: the last step's image
     start = time.perf_counter()
     images = []
     for first in range(0, len(classes), chunk):
         part = classes[first : first + chunk]
-        loss = (
-            UnitPerImage("_fc", part)
-            + recipe.get("tv", featvis.visualization.DEFAULT_TV_WEIGHT) * TotalVariation()
+        objective = (
+            ClassScore(part, *recipe["objective"]) if "objective" in recipe else UnitPerImage("_fc", part)
         )
+        loss = objective + recipe.get("tv", featvis.visualization.DEFAULT_TV_WEIGHT) * TotalVariation()
         with mock.patch("torch.optim.Adam", adam):  # Adam's betas, when the recipe sets them
             image = featvis.visualize_activation_with_losses(
                 lite0.model,

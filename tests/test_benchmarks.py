@@ -26,9 +26,9 @@ def test_quality_benchmark_reads_its_classes_from_the_repository():
 def test_quality_budgets_are_what_the_readme_says():
     quality = _load("quality")
     recipes = quality.recipes(__import__("torch").Generator().manual_seed(0))
-    views = quality.featvis.Settings.views
-    steps = quality.featvis.Settings.max_iter
-    assert steps * views == quality.BUDGET == 512  # featvis's default: 128 steps x 4 views
+    default, best = quality.featvis.Settings(), quality.featvis.Settings.take({"quality": "best"})
+    assert default.max_iter * default.views == 128  # featvis's default: 128 one-view steps
+    assert best.max_iter * best.views == quality.BUDGET == 512  # quality="best": 128 steps x 4 views
     lucid = recipes["lucid"]
     assert lucid["steps"] * lucid["views"] == 256  # Lucid's recipe as Lucent runs it: half the passes
     assert recipes["pixel"]["views"] * (quality.BUDGET // recipes["pixel"]["views"]) == 512

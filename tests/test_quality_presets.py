@@ -1,4 +1,4 @@
-"""Quality presets (``quality="preview" | "fast" | "balanced" | "best"``) and learning-rate schedules."""
+"""Quality presets (``quality="preview" | "fast" | "best"``), Adam's betas and learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ def test_each_preset_runs_the_passes_it_announces(tiny, quality):
     assert batches == [preset["views"]] * preset["max_iter"]
 
 
-def test_best_is_the_default_and_options_beside_a_preset_win(tiny):
-    assert Settings.take({"quality": "best"}) == Settings()
+def test_fast_is_the_default_and_options_beside_a_preset_win(tiny):
+    assert Settings.take({"quality": "fast"}) == Settings() == Settings.take({})
+    fast, best = Settings(), Settings.take({"quality": "best"})
+    assert (fast.max_iter, fast.views, fast.method, fast.betas) == (128, 1, "coarse_to_fine", (0.3, 0.999))
+    assert (best.max_iter, best.views, best.method, best.betas) == (128, 4, "fourier", (0.9, 0.999))
     settings = Settings.take({"quality": "preview", "max_iter": 5, "views": 3})
     assert (settings.max_iter, settings.views) == (5, 3)
-    assert Settings.take({"quality": "fast"}).image_ema == 0.95
 
 
 def test_the_class_score_rises_at_every_preset(tiny):
@@ -49,7 +51,7 @@ def test_the_class_score_rises_at_every_preset(tiny):
 @pytest.mark.parametrize("quality", ["quick", None, 3])
 def test_an_unknown_preset_is_refused_naming_the_presets_and_the_model_is_untouched(tiny, quality):
     before = snapshot(tiny)
-    with pytest.raises(FeatvisValueError, match="quality.*'preview', 'fast', 'balanced', 'best'"):
+    with pytest.raises(FeatvisValueError, match="quality.*'preview', 'fast', 'best'"):
         featvis.visualize_activation(tiny, "fc", 1, quality=quality, size=32, input_range=(0, 1))
     assert_untouched(tiny, before)
 

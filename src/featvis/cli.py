@@ -301,10 +301,11 @@ quality_options = [
     click.option(
         "--quality",
         type=click.Choice(list(QUALITY)),
-        default="best",
+        default="fast",
         show_default=True,
         help="Preset, in forward+backward passes per image: preview 32 (a first look in seconds on "
-        "a CPU), fast 128, balanced 256, best 512 (128 steps x 4 views). Time grows with the passes.",
+        "a CPU), fast 128 (coarse-to-fine steps, the default), best 512 (128 steps x 4 views, "
+        "featvis 0.1's default). Time grows with the passes.",
     ),
     click.option("--steps", type=int, default=None, help="Optimization steps (default: the preset's)."),
     click.option("--views", type=int, default=None, help="Random views per step (default: the preset's)."),

@@ -88,18 +88,19 @@ class Result:
 class Settings:
     """How an activation maximization runs: the options every entry point shares, declared once.
 
-    `max_iter` steps of `views` random views per image (128 x 4 = 512 forward+backward
+    `max_iter` steps of `views` random views per image (128 x 1 = 128 forward+backward
     passes per image); `lr` (None: the parameterization's `default_lr`); `method`: a
-    name in `featvis.params.METHODS` or a factory; `input_modifiers` (None:
+    name in `featvis.params.METHODS` or a factory (default "coarse_to_fine"); `input_modifiers` (None:
     `standard_transforms()`; ``[]`` for none); `grad_modifier`, `backprop_modifier`: a
     name or a callable; `callbacks`: functions ``f(step, terms, images)`` (an ``on_end()``
     method of one is called when the optimization ends; see `featvis.callbacks`); `verbose`
     prints every term at every step; `progress` shows a bar (None: on a terminal, for
     64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
-    precision; `image_ema` (default 0.9) returns the moving average of the images over
-    the second half of the steps (None: the last step's images); `lr_schedule` multiplies
+    precision; `image_ema` (default 0.95) returns the moving average of the images over
+    the second half of the steps (None: the last step's images); `betas`: Adam's
+    (default (0.3, 0.999): little momentum, which our 128-step images need); `lr_schedule` multiplies
     the rate at each step (None: constant; "cosine": `warmup_cosine_lr`; or ``f(step,
-    steps)``). The defaults are the "best" of the `QUALITY` presets, which entry points
+    steps)``). The defaults are the "fast" of the `QUALITY` presets, which entry points
     take as ``quality=``.
 
     Example:
@@ -108,9 +109,9 @@ class Settings:
     """
 
     max_iter: int = 128
-    views: int = 4
+    views: int = 1
     lr: float | None = None
-    method: str | Callable = "fourier"
+    method: str | Callable = "coarse_to_fine"
     input_modifiers: Sequence[InputModifier | Callable] | None = None
     grad_modifier: str | Callable | None = None
     backprop_modifier: str | Callable | None = None
@@ -118,8 +119,9 @@ class Settings:
     verbose: bool = False
     progress: bool | None = None
     autocast: torch.dtype | None = None
-    image_ema: float | None = 0.9
+    image_ema: float | None = 0.95
     lr_schedule: str | Callable[[int, int], float] | None = None
+    betas: tuple[float, float] = (0.3, 0.999)
 
     def __post_init__(self):
         schedule = self.lr_schedule
@@ -129,6 +131,11 @@ class Settings:
             raise bad_type("lr_schedule", schedule, "a name, a function f(step, steps) -> factor, or None")
         check_int("max_iter", self.max_iter, 1)
         check_int("views", self.views, 1)
+        betas = self.betas
+        if not isinstance(betas, tuple | list) or len(betas) != 2:
+            raise bad_type("betas", betas, "Adam's (beta1, beta2), two numbers in [0, 1)")
+        if not all(0 <= check_number("betas", beta, minimum=0) < 1 for beta in betas):
+            raise bad_value("betas", betas, "Adam's (beta1, beta2), two numbers in [0, 1)")
         if self.lr is not None:
             check_number("lr", self.lr, positive=True)
         if self.image_ema is not None:
@@ -180,7 +187,7 @@ class Settings:
             raise FeatvisTypeError(
                 f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], [*names, *allowed])}"
             )
-        quality = options.pop("quality", "best")
+        quality = options.pop("quality", "fast")
         if not isinstance(quality, str) or quality not in QUALITY:
             raise bad_value("quality", quality, f"one of {', '.join(map(repr, QUALITY))}")
         given = {k: options.pop(k) for k in list(options) if k in cls.names()}
@@ -223,19 +230,18 @@ def warmup_cosine_lr(step: int, steps: int, warmup: float = 0.1, floor: float = 
 SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_lr, "cosine": warmup_cosine_lr}
 
 
+_FOURIER_ADAM = dict(method="fourier", image_ema=0.9, betas=(0.9, 0.999))  # the 0.1 recipe
 QUALITY: dict[str, dict] = {
-    "preview": dict(max_iter=32, views=1),
-    "fast": dict(max_iter=128, views=1, image_ema=0.95),
-    "balanced": dict(max_iter=256, views=1),
-    "best": dict(max_iter=128, views=4),
+    "preview": dict(max_iter=32, views=1, **_FOURIER_ADAM),
+    "fast": {},  # the defaults of Settings: 128 x 1 coarse-to-fine steps, beta1 0.3
+    "best": dict(max_iter=128, views=4, **_FOURIER_ADAM),
 }
 """Named presets of `Settings` (``quality=`` in every activation-maximization entry point).
 
 Forward+backward passes per image and what EfficientNet-Lite2 recognized of Lite0's 20
-benchmark class images (top-1 / top-5, mean of four seeds, ``benchmarks/quality.py`` on
-an H200; see benchmarks/RESULTS.md):
-"preview" 32 passes (25% / 44%), "fast" 128 (84% / 88%), "balanced" 256 (89% / 95%),
-"best" 512 (91% / 96%, the default). The time is about proportional to the passes.
+benchmark class images (top-1 / top-5, mean of four seeds, ``benchmarks/quality.py``;
+see benchmarks/RESULTS.md): "preview" 32 passes (25% / 44%), "fast" 128 (the default),
+"best" 512 (91% / 96%, featvis 0.1's default). The time is about proportional to the passes.
 """
 
 
@@ -290,7 +296,9 @@ def optimize(
 
     # one fused kernel per step on a GPU rather than a handful over the whole spectrum
     fused_adam = all(p.is_cuda and p.is_floating_point() for p in param.parameters()) or None
-    optimizer = torch.optim.Adam(param.parameters(), lr=settings.learning_rate, fused=fused_adam)
+    optimizer = torch.optim.Adam(
+        param.parameters(), lr=settings.learning_rate, betas=tuple(settings.betas), fused=fused_adam
+    )
     lr_factor = settings.lr_factor
     log = _StepLog(names)
     transparency = None
@@ -299,6 +307,7 @@ def optimize(
     bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
     try:
         for step in range(steps):
+            param.at_step(step, steps)
             images = param()
             images.retain_grad()
             if settings.image_ema is not None and step >= steps // 2:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import bad_type, bad_value
+from .errors import bad_type, bad_value, check_number
 from .rng import Streams, derive_key, fresh_seed
 
 
@@ -60,6 +60,9 @@ class Parameterization:
 
     def project(self) -> None:
         """Keep parameters valid after an optimizer step (a no-op for most)."""
+
+    def at_step(self, step: int, steps: int) -> None:
+        """Told before step `step` (from 0) of `steps` makes its images (a no-op for most)."""
 
 
 def _draw(streams: Streams | None, batch: int, kind: str, *shape: int, device=None) -> torch.Tensor:
@@ -104,14 +107,18 @@ class PixelImage(Parameterization):
             self.pixels.clamp_(0, 1)
 
 
-def _frequency_scale(size: tuple[int, ...], decay: float, device) -> torch.Tensor:
-    """1/frequency^decay on the rfftn grid of `size` (any number of axes: signals, images, volumes)."""
+def _frequencies(size: tuple[int, ...], device) -> torch.Tensor:
+    """Each point's frequency (cycles per sample, radial) on the rfftn grid of `size` (any number of axes)."""
     axes = [torch.fft.fftfreq(n, device=device) for n in size[:-1]] + [
         torch.fft.rfftfreq(size[-1], device=device)
     ]
     grids = torch.meshgrid(*axes, indexing="ij")
-    freqs = torch.sqrt(sum(g**2 for g in grids))
-    return 1.0 / torch.clamp(freqs, min=1.0 / max(size)) ** decay
+    return torch.sqrt(sum(g**2 for g in grids))
+
+
+def _frequency_scale(size: tuple[int, ...], decay: float, device) -> torch.Tensor:
+    """1/frequency^decay on the rfftn grid of `size` (signals, images, volumes)."""
+    return 1.0 / torch.clamp(_frequencies(size, device), min=1.0 / max(size)) ** decay
 
 
 def _mix_colors(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -167,9 +174,45 @@ class FourierImage(Parameterization):
         return [self.spectrum]
 
     def __call__(self):
-        spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        spatial = torch.fft.irfftn(spectrum, s=self.size, dim=self.axes, norm="ortho") / 4
-        return torch.sigmoid(_mix_colors(self.color, spatial))
+        return self.render(self.spectrum)
+
+    def render(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """The images of a spectrum (as `spectrum`: real and imaginary parts on the last axis)."""
+        spatial = torch.fft.irfftn(
+            torch.view_as_complex(spectrum) * self.scale, s=self.size, dim=self.axes, norm="ortho"
+        )
+        return torch.sigmoid(_mix_colors(self.color, spatial / 4))
+
+
+class CoarseToFineImage(FourierImage):
+    """A Fourier image whose steps move the low frequencies first and open up to all of them.
+
+    At step k of n only frequencies up to ``start + (1 - start) * k / (opening * n)`` of
+    the highest (radially) get a gradient; after the first `opening` share of the steps,
+    all do, as in `FourierImage`. A given `init` is kept whole: only the steps are coarse
+    first. With Adam's beta1 at 0.3 and the image average at 0.95, Lite2 recognized 90%
+    (top-5 95%) of Lite0's 20 benchmark class images made in 128 one-view steps, where a
+    plain Fourier image made 77% / 87% (benchmarks/RESULTS.md).
+
+    Example:
+        >>> CoarseToFineImage(1, 3, (224, 224), opening=0.5)
+    """
+
+    def __init__(self, batch, channels, size, *, opening: float = 0.5, start: float = 0.1, **kwargs):
+        super().__init__(batch, channels, size, **kwargs)
+        check_number("opening", opening, minimum=0)
+        check_number("start", start, minimum=0)
+        self.radius = (_frequencies(size, self.spectrum.device) / (0.5 * len(size) ** 0.5))[..., None]
+        self.opening, self.start, self.cutoff = opening, start, start
+
+    def at_step(self, step: int, steps: int) -> None:
+        opened = step / (self.opening * steps) if self.opening else 1.0
+        self.cutoff = self.start + (1 - self.start) * min(opened, 1.0)
+
+    def __call__(self):
+        if self.cutoff >= 1:
+            return super().__call__()
+        return self.render(torch.where(self.radius <= self.cutoff, self.spectrum, self.spectrum.detach()))
 
 
 def natural_magnitude(channels: int, size: tuple[int, int], device=None) -> torch.Tensor:
@@ -227,7 +270,12 @@ class MacoImage(Parameterization):
         return torch.sigmoid((spatial - mean) / (std + 1e-8) * 1.5 + torch.logit(torch.tensor(0.45)))
 
 
-METHODS: dict[str, type[Parameterization]] = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoImage}
+METHODS: dict[str, type[Parameterization]] = {
+    "pixel": PixelImage,
+    "fourier": FourierImage,
+    "coarse_to_fine": CoarseToFineImage,
+    "maco": MacoImage,
+}
 
 
 def register(name: str, factory: type[Parameterization]) -> None:
