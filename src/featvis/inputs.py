@@ -110,7 +110,13 @@ class ModelInputs:
             given = self._from_dict(inputs, names)
             self.by_keyword = not self.keras
         elif isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
-            if len(inputs) < 2 or (len(inputs) > len(names) and not open_ended):
+            if len(inputs) < 2:
+                raise bad_value(
+                    "inputs",
+                    f"a tuple of {len(inputs)}",
+                    "the inputs of a model of several (a one-input model needs none)",
+                )
+            if len(inputs) > len(names) and not open_ended:
                 raise bad_value(
                     "inputs",
                     f"a tuple of {len(inputs)}",
