@@ -191,6 +191,18 @@ def test_keras_two_input_functional_model_from_the_api(keras_two_inputs):
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
+def test_a_keras_image_input_after_another_has_its_own_channels():
+    keras.utils.set_random_seed(0)
+    meta = keras.Input((2,), name="meta")
+    gray = keras.Input((16, 16, 1), name="gray")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(gray))
+    model = keras.Model(
+        [meta, gray], keras.layers.Dense(3, name="dense")(keras.layers.Concatenate()([meta, features]))
+    )
+    image = featvis.visualize_activation(model, "dense", 0, inputs={"meta": META}, **{**QUICK, "max_iter": 2})
+    assert image.shape == (16, 16, 1)  # read from the image input, not the first one
+
+
 def _tiny_two():
     model = ImageAndMeta()
     model.train()

@@ -263,8 +263,6 @@ def _fixed_value(name: str, value: object) -> torch.Tensor:
         raise bad_type(
             f"inputs[{name!r}]", value, "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
         ) from err
-    if tensor.dtype == torch.float64:
-        tensor = tensor.float()
     if tensor.ndim == 0 or tensor.shape[0] != 1:
         raise bad_value(
             f"inputs[{name!r}]",

@@ -323,7 +323,7 @@ def activations_reached(
 
     Units on the layer's unit axis (`unit_axis` overrides it), averaged over the other
     axes (or at one `token`). `conventions`: ``input_range``, ``preprocess``,
-    ``channels``, ``device`` as elsewhere.
+    ``channels``, ``device``, ``inputs`` as elsewhere.
 
     Example:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
