@@ -105,6 +105,21 @@ def test_an_optimized_input_keeps_to_its_own_range():
     assert meta[0] > 1.0 and meta[1] < -1.0  # beyond [0, 1]: the range is the input's own
 
 
+def test_a_grad_modifier_turns_every_optimized_input_the_same_way():
+    model = ImageAndMeta()
+    result = featvis.visualize_activation(
+        model,
+        "head",
+        0,
+        inputs={"meta": (2,)},
+        grad_modifier="negate",
+        return_result=True,
+        **{**RUN, "max_iter": 32},
+    )
+    meta = result.inputs["meta"][0]
+    assert meta[0] < 0.2 and meta[1] > 0.8  # lowered with the image: toward (0, 1), not (1, 0)
+
+
 def test_a_batch_gives_each_image_its_own_meta_and_visualize_layer_takes_inputs():
     model = ImageAndMeta()
     result = featvis.visualize_activation(

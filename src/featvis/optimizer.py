@@ -325,11 +325,16 @@ def optimize(
             through_model = images.view_as(images)
             finite = torch.ones(len(terms) + 1, dtype=torch.bool, device=images.device)
             _watch_gradient(through_model, finite, len(terms))
-            if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
-                through_model.register_hook(lambda g: -grad_fn(-g))
+            extra = {}  # a model's other optimized inputs, each its own node (a pixel one is the leaf)
+            for name, other in others.items():
+                value = other()
+                extra[name] = value.view_as(value)
+            for node in (through_model, *extra.values()):
+                if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
+                    node.register_hook(lambda g: -grad_fn(-g))
             batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
             prepared.set_inputs(
-                {name: other().repeat_interleave(views, dim=0) for name, other in others.items()}
+                {name: value.repeat_interleave(views, dim=0) for name, value in extra.items()}
             )
             x = prepared.model_input(apply_modifiers(transforms, batch, rows))
             if channels_last and x.ndim == 4:
