@@ -142,9 +142,8 @@ def infer_channels(model: nn.Module, index: int = 0) -> int:
 
 def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
     """How many spatial axes the model's input has: a Keras model's input rank less 2 (of input
-    `index`), else that
-    of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3, volumes); 2 when
-    neither tells.
+    `index`), else that of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3,
+    volumes); 2 when neither tells.
 
     Example:
         >>> infer_spatial_dims(nn.Sequential(nn.Conv1d(1, 8, 5)))
@@ -411,13 +410,14 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
     except FeatvisError:
         raise
     except Exception as err:
-        given = (
-            f"of shape {tuple(example.shape)}" if inputs is None else f"and inputs {inputs.describe(example)}"
-        )
-        raise ModelError(
-            f"model raised {type(err).__name__} on a (preprocessed) input {given}: {err}; "
-            f"{MODEL_HINT}{'' if inputs is None else ' and inputs'}"
-        ) from err
+        if inputs is None:
+            given, hint = f"a (preprocessed) input of shape {tuple(example.shape)}", MODEL_HINT
+        else:
+            given, hint = (
+                f"(preprocessed) inputs {inputs.describe(example)}",
+                MODEL_HINT.replace("model,", "model, inputs,"),
+            )
+        raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     finally:
         for handle in handles:
             handle.remove()
