@@ -415,7 +415,7 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
         else:
             given, hint = (
                 f"(preprocessed) inputs {inputs.describe(example)}",
-                MODEL_HINT.replace("model,", "model, inputs,"),
+                "check model, inputs, preprocess, input_range, channels and size",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     finally:
