@@ -155,6 +155,14 @@ def test_saliency_and_grad_cam_with_meta_fixed_point_at_what_the_unit_reads():
     )[0]
     inside = saliency[2:6, 9:13].sum() / saliency.sum()
     assert inside > 0.99
+    fixed = dict(inputs={"meta": torch.tensor([[1.0, 0.0]])}, input_range=(0.0, 1.0))
+    paths = featvis.visualize_saliency(model, "", 0, image, method="integrated_gradients", **fixed)[0]
+    assert paths[2:6, 9:13].sum() / paths.sum() > 0.99  # rows of many images, each with the meta
+    occluded = featvis.visualize_saliency(
+        model, "", 0, image, method="occlusion", window=4, stride=2, **fixed
+    )[0]
+    row, col = np.unravel_index(occluded.argmax(), occluded.shape)
+    assert 2 <= row < 6 and 9 <= col < 13
     cam = featvis.visualize_cam(
         model,
         "",

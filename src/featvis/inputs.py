@@ -15,8 +15,8 @@ Example:
     >>> both = featvis.visualize_activation(
     ...     model, "head", 0, inputs={"meta": featvis.Optimized((2,))}, return_result=True
     ... )
-    >>> both.inputs["meta"]
-    tensor([[0.93, 0.02]])
+    >>> both.inputs["meta"].shape   # in the meta's range, as the model takes it
+    torch.Size([1, 2])
 """
 
 from __future__ import annotations
