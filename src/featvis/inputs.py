@@ -1,6 +1,7 @@
 """Models with several inputs: which input is the image, which are optimized along, which stay fixed.
 
-``inputs=`` (an argument of every entry point, kept by `featvis.prepared.PreparedModel`)
+``inputs=`` (an argument of activation maximization, `activations_reached` and the
+attention maps, kept by `featvis.prepared.PreparedModel`)
 gives the model's inputs as a dict by name or a tuple in forward order. A tensor (or
 array) is a fixed value: one example, with a batch axis of 1, fed beside every image. An
 `Optimized` with a shape (or a bare shape tuple) is optimized along with the image, with
