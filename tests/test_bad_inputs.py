@@ -194,6 +194,17 @@ def _cases():
     add("path", "load_img", path="no_such_file.png")
     add("every", "print", every=0)
     add("path", "gif", path=3)
+    # several inputs (issue 18) on a one-input model, forward(x): tests/test_several_inputs.py has more
+    for given in [
+        {"image": torch.zeros(1, 3, 16, 16)},
+        {"x": torch.zeros(1, 3, 16, 16)},
+        (featvis.Optimized(), torch.zeros(1, 2)),
+        "x",
+        {"x": featvis.Optimized(), "meta": (2,)},
+    ]:
+        add("inputs", "activation", inputs=given)
+    add("inputs", "saliency", inputs={"img": torch.zeros(1, 3, 16, 16)})
+    add("inputs", "cam", inputs=[torch.zeros(1, 3, 16, 16)])
     return cases
 
 

@@ -12,6 +12,7 @@ from . import (
     fusion,
     grad_modifiers,
     input_modifiers,
+    inputs,
     losses,
     metrics,
     params,
@@ -47,6 +48,7 @@ from .errors import (
 )
 from .image import save_image, save_signal, save_volume, stitch_images
 from .input_modifiers import InputModifier, Jitter
+from .inputs import Optimized
 from .losses import ActivationMaximization, Loss, UnitPerImage
 from .optimizer import Result, Settings
 from .prepared import PreparedModel
@@ -77,6 +79,7 @@ __all__ = [
     "LpNorm",
     "ModelError",
     "NonFiniteError",
+    "Optimized",
     "PreparedModel",
     "Print",
     "Result",
@@ -96,6 +99,7 @@ __all__ = [
     "grad_modifiers",
     "input_gradients",
     "input_modifiers",
+    "inputs",
     "integrated_gradients",
     "layer_names",
     "load_img",

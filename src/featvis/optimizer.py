@@ -50,7 +50,9 @@ class Result:
     `images`: (B, C, H, W) in [0, 1]; `history`: per term name (and 'total') the
     batch-mean value at each step; `transparency`: (B, H, W) accumulated |d loss /
     d image| (MACO's transparency map); `interrupted`: True after Ctrl-C; `seed`: the
-    seed the images came from (pass it as ``seed=`` to make them again).
+    seed the images came from (pass it as ``seed=`` to make them again); `inputs`: a model's
+    other optimized inputs (``inputs={"meta": Optimized((2,))}``) by name, (B, *shape) in
+    their ranges, as the model takes them.
     """
 
     images: torch.Tensor
@@ -58,6 +60,7 @@ class Result:
     transparency: torch.Tensor | None = None
     interrupted: bool = False
     seed: int | None = None
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         """One short line: shapes and term names, not the tensors' values."""
@@ -262,11 +265,14 @@ def optimize(
     streams: Streams,
     *,
     seed: int | None = None,
+    others: dict[str, Parameterization] | None = None,
 ) -> Result:
     """Minimize `loss` over the images `param` makes; see the module docstring.
 
     `streams` hold one random stream per image (the transforms' draws); `seed` is only
-    recorded in the result. The model runs as `prepared` chose: the fused copy where its
+    recorded in the result. `others` make the values of a model's other optimized inputs
+    (see `featvis.inputs`), optimized along with the images at their own learning rates
+    and without transforms. The model runs as `prepared` chose: the fused copy where its
     outputs agree with the model's, channels-last input where that helps (see
     `featvis.fusion.choose_runner`), the forward pass stopped after the last layer the
     loss reads.
@@ -285,8 +291,10 @@ def optimize(
         raise bad_value("streams", f"{len(streams)} streams", f"one per image ({param.batch})")
     rows = streams.per_view(views)
 
+    others = others or {}
     with torch.no_grad():
         first = param()[:1]
+        prepared.set_inputs({name: other()[:1] for name, other in others.items()})
     prepared.probe(first)
     targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
     wanted = list(targets.values())
@@ -295,10 +303,14 @@ def optimize(
     )
 
     # one fused kernel per step on a GPU rather than a handful over the whole spectrum
-    fused_adam = all(p.is_cuda and p.is_floating_point() for p in param.parameters()) or None
-    optimizer = torch.optim.Adam(
-        param.parameters(), lr=settings.learning_rate, betas=tuple(settings.betas), fused=fused_adam
-    )
+    groups = [{"params": list(param.parameters()), "lr": settings.learning_rate}] + [
+        {"params": list(other.parameters()), "lr": default_lr(prepared.inputs.optimized[name].method)}
+        for name, other in others.items()
+    ]
+    parameters = [p for group in groups for p in group["params"]]
+    fused_adam = all(p.is_cuda and p.is_floating_point() for p in parameters) or None
+    optimizer = torch.optim.Adam(groups, betas=tuple(settings.betas), fused=fused_adam)
+    rates = [group["lr"] for group in groups]
     lr_factor = settings.lr_factor
     log = _StepLog(names)
     transparency = None
@@ -307,7 +319,8 @@ def optimize(
     bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
     try:
         for step in range(steps):
-            param.at_step(step, steps)
+            for made in (param, *others.values()):
+                made.at_step(step, steps)
             images = param()
             images.retain_grad()
             if settings.image_ema is not None and step >= steps // 2:
@@ -320,9 +333,17 @@ def optimize(
             through_model = images.view_as(images)
             finite = torch.ones(len(terms) + 1, dtype=torch.bool, device=images.device)
             _watch_gradient(through_model, finite, len(terms))
-            if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
-                through_model.register_hook(lambda g: -grad_fn(-g))
+            extra = {}  # a model's other optimized inputs, each its own node (a pixel one is the leaf)
+            for name, other in others.items():
+                value = other()
+                extra[name] = value.view_as(value)
+            for node in (through_model, *extra.values()):
+                if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
+                    node.register_hook(lambda g: -grad_fn(-g))
             batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
+            prepared.set_inputs(
+                {name: value.repeat_interleave(views, dim=0) for name, value in extra.items()}
+            )
             x = prepared.model_input(apply_modifiers(transforms, batch, rows))
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -352,14 +373,15 @@ def optimize(
                     )
                 # backward of the score, so backprop modifiers see the gradient of what is maximized
                 (-total).backward()
-            grads = [p.grad.neg_() for p in param.parameters()]
+            grads = [p.grad.neg_() for p in parameters if p.grad is not None]
             means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
             params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
             log.add(step, means, torch.cat([finite, params_finite[None]]))
-            for group in optimizer.param_groups:
-                group["lr"] = settings.learning_rate * lr_factor(step, steps)
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate * lr_factor(step, steps)
             optimizer.step()
-            param.project()
+            for made in (param, *others.values()):
+                made.project()
             magnitude = images.grad.detach().abs().mean(1)
             transparency = magnitude if transparency is None else transparency + magnitude
             if settings.verbose or callbacks or (step + 1) % _SYNC_EVERY == 0 or step == steps - 1:
@@ -380,14 +402,21 @@ def optimize(
         )
     finally:
         bar.close()
+        prepared.set_inputs({})
     for callback in callbacks:  # keras-vis's on_end: e.g. GifGenerator writes its file
         on_end = getattr(callback, "on_end", None)
         if callable(on_end):
             on_end()
     with torch.no_grad():
         final = param().detach() if average is None else average
+        inputs = {name: prepared.inputs.scaled(name, other()) for name, other in others.items()}
     return Result(
-        images=final, history=log.history, transparency=transparency, interrupted=interrupted, seed=seed
+        images=final,
+        history=log.history,
+        transparency=transparency,
+        interrupted=interrupted,
+        seed=seed,
+        inputs=inputs,
     )
 
 

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import warnings
 
 import numpy as np
@@ -26,18 +26,25 @@ from torch import nn
 from . import fusion, targets
 from .errors import bad_type, bad_value, check_int
 from .image import check_range
+from .inputs import ModelInputs
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
 
-CONVENTIONS = ("input_range", "preprocess", "channels", "device", "fuse", "channels_last")
+CONVENTIONS = ("input_range", "preprocess", "channels", "device", "fuse", "channels_last", "inputs")
 
 
 class PreparedModel:
     """A model ready for featvis: see the module docstring.
 
+    A model of several inputs takes ``inputs=``, a dict by input name or a tuple in forward
+    order (see `featvis.inputs`): the image input's conventions are those given here, fixed
+    inputs are fed beside every image, optimized ones are optimized along (their values at
+    the middle of their ranges outside an optimization). Such a model runs unfused.
+
     Example:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
         >>> prepared.layer_output("conv2", images).shape
         >>> prepared.close()   # the model is exactly as before
+        >>> two = PreparedModel(image_and_meta, inputs={"meta": torch.tensor([[0.3, 1.0]])})
     """
 
     def __init__(
@@ -50,6 +57,7 @@ class PreparedModel:
         device: str | torch.device | None = None,
         fuse: bool = True,
         channels_last: bool | None = None,
+        inputs: Mapping[str, object] | Sequence[object] | None = None,
     ):
         if isinstance(model, PreparedModel):
             raise bad_type("model", model, "a torch.nn.Module (this one is prepared already)")
@@ -67,15 +75,20 @@ class PreparedModel:
                 "normalized); to have featvis preprocess, give input_range (e.g. (0, 255))",
             )
         self.preprocess = preprocess
-        self.channels = targets.infer_channels(self.model) if channels is None else channels
+        self.inputs = None if inputs is None else ModelInputs(self.model, inputs)
+        image = 0 if self.inputs is None else self.inputs.index
+        self.channels = targets.infer_channels(self.model, image) if channels is None else channels
         check_int("channels", self.channels, 1)
-        self.spatial_dims = targets.infer_spatial_dims(self.model)
+        self.spatial_dims = targets.infer_spatial_dims(self.model, image)
         self.device = targets.resolve_device(device, self.model)
         self.dtype = targets.model_dtype(self.model)
+        if self.inputs is not None:
+            self.inputs.to(self.device, self.dtype)
         if channels_last is not None and not isinstance(channels_last, bool):
             raise bad_type("channels_last", channels_last, "True, False or None")
-        self.fuse, self.channels_last = bool(fuse), channels_last
-        self._guard = ModelGuard(self.model)
+        # the fused copy's checks call the model with one input
+        self.fuse, self.channels_last = bool(fuse) and self.inputs is None, channels_last
+        self._guard = ModelGuard(self.model, self.inputs)
         self._open = False
         self._seen: Probe | None = None
         self._runners: dict[tuple, tuple[nn.Module, Capture, bool]] = {}
@@ -165,6 +178,25 @@ class PreparedModel:
         generator = torch.Generator().manual_seed(0)
         return torch.rand(batch, self.channels, *size, generator=generator).to(self.device)
 
+    def set_inputs(self, values: Mapping[str, torch.Tensor]) -> None:
+        """The optimized inputs' values in [0, 1] (see `featvis.inputs.Optimized`) for the next passes;
+        ``{}`` puts them back at the middle of their ranges.
+
+        Example:
+            >>> prepared.set_inputs({"meta": torch.tensor([[1.0, 0.0]])})
+        """
+        if self.inputs is None:
+            if values:
+                raise bad_value("values", list(values), "{} for a model of one input (no inputs= given)")
+            return
+        unknown = [name for name in values if name not in self.inputs.optimized]
+        if unknown:
+            raise bad_value("values", unknown, f"names of the optimized inputs {list(self.inputs.optimized)}")
+        if values:
+            self.inputs.set(values)
+        else:
+            self.inputs.reset()
+
     # -- probing and layers -----------------------------------------------------------------
     def probe(self, images: torch.Tensor) -> Probe:
         """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
@@ -174,7 +206,7 @@ class PreparedModel:
         """Like `probe`, on a model input as the model takes it (already preprocessed)."""
         self.open()
         if self._seen is None:
-            self._seen = targets.probe(self.model, x[:1])
+            self._seen = targets.probe(self.model, x[:1], self.inputs)
         return self._seen
 
     @property
@@ -280,7 +312,7 @@ class PreparedModel:
         ]
         try:
             with torch.no_grad():
-                targets.run_model(self.model, self.model_input(images))
+                targets.run_model(self.model, self.model_input(images), self.inputs)
         finally:
             for handle in handles:
                 handle.remove()

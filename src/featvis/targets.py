@@ -19,13 +19,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 import warnings
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import LayerNotFoundError, ModelError, bad_type, bad_value, close_matches
+from .errors import FeatvisError, LayerNotFoundError, ModelError, bad_type, bad_value, close_matches
+
+if TYPE_CHECKING:
+    from .inputs import ModelInputs
 
 LayerSpec = str | int | nn.Module
 
@@ -62,10 +66,11 @@ class ModelGuard(contextlib.AbstractContextManager):
         ...     guard.add_hook(model.fc.register_forward_hook(fn))
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, inputs: ModelInputs | None = None):
         if not isinstance(model, nn.Module):
             raise bad_type("model", model, "a torch.nn.Module")
         self.model = model
+        self.inputs = inputs  # how a model of several inputs is called (see featvis.inputs)
         self._handles: list = []
 
     def __enter__(self) -> ModelGuard:
@@ -115,9 +120,9 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def infer_channels(model: nn.Module) -> int:
-    """The input channel count read from the model: a Keras model's input shape, else the
-    `in_channels` of its first convolution (in module order); 3 when neither tells.
+def infer_channels(model: nn.Module, index: int = 0) -> int:
+    """The input channel count read from the model: a Keras model's input shape (of input `index`),
+    else the `in_channels` of its first convolution (in module order); 3 when neither tells.
 
     Example:
         >>> infer_channels(nn.Sequential(nn.Conv2d(1, 8, 3)))
@@ -125,7 +130,7 @@ def infer_channels(model: nn.Module) -> int:
     """
     if is_keras(model):
         inputs = getattr(model, "inputs", None) or []
-        shape = getattr(inputs[0], "shape", None) if inputs else None
+        shape = getattr(inputs[index], "shape", None) if len(inputs) > index else None
         if shape and shape[-1] is not None:
             return int(shape[-1])
         return 3
@@ -135,10 +140,10 @@ def infer_channels(model: nn.Module) -> int:
     return 3
 
 
-def infer_spatial_dims(model: nn.Module) -> int:
-    """How many spatial axes the model's input has: a Keras model's input rank less 2, else that
-    of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3, volumes); 2 when
-    neither tells.
+def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
+    """How many spatial axes the model's input has: a Keras model's input rank less 2 (of input
+    `index`), else that of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3,
+    volumes); 2 when neither tells.
 
     Example:
         >>> infer_spatial_dims(nn.Sequential(nn.Conv1d(1, 8, 5)))
@@ -146,7 +151,7 @@ def infer_spatial_dims(model: nn.Module) -> int:
     """
     if is_keras(model):
         inputs = getattr(model, "inputs", None) or []
-        shape = getattr(inputs[0], "shape", None) if inputs else None
+        shape = getattr(inputs[index], "shape", None) if len(inputs) > index else None
         return max(1, len(shape) - 2) if shape else 2
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
@@ -247,11 +252,12 @@ def _is_leaf(model: nn.Module, module: nn.Module) -> bool:
     return not any(True for _ in module.children())
 
 
-def run_model(model: nn.Module, x: torch.Tensor):
-    """Call the model on NCHW images (NCL signals, NCDHW volumes), channels-last for a Keras model."""
+def run_model(model: nn.Module, x: torch.Tensor, inputs: ModelInputs | None = None):
+    """Call the model on NCHW images (NCL signals, NCDHW volumes), channels-last for a Keras model;
+    with `inputs`, the images are one input and the model's others are fed beside them."""
     if is_keras(model) and x.ndim >= 3:
         x = x.movedim(1, -1)
-    return model(x)
+    return model(x) if inputs is None else inputs.call(model, x)
 
 
 def _channels_first(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
@@ -368,10 +374,11 @@ def unit_axis_of(shape: Sequence[int], units: int, convention: int) -> int:
     return convention
 
 
-def probe(model: nn.Module, example: torch.Tensor) -> Probe:
+def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None) -> Probe:
     """Run one forward pass (no gradients) and record which modules run, in order.
 
-    The model must already be in the state featvis runs it in (see `ModelGuard`).
+    The model must already be in the state featvis runs it in (see `ModelGuard`); `inputs`
+    feeds a model of several inputs (see `run_model`).
     """
     names = module_names(model)
     leaf_calls: list[tuple[str, int]] = []
@@ -399,12 +406,18 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
             if not isinstance(module, torch.jit.ScriptModule):  # TorchScript takes no Python hooks
                 handles.append(module.register_forward_hook(hook))
         with torch.no_grad(), recorder:
-            run_model(model, example)
+            run_model(model, example, inputs)
+    except FeatvisError:
+        raise
     except Exception as err:
-        raise ModelError(
-            f"model raised {type(err).__name__} on a (preprocessed) input of shape "
-            f"{tuple(example.shape)}: {err}; {MODEL_HINT}"
-        ) from err
+        if inputs is None:
+            given, hint = f"a (preprocessed) input of shape {tuple(example.shape)}", MODEL_HINT
+        else:
+            given, hint = (
+                f"(preprocessed) inputs {inputs.describe(example)}",
+                "check model, inputs, preprocess, input_range, channels and size",
+            )
+        raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     finally:
         for handle in handles:
             handle.remove()
@@ -532,6 +545,7 @@ class Capture:
     def __init__(self, targets: Sequence[Target], guard: ModelGuard, pre_softmax: set[str]):
         self.targets = list(targets)
         self.channels_last = is_keras(guard.model)
+        self.inputs = guard.inputs
         self.pre_softmax = pre_softmax
         self.recorder = SoftmaxRecorder() if pre_softmax else None
         self._wanted = {t.key for t in self.targets}
@@ -573,10 +587,10 @@ class Capture:
         self._active = True
         try:
             with mode:
-                run_model(model, x)
+                run_model(model, x, self.inputs)
         except _StopForward:
             pass
-        except LayerNotFoundError:
+        except FeatvisError:
             raise
         except Exception as err:
             raise ModelError(f"model raised {type(err).__name__}: {err}; {MODEL_HINT}") from err

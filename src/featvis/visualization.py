@@ -67,7 +67,9 @@ def visualize_activation_with_losses(
     full `Result` (images in [0, 1], loss history, transparency map, the seed used).
     `options` are the model's conventions (``input_range=(0, 255)``, ``preprocess``,
     ``channels`` (default: read from the model's first convolution), ``device``,
-    ``fuse=True``, ``channels_last=None``: see `featvis.prepared.PreparedModel`) and the
+    ``fuse=True``, ``channels_last=None``, ``inputs`` for a model of several inputs (fixed
+    values and inputs optimized along, see `featvis.inputs`; the result's ``inputs`` holds
+    the optimized ones): see `featvis.prepared.PreparedModel`) and the
     optimization's (``max_iter``, ``views``, ``lr``, ``method``, ``input_modifiers``,
     ``grad_modifier``, ``backprop_modifier``, ``callbacks``, ``verbose``, ``progress``,
     ``autocast``, ``image_ema``: see `featvis.Settings`). `seed` (None: a fresh one,
@@ -121,7 +123,19 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
         streams=streams,
         device=prepared.device,
     )
-    result = optimize(prepared, loss, param, settings, streams, seed=seed)
+    optimized = prepared.inputs.optimized if prepared.inputs is not None else {}
+    others = {  # a model's other optimized inputs: their own parameterizations and draws
+        name: make_parameterization(
+            spec.method,
+            batch_size,
+            spec.shape[0],
+            spec.shape[1:],
+            streams=Streams([derive_key(key, "input", name) for key in keys], prepared.device),
+            device=prepared.device,
+        )
+        for name, spec in optimized.items()
+    }
+    result = optimize(prepared, loss, param, settings, streams, seed=seed, others=others)
     if return_result:
         return result
     array = to_array(result.images, prepared.input_range)
@@ -309,7 +323,7 @@ def activations_reached(
 
     Units on the layer's unit axis (`unit_axis` overrides it), averaged over the other
     axes (or at one `token`). `conventions`: ``input_range``, ``preprocess``,
-    ``channels``, ``device`` as elsewhere.
+    ``channels``, ``device``, ``inputs`` as elsewhere.
 
     Example:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
