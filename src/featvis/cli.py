@@ -182,14 +182,11 @@ def _load_keras(path: Path) -> torch.nn.Module:
 
 
 def parse_range(text: str) -> tuple[float, float]:
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise bad_value("--input-range", text, "two numbers 'low,high', e.g. 0,255")
-    try:
-        values = [int(p) if p.strip().lstrip("-").isdigit() else float(p) for p in parts]
+    try:  # a wrong count of numbers fails the unpacking with a ValueError too
+        low, high = [int(p) if p.strip().lstrip("-").isdigit() else float(p) for p in text.split(",")]
     except ValueError as err:
         raise bad_value("--input-range", text, "two numbers 'low,high', e.g. 0,255") from err
-    return values[0], values[1]
+    return low, high
 
 
 def parse_filters(text: str | None, class_names, option: str = "--filter") -> list[int] | None:
