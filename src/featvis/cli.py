@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import attention, backprop_modifiers, gallery, grad_modifiers, params, visualization, watch, zoo
-from .errors import FeatvisError, FeatvisValueError, bad_value
+from .errors import FeatvisError, FeatvisValueError, bad_value, first_line
 from .image import resize, save_image, stitch_images, to_array, to_unit_tensor
 from .optimizer import QUALITY, Settings
 
@@ -129,8 +129,8 @@ def _load_model_file(spec: str) -> torch.nn.Module:
             loaded = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as err:  # a bad pickle, a class that cannot be imported, ...
             raise FeatvisValueError(
-                f"--model {spec!r} is neither a TorchScript file ({_first_line(script_error)}) nor a "
-                f"torch.save(model) file ({type(err).__name__}: {_first_line(err)}); a pickled model "
+                f"--model {spec!r} is neither a TorchScript file ({first_line(script_error)}) nor a "
+                f"torch.save(model) file ({type(err).__name__}: {first_line(err)}); a pickled model "
                 "needs its class importable from the current folder or the installed packages"
             ) from err
     if isinstance(loaded, torch.jit.ScriptModule):
@@ -142,11 +142,6 @@ def _load_model_file(spec: str) -> torch.nn.Module:
         f"--model {spec!r} holds {kind}, not a model: save the model itself with torch.save(model, path), "
         "or load the weights in a 'module:factory' that builds the model"
     )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _load_keras(path: Path) -> torch.nn.Module:
@@ -168,7 +163,7 @@ def _load_keras(path: Path) -> torch.nn.Module:
         import keras
     except ImportError as err:
         raise FeatvisValueError(
-            f"--model {str(path)!r}: keras is installed but does not import: {_first_line(err)}"
+            f"--model {str(path)!r}: keras is installed but does not import: {first_line(err)}"
         ) from err
     if keras.backend.backend() != "torch":
         raise FeatvisValueError(
