@@ -228,11 +228,9 @@ def parse_size(text: str) -> tuple[int, int] | int:
     """`--size` of the attention commands: N (the shorter side, aspect ratio kept) or WxH (exactly)."""
     allowed = "N (the shorter side, e.g. 224) or WIDTHxHEIGHT (e.g. 224x224), each >= 1"
     parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
         raise bad_value("--size", text, allowed)
     values = [int(p) for p in parts]
-    if min(values) < 1:
-        raise bad_value("--size", text, allowed)
     return values[0] if len(values) == 1 else (values[1], values[0])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import tempfile
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 import torch
 import torch.nn.functional as F
 
@@ -383,20 +383,15 @@ def stitch_images(
     w = max(i.shape[1] for i in images)
     label_h = 14 if labels else 0
     grid = np.full((rows * (h + margin + label_h) + margin, cols * (w + margin) + margin, 3), 255, np.uint8)
-    for index, img in enumerate(images):
-        r, c = divmod(index, cols)
-        y, x = margin + r * (h + margin + label_h), margin + c * (w + margin)
+    cells = [divmod(index, cols) for index in range(len(images))]
+    corners = [(margin + r * (h + margin + label_h), margin + c * (w + margin)) for r, c in cells]
+    for (y, x), img in zip(corners, images):
         grid[y + label_h : y + label_h + img.shape[0], x : x + img.shape[1]] = img
     if labels:
-        from PIL import ImageDraw
-
         pil = Image.fromarray(grid)
         draw = ImageDraw.Draw(pil)
-        for index, label in enumerate(labels[: len(images)]):
-            r, c = divmod(index, cols)
-            draw.text(
-                (margin + c * (w + margin), margin + r * (h + margin + label_h)), str(label), fill=(0, 0, 0)
-            )
+        for (y, x), label in zip(corners, labels):
+            draw.text((x, y), str(label), fill=(0, 0, 0))
         grid = np.asarray(pil)
     return grid
 
