@@ -146,34 +146,28 @@ def _load_model_file(spec: str) -> torch.nn.Module:
 
 def _load_keras(path: Path) -> torch.nn.Module:
     """A saved Keras 3 model, loaded on the torch backend."""
+    where = f"--model {str(path)!r}"
     if not path.is_file():
-        raise FeatvisValueError(f"--model {str(path)!r}: no such file")
+        raise FeatvisValueError(f"{where}: no such file")
+    not_torch = f"{where}: featvis runs Keras models on the torch backend: set KERAS_BACKEND=torch"
     backend = os.environ.get("KERAS_BACKEND")
     if "keras" not in sys.modules and backend not in (None, "torch"):
-        raise FeatvisValueError(
-            f"--model {str(path)!r}: featvis runs Keras models on the torch backend: "
-            f"set KERAS_BACKEND=torch (it is {backend!r})"
-        )
+        raise FeatvisValueError(f"{not_torch} (it is {backend!r})")
     os.environ.setdefault("KERAS_BACKEND", "torch")
     if importlib.util.find_spec("keras") is None:
-        raise FeatvisValueError(
-            f"--model {str(path)!r}: a .keras file needs the keras package (pip install keras)"
-        )
+        raise FeatvisValueError(f"{where}: a .keras file needs the keras package (pip install keras)")
     try:
         import keras
     except ImportError as err:
         raise FeatvisValueError(
-            f"--model {str(path)!r}: keras is installed but does not import: {first_line(err)}"
+            f"{where}: keras is installed but does not import: {first_line(err)}"
         ) from err
     if keras.backend.backend() != "torch":
-        raise FeatvisValueError(
-            f"--model {str(path)!r}: featvis runs Keras models on the torch backend: "
-            f"set KERAS_BACKEND=torch (keras was imported with {keras.backend.backend()!r})"
-        )
+        raise FeatvisValueError(f"{not_torch} (keras was imported with {keras.backend.backend()!r})")
     try:
         return keras.saving.load_model(path)
     except Exception as err:  # keras raises many types for a bad file
-        raise FeatvisValueError(f"--model {str(path)!r} is not a readable Keras model: {err}") from err
+        raise FeatvisValueError(f"{where} is not a readable Keras model: {err}") from err
 
 
 def parse_range(text: str) -> tuple[float, float]:

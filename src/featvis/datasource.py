@@ -222,8 +222,7 @@ class ImageSource(Dataset):
 
 
 def array_item(item, channels: int, input_range) -> torch.Tensor:
-    if isinstance(item, np.ndarray) and item.ndim == 2 and channels == 3:
-        item = np.repeat(item[..., None], 3, axis=2)  # a grayscale photo for an RGB model
+    """One array or tensor item as (C, H, W) in [0, 1] (to_unit_tensor repeats a grayscale one for RGB)."""
     if isinstance(item, np.ndarray) and item.dtype == np.bool_:
         item = item.astype(np.uint8) * 255
     if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[-1] == 4 and channels == 3:
