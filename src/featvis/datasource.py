@@ -294,23 +294,17 @@ def image_source(
     """
     if isinstance(data, DataLoader):
         return data
-    names = None
-    resize_to = size
     if data is None:
         data, names = sample_photos()
-        resize_to = size or 224
-    elif isinstance(data, str | os.PathLike):
+        return ImageSource(data, names, channels, size or 224, input_range)
+    if isinstance(data, str | os.PathLike):
         folder = Path(data)
         if folder.is_file():
             data = [folder]
         elif not folder.is_dir():
             raise bad_value("data", str(data), "an existing folder of images, a list of paths, or arrays")
-        else:
-            data = _folder_files(folder)
-            if not data:
-                raise bad_value("data", str(folder), "a folder that contains image files")
-        names = [str(p) for p in data]
-        resize_to = size or 224
+        elif not (data := _folder_files(folder)):
+            raise bad_value("data", str(folder), "a folder that contains image files")
     elif isinstance(data, np.ndarray | torch.Tensor):
         if data.ndim not in (3, 4) or len(data) == 0:
             raise bad_value("data", f"an array of shape {tuple(data.shape)}", "(N, H, W, C) or (N, C, H, W)")
@@ -322,13 +316,12 @@ def image_source(
     elif isinstance(data, Sequence) and not isinstance(data, str):
         if not data:
             raise bad_value("data", data, "at least one image")
-        if all(isinstance(item, str | os.PathLike) for item in data):
-            names = [str(p) for p in data]
-            resize_to = size or 224
-        elif all(isinstance(item, Image.Image) for item in data):
-            resize_to = size or 224
     else:
         raise bad_type(
             "data", data, "a folder, a list of paths, a torch Dataset or DataLoader, or an array of images"
         )
-    return ImageSource(data, names, channels, resize_to, input_range)
+    listed = isinstance(data, Sequence)  # files and PIL images are resized, 224 px unless `size` says
+    files = listed and all(isinstance(item, str | os.PathLike) for item in data)
+    pictures = files or (listed and all(isinstance(item, Image.Image) for item in data))
+    names = [str(p) for p in data] if files else None
+    return ImageSource(data, names, channels, (size or 224) if pictures else size, input_range)
