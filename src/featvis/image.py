@@ -73,8 +73,7 @@ def to_unit_tensor(
             raise FeatvisValueError(f"{argument}={str(path)!r}: no such file")
         try:
             with Image.open(path) as pil:
-                image = pil.convert("RGB" if channels in (None, 3) else "L")
-                image.load()
+                image = pil.convert("RGB" if channels in (None, 3) else "L")  # a loaded copy: the file closes
         except OSError as err:
             raise FeatvisValueError(f"{argument}={str(path)!r} is not a readable image: {err}") from err
     if isinstance(image, Image.Image):

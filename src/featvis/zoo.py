@@ -87,9 +87,7 @@ def class_index(name_or_index: str | int, class_names=None, *, argument: str = "
         >>> class_index("flamingo"), class_index("Egyptian cat"), class_index("130")
         (130, 285, 130)
     """
-    if isinstance(name_or_index, bool):
-        raise bad_type(argument, name_or_index, "a class name or index")
-    if isinstance(name_or_index, int):
+    if isinstance(name_or_index, int) and not isinstance(name_or_index, bool):
         return name_or_index
     if not isinstance(name_or_index, str):
         raise bad_type(argument, name_or_index, "a class name or index")
