@@ -54,8 +54,6 @@ BACKPROP_MODIFIERS: dict[str, BackpropRule] = {
 
 def get(modifier: str | BackpropRule | None) -> BackpropRule | None:
     """Resolve a name or callable to a backprop rule (None means plain gradients)."""
-    if modifier is None or (callable(modifier) and not isinstance(modifier, str)):
-        return modifier
     return choose("backprop_modifier", modifier, BACKPROP_MODIFIERS)
 
 

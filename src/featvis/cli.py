@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+import functools
 import importlib
 import importlib.util
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from . import attention, backprop_modifiers, gallery, grad_modifiers, params, visualization, watch, zoo
-from .errors import FeatvisError, FeatvisValueError, bad_value
+from .errors import FeatvisError, FeatvisValueError, bad_value, first_line
 from .image import resize, save_image, stitch_images, to_array, to_unit_tensor
 from .optimizer import QUALITY, Settings
 
@@ -128,8 +129,8 @@ def _load_model_file(spec: str) -> torch.nn.Module:
             loaded = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as err:  # a bad pickle, a class that cannot be imported, ...
             raise FeatvisValueError(
-                f"--model {spec!r} is neither a TorchScript file ({_first_line(script_error)}) nor a "
-                f"torch.save(model) file ({type(err).__name__}: {_first_line(err)}); a pickled model "
+                f"--model {spec!r} is neither a TorchScript file ({first_line(script_error)}) nor a "
+                f"torch.save(model) file ({type(err).__name__}: {first_line(err)}); a pickled model "
                 "needs its class importable from the current folder or the installed packages"
             ) from err
     if isinstance(loaded, torch.jit.ScriptModule):
@@ -143,52 +144,38 @@ def _load_model_file(spec: str) -> torch.nn.Module:
     )
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _load_keras(path: Path) -> torch.nn.Module:
     """A saved Keras 3 model, loaded on the torch backend."""
+    where = f"--model {str(path)!r}"
     if not path.is_file():
-        raise FeatvisValueError(f"--model {str(path)!r}: no such file")
+        raise FeatvisValueError(f"{where}: no such file")
+    not_torch = f"{where}: featvis runs Keras models on the torch backend: set KERAS_BACKEND=torch"
     backend = os.environ.get("KERAS_BACKEND")
     if "keras" not in sys.modules and backend not in (None, "torch"):
-        raise FeatvisValueError(
-            f"--model {str(path)!r}: featvis runs Keras models on the torch backend: "
-            f"set KERAS_BACKEND=torch (it is {backend!r})"
-        )
+        raise FeatvisValueError(f"{not_torch} (it is {backend!r})")
     os.environ.setdefault("KERAS_BACKEND", "torch")
     if importlib.util.find_spec("keras") is None:
-        raise FeatvisValueError(
-            f"--model {str(path)!r}: a .keras file needs the keras package (pip install keras)"
-        )
+        raise FeatvisValueError(f"{where}: a .keras file needs the keras package (pip install keras)")
     try:
         import keras
     except ImportError as err:
         raise FeatvisValueError(
-            f"--model {str(path)!r}: keras is installed but does not import: {_first_line(err)}"
+            f"{where}: keras is installed but does not import: {first_line(err)}"
         ) from err
     if keras.backend.backend() != "torch":
-        raise FeatvisValueError(
-            f"--model {str(path)!r}: featvis runs Keras models on the torch backend: "
-            f"set KERAS_BACKEND=torch (keras was imported with {keras.backend.backend()!r})"
-        )
+        raise FeatvisValueError(f"{not_torch} (keras was imported with {keras.backend.backend()!r})")
     try:
         return keras.saving.load_model(path)
     except Exception as err:  # keras raises many types for a bad file
-        raise FeatvisValueError(f"--model {str(path)!r} is not a readable Keras model: {err}") from err
+        raise FeatvisValueError(f"{where} is not a readable Keras model: {err}") from err
 
 
 def parse_range(text: str) -> tuple[float, float]:
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise bad_value("--input-range", text, "two numbers 'low,high', e.g. 0,255")
-    try:
-        values = [int(p) if p.strip().lstrip("-").isdigit() else float(p) for p in parts]
+    try:  # a wrong count of numbers fails the unpacking with a ValueError too
+        low, high = [int(p) if p.strip().lstrip("-").isdigit() else float(p) for p in text.split(",")]
     except ValueError as err:
         raise bad_value("--input-range", text, "two numbers 'low,high', e.g. 0,255") from err
-    return values[0], values[1]
+    return low, high
 
 
 def parse_filters(text: str | None, class_names, option: str = "--filter") -> list[int] | None:
@@ -209,20 +196,6 @@ def parse_filters(text: str | None, class_names, option: str = "--filter") -> li
             index = zoo.class_index(part, argument=option)
         indices.append(index)
     return indices
-
-
-def class_names_of(spec: str | None) -> tuple[str, ...] | None:
-    """The class names `--filter` may use: ImageNet's for the embedded model, none for others."""
-    return zoo.imagenet_class_names() if spec is None else None
-
-
-def channel_arguments(channels: int | None) -> dict:
-    """``channels=`` for the Python API when `--channels` is given (else the API's default)."""
-    if channels is None:
-        return {}
-    if channels < 1:
-        raise bad_value("--channels", channels, "an int >= 1: 1 for a grayscale model, 3 for RGB")
-    return {"channels": channels}
 
 
 def check_output(option: str, path: str | None, folder: bool = False) -> None:
@@ -249,11 +222,9 @@ def parse_size(text: str) -> tuple[int, int] | int:
     """`--size` of the attention commands: N (the shorter side, aspect ratio kept) or WxH (exactly)."""
     allowed = "N (the shorter side, e.g. 224) or WIDTHxHEIGHT (e.g. 224x224), each >= 1"
     parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
         raise bad_value("--size", text, allowed)
     values = [int(p) for p in parts]
-    if min(values) < 1:
-        raise bad_value("--size", text, allowed)
     return values[0] if len(values) == 1 else (values[1], values[0])
 
 
@@ -297,6 +268,33 @@ common_options = [
 
 OUT_HELP = "Output PNG; its folder must exist."
 
+
+class Common:
+    """The options every command takes (`common_options`), read once."""
+
+    def __init__(self, model_spec, preprocess, input_range, channels, device, seed):
+        if channels is not None and channels < 1:
+            raise bad_value("--channels", channels, "an int >= 1: 1 for a grayscale model, 3 for RGB")
+        self.model_spec, self.preprocess, self.input_range = model_spec, preprocess, input_range
+        self.channels, self.device, self.seed = channels, device, seed
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The class names `--filter` may use: ImageNet's for the embedded model, none for others."""
+        return zoo.imagenet_class_names() if self.model_spec is None else None
+
+    def load(self) -> tuple[LoadedModel, dict]:
+        """The model, and the arguments every Python API function takes from these options
+        (``channels=`` only when `--channels` is given, else the API's default)."""
+        loaded = load_model(self.model_spec, self.preprocess)
+        api = dict(
+            preprocess=loaded.preprocess, input_range=parse_range(self.input_range), device=self.device
+        )
+        if self.channels is not None:
+            api["channels"] = self.channels
+        return loaded, api
+
+
 quality_options = [
     click.option(
         "--quality",
@@ -332,7 +330,6 @@ attention_options = [
     ),
     click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image."),
     click.option("--out", type=click.Path(dir_okay=False), required=True, help=OUT_HELP),
-    *common_options,
 ]
 
 
@@ -345,7 +342,14 @@ def with_options(options):
     return decorate
 
 
-with_common = with_options(common_options)
+def with_common(function):
+    """Add `common_options` to a command, which gets them as one `Common`, its `common` argument."""
+
+    @functools.wraps(function)
+    def command(model_spec, preprocess, input_range, channels, device, seed, **options):
+        return function(**options, common=Common(model_spec, preprocess, input_range, channels, device, seed))
+
+    return with_options(common_options)(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -402,19 +406,13 @@ def activation(
     gif_every,
     plot,
     out,
-    model_spec,
-    preprocess,
-    input_range,
-    channels,
-    device,
-    seed,
+    common,
 ):
     """Generate the image that maximizes units of a layer (activation maximization)."""
     for option, path in (("--out", out), ("--gif", gif), ("--plot", plot)):
         check_output(option, path)
-    indices = parse_filters(filters, class_names_of(model_spec))
-    channel_kwargs = channel_arguments(channels)
-    loaded = load_model(model_spec, preprocess)
+    indices = parse_filters(filters, common.class_names)
+    loaded, api = common.load()
     recorder = watch.GifRecorder(every=gif_every) if gif else None
     result = visualization.visualize_activation(
         loaded.model,
@@ -428,14 +426,11 @@ def activation(
         grad_modifier=grad_modifier,
         backprop_modifier=backprop_modifier,
         verbose=verbose,
-        input_range=parse_range(input_range),
-        preprocess=loaded.preprocess,
-        device=device,
-        seed=seed,
+        seed=common.seed,
         callbacks=[recorder] if recorder else None,
         progress=None if not verbose else False,
         return_result=True,
-        **channel_kwargs,
+        **api,
     )
     save_image(to_array(result.images, (0, 255))[0], out)
     click.echo(f"wrote {out}")
@@ -466,12 +461,7 @@ def layer(
     batch_size,
     cols,
     out,
-    model_spec,
-    preprocess,
-    input_range,
-    channels,
-    device,
-    seed,
+    common,
 ):
     """Visualize every unit of a layer, many per batch, as one labeled grid.
 
@@ -481,8 +471,7 @@ def layer(
     """
     check_output("--out", out)
     chosen = parse_filters(units, None, "--units")
-    channel_kwargs = channel_arguments(channels)
-    loaded = load_model(model_spec, preprocess)
+    loaded, api = common.load()
     images = visualization.visualize_layer(
         loaded.model,
         layer,
@@ -490,11 +479,8 @@ def layer(
         **quality_arguments(quality, steps, views),
         size=size,
         batch_size=batch_size,
-        input_range=parse_range(input_range),
-        preprocess=loaded.preprocess,
-        device=device,
-        seed=seed,
-        **channel_kwargs,
+        seed=common.seed,
+        **api,
     )
     labels = [str(u) for u in (chosen if chosen is not None else range(len(images)))]
     save_image(stitch_images(list(images), cols=cols, labels=labels), out)
@@ -537,33 +523,24 @@ def gallery_command(
     out,
     data,
     k,
-    model_spec,
-    preprocess,
-    input_range,
-    channels,
-    device,
-    seed,
+    common,
 ):
     """Render every unit of layers into a static HTML gallery; rerun to add layers."""
     check_output("--out", out, folder=True)
     chosen = parse_filters(units, None, "--units")
-    channel_kwargs = channel_arguments(channels)
-    loaded = load_model(model_spec, preprocess)
+    loaded, api = common.load()
     index = gallery.write_gallery(
         loaded.model,
         list(layers),
         out,
         units=chosen,
-        preprocess=loaded.preprocess,
-        input_range=parse_range(input_range),
         size=size,
         max_iter=steps,
-        seed=seed,
+        seed=common.seed,
         batch_size=batch_size,
-        device=device,
-        **channel_kwargs,
         data=data,
         k=k,
+        **api,
     )
     click.echo(f"wrote {index}")
 
@@ -611,16 +588,11 @@ def examples(
     workers,
     checkpoint,
     out,
-    model_spec,
-    preprocess,
-    input_range,
-    channels,
-    device,
-    seed,
+    common,
 ):
     """Dataset examples: the images (crops) of your data that drive each unit most and least."""
     check_output("--out", out, folder=True)
-    loaded = load_model(model_spec, preprocess)
+    loaded, api = common.load()
     pages = gallery.write_examples(
         loaded.model,
         list(layers),
@@ -628,15 +600,12 @@ def examples(
         out,
         units=parse_filters(units, None),
         k=k,
-        preprocess=loaded.preprocess,
-        input_range=parse_range(input_range),
         reduce=reduce,
         size=size,
         batch_size=batch_size,
         num_workers=workers,
-        device=device,
         checkpoint=checkpoint,
-        **channel_arguments(channels),
+        **api,
     )
     for page in pages:
         click.echo(f"wrote {page}")
@@ -667,6 +636,7 @@ Examples:
     "--backprop-modifier", type=click.Choice(list(backprop_modifiers.BACKPROP_MODIFIERS)), default=None
 )
 @with_options(attention_options)
+@with_common
 def saliency(
     image_path,
     layer,
@@ -676,19 +646,13 @@ def saliency(
     size,
     overlay_it,
     out,
-    model_spec,
-    preprocess,
-    input_range,
-    channels,
-    device,
-    seed,
+    common,
 ):
     """Saliency map: which pixels change the chosen units most."""
     check_output("--out", out)
-    indices = parse_filters(filters, class_names_of(model_spec))
-    channel_kwargs = channel_arguments(channels)
-    photo, image = _photo_and_model_image(image_path, size, channels)
-    loaded = load_model(model_spec, preprocess)
+    indices = parse_filters(filters, common.class_names)
+    photo, image = _photo_and_model_image(image_path, size, common.channels)
+    loaded, api = common.load()
     heatmap = attention.visualize_saliency(
         loaded.model,
         layer,
@@ -696,11 +660,8 @@ def saliency(
         image,
         smooth_samples=smooth,
         backprop_modifier=backprop_modifier,
-        input_range=parse_range(input_range),
-        preprocess=loaded.preprocess,
-        device=device,
-        seed=seed,
-        **channel_kwargs,
+        seed=common.seed,
+        **api,
     )[0]
     _attention_output(photo, heatmap, out, overlay_it)
 
@@ -728,6 +689,7 @@ Examples:
     help="Print the map's deletion and insertion areas (featvis.metrics, 16 steps).",
 )
 @with_options(attention_options)
+@with_common
 def cam(
     image_path,
     layer,
@@ -740,39 +702,22 @@ def cam(
     size,
     overlay_it,
     out,
-    model_spec,
-    preprocess,
-    input_range,
-    channels,
-    device,
-    seed,
+    common,
 ):
     """Grad-CAM map: which regions the chosen units rely on."""
     check_output("--out", out)
-    indices = parse_filters(filters, class_names_of(model_spec))
-    common = dict(penultimate_layer=penultimate, device=device, **channel_arguments(channels))
-    photo, image = _photo_and_model_image(image_path, size, channels)
-    loaded = load_model(model_spec, preprocess)
-    common.update(input_range=parse_range(input_range), preprocess=loaded.preprocess)
-    if guided:
-        heatmap = attention.visualize_guided_cam(loaded.model, layer, indices, image, **common)[0]
-    else:
-        heatmap = attention.visualize_cam(
-            loaded.model, layer, indices, image, method=method, aug_smooth=aug_smooth, **common
-        )[0]
+    indices = parse_filters(filters, common.class_names)
+    photo, image = _photo_and_model_image(image_path, size, common.channels)
+    loaded, api = common.load()
+    cam_of = attention.visualize_guided_cam if guided else attention.visualize_cam
+    options = {} if guided else {"method": method, "aug_smooth": aug_smooth}
+    heatmap = cam_of(loaded.model, layer, indices, image, penultimate_layer=penultimate, **options, **api)[0]
     _attention_output(photo, heatmap, out, overlay_it)
     if show_metrics:
         from . import metrics
 
-        del common["penultimate_layer"]
-        for name, curve in (
-            ("deletion", metrics.deletion(loaded.model, layer, indices, image, heatmap, steps=16, **common)),
-            (
-                "insertion",
-                metrics.insertion(loaded.model, layer, indices, image, heatmap, steps=16, **common),
-            ),
-        ):
-            better = "lower" if name == "deletion" else "higher"
+        for name, better in (("deletion", "lower"), ("insertion", "higher")):
+            curve = getattr(metrics, name)(loaded.model, layer, indices, image, heatmap, steps=16, **api)
             click.echo(f"{name} area: {curve.areas[0]:.4f} ({better} is better)")
 
 
@@ -817,12 +762,7 @@ def atlas_command(
     examples,
     restart,
     out,
-    model_spec,
-    preprocess,
-    input_range,
-    device,
-    seed,
-    channels,
+    common,
 ):
     """Visualize every unit of a whole model into a browsable site; resumable, and sharded under torchrun."""
     from .atlas import atlas
@@ -830,7 +770,7 @@ def atlas_command(
     if layers and all_convolutions:
         raise bad_value("--all", True, "either --layer or --all, not both")
     check_output("--out", out, folder=True)
-    loaded = load_model(model_spec, preprocess)
+    loaded, api = common.load()
     index = atlas(
         loaded.model,
         out,
@@ -839,15 +779,12 @@ def atlas_command(
         class_names=loaded.class_names,
         size=size,
         batch_size=batch_size,
-        seed=seed,
+        seed=common.seed,
         restart=restart,
         data=data,
         examples=examples,
         **quality_arguments(quality, steps, views),
-        preprocess=loaded.preprocess,
-        input_range=parse_range(input_range),
-        device=device,
-        **channel_arguments(channels),
+        **api,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
         click.echo(f"wrote {index}")

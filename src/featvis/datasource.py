@@ -29,8 +29,8 @@ from PIL import Image
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import FeatvisValueError, bad_type, bad_value
-from .image import to_unit_tensor
+from .errors import FeatvisValueError, bad_type, bad_value, first_line
+from .image import resize, to_unit_tensor
 
 # scikit-image photographs shipped inside its wheel (no download): name -> loader name
 PHOTOS = (
@@ -71,8 +71,6 @@ def sample_photos() -> tuple[list[np.ndarray], list[str]]:
 
 def _shorter_side_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """(C, H, W) in [0, 1] -> (C, size, size): shorter side to `size`, then the central square."""
-    from .image import resize
-
     h, w = image.shape[-2:]
     if (h, w) == (size, size):
         return image
@@ -86,29 +84,27 @@ def _shorter_side_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 def _pil_to_tensor(pil: Image.Image, channels: int) -> tuple[torch.Tensor, str]:
     """A PIL image of any mode -> (C, H, W) float in [0, 1], and the conversion made ('' if none)."""
     mode, note = pil.mode, ""
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # scaled from 16 bits, not through 8-bit PIL
         array = np.asarray(pil, dtype=np.float32)
         peak = 65535.0 if mode != "I" or array.max() > 255 else 255.0
-        array = np.clip(array / peak, 0, 1)
-        note = "16-bit"
+        array, note = np.clip(array / peak, 0, 1), "16-bit"
         if channels == 3:
             array = np.repeat(array[..., None], 3, axis=2)
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        return (tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)), note
-    if mode == "F":
-        array = np.clip(np.asarray(pil, dtype=np.float32), 0, 1)
-        pil, note = Image.fromarray((array * 255).round().astype(np.uint8)), "floating-point"
-    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in pil.info):
-        rgba = pil.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        pil, note = Image.alpha_composite(white, rgba), "transparency over white"
-    elif mode == "CMYK":
-        note = "CMYK"
-    elif mode in ("L", "1") and channels == 3:
-        note = "grayscale"
-    elif mode not in ("RGB", "L", "P", "YCbCr"):
-        note = f"mode {mode}"
-    array = np.asarray(pil.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255
+    else:
+        if mode == "F":
+            array = np.clip(np.asarray(pil, dtype=np.float32), 0, 1)
+            pil, note = Image.fromarray((array * 255).round().astype(np.uint8)), "floating-point"
+        elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in pil.info):
+            rgba = pil.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            pil, note = Image.alpha_composite(white, rgba), "transparency over white"
+        elif mode == "CMYK":
+            note = "CMYK"
+        elif mode in ("L", "1") and channels == 3:
+            note = "grayscale"
+        elif mode not in ("RGB", "L", "P", "YCbCr"):
+            note = f"mode {mode}"
+        array = np.asarray(pil.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     return (tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)), note
 
@@ -217,8 +213,6 @@ class ImageSource(Dataset):
                 batch = to_unit_tensor(
                     self.items[first : first + len(indices)], "data", self.input_range, self.channels
                 )
-                if batch.shape[1] != self.channels:
-                    raise FeatvisValueError(f"{batch.shape[1]} channels, expected {self.channels}")
                 if self.size is not None:
                     batch = torch.stack([_shorter_side_center_crop(image, self.size) for image in batch])
                 return [(first + i, image, "") for i, image in enumerate(batch)]
@@ -228,8 +222,7 @@ class ImageSource(Dataset):
 
 
 def array_item(item, channels: int, input_range) -> torch.Tensor:
-    if isinstance(item, np.ndarray) and item.ndim == 2 and channels == 3:
-        item = np.repeat(item[..., None], 3, axis=2)  # a grayscale photo for an RGB model
+    """One array or tensor item as (C, H, W) in [0, 1] (to_unit_tensor repeats a grayscale one for RGB)."""
     if isinstance(item, np.ndarray) and item.dtype == np.bool_:
         item = item.astype(np.uint8) * 255
     if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[-1] == 4 and channels == 3:
@@ -241,10 +234,8 @@ def array_item(item, channels: int, input_range) -> torch.Tensor:
 
 
 def _reason(err: Exception) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if "truncated" in text.lower() or "image file is truncated" in text:
-        return f"truncated: {text}"
-    return text[:200]
+    text = first_line(err)
+    return f"truncated: {text}" if "truncated" in text.lower() else text[:200]
 
 
 def collate(items):
@@ -303,23 +294,17 @@ def image_source(
     """
     if isinstance(data, DataLoader):
         return data
-    names = None
-    resize_to = size
     if data is None:
         data, names = sample_photos()
-        resize_to = size or 224
-    elif isinstance(data, str | os.PathLike):
+        return ImageSource(data, names, channels, size or 224, input_range)
+    if isinstance(data, str | os.PathLike):
         folder = Path(data)
         if folder.is_file():
             data = [folder]
         elif not folder.is_dir():
             raise bad_value("data", str(data), "an existing folder of images, a list of paths, or arrays")
-        else:
-            data = _folder_files(folder)
-            if not data:
-                raise bad_value("data", str(folder), "a folder that contains image files")
-        names = [str(p) for p in data]
-        resize_to = size or 224
+        elif not (data := _folder_files(folder)):
+            raise bad_value("data", str(folder), "a folder that contains image files")
     elif isinstance(data, np.ndarray | torch.Tensor):
         if data.ndim not in (3, 4) or len(data) == 0:
             raise bad_value("data", f"an array of shape {tuple(data.shape)}", "(N, H, W, C) or (N, C, H, W)")
@@ -331,13 +316,12 @@ def image_source(
     elif isinstance(data, Sequence) and not isinstance(data, str):
         if not data:
             raise bad_value("data", data, "at least one image")
-        if all(isinstance(item, str | os.PathLike) for item in data):
-            names = [str(p) for p in data]
-            resize_to = size or 224
-        elif all(isinstance(item, Image.Image) for item in data):
-            resize_to = size or 224
     else:
         raise bad_type(
             "data", data, "a folder, a list of paths, a torch Dataset or DataLoader, or an array of images"
         )
-    return ImageSource(data, names, channels, resize_to, input_range)
+    listed = isinstance(data, Sequence)  # files and PIL images are resized, 224 px unless `size` says
+    files = listed and all(isinstance(item, str | os.PathLike) for item in data)
+    pictures = files or (listed and all(isinstance(item, Image.Image) for item in data))
+    names = [str(p) for p in data] if files else None
+    return ImageSource(data, names, channels, (size or 224) if pictures else size, input_range)

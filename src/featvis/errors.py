@@ -52,6 +52,12 @@ def bad_type(argument: str, given: object, allowed: str) -> FeatvisTypeError:
     return FeatvisTypeError(f"{argument} has type {type(given).__name__}, expected {allowed}")
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def close_matches(word: str, choices: Iterable[str], limit: int = 5) -> str:
     """A short 'did you mean' clause for `word` among `choices` ('' when none are close)."""
     choices = list(choices)
@@ -62,7 +68,10 @@ def close_matches(word: str, choices: Iterable[str], limit: int = 5) -> str:
 
 
 def choose(argument: str, given: object, table: dict):
-    """Look `given` up in `table` of named strategies, or raise naming the choices."""
+    """Look `given` up in `table` of named strategies (None or a callable is returned as it is),
+    or raise naming the choices."""
+    if given is None or (callable(given) and not isinstance(given, str)):
+        return given
     if isinstance(given, str) and given in table:
         return table[given]
     names = sorted(table)

@@ -130,11 +130,6 @@ def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
         conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attribute = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attribute, module)
-
-
 def _copy_along(model: nn.Module, names: Collection[str]) -> nn.Module:
     """A copy of `model` in which the named modules and their ancestors are new module objects
     (shallow copies with their own child, parameter and buffer tables and no hooks) and every
@@ -195,12 +190,14 @@ def fused_copy(
         return None
     for conv_name, norm_name in folds:
         _fold_batch_norm(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
-        _replace(fused, norm_name, nn.Identity().train(fused.get_submodule(norm_name).training))
     for pad_name, conv_name in pads:
-        conv = fused.get_submodule(conv_name)
         amount = fused.get_submodule(pad_name).padding[0]
-        conv.padding = (amount, amount)
-        _replace(fused, pad_name, nn.Identity().train(fused.get_submodule(pad_name).training))
+        fused.get_submodule(conv_name).padding = (amount, amount)
+    for name in [norm for _, norm in folds] + [pad for pad, _ in pads]:  # folded in: now an identity
+        parent, _, attribute = name.rpartition(".")
+        setattr(
+            fused.get_submodule(parent), attribute, nn.Identity().train(fused.get_submodule(name).training)
+        )
     return fused
 
 

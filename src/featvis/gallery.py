@@ -90,9 +90,9 @@ def write_gallery(
     out = Path(out_dir)  # created by the first file written, so a failed run leaves nothing
     manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"layers": {}}
-    examples = {}
+    examples = {}  # {layer: DatasetExamples}
     if data is not None:
-        found = dataset_examples(
+        examples = dataset_examples(
             model,
             layers,
             data,
@@ -103,7 +103,6 @@ def write_gallery(
             size=examples_size,
             device=kwargs.get("device"),
         )
-        examples = {layer: found[layer] for layer in layers}
     for layer in layers:
         images = visualize_layer(
             model,

@@ -60,6 +60,4 @@ GRAD_MODIFIERS: dict[str, GradModifier] = {
 
 def get(modifier: str | GradModifier | None) -> GradModifier | None:
     """Resolve a name or callable to a grad modifier (None means none)."""
-    if modifier is None or (callable(modifier) and not isinstance(modifier, str)):
-        return modifier
     return choose("grad_modifier", modifier, GRAD_MODIFIERS)

@@ -14,7 +14,7 @@ from pathlib import Path
 import tempfile
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 import torch
 import torch.nn.functional as F
 
@@ -73,8 +73,7 @@ def to_unit_tensor(
             raise FeatvisValueError(f"{argument}={str(path)!r}: no such file")
         try:
             with Image.open(path) as pil:
-                image = pil.convert("RGB" if channels in (None, 3) else "L")
-                image.load()
+                image = pil.convert("RGB" if channels in (None, 3) else "L")  # a loaded copy: the file closes
         except OSError as err:
             raise FeatvisValueError(f"{argument}={str(path)!r} is not a readable image: {err}") from err
     if isinstance(image, Image.Image):
@@ -82,26 +81,16 @@ def to_unit_tensor(
         tensor = torch.from_numpy(array)
         tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
         return tensor.contiguous()
+    tensor = _real_tensor(image, argument, "a path, PIL image, numpy array or tensor")
     if isinstance(image, np.ndarray):
-        if image.dtype == object or not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-            raise bad_type(argument, image, f"a real numeric array (got dtype {image.dtype})")
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         if (
             tensor.ndim in (3, 4)
             and (channels is None or tensor.shape[-1] == channels)
             and tensor.shape[-3] != channels
         ):
             tensor = tensor.movedim(-1, -3)
-    elif isinstance(image, torch.Tensor):
-        if image.is_complex() or not (
-            image.is_floating_point() or image.dtype in (torch.uint8, torch.int32, torch.int64)
-        ):
-            raise bad_type(argument, image, f"a real tensor (got {image.dtype})")
-        tensor = image.detach().float().cpu()
-        if tensor.ndim == 3 and _is_hwc_tensor(tuple(tensor.shape), channels):
-            tensor = tensor.movedim(-1, -3)
-    else:
-        raise bad_type(argument, image, "a path, PIL image, numpy array or tensor")
+    elif tensor.ndim == 3 and _is_hwc_tensor(tuple(tensor.shape), channels):
+        tensor = tensor.movedim(-1, -3)
     grayscale = tensor.ndim == 2
     if tensor.ndim == 2:
         tensor = tensor[None]
@@ -117,13 +106,29 @@ def to_unit_tensor(
         )
     if channels is not None and tensor.shape[1] != channels:
         raise bad_value(argument, f"an image with {tensor.shape[1]} channels", f"{channels} channels")
+    return _scale_to_unit(tensor, input_range, argument, "an image")
+
+
+def _real_tensor(data: object, argument: str, allowed: str) -> torch.Tensor:
+    """A numpy array or tensor of real numbers as a float32 CPU tensor (anything else: `allowed`)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype == object or not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+            raise bad_type(argument, data, f"a real numeric array (got dtype {data.dtype})")
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if not isinstance(data, torch.Tensor):
+        raise bad_type(argument, data, allowed)
+    if data.is_complex() or not (
+        data.is_floating_point() or data.dtype in (torch.uint8, torch.int32, torch.int64)
+    ):
+        raise bad_type(argument, data, f"a real tensor (got {data.dtype})")
+    return data.detach().float().cpu()
+
+
+def _scale_to_unit(tensor: torch.Tensor, input_range, argument: str, what: str) -> torch.Tensor:
+    """`tensor` (finite, `what` says what it is) in `input_range` mapped to [0, 1] (values outside the
+    range are refused); as given for None."""
     if not torch.isfinite(tensor).all():
-        raise bad_value(argument, "an image containing NaN or infinite values", "finite values")
-    return _scale_to_unit(tensor, input_range, argument)
-
-
-def _scale_to_unit(tensor: torch.Tensor, input_range, argument: str) -> torch.Tensor:
-    """`tensor` in `input_range` mapped to [0, 1] (values outside the range are refused); as given for None."""
+        raise bad_value(argument, f"{what} containing NaN or infinite values", "finite values")
     if input_range is None:
         return tensor
     low, high = input_range
@@ -171,16 +176,7 @@ def to_unit_signal(
     if isinstance(data, list | tuple) and data and not isinstance(data[0], numbers.Number):
         return torch.cat([to_unit_signal(d, argument, input_range, channels, spatial_dims) for d in data])
     shape_text = SIGNAL.get(spatial_dims, f"(N, C, {spatial_dims} axes)")
-    if isinstance(data, np.ndarray):
-        if data.dtype == object or not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-            raise bad_type(argument, data, f"a real numeric array (got dtype {data.dtype})")
-        tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-    elif isinstance(data, torch.Tensor):
-        if data.is_complex() or not (data.is_floating_point() or data.dtype in (torch.uint8, torch.int64)):
-            raise bad_type(argument, data, f"a real tensor (got {data.dtype})")
-        tensor = data.detach().float().cpu()
-    else:
-        raise bad_type(argument, data, f"a numpy array or tensor {shape_text}")
+    tensor = _real_tensor(data, argument, f"a numpy array or tensor {shape_text}")
     if tensor.ndim == spatial_dims:
         tensor = tensor[None]
     if tensor.ndim == spatial_dims + 1:
@@ -193,9 +189,7 @@ def to_unit_signal(
         raise bad_value(
             argument, f"an input with {tensor.shape[1]} channels", f"{channels} channels (axis 1)"
         )
-    if not torch.isfinite(tensor).all():
-        raise bad_value(argument, "an input containing NaN or infinite values", "finite values")
-    return _scale_to_unit(tensor, input_range, argument)
+    return _scale_to_unit(tensor, input_range, argument, "an input")
 
 
 def save_signal(
@@ -388,20 +382,15 @@ def stitch_images(
     w = max(i.shape[1] for i in images)
     label_h = 14 if labels else 0
     grid = np.full((rows * (h + margin + label_h) + margin, cols * (w + margin) + margin, 3), 255, np.uint8)
-    for index, img in enumerate(images):
-        r, c = divmod(index, cols)
-        y, x = margin + r * (h + margin + label_h), margin + c * (w + margin)
+    cells = [divmod(index, cols) for index in range(len(images))]
+    corners = [(margin + r * (h + margin + label_h), margin + c * (w + margin)) for r, c in cells]
+    for (y, x), img in zip(corners, images):
         grid[y + label_h : y + label_h + img.shape[0], x : x + img.shape[1]] = img
     if labels:
-        from PIL import ImageDraw
-
         pil = Image.fromarray(grid)
         draw = ImageDraw.Draw(pil)
-        for index, label in enumerate(labels[: len(images)]):
-            r, c = divmod(index, cols)
-            draw.text(
-                (margin + c * (w + margin), margin + r * (h + margin + label_h)), str(label), fill=(0, 0, 0)
-            )
+        for (y, x), label in zip(corners, labels):
+            draw.text((x, y), str(label), fill=(0, 0, 0))
         grid = np.asarray(pil)
     return grid
 

