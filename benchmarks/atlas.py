@@ -4,7 +4,7 @@ Run: python benchmarks/atlas.py [--device cuda] [--layers _conv_stem _blocks.5 _
      [--units 8] [--batch-size N] [--steps 128]
 
 For each sampled layer (a spread over the depth) it makes `--units` units with
-`featvis.atlas` at the default settings (128 steps x 4 views, 128 px) into a fresh
+`featvis.atlas` at the default settings (128 one-view steps, 128 px) into a fresh
 folder and times them; the whole Lite0 atlas (4,120 units: stem, 16 blocks, head,
 classifier) is extrapolated from the per-unit time of the sampled layer nearest in
 estimated cost (multiply-accumulates up to the layer, as the atlas's shards use).

@@ -12,7 +12,7 @@ Run: python benchmarks/speed.py [--quick] [--device cuda] [--autocast bf16] [--c
 4. a whole layer: all 112 channels of `_blocks.10`, 32 steps each, 224 px, wall time
    for the naive loop and for featvis, and featvis's peak memory;
 5. quality: the activation reached by batched and one-at-a-time images (8 units,
-   32 steps of featvis's default 4 views: the images users get).
+   32 steps at featvis's default views per step: the images users get).
 
 Prints JSON with every figure and a short table.
 """
@@ -172,7 +172,7 @@ def main() -> None:
     naive_per_step = naive_time / (len(naive_units) * STEPS)
     naive_layer = naive_per_step * len(units) * STEPS
 
-    # quality: the default 4 views per step (what users get), 32 steps, batched and one by one
+    # quality: the default views per step (what users get), 32 steps, batched and one by one
     quality_units = units[:8]
     quality_kwargs = {**kwargs, "views": featvis.Settings.views}
     batched = featvis.visualize_layer(model, LAYER, quality_units, batch_size=batch, **quality_kwargs)
