@@ -213,6 +213,28 @@ def test_dataset_examples_on_every_card_are_the_images_that_drive_the_unit_most(
         featvis.atlas(model, tmp_path, ["0", "2"], data=data, examples=5, **options)
 
 
+def test_an_atlas_of_a_token_layer_has_one_card_per_feature_with_its_examples(tmp_path):
+    from toy_models import TinyViT
+
+    torch.manual_seed(0)
+    vit = TinyViT(dim=8, depth=1).eval()  # blocks.0.mlp.0: Linear(8, 16) on (N, 17 tokens, 8)
+    before = snapshot(vit)
+    data = torch.rand(7, 1, 16, 16)
+    options = dict(size=16, max_iter=2, views=1, input_range=(0.0, 1.0), channels=1, progress=False)
+    featvis.atlas(vit, tmp_path, ["blocks.0.mlp.0"], data=data, examples=2, **options)
+    assert_untouched(vit, before)
+    assert json.loads((tmp_path / "atlas.json").read_text())["layers"] == {"blocks.0.mlp.0": 16}
+    assert _index_units(tmp_path) == [("blocks.0.mlp.0", u) for u in range(16)]  # features, not 17 tokens
+    expected = featvis.dataset_examples(vit, "blocks.0.mlp.0", data, k=2, input_range=(0.0, 1.0), channels=1)
+    for unit in (0, 15):
+        record = json.loads((tmp_path / f"units/blocks.0.mlp.0/unit_{unit:05d}.examples.json").read_text())
+        assert record["values"] == pytest.approx(expected.values[unit].tolist(), rel=1e-5)
+    featvis.atlas(vit, tmp_path / "tokens", ["blocks.0.mlp.0"], unit_axis=1, token=None, **options)
+    assert len(_index_units(tmp_path / "tokens")) == 17  # unit_axis=1: the tokens, on request
+    with pytest.raises(featvis.FeatvisValueError, match="unit_axis"):
+        featvis.atlas(vit, tmp_path / "bad", ["blocks.0.mlp.0"], unit_axis=0, **options)
+
+
 def test_merged_shares_give_the_examples_of_one_pass():
     from torch.utils.data import DistributedSampler
 

@@ -381,3 +381,43 @@ def test_lite0_top_egyptian_cat_among_the_photos_is_the_cat():
     assert rf.stride == (16, 16) and rf.size == (339, 339)
     top, left, bottom, right = ex["_blocks.10"].boxes(0)[0]
     assert ex["_blocks.10"].images(0)[0].shape == (bottom - top, right - left, 3)
+
+
+def test_examples_of_a_vit_mlp_neuron_are_ranked_on_the_feature_axis():
+    from toy_models import digits_data, train_digits_vit
+
+    vit = train_digits_vit(seed=0, epochs=1)
+    images, _ = digits_data(16)
+    images = images[:300]
+    layer, units = "blocks.1.mlp.0", [5, 60]  # Linear(48, 96) on (N, 17 tokens, 48)
+    store = {}
+    hook = vit.blocks[1].mlp[0].register_forward_hook(lambda module, inputs, output: store.update(out=output))
+    with torch.no_grad():
+        vit(images)
+    hook.remove()
+    neurons = store["out"][:, :, units]  # brute force: (images, tokens, the two neurons)
+    before = snapshot(vit)
+    settings = dict(k=6, input_range=(0.0, 1.0), channels=1)
+    for reduce, token, expected in (
+        ("max", None, neurons.amax(1)),
+        ("mean", None, neurons.mean(1)),
+        ("max", 0, neurons[:, 0]),  # the class token
+    ):
+        ex = featvis.dataset_examples(vit, layer, images, units, reduce=reduce, token=token, **settings)
+        for row in range(len(units)):
+            top = expected[:, row].topk(6)
+            np.testing.assert_array_equal(ex.indices[row], top.indices.numpy())
+            np.testing.assert_allclose(ex.values[row], top.values.numpy(), rtol=1e-4, atol=1e-5)
+            assert ex.images(units[row])[0].shape == (16, 16, 1)  # token units: whole images
+    assert_untouched(vit, before)
+    every = featvis.dataset_examples(vit, layer, images[:20], **settings)
+    assert every.units == list(range(96))  # the features, not the 17 tokens
+    tokens = featvis.dataset_examples(vit, layer, images[:20], unit_axis=1, **settings)
+    assert tokens.units == list(range(17))
+    np.testing.assert_allclose(tokens.values[3], store["out"][:20, 3].amax(1).topk(6).values, rtol=1e-4)
+    with pytest.raises(featvis.FeatvisValueError, match=r"token.*\[0, 16\]"):
+        featvis.dataset_examples(vit, layer, images[:4], token=17, **settings)
+    with pytest.raises(featvis.FeatvisValueError, match="unit_axis"):
+        featvis.dataset_examples(vit, layer, images[:4], unit_axis=3, **settings)
+    with pytest.raises(featvis.FeatvisTypeError, match="token"):
+        featvis.dataset_examples(vit, layer, images[:4], token="cls", **settings)

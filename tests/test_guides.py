@@ -1,4 +1,4 @@
-"""The migration guide runs as written, and every keras-vis public name it promises exists and is documented."""
+"""The migration guides run as written, and every keras-vis public name they promise exists and is documented."""
 
 import inspect
 from pathlib import Path
@@ -12,6 +12,7 @@ import featvis
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "from-keras-vis.md"
+LUCENT_GUIDE = ROOT / "docs" / "from-lucent.md"
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -19,20 +20,40 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
+def run_guide(path: Path) -> dict:
+    """Run every ```python block of `path` in order in one namespace; the namespace."""
+    namespace: dict = {}
+    for number, code in enumerate(python_blocks(path), 1):
+        try:
+            exec(compile(code, f"{path.name} block {number}", "exec"), namespace)
+        except Exception as err:  # name the block that failed
+            raise AssertionError(f"block {number} of {path.name} failed: {err!r}\n{code}") from err
+    return namespace
+
+
 def test_every_block_of_the_keras_vis_guide_runs_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    blocks = python_blocks(GUIDE)
-    assert len(blocks) >= 10
-    for number, code in enumerate(blocks, 1):
-        try:
-            exec(compile(code, f"{GUIDE.name} block {number}", "exec"), namespace)
-        except Exception as err:  # name the block that failed
-            raise AssertionError(f"block {number} of {GUIDE.name} failed: {err!r}\n{code}") from err
+    assert len(python_blocks(GUIDE)) >= 10
+    run_guide(GUIDE)
     out = capsys.readouterr().out
     assert "units [0] on axis 1 (10 units)" in out  # verbose=True says where the units lie
     assert re.search(r"step 1: ActivationMaximization=\S+, TotalVariation=\S+, total=", out)  # Print
     assert (tmp_path / "opt_progress.gif").exists() and (tmp_path / "conv2_filters.png").exists()
+
+
+def test_every_block_of_the_lucent_guide_runs_in_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert len(python_blocks(LUCENT_GUIDE)) >= 10
+    namespace = run_guide(LUCENT_GUIDE)
+    out = capsys.readouterr().out
+    assert "units [3] on axis 1 (16 units)" in out and "step 8/8" in out  # verbose=True
+    assert (tmp_path / "conv2_3.png").exists() and (tmp_path / "conv2_3_diverse.png").exists()
+    # the transforms and the diversity term change the images (the same seed otherwise)
+    assert not np.array_equal(namespace["lucent_like"], namespace["no_transforms"])
+    plain = featvis.visualize_activation_with_losses(
+        namespace["model"], namespace["channel"]("conv2", 3), batch_size=4, **namespace["SMALL"]
+    )
+    assert not np.allclose(namespace["batch"], plain, atol=1e-3)
 
 
 KERAS_VIS_NAMES = [

@@ -45,6 +45,7 @@ from .dataset_examples import dataset_examples, dataset_fingerprint, merge_examp
 from .datasource import ImageSource, image_source
 from .errors import FeatvisValueError, bad_type, check_int
 from .image import atomic_write, save_image, stitch_images, to_array, to_pil
+from .losses import check_token, check_unit_axis
 from .optimizer import Settings
 from .prepared import CONVENTIONS, PreparedModel, image_size
 from .targets import LayerSpec
@@ -197,6 +198,8 @@ def atlas(
     progress: bool | None = None,
     data: object = None,
     examples: int = 9,
+    unit_axis: int | None = None,
+    token: int | None = None,
     **options,
 ) -> Path:
     """Visualize every unit of `layers` (default `default_layers`; ``all_convolutions=True``: every conv
@@ -218,14 +221,21 @@ def atlas(
     its card: one pass over the data, split over the ranks by a ``DistributedSampler``,
     the per-rank top-k merged with a collective (`merge_examples`).
 
+    Units lie on each layer's unit axis (a conv's channels, the features of a transformer's
+    (N, tokens, features) outputs), averaged over the tokens when optimized and ranked by
+    their maximum over the tokens for the examples (whole images); `unit_axis` and
+    ``token`` (e.g. ``token=0``, the class token) choose as in `featvis.visualize_activation`.
+
     Example:
         >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
+        >>> featvis.atlas(vit, "vit-site/", ["encoder.layers.encoder_layer_5.mlp.0"], data="photos/")
     """
     if not isinstance(model, nn.Module):
         raise bad_type("model", model, "a torch.nn.Module")
     out = Path(out)
     shape = image_size(size)
     check_int("seed", seed, 0)
+    axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
@@ -243,8 +253,12 @@ def atlas(
             if batch_size is None:
                 batch_size = 32 if prepared.device.type == "cuda" else 4
             check_int("batch_size", batch_size, 1)
-            counts = {name: prepared.unit_count(layer, shape) for name, layer in zip(names, chosen)}
+            counts = {
+                name: prepared.unit_count(layer, shape, axis["unit_axis"])
+                for name, layer in zip(names, chosen)
+            }
             manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
+            manifest["settings"].update({k: v for k, v in axis.items() if v is not None})
             source = None
             if data is not None:
                 check_int("examples", examples, 1)
@@ -261,13 +275,22 @@ def atlas(
                 _check_manifest(out, manifest, False, write=False)
             if source is not None:
                 _write_examples(
-                    model, prepared, out, counts, data, source, examples, rank, world_size, progress
+                    model, prepared, out, counts, data, source, examples, rank, world_size, progress, axis
                 )
             work = plan(counts, layer_costs(prepared, names, shape), batch_size)
             mine = shard(work, world_size)[rank]
             started_at = time.perf_counter()
             done_before = _run_share(
-                prepared, settings, out, [work[i] for i in mine], shape, seed, rank, world_size, progress
+                prepared,
+                settings,
+                out,
+                [work[i] for i in mine],
+                shape,
+                seed,
+                rank,
+                world_size,
+                progress,
+                axis,
             )
             _barrier(world_size)
             if rank == 0:
@@ -281,7 +304,7 @@ def atlas(
     return out / "index.html"
 
 
-def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress) -> None:
+def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress, axis) -> None:
     """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them.
 
     Every rank reads its share of the data (a DistributedSampler over `source`, the data's
@@ -309,6 +332,7 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
         device=prepared.device,
         progress=bool(progress) and rank == 0,
         sampler=sampler,
+        **axis,
     )
     shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
     gathered = [shares]
@@ -402,7 +426,7 @@ def _check_manifest(out: Path, manifest: dict, restart: bool, *, write: bool) ->
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
 
 
-def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, progress) -> int:
+def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, progress, axis) -> int:
     """Optimize this rank's batches, skipping those already written; returns how many units were skipped."""
     quiet = dataclasses.replace(settings, progress=False)
     total = sum(int(c) for c in json.loads((out / MANIFEST).read_text())["layers"].values())
@@ -425,10 +449,11 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
             size=shape,
             seed=seed,
             return_result=True,
+            **axis,
             **{k: v for k, v in quiet.__dict__.items()},
         )
         images = to_array(result.images, prepared.input_range)
-        reached = activations_reached(prepared, batch.layer, list(batch.units), images)
+        reached = activations_reached(prepared, batch.layer, list(batch.units), images, **axis)
         for stem, unit, image, value in zip(stems, batch.units, images, reached):
             save_image(image, stem.with_suffix(".png"))
             save_image(_thumbnail(image), stem.with_name(stem.name + ".thumb.png"))

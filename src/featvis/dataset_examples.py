@@ -11,6 +11,13 @@ measured on the real network, from the support of the gradient of the unit at a
 position with respect to the input (once per model, layer and input size).
 Dense units show the whole image.
 
+Units lie on the layer's unit axis, as everywhere in featvis: axis 1 of a conv, the
+features (last axis) of a transformer's (N, tokens, features) outputs (`unit_axis`
+overrides it). Token units rank images by their maximum over the tokens (``reduce="mean"``:
+their mean over the tokens, as `visualize_activation` optimizes them), or by one token's value
+with ``token=`` (``token=0``: a ViT's class token); their examples are whole images, since
+after self-attention every token sees the whole image.
+
 Example:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> ex = featvis.dataset_examples(lite0.model, "_blocks.10", "photos/", k=9, preprocess=lite0.preprocess)
@@ -43,7 +50,7 @@ from tqdm.auto import tqdm
 from .datasource import DataSummary, ImageSource, array_item, collate, image_source
 from .errors import FeatvisValueError, bad_type, bad_value, check_int
 from .image import atomic_write, check_range
-from .losses import layer_key
+from .losses import check_token, check_unit_axis, layer_key, resolve_axis
 from .prepared import PreparedModel, prepare
 from .targets import FeatvisWarning, LayerSpec, resolve_device
 
@@ -93,10 +100,17 @@ class _LayerReader(contextlib.AbstractContextManager):
     """
 
     def __init__(
-        self, prepared: PreparedModel, owned: bool, layers: Sequence[LayerSpec], example: torch.Tensor
+        self,
+        prepared: PreparedModel,
+        owned: bool,
+        layers: Sequence[LayerSpec],
+        example: torch.Tensor,
+        unit_axis: int | None = None,
+        token: int | None = None,
     ):
         self.prepared, self._owned = prepared, owned
         self.model = prepared.model
+        self.layers, self.unit_axis, self.token = list(layers), unit_axis, token
         try:
             prepared.probe_input(example)
             resolved = prepared.resolve_all(layers)
@@ -112,14 +126,33 @@ class _LayerReader(contextlib.AbstractContextManager):
         return [t.name if t.call == 0 else t.key for t in self.targets]
 
     def read(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's output (channels-first) for model input `x`; the forward stops after the deepest."""
+        """Each layer's output (units on axis 1) for model input `x`; the forward stops after the deepest."""
         outputs = self._capture.run(self.model, x)
-        return [outputs[t.key] for t in self.targets]
+        return [self.units_first(outputs[t.key], i) for i, t in enumerate(self.targets)]
 
     def read_one(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Layer `index`'s output alone: the forward stops right after it (other layers need not run)."""
         target = self.targets[index]
-        return self.prepared.capture([target]).run(self.model, x)[target.key]
+        return self.units_first(self.prepared.capture([target]).run(self.model, x)[target.key], index)
+
+    def units_first(self, out: torch.Tensor, index: int) -> torch.Tensor:
+        """Layer `index`'s output with its units on axis 1 (its unit axis or `unit_axis`), then
+        (N, units, positions...) or, with `token`, (N, units) at that token (position)."""
+        if out.ndim == 1:
+            return out
+        layer = self.layers[index]
+        out = out.movedim(resolve_axis(out, self.unit_axis, self.targets[index], layer), 1)
+        if self.token is None:
+            return out
+        positions = out.flatten(2)
+        if out.ndim == 2 or not -positions.shape[2] <= self.token < positions.shape[2]:
+            allowed = (
+                f"None: layer {layer!r} has one value per unit (no tokens or positions)"
+                if out.ndim == 2
+                else f"a token (position) index in [0, {positions.shape[2] - 1}] of layer {layer!r}"
+            )
+            raise bad_value("token", self.token, allowed)
+        return positions[:, :, self.token]
 
     def __exit__(self, *exc) -> None:
         if self._owned:
@@ -488,6 +521,8 @@ def dataset_examples(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
     sampler: Sampler | None = None,
+    unit_axis: int | None = None,
+    token: int | None = None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
@@ -501,6 +536,12 @@ def dataset_examples(
     is `size` (default 224) and center-cropped to a square; unreadable files are
     skipped and counted, and a `SkippedImagesWarning` lists them at the end.
     Conv units are ranked by their spatial maximum (``reduce="mean"``: the mean).
+
+    Units lie on each layer's unit axis (as in `visualize_activation`: a conv's axis 1, the
+    last axis of a transformer's (N, tokens, features) outputs; `unit_axis` overrides it).
+    Token units are ranked by their maximum (or mean) over the tokens, or at one
+    ``token`` (``token=0``: a ViT's class token); their examples are whole images (after
+    self-attention a token's receptive field is the whole image).
 
     A list of layers costs one pass and returns ``{layer: DatasetExamples}``.
     Ctrl-C returns what was seen so far (``interrupted=True``). With
@@ -516,6 +557,9 @@ def dataset_examples(
         >>> ex = dataset_examples(lite0.model, "_fc", "photos/", k=4, preprocess=lite0.preprocess)
         >>> ex.sources(285)[0]
         'photos/cat.jpg'
+        >>> vit_ex = dataset_examples(vit, "encoder.layers.encoder_layer_5.mlp.0", "photos/", units=[7])
+        >>> vit_ex.values.shape                    # neuron 7 of the MLP (features axis), top 9
+        (1, 9)
     """
     if not isinstance(model, nn.Module):
         raise bad_type("model", model, "a torch.nn.Module")
@@ -531,6 +575,8 @@ def dataset_examples(
         check_int("size", size, 1)
     if num_workers is not None:
         check_int("num_workers", num_workers, 0)
+    unit_axis = check_unit_axis(unit_axis)
+    token = check_token(token)
     if reduce not in REDUCTIONS:
         raise bad_value("reduce", reduce, "'max' (the unit's spatial maximum) or 'mean'")
     if units is not None:
@@ -561,6 +607,8 @@ def dataset_examples(
         "units": units,
         "k": k,
         "reduce": reduce,
+        "unit_axis": unit_axis,
+        "token": token,
         "size": size,
         "channels": channels,
         "input_range": list(input_range),
@@ -657,7 +705,7 @@ def dataset_examples(
                 with torch.no_grad():
                     x = to_model(images)  # outside inference mode: a preprocess may cache tensors
                 if reader is None:
-                    reader = _LayerReader(*prepare(model, **conventions), layers, x[:1])
+                    reader = _LayerReader(*prepare(model, **conventions), layers, x[:1], unit_axis, token)
                     input_size = tuple(images.shape[-2:])
                 with torch.inference_mode():
                     outputs = reader.read(x)
@@ -690,7 +738,7 @@ def dataset_examples(
             example = _first_image(source, own_loader, channels, target_device)
             with torch.no_grad():
                 x = to_model(example)
-            reader = _LayerReader(*prepare(model, **conventions), layers, x)
+            reader = _LayerReader(*prepare(model, **conventions), layers, x, unit_axis, token)
             input_size = tuple(state["input_size"])
             with torch.inference_mode():
                 outputs = reader.read(x)
