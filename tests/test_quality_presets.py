@@ -10,6 +10,7 @@ import featvis
 from featvis.cli import main
 from featvis.errors import FeatvisTypeError, FeatvisValueError
 from featvis.optimizer import QUALITY, Settings, warmup_cosine_lr
+from featvis.params import CoarseToFineImage, FourierImage
 
 from conftest import assert_untouched, snapshot
 
@@ -103,3 +104,63 @@ def test_an_unknown_schedule_is_refused_naming_the_choices(tiny, schedule):
     with pytest.raises((FeatvisValueError, FeatvisTypeError), match="lr_schedule"):
         featvis.visualize_activation(tiny, "fc", 1, lr_schedule=schedule, size=32, input_range=(0, 1))
     assert_untouched(tiny, before)
+
+
+def test_coarse_to_fine_moves_only_low_frequencies_first_then_all_of_them():
+    param = CoarseToFineImage(1, 3, (32, 32), opening=0.5, start=0.1)
+    moved = []
+    for step in (0, 8, 16):  # of 32 steps: closed, half open, open
+        param.at_step(step, 32)
+        param.spectrum.grad = None
+        param().sum().backward()
+        moved.append(param.spectrum.grad.abs().sum(-1)[0, 0] > 0)  # per frequency
+    low, high = moved[0][0, 1], moved[0][16, 16]  # the lowest frequencies, the highest
+    assert low and not high
+    assert moved[0].float().mean() < moved[1].float().mean() < moved[2].float().mean() == 1.0
+
+
+def test_coarse_to_fine_keeps_a_given_start_image_whole_and_draws_as_fourier():
+    seed_image = torch.rand(1, 3, 32, 32) * 0.8 + 0.1
+    ctf, plain = (
+        CoarseToFineImage(1, 3, (32, 32), init=seed_image),
+        FourierImage(1, 3, (32, 32), init=seed_image),
+    )
+    ctf.at_step(0, 128)  # only the lowest frequencies move, but every one is in the image
+    torch.testing.assert_close(ctf(), plain(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ctf(), seed_image, atol=1e-4, rtol=0)
+
+
+def test_every_step_tells_the_parameterization_where_it_is(tiny):
+    seen: list[tuple[int, int]] = []
+
+    class Told(FourierImage):
+        def at_step(self, step, steps):
+            seen.append((step, steps))
+
+    featvis.visualize_activation(tiny, "fc", 1, method=Told, max_iter=5, size=32, input_range=(0, 1), seed=0)
+    assert seen == [(step, 5) for step in range(5)]
+
+
+def test_betas_reach_adam_and_best_is_the_old_default(tiny, monkeypatch):
+    made: list[tuple] = []
+    real = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *a, **k: made.append(k["betas"]) or real(*a, **k))
+    options = dict(size=32, input_range=(0, 1), seed=0, max_iter=3, progress=False)
+    featvis.visualize_activation(tiny, "fc", 1, **options)
+    featvis.visualize_activation(tiny, "fc", 1, quality="best", **options)
+    featvis.visualize_activation(tiny, "fc", 1, betas=(0.5, 0.9), **options)
+    assert made == [(0.3, 0.999), (0.9, 0.999), (0.5, 0.9)]
+
+
+@pytest.mark.parametrize("betas", [(1.0, 0.999), (0.3,), "fast", (0.3, -0.1), (0.3, float("nan"))])
+def test_bad_betas_are_refused_by_name_and_the_model_is_untouched(tiny, betas):
+    before = snapshot(tiny)
+    with pytest.raises((FeatvisValueError, FeatvisTypeError), match="betas"):
+        featvis.visualize_activation(tiny, "fc", 1, betas=betas, size=32, input_range=(0, 1))
+    assert_untouched(tiny, before)
+
+
+@pytest.mark.parametrize("option", [dict(opening=-0.5), dict(start="low"), dict(opening=float("inf"))])
+def test_bad_coarse_to_fine_options_are_refused_by_name(option):
+    with pytest.raises((FeatvisValueError, FeatvisTypeError), match=next(iter(option))):
+        CoarseToFineImage(1, 3, (32, 32), **option)
