@@ -279,8 +279,9 @@ def _ablated_scorer(
     acts: torch.Tensor,
     batch_size,
 ):
-    """(index, scale (K, C)) -> K scores of image `index` with `layer`'s output replaced by its
-    activations `acts[index]` scaled channel-wise by each row of `scale`.
+    """(index, scale (K, C), fill=None) -> K scores of image `index` with `layer`'s output replaced
+    by its activations `acts[index]` scaled channel-wise by each row of `scale`, plus
+    ``(1 - scale) * fill`` when `fill` (C,) is given.
 
     What comes after the layer runs on the K replacements at full size. The layers before it
     only have to run, so they run as cheaply as reproduces the model's own scores (checked once,
@@ -312,10 +313,14 @@ def _ablated_scorer(
             return None
         return (inputs[0][:1], *inputs[1:])
 
-    def run(index: int, scale: torch.Tensor, how: tuple[str, tuple[int, int] | None]) -> torch.Tensor:
+    def run(
+        index: int, scale: torch.Tensor, how: tuple[str, tuple[int, int] | None], fill=None
+    ) -> torch.Tensor:
         rows_mode, size = how
         image = images[index : index + 1]
         replacement = acts[index : index + 1] * scale[:, :, None, None]
+        if fill is not None:  # the ablated part takes the value `fill` instead of 0
+            replacement = replacement + (1 - scale[:, :, None, None]) * fill.view(1, -1, 1, 1)
         if capture.channels_last:
             replacement = replacement.movedim(1, -1)
         k = len(scale)
@@ -356,14 +361,15 @@ def _ablated_scorer(
                     return rows_mode, size
         return full
 
-    def score_ablated(index: int, scale: torch.Tensor) -> torch.Tensor:
+    def score_ablated(index: int, scale: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
         handles = [module.register_forward_hook(hook)]
         handles += [leaf.register_forward_pre_hook(first_row) for leaf in leaves]
         try:
             with torch.no_grad():
                 if "how" not in chosen:
                     chosen["how"] = choose(index, scale.shape[1], scale.device)
-                return torch.cat([run(index, chunk, chosen["how"]) for chunk in scale.split(batch_size)])
+                chunks = scale.split(batch_size)
+                return torch.cat([run(index, chunk, chosen["how"], fill) for chunk in chunks])
         finally:
             for handle in handles:
                 handle.remove()

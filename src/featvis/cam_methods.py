@@ -36,16 +36,16 @@ class CamContext:
     score per row (the quantity the map explains, with each image's own units when the loss
     gives each image its own, as `UnitPerImage` does), without gradients;
     ``score(index, masks=masks)`` the same with the model input multiplied by `masks`
-    (R, 1, H, W). ``score_ablated(index, scale)`` runs image `index` with the layer's output
-    multiplied channel-wise by each row of `scale` (K, C) and returns K scores. Both run at
-    most `batch_size` rows per forward.
+    (R, 1, H, W). ``score_ablated(index, scale, fill=None)`` runs image `index` with the layer's
+    output multiplied channel-wise by each row of `scale` (K, C), the removed part replaced by
+    `fill` (C,) when given, and returns K scores. Both run at most `batch_size` rows per forward.
     """
 
     activations: torch.Tensor
     gradients: torch.Tensor | None
     images: torch.Tensor
     score: Callable[..., torch.Tensor]
-    score_ablated: Callable[[int, torch.Tensor], torch.Tensor]
+    score_ablated: Callable[..., torch.Tensor]
     batch_size: int
 
 
@@ -139,15 +139,18 @@ def _scorecam(ctx: CamContext) -> torch.Tensor:
 
 def _ablationcam(ctx: CamContext) -> torch.Tensor:
     """Ablation-CAM (Desai and Ramaswamy 2020): channel k weighted by the score's relative drop,
-    (y - y_k) / y, when channel k of the layer is zeroed; the rest of the network runs once per
-    chunk of channels, from the layer's output on. Each image's unablated score y comes from the
-    same runs (one more row in its first chunk)."""
+    (y - y_k) / y, when channel k of the layer is switched off: set to its lowest level, 0 for a
+    channel that never goes below 0 in the image (a ReLU output: the paper's zeroing) and its
+    minimum over the image otherwise (a batch-norm output, where 0 is the channel's average level,
+    not its absence). The rest of the network runs once per chunk of channels, from the layer's
+    output on; each image's unablated score y comes from the same runs (one more row)."""
     acts = ctx.activations
     n, c = acts.shape[:2]
     weights = torch.empty(n, c, device=acts.device)
     scales = torch.cat([torch.ones(1, c, device=acts.device), 1 - torch.eye(c, device=acts.device)])
+    lowest = acts.amin(dim=_space(acts)).clamp(max=0)  # (N, C): each channel's "off" level
     for i in range(n):
-        scores = ctx.score_ablated(i, scales).float().to(acts.device)
+        scores = ctx.score_ablated(i, scales, lowest[i]).float().to(acts.device)
         base, ablated = scores[0], scores[1:]
         weights[i] = (base - ablated) / torch.where(base != 0, base, torch.ones_like(base))
     return F.relu((_per_channel(weights, acts) * acts).sum(1))
