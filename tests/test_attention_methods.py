@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import featvis
 from featvis.attention import CAM_METHODS
-from featvis.cam_methods import hirescam, layercam, xgradcam
+from featvis.cam_methods import gradcam_plus_plus, hirescam, layercam, xgradcam
 from featvis.losses import ActivationMaximization
 from featvis.zoo import Normalize
 
@@ -47,6 +47,26 @@ def test_gradient_cams_equal_their_formulas():
     torch.testing.assert_close(xgradcam(acts, grads), F.relu((weights * acts).sum(1)), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layercam(acts, grads), F.relu((grads.clamp(min=0) * acts).sum(1)))
     torch.testing.assert_close(hirescam(acts, grads), F.relu((grads * acts).sum(1)))
+
+
+def test_gradcam_plus_plus_is_the_papers_formula_where_its_denominator_is_positive():
+    """On non-negative activations (the paper's setting) alpha = g^2 / (2 g^2 + sum(A) g^3), also for
+    gradients so small that 2 g^2 is far below pytorch-grad-cam's 1e-6; on signed activations the
+    positions where 2 + sum(A) g <= 0 (negative or unbounded alpha) get alpha 0."""
+    g = torch.Generator().manual_seed(1)
+    acts = torch.rand(2, 5, 4, 4, generator=g, dtype=torch.float64)
+    grads = torch.randn(2, 5, 4, 4, generator=g, dtype=torch.float64) * 1e-5
+    total = acts.sum((2, 3), keepdim=True)
+    alphas = grads**2 / (2 * grads**2 + total * grads**3)
+    weights = (alphas * grads.clamp(min=0)).sum((2, 3), keepdim=True)
+    torch.testing.assert_close(gradcam_plus_plus(acts, grads), F.relu((weights * acts).sum(1)))
+    signed = acts - 0.6  # channel sums about -1.6; with gradients near 1, 2 + sum(A) g changes sign
+    grads = torch.rand(2, 5, 4, 4, generator=g, dtype=torch.float64) * 2
+    denominator = 2 + signed.sum((2, 3), keepdim=True) * grads
+    assert (denominator <= 0).any() and (denominator > 0).any()
+    alphas = torch.where(denominator > 0, 1 / denominator, 0)
+    weights = (alphas * grads).sum((2, 3), keepdim=True)
+    torch.testing.assert_close(gradcam_plus_plus(signed, grads), F.relu((weights * signed).sum(1)))
 
 
 def _act2_and_logit(model, x):

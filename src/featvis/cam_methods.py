@@ -81,11 +81,22 @@ def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha from the gradient's powers."""
-    g2, g3 = gradients**2, gradients**3
-    denominator = 2 * g2 + activations.sum(dim=_space(activations), keepdim=True) * g3
-    alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    weights = (alphas * F.relu(gradients)).sum(dim=_space(activations), keepdim=True)
+    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha = g^2 / (2 g^2 + sum(A) g^3)
+    = 1 / (2 + sum(A) g) (for g != 0; the same value, without g^3 underflowing), summed over the
+    positions with g > 0.
+
+    Where 2 + sum(A) g <= 0 alpha is 0: the formula assumes non-negative activations (a ReLU
+    output, where the denominator is positive wherever g > 0); on signed layers (a batch-norm
+    output with a negative sum) it would give negative or unbounded weights. pytorch-grad-cam
+    adds 1e-6 to the denominator instead, which changes alpha wherever 2 g^2 is near 1e-6 or
+    below (small gradients, early layers) and leaves the negative ones."""
+    space = _space(activations)
+    total = activations.sum(dim=space, keepdim=True)
+    denominator = 2 + total * gradients
+    alphas = torch.where(
+        (gradients != 0) & (denominator > 0), 1 / torch.where(denominator > 0, denominator, 1), 0
+    )
+    weights = (alphas * F.relu(gradients)).sum(dim=space, keepdim=True)
     return F.relu((weights * activations).sum(1))
 
 
