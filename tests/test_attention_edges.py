@@ -66,6 +66,51 @@ def test_ablation_cam_is_its_definition_when_the_layers_after_also_read_the_laye
         np.testing.assert_allclose(got, _normalized(expected), atol=1e-4)
 
 
+class SignedLayer(nn.Module):
+    """stem -> norm (a batch norm: signed values, 0 is a channel's average, not its absence) ->
+    head -> ReLU -> fc; a channel of `norm` whose minimum is above 0 too (the +3 shift)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 6, 1)
+        self.fc = nn.Linear(6, 3)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-0.5, 0.5)
+            self.norm.bias.copy_(torch.tensor([0.0, 0.5, -0.5, 3.0]))
+
+    def forward(self, x):
+        return self.after(self.norm(self.stem(x)))
+
+    def after(self, acts):
+        return self.fc(F.relu(self.head(acts)).mean(dim=(2, 3)))
+
+
+def test_ablation_cam_switches_a_signed_channel_off_at_its_minimum_and_a_positive_one_at_zero():
+    """Channel k ablated = set to min(0, its minimum over the image) everywhere: 0 for a channel that
+    never goes below 0 (a ReLU output: the paper's zeroing), its lowest value for a signed one."""
+    model = SignedLayer().eval()
+    image = np.random.default_rng(3).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    with torch.no_grad():
+        acts = model.norm(model.stem(torch.from_numpy(image).permute(2, 0, 1)[None]))
+        lows = acts[0].amin(dim=(1, 2))
+        assert (lows < 0).any() and (lows > 0).any()  # both kinds of channel
+        y = model.after(acts)[0, 2]
+        drops = []
+        for k in range(acts.shape[1]):
+            ablated = acts.clone()
+            ablated[:, k] = min(0.0, float(lows[k]))
+            drops.append((y - model.after(ablated)[0, 2]) / y)
+        expected = F.relu((torch.stack(drops)[:, None, None] * acts[0]).sum(0))
+    assert expected.max() > expected.min()
+    got = featvis.visualize_cam(
+        model, "fc", 2, image, method="ablationcam", penultimate_layer="norm", **UNIT
+    )[0]
+    np.testing.assert_allclose(got, _normalized(expected), atol=1e-4)
+
+
 def test_grad_cam_and_ablation_cam_at_each_call_of_a_module_called_twice(shared_net):
     """`act#0` is the first call of the shared ReLU: its own output, the score's gradient there, and
     the score with one of its channels zeroed while the second call runs as it is."""

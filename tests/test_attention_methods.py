@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import featvis
 from featvis.attention import CAM_METHODS
-from featvis.cam_methods import hirescam, layercam, xgradcam
+from featvis.cam_methods import gradcam_plus_plus, hirescam, layercam, xgradcam
 from featvis.losses import ActivationMaximization
 from featvis.zoo import Normalize
 
@@ -47,6 +47,26 @@ def test_gradient_cams_equal_their_formulas():
     torch.testing.assert_close(xgradcam(acts, grads), F.relu((weights * acts).sum(1)), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layercam(acts, grads), F.relu((grads.clamp(min=0) * acts).sum(1)))
     torch.testing.assert_close(hirescam(acts, grads), F.relu((grads * acts).sum(1)))
+
+
+def test_gradcam_plus_plus_is_the_papers_formula_where_its_denominator_is_positive():
+    """On non-negative activations (the paper's setting) alpha = g^2 / (2 g^2 + sum(A) g^3), also for
+    gradients so small that 2 g^2 is far below pytorch-grad-cam's 1e-6; on signed activations the
+    positions where 2 + sum(A) g <= 0 (negative or unbounded alpha) get alpha 0."""
+    g = torch.Generator().manual_seed(1)
+    acts = torch.rand(2, 5, 4, 4, generator=g, dtype=torch.float64)
+    grads = torch.randn(2, 5, 4, 4, generator=g, dtype=torch.float64) * 1e-5
+    total = acts.sum((2, 3), keepdim=True)
+    alphas = grads**2 / (2 * grads**2 + total * grads**3)
+    weights = (alphas * grads.clamp(min=0)).sum((2, 3), keepdim=True)
+    torch.testing.assert_close(gradcam_plus_plus(acts, grads), F.relu((weights * acts).sum(1)))
+    signed = acts - 0.6  # channel sums about -1.6; with gradients near 1, 2 + sum(A) g changes sign
+    grads = torch.rand(2, 5, 4, 4, generator=g, dtype=torch.float64) * 2
+    denominator = 2 + signed.sum((2, 3), keepdim=True) * grads
+    assert (denominator <= 0).any() and (denominator > 0).any()
+    alphas = torch.where(denominator > 0, 1 / denominator, 0)
+    weights = (alphas * grads).sum((2, 3), keepdim=True)
+    torch.testing.assert_close(gradcam_plus_plus(signed, grads), F.relu((weights * signed).sum(1)))
 
 
 def _act2_and_logit(model, x):
@@ -90,6 +110,70 @@ def test_eigencam_is_the_first_principal_component_with_the_activations_sign():
     other_class = featvis.visualize_cam(model, "fc", 7, image, method="eigencam", penultimate_layer="act2")[0]
     np.testing.assert_allclose(cam, other_class)  # class-agnostic
     assert cam.shape == (32, 32)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (2, 4)])  # 1024 positions for 16 channels, and 8 for 16
+def test_eigencam_equals_the_svds_first_principal_component(size):
+    """Eigen-CAM takes the first principal component from the smaller Gram matrix: the map must be
+    the projection on the SVD's first right singular vector (positions as samples, channels
+    centered), oriented with the activations' norm, ReLU, resized, scaled to [0, 1]."""
+    model = make_tiny()
+    images = np.random.default_rng(3).uniform(0, 255, (2, *size, 3)).astype(np.float32)
+    got = featvis.visualize_cam(model, "fc", 3, images, method="eigencam", penultimate_layer="act2")
+    with torch.no_grad():
+        acts, _ = _act2_and_logit(model, torch.from_numpy(images).permute(0, 3, 1, 2))
+    for image_acts, cam in zip(acts.numpy().astype(np.float64), got):
+        flat = image_acts.reshape(len(image_acts), -1).T  # (positions, channels)
+        centered = flat - flat.mean(0)
+        projection = centered @ np.linalg.svd(centered, full_matrices=False)[2][0]
+        energy = np.linalg.norm(flat, axis=1)
+        projection *= np.sign(((projection - projection.mean()) * (energy - energy.mean())).sum())
+        expected = torch.from_numpy(np.maximum(projection, 0).reshape(image_acts.shape[1:])).float()
+        up = F.interpolate(expected[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        up = ((up - up.min()) / (up.max() - up.min())).numpy()
+        np.testing.assert_allclose(cam, up, atol=1e-4)
+
+
+class _ConvBatchNorm(torch.nn.Module):
+    """Convolutions followed by batch norms with non-trivial statistics (what the fused copy folds)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16, 10)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_vanilla_saliency_is_the_input_gradient_through_the_fused_copy_or_the_model(monkeypatch):
+    """A call too small to pay for the fused copy runs the model as it is; a larger one the fused
+    copy (batch norms folded). Both give |d score / d input|, max over channels."""
+    model = _ConvBatchNorm().eval()
+    images = _images(3, seed=2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).requires_grad_(True)
+    model(x)[:, 4].sum().backward()
+    expected = x.grad.abs().amax(1)
+    flat = expected.flatten(1)
+    low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    expected = ((expected - low) / (high - low)).numpy()
+    model.zero_grad(set_to_none=True)
+    before = snapshot(model)
+    for pixels in (10**9, 0):  # the model as it is, then the fused copy
+        monkeypatch.setattr(featvis.attention, "FUSED_VANILLA_PIXELS", pixels)
+        got = featvis.visualize_saliency(model, "fc", 4, images, percentile=None)
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"threshold {pixels}")
+        assert_untouched(model, before)
 
 
 def test_integrated_gradients_is_complete_within_one_percent_at_64_steps():

@@ -36,16 +36,16 @@ class CamContext:
     score per row (the quantity the map explains, with each image's own units when the loss
     gives each image its own, as `UnitPerImage` does), without gradients;
     ``score(index, masks=masks)`` the same with the model input multiplied by `masks`
-    (R, 1, H, W). ``score_ablated(index, scale)`` runs image `index` with the layer's output
-    multiplied channel-wise by each row of `scale` (K, C) and returns K scores. Both run at
-    most `batch_size` rows per forward.
+    (R, 1, H, W). ``score_ablated(index, scale, fill=None)`` runs image `index` with the layer's
+    output multiplied channel-wise by each row of `scale` (K, C), the removed part replaced by
+    `fill` (C,) when given, and returns K scores. Both run at most `batch_size` rows per forward.
     """
 
     activations: torch.Tensor
     gradients: torch.Tensor | None
     images: torch.Tensor
     score: Callable[..., torch.Tensor]
-    score_ablated: Callable[[int, torch.Tensor], torch.Tensor]
+    score_ablated: Callable[..., torch.Tensor]
     batch_size: int
 
 
@@ -81,11 +81,22 @@ def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha from the gradient's powers."""
-    g2, g3 = gradients**2, gradients**3
-    denominator = 2 * g2 + activations.sum(dim=_space(activations), keepdim=True) * g3
-    alphas = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    weights = (alphas * F.relu(gradients)).sum(dim=_space(activations), keepdim=True)
+    """Grad-CAM++ (Chattopadhyay et al.): per-position weights alpha = g^2 / (2 g^2 + sum(A) g^3)
+    = 1 / (2 + sum(A) g) (for g != 0; the same value, without g^3 underflowing), summed over the
+    positions with g > 0.
+
+    Where 2 + sum(A) g <= 0 alpha is 0: the formula assumes non-negative activations (a ReLU
+    output, where the denominator is positive wherever g > 0); on signed layers (a batch-norm
+    output with a negative sum) it would give negative or unbounded weights. pytorch-grad-cam
+    adds 1e-6 to the denominator instead, which changes alpha wherever 2 g^2 is near 1e-6 or
+    below (small gradients, early layers) and leaves the negative ones."""
+    space = _space(activations)
+    total = activations.sum(dim=space, keepdim=True)
+    denominator = 2 + total * gradients
+    alphas = torch.where(
+        (gradients != 0) & (denominator > 0), 1 / torch.where(denominator > 0, denominator, 1), 0
+    )
+    weights = (alphas * F.relu(gradients)).sum(dim=space, keepdim=True)
     return F.relu((weights * activations).sum(1))
 
 
@@ -139,34 +150,47 @@ def _scorecam(ctx: CamContext) -> torch.Tensor:
 
 def _ablationcam(ctx: CamContext) -> torch.Tensor:
     """Ablation-CAM (Desai and Ramaswamy 2020): channel k weighted by the score's relative drop,
-    (y - y_k) / y, when channel k of the layer is zeroed; the rest of the network runs once per
-    chunk of channels, from the layer's output on."""
+    (y - y_k) / y, when channel k of the layer is switched off: set to its lowest level, 0 for a
+    channel that never goes below 0 in the image (a ReLU output: the paper's zeroing) and its
+    minimum over the image otherwise (a batch-norm output, where 0 is the channel's average level,
+    not its absence). The rest of the network runs once per chunk of channels, from the layer's
+    output on; each image's unablated score y comes from the same runs (one more row)."""
     acts = ctx.activations
     n, c = acts.shape[:2]
     weights = torch.empty(n, c, device=acts.device)
-    eye = torch.eye(c, device=acts.device)
-    bases = ctx.score(torch.arange(n, device=ctx.images.device)).float().to(acts.device)
+    scales = torch.cat([torch.ones(1, c, device=acts.device), 1 - torch.eye(c, device=acts.device)])
+    lowest = acts.amin(dim=_space(acts)).clamp(max=0)  # (N, C): each channel's "off" level
     for i in range(n):
-        base = bases[i]
-        for start in range(0, c, ctx.batch_size):
-            scale = 1 - eye[start : start + ctx.batch_size]
-            ablated = ctx.score_ablated(i, scale).float().to(acts.device)
-            weights[i, start : start + len(scale)] = (base - ablated) / torch.where(
-                base != 0, base, torch.ones_like(base)
-            )
+        scores = ctx.score_ablated(i, scales, lowest[i]).float().to(acts.device)
+        base, ablated = scores[0], scores[1:]
+        weights[i] = (base - ablated) / torch.where(base != 0, base, torch.ones_like(base))
     return F.relu((_per_channel(weights, acts) * acts).sum(1))
+
+
+def _first_component(centered: torch.Tensor) -> torch.Tensor:
+    """Each (P, C) matrix of `centered` (N, P, C) projected on its first right singular vector:
+    (N, P), sign arbitrary. The eigenvector of the top eigenvalue of the smaller Gram matrix
+    (C x C, or P x P: then u * sigma), in float64: the same component as an SVD at a fraction
+    of its cost (a 40 x 40 eigenproblem instead of the SVD of a 784 x 40 matrix)."""
+    x = centered.double()
+    if x.shape[1] < x.shape[2]:
+        values, vectors = torch.linalg.eigh(x @ x.transpose(1, 2))
+        return (vectors[..., -1] * values[..., -1:].clamp(min=0).sqrt()).to(centered.dtype)
+    _, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)
+    return (x @ vectors[..., -1:])[..., 0].to(centered.dtype)
 
 
 def _eigencam(ctx: CamContext) -> torch.Tensor:
     """Eigen-CAM (Muhammad and Yeasin 2020): the activations projected on their first principal
-    component (class-agnostic, no gradient). The component's sign is chosen so the map grows
-    with the activations' norm at each position (pytorch-grad-cam leaves it to the SVD)."""
+    component (class-agnostic, no gradient), the positions as samples and the channels as
+    features, centered per channel, as pytorch-grad-cam does. The component's sign is chosen so
+    the map grows with the activations' norm at each position (pytorch-grad-cam keeps the sign
+    its SVD returns, which inverts the map on some images)."""
     acts = ctx.activations
     n = acts.shape[0]
     flat = acts.flatten(2).transpose(1, 2)  # (N, hw, C)
     centered = flat - flat.mean(1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-    projection = (centered @ vh[:, 0, :, None])[..., 0]  # (N, hw)
+    projection = _first_component(centered)  # (N, hw)
     energy = flat.norm(dim=2)
     energy = energy - energy.mean(1, keepdim=True)
     sign = torch.sign(((projection - projection.mean(1, keepdim=True)) * energy).sum(1, keepdim=True))
