@@ -394,3 +394,25 @@ def test_help_documents_channels_and_output_folders(command):
     assert "must exist" in text
     if command in ("saliency", "cam"):
         assert "shorter side" in text and "photo's own size" in text
+
+
+def test_cam_passes_its_seed_on(chelsea, monkeypatch):
+    from featvis import attention
+
+    seeds: list = []
+    original = attention.visualize_cam
+    monkeypatch.setattr(
+        attention, "visualize_cam", lambda *a, **kw: seeds.append(kw.get("seed")) or original(*a, **kw)
+    )
+    args = ["cam", "--model", "conftest:make_tiny", "--preprocess", "none", "--layer", "fc", "--filter", "1"]
+    main([*args, "--image", str(chelsea), "--size", "32", "--aug-smooth", "--seed", "7", "--out", "c.png"])
+    assert seeds == [7]
+
+
+def test_a_bad_unit_list_of_examples_is_refused_naming_units(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "photos" / "a.png")
+    args = ["examples", "--model", "conftest:make_tiny", "--preprocess", "none", "--layer", "conv2"]
+    code, err = run([*args, "--data", "photos", "--units", "1,x", "--out", "site"], capsys)
+    assert "--units" in one_error_line(code, err)

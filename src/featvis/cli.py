@@ -598,7 +598,7 @@ def examples(
         list(layers),
         data,
         out,
-        units=parse_filters(units, None),
+        units=parse_filters(units, None, "--units"),
         k=k,
         reduce=reduce,
         size=size,
@@ -710,7 +710,7 @@ def cam(
     photo, image = _photo_and_model_image(image_path, size, common.channels)
     loaded, api = common.load()
     cam_of = attention.visualize_guided_cam if guided else attention.visualize_cam
-    options = {} if guided else {"method": method, "aug_smooth": aug_smooth}
+    options = {} if guided else {"method": method, "aug_smooth": aug_smooth, "seed": common.seed}
     heatmap = cam_of(loaded.model, layer, indices, image, penultimate_layer=penultimate, **options, **api)[0]
     _attention_output(photo, heatmap, out, overlay_it)
     if show_metrics:
