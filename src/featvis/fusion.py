@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import LayerNotFoundError, ModelError
-from .targets import Capture, ModelGuard, Probe, Target, is_keras
+from .targets import Capture, ModelGuard, Probe, StopForward, Target, forward_hooks, is_keras
 
 
 def _has_hooks(model: nn.Module, ignore: Collection[int] = ()) -> bool:
@@ -43,10 +43,6 @@ def _has_hooks(model: nn.Module, ignore: Collection[int] = ()) -> bool:
         for table in tables
         for key in (getattr(module, table, None) or {})
     )
-
-
-class _PastTargets(Exception):
-    """Stops the pair-finding pass once the kept modules have run."""
 
 
 def _find_pairs(
@@ -72,7 +68,7 @@ def _find_pairs(
         if name in remaining:
             remaining[name] -= 1
             if not any(count > 0 for count in remaining.values()):
-                raise _PastTargets
+                raise StopForward
         if not foldable(name) or not isinstance(output, torch.Tensor):
             return
         if isinstance(module, nn.ZeroPad2d) and len(set(module.padding)) == 1:
@@ -102,15 +98,8 @@ def _find_pairs(
             ):
                 folds.append((conv_name, name))
 
-    handles = [module.register_forward_hook(hook) for module in names]
-    try:
-        with torch.no_grad():
-            model(example)
-    except _PastTargets:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks(names, hook), torch.no_grad():
+        model(example)
     return folds, pads
 
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 import inspect
-import numbers
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import FeatvisValueError, bad_type, bad_value, close_matches
+from .errors import FeatvisValueError, bad_type, bad_value, close_matches, is_int
 from .image import check_range
 
 
@@ -66,7 +65,7 @@ class Optimized:
             isinstance(shape, str)
             or not isinstance(shape, Sequence)
             or not shape
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
+            or not all(is_int(s) and s >= 1 for s in shape)
         ):
             raise bad_type("shape", shape, "a tuple of ints >= 1: one example's shape, no batch axis")
         object.__setattr__(self, "shape", tuple(int(s) for s in shape))
@@ -245,11 +244,7 @@ def _kind(value: object) -> str:
 
 
 def _is_shape(value: object) -> bool:
-    return (
-        isinstance(value, tuple | torch.Size)
-        and bool(value)
-        and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in value)
-    )
+    return isinstance(value, tuple | torch.Size) and bool(value) and all(map(is_int, value))
 
 
 def _fixed_value(name: str, value: object) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import fusion, targets
-from .errors import bad_type, bad_value, check_int
+from .errors import bad_type, bad_value, check_int, is_int
 from .image import check_range
 from .inputs import ModelInputs
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -306,16 +306,12 @@ class PreparedModel:
 
         images = self.random_images(size)
         self.probe(images)
-        handles = [
-            targets.module_by_name(self.model, targets.split_call(label)[0]).register_forward_hook(count)
+        leaves = [
+            targets.module_by_name(self.model, targets.split_call(label)[0])
             for label in dict.fromkeys(self.seen.order)
         ]
-        try:
-            with torch.no_grad():
-                targets.run_model(self.model, self.model_input(images), self.inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with targets.forward_hooks(leaves, count), torch.no_grad():
+            targets.run_model(self.model, self.model_input(images), self.inputs)
         return total
 
 
@@ -362,22 +358,15 @@ def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> t
         >>> input_size(128, 1), input_size((16, 32, 32), 3)
         ((128,), (16, 32, 32))
     """
-    import numbers
-
     shapes = {1: "(length,)", 2: "(height, width)", 3: "(depth, height, width)"}
     wanted = f"an int or {shapes.get(spatial_dims, f'{spatial_dims} ints')} of ints"
-    if isinstance(size, bool):
-        raise bad_type(argument, size, wanted)
-    if isinstance(size, numbers.Integral):
+    if is_int(size):
         size = (int(size),) * spatial_dims
-    if (
-        not isinstance(size, Sequence)
-        or isinstance(size, str)
-        or len(size) != spatial_dims
-        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
-    ):
-        if isinstance(size, Sequence) and not isinstance(size, str) and len(size) != spatial_dims:
-            raise bad_value(argument, size, f"{wanted}: the model takes {spatial_dims}-D input")
+    if not isinstance(size, Sequence) or isinstance(size, str):
+        raise bad_type(argument, size, wanted)
+    if len(size) != spatial_dims:
+        raise bad_value(argument, size, f"{wanted}: the model takes {spatial_dims}-D input")
+    if not all(map(is_int, size)):
         raise bad_type(argument, size, wanted)
     if min(size) < 1:
         raise bad_value(argument, size, "sizes >= 1")
@@ -385,19 +374,5 @@ def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> t
 
 
 def image_size(size: object, argument: str = "size") -> tuple[int, int]:
-    """An int or (height, width) of ints >= 1, as a pair."""
-    import numbers
-
-    if isinstance(size, bool):
-        raise bad_type(argument, size, "an int or (height, width)")
-    if isinstance(size, numbers.Integral):
-        size = (int(size), int(size))
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
-    ):
-        raise bad_type(argument, size, "an int or (height, width) of ints")
-    if min(size) < 1:
-        raise bad_value(argument, size, "sizes >= 1")
-    return int(size[0]), int(size[1])
+    """An int or (height, width) of ints >= 1, as a pair: `input_size` for images."""
+    return input_size(size, 2, argument)

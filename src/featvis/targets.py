@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -188,8 +188,27 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 MODEL_HINT = "check model, preprocess, input_range, channels and size"
 
 
-class _StopForward(Exception):
-    """Raised by a capture hook once every target has run."""
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early, once every output it wants has run."""
+
+
+@contextlib.contextmanager
+def forward_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None]:
+    """`hook` as a forward hook on each of `modules` for the block, removed however it ends;
+    a `StopForward` raised in the block ends it quietly.
+
+    Example:
+        >>> with forward_hooks([model.fc], lambda module, inputs, output: print(output.shape)):
+        ...     model(x)
+    """
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 _SOFTMAXES = {
@@ -385,8 +404,6 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
     calls: dict[str, int] = {}
     softmax_outputs: set[str] = set()
     recorder = SoftmaxRecorder()
-    handles = []
-
     events = []
 
     def hook(module, inputs, output):
@@ -401,11 +418,10 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
 
+    # TorchScript takes no Python hooks
+    hooked = [module for module in names if not isinstance(module, torch.jit.ScriptModule)]
     try:
-        for module in names:
-            if not isinstance(module, torch.jit.ScriptModule):  # TorchScript takes no Python hooks
-                handles.append(module.register_forward_hook(hook))
-        with torch.no_grad(), recorder:
+        with forward_hooks(hooked, hook), torch.no_grad(), recorder:
             run_model(model, example, inputs)
     except FeatvisError:
         raise
@@ -418,9 +434,6 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
                 "check model, inputs, preprocess, input_range, channels and size",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
-    finally:
-        for handle in handles:
-            handle.remove()
     order = [name if calls[name] == 1 else f"{name}#{call}" for name, call in leaf_calls]
     return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs, events=events)
 
@@ -575,7 +588,7 @@ class Capture:
             self.raw_outputs[key] = output
             self.outputs[key] = output.movedim(-1, 1) if self.channels_last and output.ndim >= 3 else output
             if len(self.outputs) == len(self._wanted):  # stop the forward pass here
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -588,7 +601,7 @@ class Capture:
         try:
             with mode:
                 run_model(model, x, self.inputs)
-        except _StopForward:
+        except StopForward:
             pass
         except FeatvisError:
             raise
