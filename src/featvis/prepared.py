@@ -235,10 +235,6 @@ class PreparedModel:
     def _pre_softmax(self, wanted: Iterable[Target]) -> set[str]:
         return {t.key for t in wanted} & self.seen.softmax_outputs
 
-    def spatial_layer_before(self, layer: LayerSpec) -> str | None:
-        """The last layer call with an (N, C, H, W) output, H*W > 1, before `layer` finishes."""
-        return self.seen.spatial_layer_before(self.resolve(layer))
-
     # -- running ----------------------------------------------------------------------------
     def capture(self, wanted: Sequence[Target]) -> Capture:
         """Hooks on the model itself that collect `wanted`'s outputs and stop the pass after them (cached)."""

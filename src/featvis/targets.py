@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 import contextlib
 from dataclasses import dataclass, field
+import itertools
 from typing import TYPE_CHECKING
 import warnings
 
@@ -114,10 +115,8 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first floating-point parameter or buffer (float32 for none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 def infer_channels(model: nn.Module, index: int = 0) -> int:
@@ -129,15 +128,10 @@ def infer_channels(model: nn.Module, index: int = 0) -> int:
         1
     """
     if is_keras(model):
-        inputs = getattr(model, "inputs", None) or []
-        shape = getattr(inputs[index], "shape", None) if len(inputs) > index else None
-        if shape and shape[-1] is not None:
-            return int(shape[-1])
-        return 3
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return int(module.in_channels)
-    return 3
+        shape = _keras_input_shape(model, index)
+        return int(shape[-1]) if shape and shape[-1] is not None else 3
+    conv = _first_conv(model)
+    return 3 if conv is None else int(conv.in_channels)
 
 
 def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
@@ -150,24 +144,25 @@ def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
         1
     """
     if is_keras(model):
-        inputs = getattr(model, "inputs", None) or []
-        shape = getattr(inputs[index], "shape", None) if len(inputs) > index else None
+        shape = _keras_input_shape(model, index)
         return max(1, len(shape) - 2) if shape else 2
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
-                return 1
-            return 3 if isinstance(module, nn.Conv3d | nn.ConvTranspose3d) else 2
-    return 2
+    conv = _first_conv(model)
+    return 2 if conv is None else len(conv.kernel_size)
+
+
+def _keras_input_shape(model: nn.Module, index: int) -> tuple | None:
+    inputs = getattr(model, "inputs", None) or []
+    return getattr(inputs[index], "shape", None) if len(inputs) > index else None
+
+
+def _first_conv(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
 
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.device for t in tensors), torch.device("cpu"))
 
 
 def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
@@ -293,12 +288,9 @@ class Probe:
     softmax_outputs: set[str]
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
 
-    def shape_of(self, name: str, call: int) -> tuple[int, ...] | None:
-        """The output shape (channels-first for Keras) of call `call` of module `name`, if a tensor."""
-        for event_name, event_call, shape, _ in self.events:
-            if event_name == name and event_call == call:
-                return shape
-        return None
+    def _end(self, name: str, call: int) -> int | None:
+        """The index of the event of call `call` of module `name` (None when it never ran)."""
+        return next((i for i, (n, c, _, _) in enumerate(self.events) if n == name and c == call), None)
 
     def unit_axis(self, name: str, call: int, *, names_to_modules: dict[str, nn.Module]) -> int:
         """The axis of the units of a layer's output: its features, not its tokens or positions.
@@ -313,10 +305,7 @@ class Probe:
             >>> prepared.seen.unit_axis("encoder.layers.encoder_layer_5.mlp.0", 0, names_to_modules=...)
             -1
         """
-        end = next(
-            (i for i, (n, c, _, _) in enumerate(self.events) if n == name and c == call),
-            None,
-        )
+        end = self._end(name, call)
         if end is None:
             return 1
         shape = self.events[end][2]
@@ -332,23 +321,12 @@ class Probe:
     def leaf_outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
         """('name#call', output shape) of the leaf calls with a tensor output before `target`
         finished, last first."""
-        ends = [
-            i
-            for i, (name, call, _, _) in enumerate(self.events)
-            if name == target.name and call == target.call
-        ]
+        end = self._end(target.name, target.call)
         return [
             (f"{name}#{call}", shape)
-            for name, call, shape, leaf in reversed(self.events[: ends[0]] if ends else [])
+            for name, call, shape, leaf in reversed(self.events[:end] if end is not None else [])
             if leaf and shape is not None
         ]
-
-    def spatial_layer_before(self, target: Target) -> str | None:
-        """The last leaf call before `target` finished whose output is (N, C, H, W) with H*W > 1."""
-        for label, shape in self.leaf_outputs_before(target):
-            if len(shape) == 4 and shape[2] * shape[3] > 1:
-                return label
-        return None
 
 
 _CHANNELS_FIRST = (
