@@ -249,16 +249,13 @@ def _is_shape(value: object) -> bool:
 
 def _fixed_value(name: str, value: object) -> torch.Tensor:
     """A fixed input as a tensor of one example (batch axis 1)."""
+    allowed = "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
     if isinstance(value, str | bytes) or value is None:
-        raise bad_type(
-            f"inputs[{name!r}]", value, "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
-        )
+        raise bad_type(f"inputs[{name!r}]", value, allowed)
     try:
         tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError) as err:
-        raise bad_type(
-            f"inputs[{name!r}]", value, "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
-        ) from err
+        raise bad_type(f"inputs[{name!r}]", value, allowed) from err
     if tensor.ndim == 0 or tensor.shape[0] != 1:
         raise bad_value(
             f"inputs[{name!r}]",

@@ -159,10 +159,8 @@ def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
 
 
 def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:
-    for name, weight in (
-        ("act_max_weight", act_max_weight),
-        ("tv_weight", tv_weight),
-        ("lp_norm_weight", lp_norm_weight),
+    for name, weight in zip(
+        ("act_max_weight", "tv_weight", "lp_norm_weight"), (act_max_weight, tv_weight, lp_norm_weight)
     ):
         check_number(name, weight, minimum=0)
     return WeightedSum(
@@ -330,14 +328,11 @@ def activations_reached(
     """
     prepared, owned = prepare(model, **conventions)
     try:
-        if prepared.spatial_dims == 2:
-            batch = to_unit_tensor(np.asarray(images), "images", prepared.input_range, prepared.channels)
-        else:
-            batch = prepared.load_images(np.asarray(images), "images")
+        batch = prepared.load_images(np.asarray(images), "images")
         units = list(units)
         if len(units) != batch.shape[0]:
             raise bad_value("units", units, f"one unit per image ({batch.shape[0]})")
-        out = prepared.layer_output(layer, batch.to(prepared.device))
+        out = prepared.layer_output(layer, batch)
         target = prepared.resolve(layer)
         loss = UnitPerImage(layer, units, unit_axis=unit_axis, token=token)
         ctx = LossContext(
