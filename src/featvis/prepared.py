@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import contextlib
 import warnings
 
 import numpy as np
@@ -160,14 +161,13 @@ class PreparedModel:
 
         if self.spatial_dims != 2:
             loaded = to_unit_signal(images, argument, self.input_range, self.channels, self.spatial_dims)
-            return loaded.to(self.device)
-
-        if isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
+        elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
                 raise bad_value(argument, images, "at least one image")
-            loaded = [to_unit_tensor(i, argument, self.input_range, self.channels) for i in images]
-            return torch.cat(loaded).to(self.device)
-        return to_unit_tensor(images, argument, self.input_range, self.channels).to(self.device)
+            loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
+        else:
+            loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
+        return loaded.to(self.device)
 
     def default_size(self) -> tuple[int, ...]:
         """The input size used when none is given: 224 x 224 images, 128-sample signals, 32^3 volumes."""
@@ -302,10 +302,8 @@ class PreparedModel:
 
         images = self.random_images(size)
         self.probe(images)
-        leaves = [
-            targets.module_by_name(self.model, targets.split_call(label)[0])
-            for label in dict.fromkeys(self.seen.order)
-        ]
+        by_name = {name: module for module, name in self.seen_modules().items()}
+        leaves = [by_name[targets.split_call(label)[0]] for label in dict.fromkeys(self.seen.order)]
         with targets.forward_hooks(leaves, count), torch.no_grad():
             targets.run_model(self.model, self.model_input(images), self.inputs)
         return total
@@ -327,15 +325,34 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
     return PreparedModel(model, **conventions), True
 
 
+@contextlib.contextmanager
+def preparing(model: nn.Module | PreparedModel, **conventions) -> Iterator[PreparedModel]:
+    """`prepare` for the length of a block: a `PreparedModel` made here is closed when it ends.
+
+    Example:
+        >>> with preparing(model, input_range=(0, 255)) as prepared:
+        ...     out = prepared.layer_output("fc", images)
+    """
+    prepared, owned = prepare(model, **conventions)
+    try:
+        yield prepared
+    finally:
+        if owned:
+            prepared.close()
+
+
 _WARNED_UNSCALED: set[str] = set()
 
 
 def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
     """Warn once per model class when it is fed raw 0-255 values with no preprocess (a common mix-up)."""
     kind = type(model).__qualname__
-    if input_range is None:
-        return
-    if preprocess is None and input_range[1] - input_range[0] > 2 and kind not in _WARNED_UNSCALED:
+    if (
+        input_range is not None
+        and preprocess is None
+        and input_range[1] - input_range[0] > 2
+        and kind not in _WARNED_UNSCALED
+    ):
         _WARNED_UNSCALED.add(kind)
         warnings.warn(
             f"{type(model).__name__} is fed raw values in input_range={tuple(input_range)} with no "

@@ -255,11 +255,6 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
     return names
 
 
-def module_by_name(model: nn.Module, name: str) -> nn.Module:
-    """The module `module_names` calls `name`."""
-    return {n: module for module, n in module_names(model).items()}[name]
-
-
 def _is_leaf(model: nn.Module, module: nn.Module) -> bool:
     if is_keras(model):
         return module is not model
@@ -561,7 +556,7 @@ class Capture:
                     f"layer={name!r} outputs {type(output).__name__}, not a tensor; "
                     "choose a layer that outputs one tensor"
                 )
-            if key in self.pre_softmax and self.recorder is not None:
+            if key in self.pre_softmax:  # then recorder is set
                 output = self.recorder.pre_softmax(output)
             self.raw_outputs[key] = output
             self.outputs[key] = output.movedim(-1, 1) if self.channels_last and output.ndim >= 3 else output

@@ -34,7 +34,7 @@ from .losses import (
 )
 from .optimizer import Result, Settings, optimize
 from .params import make_parameterization
-from .prepared import CONVENTIONS, PreparedModel, input_size, prepare
+from .prepared import CONVENTIONS, PreparedModel, input_size, preparing
 from .regularizers import LpNorm, TotalVariation
 from .rng import Streams, derive_key, fresh_seed
 from .targets import LayerSpec
@@ -85,14 +85,10 @@ def visualize_activation_with_losses(
     seed = _seed(seed)
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
-    prepared, owned = prepare(model, **conventions)
-    prepared.require_input_range("activation maximization")
-    try:
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("activation maximization")
         keys = [derive_key(seed, "image", index) for index in range(batch_size)]
         return _run(prepared, loss, settings, keys, seed, seed_input, size, return_result)
-    finally:
-        if owned:
-            prepared.close()
 
 
 def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) -> np.ndarray | Result:
@@ -261,9 +257,8 @@ def visualize_layer(
         raise bad_type("units", units, "a list of unit indices or None")
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
-    prepared, owned = prepare(model, **conventions)
-    prepared.require_input_range("activation maximization")
-    try:
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("activation maximization")
         shape = size_of(prepared, size)
         prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
@@ -284,9 +279,6 @@ def visualize_layer(
             results.append(_run(prepared, loss, quiet, keys, seed, None, shape, True))
             if results[-1].interrupted:  # Ctrl-C: keep what is done, start no further batch
                 break
-    finally:
-        if owned:
-            prepared.close()
     images = torch.cat([r.images for r in results])
     if return_result:
         return Result(images=images, interrupted=results[-1].interrupted, seed=seed)
@@ -326,8 +318,7 @@ def activations_reached(
     Example:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
     """
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         batch = prepared.load_images(np.asarray(images), "images")
         units = list(units)
         if len(units) != batch.shape[0]:
@@ -339,6 +330,3 @@ def activations_reached(
             images=batch, views=1, activations={target.key: out}, targets={layer_key(layer): target}
         )
         return (-loss(ctx)).cpu().numpy()
-    finally:
-        if owned:
-            prepared.close()
