@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import FeatvisValueError, bad_type, bad_value, close_matches, is_int
 from .image import check_range
+from .targets import is_keras
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ class Optimized:
 def input_names(model: nn.Module) -> tuple[list[str], bool]:
     """The model's input names in forward order (a Keras model's ``model.inputs`` names, else the
     parameters of ``forward``), and whether more may be given by position (``*args``)."""
-    from .targets import is_keras
-
     if is_keras(model):
         return [str(t.name) for t in getattr(model, "inputs", None) or []], False
     try:
@@ -102,8 +101,6 @@ class ModelInputs:
     """
 
     def __init__(self, model: nn.Module, inputs: Mapping[str, object] | Sequence[object]):
-        from .targets import is_keras
-
         self.keras = is_keras(model)
         names, open_ended = input_names(model)
         if isinstance(inputs, Mapping):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+import io
 import math
 import sys
 import warnings
@@ -32,7 +33,9 @@ from .errors import (
     bad_value,
     check_int,
     check_number,
+    close_matches,
 )
+from .image import stitch_images, to_array, to_pil
 from .input_modifiers import InputModifier, apply_modifiers, standard_transforms
 from .losses import Loss, LossContext
 from .params import Parameterization, default_lr, method_factory
@@ -77,10 +80,6 @@ class Result:
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows a result as its images, tiled."""
-        import io
-
-        from .image import stitch_images, to_array, to_pil
-
         frames = list(to_array(self.images, (0, 255)))
         buffer = io.BytesIO()
         to_pil(frames[0] if len(frames) == 1 else stitch_images(frames)).save(buffer, format="PNG")
@@ -168,8 +167,6 @@ class Settings:
             >>> settings.max_iter, settings.views, settings.lr
             (128, 1, 0.03)
         """
-        from .errors import close_matches
-
         names = [*cls.names(), "quality"]
         unknown = [k for k in options if k not in names and k not in allowed]
         if unknown:

@@ -26,8 +26,9 @@ from torch import nn
 
 from . import fusion, targets
 from .errors import bad_type, bad_value, check_int, is_int
-from .image import check_range
+from .image import check_range, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
+from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
 
 CONVENTIONS = ("input_range", "preprocess", "channels", "device", "fuse", "channels_last", "inputs")
@@ -157,8 +158,6 @@ class PreparedModel:
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
         """
-        from .image import to_unit_signal, to_unit_tensor
-
         if self.spatial_dims != 2:
             loaded = to_unit_signal(images, argument, self.input_range, self.channels, self.spatial_dims)
         elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
@@ -224,8 +223,6 @@ class PreparedModel:
 
     def resolve_all(self, specs: Iterable[LayerSpec]) -> dict[object, Target]:
         """{layer key: Target} for the layers a loss reads; warns once about layers read before a softmax."""
-        from .losses import layer_key
-
         resolved = {layer_key(spec): self.resolve(spec) for spec in specs}
         fresh = self._pre_softmax(resolved.values()) - self._warned
         self._warned |= fresh
@@ -284,8 +281,6 @@ class PreparedModel:
             >>> prepared.unit_count("encoder.layers.encoder_layer_5.mlp.0", (224, 224))
             3072
         """
-        from .losses import check_unit_axis, resolve_axis
-
         out = self.layer_output(layer, self.random_images(size))
         if out.ndim == 1:
             return 1
