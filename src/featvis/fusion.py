@@ -137,12 +137,10 @@ def _copy_along(model: nn.Module, names: Collection[str]) -> nn.Module:
         for key, value in module.__dict__.items():
             if "hook" in key and isinstance(value, dict):
                 setattr(new, key, type(value)())
-        new._modules = {
-            child_name: copy_of(child, f"{prefix}.{child_name}" if prefix else child_name)
-            if child is not None and (f"{prefix}.{child_name}" if prefix else child_name) in paths
-            else child
-            for child_name, child in module._modules.items()
-        }
+        new._modules = {}
+        for child_name, child in module._modules.items():
+            path = f"{prefix}.{child_name}" if prefix else child_name
+            new._modules[child_name] = copy_of(child, path) if child is not None and path in paths else child
         return new
 
     return copy_of(model, "")

@@ -324,12 +324,7 @@ class Probe:
         ]
 
 
-_CHANNELS_FIRST = (
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.GroupNorm,
-)
+_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _FEATURE_NORMS = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if c is not None)
 
 
@@ -339,7 +334,7 @@ def _defining_units(module: nn.Module) -> tuple[int, int] | None:
         return int(module.out_channels), 1
     if isinstance(module, nn.GroupNorm):
         return int(module.num_channels), 1
-    if isinstance(module, _CHANNELS_FIRST):
+    if isinstance(module, _CHANNEL_NORMS):
         return int(module.num_features), 1
     if isinstance(module, nn.Linear | nn.Bilinear):
         return int(module.out_features), -1
@@ -359,11 +354,7 @@ def unit_axis_of(shape: Sequence[int], units: int, convention: int) -> int:
     if len(shape) <= 2:
         return 1
     first, last = shape[1] == units, shape[-1] == units
-    if first and not last:
-        return 1
-    if last and not first:
-        return -1
-    return convention
+    return convention if first == last else (1 if first else -1)
 
 
 def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None) -> Probe:
