@@ -416,8 +416,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
     names = module_names(model)
     by_name = {name: module for module, name in names.items()}
     call: int | None = None
-    if isinstance(layer, bool):
-        raise bad_type(argument, layer, "a module name, an int index or a module")
+    if isinstance(layer, bool) or not isinstance(layer, str | int | nn.Module):
+        raise bad_type(argument, layer, "a module name (str), an int index or an nn.Module")
     if isinstance(layer, int) and is_keras(model):
         if not -len(model.layers) <= layer < len(model.layers):
             raise LayerNotFoundError(
@@ -438,17 +438,13 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
                 f"{argument}={type(layer).__name__}(...) is a module that is not part of the model"
             )
         name = names[layer]
-    elif isinstance(layer, str):
+    else:  # a name: by_name holds each module under the name named_modules (or Keras) gives it
         name, call = split_call(layer)
-        modules = by_name if is_keras(model) else dict(model.named_modules())
-        if name not in modules:
+        if name not in by_name:
             raise LayerNotFoundError(
                 f"{argument}={layer!r} is not a module of the model"
-                f"{close_matches(name, [n for n in modules if n])}"
+                f"{close_matches(name, [n for n in by_name if n])}"
             )
-        name = names[modules[name]]
-    else:
-        raise bad_type(argument, layer, "a module name (str), an int index or an nn.Module")
 
     module = by_name[name]
     if isinstance(module, torch.jit.ScriptModule):
