@@ -556,10 +556,9 @@ class Capture:
         """Run the model on `x` and return {target key: output}."""
         self._calls.clear()
         self.outputs, self.raw_outputs = {}, {}
-        mode = self.recorder if self.recorder is not None else contextlib.nullcontext()
         self._active = True
         try:
-            with mode:
+            with self.recorder or contextlib.nullcontext():
                 run_model(model, x, self.inputs)
         except StopForward:
             pass

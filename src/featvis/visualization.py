@@ -43,12 +43,6 @@ DEFAULT_TV_WEIGHT = 1.0
 DEFAULT_SIZE = 224
 
 
-def _seed(seed: int | None) -> int:
-    if seed is None:
-        return fresh_seed()
-    return check_int("seed", seed, 0)
-
-
 def visualize_activation_with_losses(
     model: nn.Module | PreparedModel,
     losses: Loss | Sequence[tuple[Loss, float]],
@@ -82,7 +76,7 @@ def visualize_activation_with_losses(
     """
     loss = as_losses(losses)
     check_int("batch_size", batch_size, 1)
-    seed = _seed(seed)
+    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
     with preparing(model, **conventions) as prepared:
@@ -252,7 +246,7 @@ def visualize_layer(
         >>> images.shape
         (16, 224, 224, 3)
     """
-    seed = _seed(seed)
+    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
         raise bad_type("units", units, "a list of unit indices or None")
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
