@@ -252,24 +252,23 @@ def choose_runner(
         return model, capture, bool(channels_last)
     with torch.no_grad():
         reference = {k: v.clone() for k, v in capture.run(model, check_input).items()}
-    candidates: list[tuple[nn.Module, Capture]] = []
+    candidates: list[tuple[nn.Module, Capture, bool]] = []  # (runner, its capture, channels-last), in order
     if fused is not None:
         moved = [Target(t.name, fused.get_submodule(t.name), t.call) for t in targets]
-        candidates.append((fused, Capture(moved, guard, pre_softmax)))
-    candidates.append((model, capture))
-    for runner, runner_capture in candidates:
-        tries_both = model_automatic if runner is model else automatic
-        for layout in [True, False] if tries_both else [bool(channels_last)]:
-            if runner is model and not layout:
-                return model, capture, False  # the model as it is: nothing to check
-            x = check_input.contiguous(memory_format=torch.channels_last) if layout else check_input
-            try:
-                with torch.no_grad():
-                    outputs = runner_capture.run(runner, x)
-            except (ModelError, LayerNotFoundError):
-                if runner is model and not automatic:
-                    raise  # channels-last input asked for and the model cannot take it
-                continue
-            if relative_difference(reference, outputs) <= tolerance(check_input.device):
-                return runner, runner_capture, layout
-    return model, capture, bool(channels_last) and not automatic
+        fused_capture = Capture(moved, guard, pre_softmax)
+        layouts = [True, False] if automatic else [bool(channels_last)]
+        candidates += [(fused, fused_capture, layout) for layout in layouts]
+    if model_automatic or channels_last:  # the model itself channels-last: worth a try, or asked for
+        candidates.append((model, capture, True))
+    for runner, runner_capture, layout in candidates:
+        x = check_input.contiguous(memory_format=torch.channels_last) if layout else check_input
+        try:
+            with torch.no_grad():
+                outputs = runner_capture.run(runner, x)
+        except (ModelError, LayerNotFoundError):
+            if runner is model and channels_last:
+                raise  # channels-last input asked for and the model cannot take it
+            continue
+        if relative_difference(reference, outputs) <= tolerance(check_input.device):
+            return runner, runner_capture, layout
+    return model, capture, bool(channels_last)
