@@ -175,11 +175,20 @@ class ModelInputs:
         return given
 
     def _check_keras_shapes(self, model: nn.Module) -> None:
+        """Each value's shape against the shape its Keras input declares (None: any size)."""
         declared = {str(t.name): tuple(t.shape) for t in model.inputs}
-        for name, value in self.fixed.items():
-            _check_declared(name, tuple(value.shape), declared[name])
-        for name, spec in self.optimized.items():
-            _check_declared(name, (1, *spec.shape), declared[name])
+        shapes = {name: tuple(value.shape) for name, value in self.fixed.items()}
+        shapes.update({name: (1, *spec.shape) for name, spec in self.optimized.items()})
+        for name, shape in shapes.items():
+            wanted = declared[name]
+            if len(shape) != len(wanted) or any(
+                w is not None and w != s for s, w in zip(shape[1:], wanted[1:])
+            ):
+                raise bad_value(
+                    f"inputs[{name!r}]",
+                    f"shape {shape}",
+                    f"the shape the model's input {name!r} declares, {wanted} (None: any size)",
+                )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the fixed values to the model's device (floating ones to its dtype)."""
@@ -260,13 +269,3 @@ def _fixed_value(name: str, value: object) -> torch.Tensor:
             f"one example with a batch axis of 1, e.g. shape (1, {', '.join(map(str, tensor.shape)) or '...'})",
         )
     return tensor.detach()
-
-
-def _check_declared(name: str, shape: tuple[int, ...], declared: tuple) -> None:
-    """A value's shape against a Keras input's declared shape (None: any size)."""
-    if len(shape) != len(declared) or any(d is not None and d != s for s, d in zip(shape[1:], declared[1:])):
-        raise bad_value(
-            f"inputs[{name!r}]",
-            f"shape {shape}",
-            f"the shape the model's input {name!r} declares, {declared} (None: any size)",
-        )
