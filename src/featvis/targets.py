@@ -364,7 +364,6 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
     feeds a model of several inputs (see `run_model`).
     """
     names = module_names(model)
-    leaf_calls: list[tuple[str, int]] = []
     calls: dict[str, int] = {}
     softmax_outputs: set[str] = set()
     recorder = SoftmaxRecorder()
@@ -374,11 +373,8 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
         name = names[module]
         count = calls.get(name, 0)
         calls[name] = count + 1
-        leaf = _is_leaf(model, module)
-        if leaf:
-            leaf_calls.append((name, count))
         shape = tuple(_channels_first(model, output).shape) if isinstance(output, torch.Tensor) else None
-        events.append((name, count, shape, leaf))
+        events.append((name, count, shape, _is_leaf(model, module)))
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
 
@@ -398,7 +394,7 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
                 "check model, inputs, preprocess, input_range, channels and size",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
-    order = [name if calls[name] == 1 else f"{name}#{call}" for name, call in leaf_calls]
+    order = [name if calls[name] == 1 else f"{name}#{call}" for name, call, _, leaf in events if leaf]
     return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs, events=events)
 
 
