@@ -79,6 +79,11 @@ def choose(argument: str, given: object, table: dict):
     raise bad_value(argument, given, f"one of {', '.join(names)} or a callable{hint}")
 
 
+def is_int(value: object) -> bool:
+    """Whether `value` is an integer (a Python or numpy int), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_int(argument: str, value: object, minimum: int) -> int:
     """An int (not a bool) >= minimum, or the standard error."""
     if isinstance(value, bool) or not isinstance(value, int):

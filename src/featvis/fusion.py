@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import LayerNotFoundError, ModelError
-from .targets import Capture, ModelGuard, Probe, Target, is_keras
+from .targets import Capture, ModelGuard, Probe, StopForward, Target, forward_hooks, is_keras
 
 
 def _has_hooks(model: nn.Module, ignore: Collection[int] = ()) -> bool:
@@ -43,10 +43,6 @@ def _has_hooks(model: nn.Module, ignore: Collection[int] = ()) -> bool:
         for table in tables
         for key in (getattr(module, table, None) or {})
     )
-
-
-class _PastTargets(Exception):
-    """Stops the pair-finding pass once the kept modules have run."""
 
 
 def _find_pairs(
@@ -72,7 +68,7 @@ def _find_pairs(
         if name in remaining:
             remaining[name] -= 1
             if not any(count > 0 for count in remaining.values()):
-                raise _PastTargets
+                raise StopForward
         if not foldable(name) or not isinstance(output, torch.Tensor):
             return
         if isinstance(module, nn.ZeroPad2d) and len(set(module.padding)) == 1:
@@ -102,15 +98,8 @@ def _find_pairs(
             ):
                 folds.append((conv_name, name))
 
-    handles = [module.register_forward_hook(hook) for module in names]
-    try:
-        with torch.no_grad():
-            model(example)
-    except _PastTargets:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks(names, hook), torch.no_grad():
+        model(example)
     return folds, pads
 
 
@@ -148,12 +137,10 @@ def _copy_along(model: nn.Module, names: Collection[str]) -> nn.Module:
         for key, value in module.__dict__.items():
             if "hook" in key and isinstance(value, dict):
                 setattr(new, key, type(value)())
-        new._modules = {
-            child_name: copy_of(child, f"{prefix}.{child_name}" if prefix else child_name)
-            if child is not None and (f"{prefix}.{child_name}" if prefix else child_name) in paths
-            else child
-            for child_name, child in module._modules.items()
-        }
+        new._modules = {}
+        for child_name, child in module._modules.items():
+            path = f"{prefix}.{child_name}" if prefix else child_name
+            new._modules[child_name] = copy_of(child, path) if child is not None and path in paths else child
         return new
 
     return copy_of(model, "")
@@ -265,24 +252,23 @@ def choose_runner(
         return model, capture, bool(channels_last)
     with torch.no_grad():
         reference = {k: v.clone() for k, v in capture.run(model, check_input).items()}
-    candidates: list[tuple[nn.Module, Capture]] = []
+    candidates: list[tuple[nn.Module, Capture, bool]] = []  # (runner, its capture, channels-last), in order
     if fused is not None:
         moved = [Target(t.name, fused.get_submodule(t.name), t.call) for t in targets]
-        candidates.append((fused, Capture(moved, guard, pre_softmax)))
-    candidates.append((model, capture))
-    for runner, runner_capture in candidates:
-        tries_both = model_automatic if runner is model else automatic
-        for layout in [True, False] if tries_both else [bool(channels_last)]:
-            if runner is model and not layout:
-                return model, capture, False  # the model as it is: nothing to check
-            x = check_input.contiguous(memory_format=torch.channels_last) if layout else check_input
-            try:
-                with torch.no_grad():
-                    outputs = runner_capture.run(runner, x)
-            except (ModelError, LayerNotFoundError):
-                if runner is model and not automatic:
-                    raise  # channels-last input asked for and the model cannot take it
-                continue
-            if relative_difference(reference, outputs) <= tolerance(check_input.device):
-                return runner, runner_capture, layout
-    return model, capture, bool(channels_last) and not automatic
+        fused_capture = Capture(moved, guard, pre_softmax)
+        layouts = [True, False] if automatic else [bool(channels_last)]
+        candidates += [(fused, fused_capture, layout) for layout in layouts]
+    if model_automatic or channels_last:  # the model itself channels-last: worth a try, or asked for
+        candidates.append((model, capture, True))
+    for runner, runner_capture, layout in candidates:
+        x = check_input.contiguous(memory_format=torch.channels_last) if layout else check_input
+        try:
+            with torch.no_grad():
+                outputs = runner_capture.run(runner, x)
+        except (ModelError, LayerNotFoundError):
+            if runner is model and channels_last:
+                raise  # channels-last input asked for and the model cannot take it
+            continue
+        if relative_difference(reference, outputs) <= tolerance(check_input.device):
+            return runner, runner_capture, layout
+    return model, capture, bool(channels_last)

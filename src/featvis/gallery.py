@@ -120,7 +120,7 @@ def write_gallery(
             model, layer, chosen, images, input_range=input_range, preprocess=preprocess
         )
         folder = _slug(layer)
-        entries = []
+        known = {e["unit"]: e for e in manifest["layers"].get(layer, {}).get("units", [])}
         for unit, image, value in zip(chosen, images, reached):
             name = f"{folder}/unit_{unit:04d}.png"
             save_image(image, out / name)
@@ -128,9 +128,7 @@ def write_gallery(
             if layer in examples:
                 entry.update(_write_examples_of(examples[layer], out, folder, unit))
                 entry["reduce"] = examples[layer].reduce
-            entries.append(entry)
-        known = {e["unit"]: e for e in manifest["layers"].get(layer, {}).get("units", [])}
-        known.update({e["unit"]: e for e in entries})  # a rerun adds units and replaces those it redid
+            known[unit] = entry  # a rerun adds units and replaces those it redid
         manifest["layers"][layer] = {
             "units": [known[u] for u in sorted(known)],
             "steps": max_iter,

@@ -25,14 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 import inspect
-import numbers
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import FeatvisValueError, bad_type, bad_value, close_matches
+from .errors import FeatvisValueError, bad_type, bad_value, close_matches, is_int
 from .image import check_range
+from .targets import is_keras
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Optimized:
             isinstance(shape, str)
             or not isinstance(shape, Sequence)
             or not shape
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
+            or not all(is_int(s) and s >= 1 for s in shape)
         ):
             raise bad_type("shape", shape, "a tuple of ints >= 1: one example's shape, no batch axis")
         object.__setattr__(self, "shape", tuple(int(s) for s in shape))
@@ -80,8 +80,6 @@ class Optimized:
 def input_names(model: nn.Module) -> tuple[list[str], bool]:
     """The model's input names in forward order (a Keras model's ``model.inputs`` names, else the
     parameters of ``forward``), and whether more may be given by position (``*args``)."""
-    from .targets import is_keras
-
     if is_keras(model):
         return [str(t.name) for t in getattr(model, "inputs", None) or []], False
     try:
@@ -103,8 +101,6 @@ class ModelInputs:
     """
 
     def __init__(self, model: nn.Module, inputs: Mapping[str, object] | Sequence[object]):
-        from .targets import is_keras
-
         self.keras = is_keras(model)
         names, open_ended = input_names(model)
         if isinstance(inputs, Mapping):
@@ -179,11 +175,20 @@ class ModelInputs:
         return given
 
     def _check_keras_shapes(self, model: nn.Module) -> None:
+        """Each value's shape against the shape its Keras input declares (None: any size)."""
         declared = {str(t.name): tuple(t.shape) for t in model.inputs}
-        for name, value in self.fixed.items():
-            _check_declared(name, tuple(value.shape), declared[name])
-        for name, spec in self.optimized.items():
-            _check_declared(name, (1, *spec.shape), declared[name])
+        shapes = {name: tuple(value.shape) for name, value in self.fixed.items()}
+        shapes.update({name: (1, *spec.shape) for name, spec in self.optimized.items()})
+        for name, shape in shapes.items():
+            wanted = declared[name]
+            if len(shape) != len(wanted) or any(
+                w is not None and w != s for s, w in zip(shape[1:], wanted[1:])
+            ):
+                raise bad_value(
+                    f"inputs[{name!r}]",
+                    f"shape {shape}",
+                    f"the shape the model's input {name!r} declares, {wanted} (None: any size)",
+                )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the fixed values to the model's device (floating ones to its dtype)."""
@@ -245,25 +250,18 @@ def _kind(value: object) -> str:
 
 
 def _is_shape(value: object) -> bool:
-    return (
-        isinstance(value, tuple | torch.Size)
-        and bool(value)
-        and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in value)
-    )
+    return isinstance(value, tuple | torch.Size) and bool(value) and all(map(is_int, value))
 
 
 def _fixed_value(name: str, value: object) -> torch.Tensor:
     """A fixed input as a tensor of one example (batch axis 1)."""
+    allowed = "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
     if isinstance(value, str | bytes) or value is None:
-        raise bad_type(
-            f"inputs[{name!r}]", value, "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
-        )
+        raise bad_type(f"inputs[{name!r}]", value, allowed)
     try:
         tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError) as err:
-        raise bad_type(
-            f"inputs[{name!r}]", value, "a tensor or array (a fixed value), Optimized(shape) or a shape tuple"
-        ) from err
+        raise bad_type(f"inputs[{name!r}]", value, allowed) from err
     if tensor.ndim == 0 or tensor.shape[0] != 1:
         raise bad_value(
             f"inputs[{name!r}]",
@@ -271,13 +269,3 @@ def _fixed_value(name: str, value: object) -> torch.Tensor:
             f"one example with a batch axis of 1, e.g. shape (1, {', '.join(map(str, tensor.shape)) or '...'})",
         )
     return tensor.detach()
-
-
-def _check_declared(name: str, shape: tuple[int, ...], declared: tuple) -> None:
-    """A value's shape against a Keras input's declared shape (None: any size)."""
-    if len(shape) != len(declared) or any(d is not None and d != s for s, d in zip(shape[1:], declared[1:])):
-        raise bad_value(
-            f"inputs[{name!r}]",
-            f"shape {shape}",
-            f"the shape the model's input {name!r} declares, {declared} (None: any size)",
-        )

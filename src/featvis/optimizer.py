@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+import io
 import math
 import sys
 import warnings
@@ -32,10 +33,12 @@ from .errors import (
     bad_value,
     check_int,
     check_number,
+    close_matches,
 )
+from .image import stitch_images, to_array, to_pil
 from .input_modifiers import InputModifier, apply_modifiers, standard_transforms
 from .losses import Loss, LossContext
-from .params import METHODS, Parameterization, default_lr
+from .params import Parameterization, default_lr, method_factory
 from .prepared import PreparedModel
 from .rng import Streams
 from .targets import FeatvisWarning
@@ -77,10 +80,6 @@ class Result:
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows a result as its images, tiled."""
-        import io
-
-        from .image import stitch_images, to_array, to_pil
-
         frames = list(to_array(self.images, (0, 255)))
         buffer = io.BytesIO()
         to_pil(frames[0] if len(frames) == 1 else stitch_images(frames)).save(buffer, format="PNG")
@@ -145,23 +144,9 @@ class Settings:
             check_number("image_ema", self.image_ema, minimum=0)
             if not self.image_ema < 1:
                 raise bad_value("image_ema", self.image_ema, "a decay in [0, 1), or None")
-        if isinstance(self.method, str) and self.method not in METHODS:
-            raise bad_value("method", self.method, f"one of {', '.join(METHODS)} or a callable")
-        if not isinstance(self.method, str) and not callable(self.method):
-            raise bad_type("method", self.method, f"one of {', '.join(METHODS)} or a callable")
-        modifiers = self.input_modifiers
-        if modifiers is not None and (isinstance(modifiers, str) or not isinstance(modifiers, Sequence)):
-            raise bad_type("input_modifiers", modifiers, "a list of InputModifier objects or functions")
-        for modifier in modifiers or ():
-            if not callable(modifier):
-                raise bad_type("input_modifiers", modifier, "InputModifier objects or functions")
-        callbacks = self.callbacks
-        if callbacks is not None and (
-            isinstance(callbacks, str | bytes)
-            or not isinstance(callbacks, Sequence)
-            or not all(map(callable, callbacks))
-        ):
-            raise bad_type("callbacks", callbacks, "a list of functions f(step, terms, images)")
+        method_factory(self.method)
+        _check_functions("input_modifiers", self.input_modifiers, "InputModifier objects or functions")
+        _check_functions("callbacks", self.callbacks, "functions f(step, terms, images)")
         grad_modifiers.get(self.grad_modifier)
         backprop_modifiers.get(self.backprop_modifier)
         if self.autocast is not None and not isinstance(self.autocast, torch.dtype):
@@ -182,8 +167,6 @@ class Settings:
             >>> settings.max_iter, settings.views, settings.lr
             (128, 1, 0.03)
         """
-        from .errors import close_matches
-
         names = [*cls.names(), "quality"]
         unknown = [k for k in options if k not in names and k not in allowed]
         if unknown:
@@ -209,6 +192,15 @@ class Settings:
     @property
     def transforms(self) -> list[InputModifier | Callable]:
         return standard_transforms() if self.input_modifiers is None else list(self.input_modifiers)
+
+
+def _check_functions(argument: str, functions: object, allowed: str) -> None:
+    """None or a list of callables, else the standard error (naming the first bad item)."""
+    if functions is not None and (isinstance(functions, str | bytes) or not isinstance(functions, Sequence)):
+        raise bad_type(argument, functions, f"a list of {allowed}")
+    for function in functions or ():
+        if not callable(function):
+            raise bad_type(argument, function, allowed)
 
 
 def constant_lr(step: int, steps: int) -> float:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 import math
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import bad_type, bad_value, check_number
+from .errors import bad_type, bad_value, check_number, choose
 from .rng import Streams, derive_key, fresh_seed
 
 
@@ -304,10 +305,18 @@ def make_parameterization(method, batch, channels, size, *, init=None, streams=N
         >>> make_parameterization("fourier", 2, 3, (64, 64), streams=Streams([0, 1])).spectrum.shape
         torch.Size([2, 3, 64, 33, 2])
     """
-    if isinstance(method, str):
-        if method not in METHODS:
-            raise bad_value("method", method, f"one of {', '.join(METHODS)} or a callable")
-        method = METHODS[method]
-    elif not callable(method):
+    return method_factory(method)(batch, channels, size, init=init, streams=streams, device=device)
+
+
+def method_factory(method: object) -> Callable[..., Parameterization]:
+    """The parameterization `method` names in `METHODS`, or `method` itself when it is a factory;
+    otherwise the standard error naming ``method``.
+
+    Example:
+        >>> method_factory("fourier")
+        <class 'featvis.params.FourierImage'>
+    """
+    factory = choose("method", method, METHODS) if isinstance(method, str) else method
+    if not callable(factory):
         raise bad_type("method", method, f"one of {', '.join(METHODS)} or a callable")
-    return method(batch, channels, size, init=init, streams=streams, device=device)
+    return factory

@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import contextlib
 import warnings
 
 import numpy as np
@@ -24,9 +25,10 @@ import torch
 from torch import nn
 
 from . import fusion, targets
-from .errors import bad_type, bad_value, check_int
-from .image import check_range
+from .errors import bad_type, bad_value, check_int, is_int
+from .image import check_range, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
+from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
 
 CONVENTIONS = ("input_range", "preprocess", "channels", "device", "fuse", "channels_last", "inputs")
@@ -156,18 +158,15 @@ class PreparedModel:
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
         """
-        from .image import to_unit_signal, to_unit_tensor
-
         if self.spatial_dims != 2:
             loaded = to_unit_signal(images, argument, self.input_range, self.channels, self.spatial_dims)
-            return loaded.to(self.device)
-
-        if isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
+        elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
                 raise bad_value(argument, images, "at least one image")
-            loaded = [to_unit_tensor(i, argument, self.input_range, self.channels) for i in images]
-            return torch.cat(loaded).to(self.device)
-        return to_unit_tensor(images, argument, self.input_range, self.channels).to(self.device)
+            loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
+        else:
+            loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
+        return loaded.to(self.device)
 
     def default_size(self) -> tuple[int, ...]:
         """The input size used when none is given: 224 x 224 images, 128-sample signals, 32^3 volumes."""
@@ -224,8 +223,6 @@ class PreparedModel:
 
     def resolve_all(self, specs: Iterable[LayerSpec]) -> dict[object, Target]:
         """{layer key: Target} for the layers a loss reads; warns once about layers read before a softmax."""
-        from .losses import layer_key
-
         resolved = {layer_key(spec): self.resolve(spec) for spec in specs}
         fresh = self._pre_softmax(resolved.values()) - self._warned
         self._warned |= fresh
@@ -234,10 +231,6 @@ class PreparedModel:
 
     def _pre_softmax(self, wanted: Iterable[Target]) -> set[str]:
         return {t.key for t in wanted} & self.seen.softmax_outputs
-
-    def spatial_layer_before(self, layer: LayerSpec) -> str | None:
-        """The last layer call with an (N, C, H, W) output, H*W > 1, before `layer` finishes."""
-        return self.seen.spatial_layer_before(self.resolve(layer))
 
     # -- running ----------------------------------------------------------------------------
     def capture(self, wanted: Sequence[Target]) -> Capture:
@@ -288,8 +281,6 @@ class PreparedModel:
             >>> prepared.unit_count("encoder.layers.encoder_layer_5.mlp.0", (224, 224))
             3072
         """
-        from .losses import check_unit_axis, resolve_axis
-
         out = self.layer_output(layer, self.random_images(size))
         if out.ndim == 1:
             return 1
@@ -306,16 +297,10 @@ class PreparedModel:
 
         images = self.random_images(size)
         self.probe(images)
-        handles = [
-            targets.module_by_name(self.model, targets.split_call(label)[0]).register_forward_hook(count)
-            for label in dict.fromkeys(self.seen.order)
-        ]
-        try:
-            with torch.no_grad():
-                targets.run_model(self.model, self.model_input(images), self.inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
+        by_name = {name: module for module, name in self.seen_modules().items()}
+        leaves = [by_name[targets.split_call(label)[0]] for label in dict.fromkeys(self.seen.order)]
+        with targets.forward_hooks(leaves, count), torch.no_grad():
+            targets.run_model(self.model, self.model_input(images), self.inputs)
         return total
 
 
@@ -335,15 +320,34 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
     return PreparedModel(model, **conventions), True
 
 
+@contextlib.contextmanager
+def preparing(model: nn.Module | PreparedModel, **conventions) -> Iterator[PreparedModel]:
+    """`prepare` for the length of a block: a `PreparedModel` made here is closed when it ends.
+
+    Example:
+        >>> with preparing(model, input_range=(0, 255)) as prepared:
+        ...     out = prepared.layer_output("fc", images)
+    """
+    prepared, owned = prepare(model, **conventions)
+    try:
+        yield prepared
+    finally:
+        if owned:
+            prepared.close()
+
+
 _WARNED_UNSCALED: set[str] = set()
 
 
 def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
     """Warn once per model class when it is fed raw 0-255 values with no preprocess (a common mix-up)."""
     kind = type(model).__qualname__
-    if input_range is None:
-        return
-    if preprocess is None and input_range[1] - input_range[0] > 2 and kind not in _WARNED_UNSCALED:
+    if (
+        input_range is not None
+        and preprocess is None
+        and input_range[1] - input_range[0] > 2
+        and kind not in _WARNED_UNSCALED
+    ):
         _WARNED_UNSCALED.add(kind)
         warnings.warn(
             f"{type(model).__name__} is fed raw values in input_range={tuple(input_range)} with no "
@@ -362,22 +366,15 @@ def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> t
         >>> input_size(128, 1), input_size((16, 32, 32), 3)
         ((128,), (16, 32, 32))
     """
-    import numbers
-
     shapes = {1: "(length,)", 2: "(height, width)", 3: "(depth, height, width)"}
     wanted = f"an int or {shapes.get(spatial_dims, f'{spatial_dims} ints')} of ints"
-    if isinstance(size, bool):
-        raise bad_type(argument, size, wanted)
-    if isinstance(size, numbers.Integral):
+    if is_int(size):
         size = (int(size),) * spatial_dims
-    if (
-        not isinstance(size, Sequence)
-        or isinstance(size, str)
-        or len(size) != spatial_dims
-        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
-    ):
-        if isinstance(size, Sequence) and not isinstance(size, str) and len(size) != spatial_dims:
-            raise bad_value(argument, size, f"{wanted}: the model takes {spatial_dims}-D input")
+    if not isinstance(size, Sequence) or isinstance(size, str):
+        raise bad_type(argument, size, wanted)
+    if len(size) != spatial_dims:
+        raise bad_value(argument, size, f"{wanted}: the model takes {spatial_dims}-D input")
+    if not all(map(is_int, size)):
         raise bad_type(argument, size, wanted)
     if min(size) < 1:
         raise bad_value(argument, size, "sizes >= 1")
@@ -385,19 +382,5 @@ def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> t
 
 
 def image_size(size: object, argument: str = "size") -> tuple[int, int]:
-    """An int or (height, width) of ints >= 1, as a pair."""
-    import numbers
-
-    if isinstance(size, bool):
-        raise bad_type(argument, size, "an int or (height, width)")
-    if isinstance(size, numbers.Integral):
-        size = (int(size), int(size))
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
-    ):
-        raise bad_type(argument, size, "an int or (height, width) of ints")
-    if min(size) < 1:
-        raise bad_value(argument, size, "sizes >= 1")
-    return int(size[0]), int(size[1])
+    """An int or (height, width) of ints >= 1, as a pair: `input_size` for images."""
+    return input_size(size, 2, argument)

@@ -16,9 +16,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import contextlib
 from dataclasses import dataclass, field
+import itertools
 from typing import TYPE_CHECKING
 import warnings
 
@@ -114,10 +115,8 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first floating-point parameter or buffer (float32 for none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 def infer_channels(model: nn.Module, index: int = 0) -> int:
@@ -129,15 +128,10 @@ def infer_channels(model: nn.Module, index: int = 0) -> int:
         1
     """
     if is_keras(model):
-        inputs = getattr(model, "inputs", None) or []
-        shape = getattr(inputs[index], "shape", None) if len(inputs) > index else None
-        if shape and shape[-1] is not None:
-            return int(shape[-1])
-        return 3
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return int(module.in_channels)
-    return 3
+        shape = _keras_input_shape(model, index)
+        return int(shape[-1]) if shape and shape[-1] is not None else 3
+    conv = _first_conv(model)
+    return 3 if conv is None else int(conv.in_channels)
 
 
 def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
@@ -150,24 +144,25 @@ def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
         1
     """
     if is_keras(model):
-        inputs = getattr(model, "inputs", None) or []
-        shape = getattr(inputs[index], "shape", None) if len(inputs) > index else None
+        shape = _keras_input_shape(model, index)
         return max(1, len(shape) - 2) if shape else 2
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
-                return 1
-            return 3 if isinstance(module, nn.Conv3d | nn.ConvTranspose3d) else 2
-    return 2
+    conv = _first_conv(model)
+    return 2 if conv is None else len(conv.kernel_size)
+
+
+def _keras_input_shape(model: nn.Module, index: int) -> tuple | None:
+    inputs = getattr(model, "inputs", None) or []
+    return getattr(inputs[index], "shape", None) if len(inputs) > index else None
+
+
+def _first_conv(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
 
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.device for t in tensors), torch.device("cpu"))
 
 
 def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
@@ -188,8 +183,27 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 MODEL_HINT = "check model, preprocess, input_range, channels and size"
 
 
-class _StopForward(Exception):
-    """Raised by a capture hook once every target has run."""
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early, once every output it wants has run."""
+
+
+@contextlib.contextmanager
+def forward_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None]:
+    """`hook` as a forward hook on each of `modules` for the block, removed however it ends;
+    a `StopForward` raised in the block ends it quietly.
+
+    Example:
+        >>> with forward_hooks([model.fc], lambda module, inputs, output: print(output.shape)):
+        ...     model(x)
+    """
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 _SOFTMAXES = {
@@ -241,11 +255,6 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
     return names
 
 
-def module_by_name(model: nn.Module, name: str) -> nn.Module:
-    """The module `module_names` calls `name`."""
-    return {n: module for module, n in module_names(model).items()}[name]
-
-
 def _is_leaf(model: nn.Module, module: nn.Module) -> bool:
     if is_keras(model):
         return module is not model
@@ -274,12 +283,9 @@ class Probe:
     softmax_outputs: set[str]
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
 
-    def shape_of(self, name: str, call: int) -> tuple[int, ...] | None:
-        """The output shape (channels-first for Keras) of call `call` of module `name`, if a tensor."""
-        for event_name, event_call, shape, _ in self.events:
-            if event_name == name and event_call == call:
-                return shape
-        return None
+    def _end(self, name: str, call: int) -> int | None:
+        """The index of the event of call `call` of module `name` (None when it never ran)."""
+        return next((i for i, (n, c, _, _) in enumerate(self.events) if n == name and c == call), None)
 
     def unit_axis(self, name: str, call: int, *, names_to_modules: dict[str, nn.Module]) -> int:
         """The axis of the units of a layer's output: its features, not its tokens or positions.
@@ -294,10 +300,7 @@ class Probe:
             >>> prepared.seen.unit_axis("encoder.layers.encoder_layer_5.mlp.0", 0, names_to_modules=...)
             -1
         """
-        end = next(
-            (i for i, (n, c, _, _) in enumerate(self.events) if n == name and c == call),
-            None,
-        )
+        end = self._end(name, call)
         if end is None:
             return 1
         shape = self.events[end][2]
@@ -313,31 +316,15 @@ class Probe:
     def leaf_outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
         """('name#call', output shape) of the leaf calls with a tensor output before `target`
         finished, last first."""
-        ends = [
-            i
-            for i, (name, call, _, _) in enumerate(self.events)
-            if name == target.name and call == target.call
-        ]
+        end = self._end(target.name, target.call)
         return [
             (f"{name}#{call}", shape)
-            for name, call, shape, leaf in reversed(self.events[: ends[0]] if ends else [])
+            for name, call, shape, leaf in reversed(self.events[:end] if end is not None else [])
             if leaf and shape is not None
         ]
 
-    def spatial_layer_before(self, target: Target) -> str | None:
-        """The last leaf call before `target` finished whose output is (N, C, H, W) with H*W > 1."""
-        for label, shape in self.leaf_outputs_before(target):
-            if len(shape) == 4 and shape[2] * shape[3] > 1:
-                return label
-        return None
 
-
-_CHANNELS_FIRST = (
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.GroupNorm,
-)
+_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _FEATURE_NORMS = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if c is not None)
 
 
@@ -347,7 +334,7 @@ def _defining_units(module: nn.Module) -> tuple[int, int] | None:
         return int(module.out_channels), 1
     if isinstance(module, nn.GroupNorm):
         return int(module.num_channels), 1
-    if isinstance(module, _CHANNELS_FIRST):
+    if isinstance(module, _CHANNEL_NORMS):
         return int(module.num_features), 1
     if isinstance(module, nn.Linear | nn.Bilinear):
         return int(module.out_features), -1
@@ -367,11 +354,7 @@ def unit_axis_of(shape: Sequence[int], units: int, convention: int) -> int:
     if len(shape) <= 2:
         return 1
     first, last = shape[1] == units, shape[-1] == units
-    if first and not last:
-        return 1
-    if last and not first:
-        return -1
-    return convention
+    return convention if first == last else (1 if first else -1)
 
 
 def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None) -> Probe:
@@ -381,31 +364,24 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
     feeds a model of several inputs (see `run_model`).
     """
     names = module_names(model)
-    leaf_calls: list[tuple[str, int]] = []
     calls: dict[str, int] = {}
     softmax_outputs: set[str] = set()
     recorder = SoftmaxRecorder()
-    handles = []
-
     events = []
 
     def hook(module, inputs, output):
         name = names[module]
         count = calls.get(name, 0)
         calls[name] = count + 1
-        leaf = _is_leaf(model, module)
-        if leaf:
-            leaf_calls.append((name, count))
         shape = tuple(_channels_first(model, output).shape) if isinstance(output, torch.Tensor) else None
-        events.append((name, count, shape, leaf))
+        events.append((name, count, shape, _is_leaf(model, module)))
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
 
+    # TorchScript takes no Python hooks
+    hooked = [module for module in names if not isinstance(module, torch.jit.ScriptModule)]
     try:
-        for module in names:
-            if not isinstance(module, torch.jit.ScriptModule):  # TorchScript takes no Python hooks
-                handles.append(module.register_forward_hook(hook))
-        with torch.no_grad(), recorder:
+        with forward_hooks(hooked, hook), torch.no_grad(), recorder:
             run_model(model, example, inputs)
     except FeatvisError:
         raise
@@ -418,10 +394,7 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
                 "check model, inputs, preprocess, input_range, channels and size",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
-    finally:
-        for handle in handles:
-            handle.remove()
-    order = [name if calls[name] == 1 else f"{name}#{call}" for name, call in leaf_calls]
+    order = [name if calls[name] == 1 else f"{name}#{call}" for name, call, _, leaf in events if leaf]
     return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs, events=events)
 
 
@@ -439,8 +412,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
     names = module_names(model)
     by_name = {name: module for module, name in names.items()}
     call: int | None = None
-    if isinstance(layer, bool):
-        raise bad_type(argument, layer, "a module name, an int index or a module")
+    if isinstance(layer, bool) or not isinstance(layer, str | int | nn.Module):
+        raise bad_type(argument, layer, "a module name (str), an int index or an nn.Module")
     if isinstance(layer, int) and is_keras(model):
         if not -len(model.layers) <= layer < len(model.layers):
             raise LayerNotFoundError(
@@ -461,17 +434,13 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
                 f"{argument}={type(layer).__name__}(...) is a module that is not part of the model"
             )
         name = names[layer]
-    elif isinstance(layer, str):
+    else:  # a name: by_name holds each module under the name named_modules (or Keras) gives it
         name, call = split_call(layer)
-        modules = by_name if is_keras(model) else dict(model.named_modules())
-        if name not in modules:
+        if name not in by_name:
             raise LayerNotFoundError(
                 f"{argument}={layer!r} is not a module of the model"
-                f"{close_matches(name, [n for n in modules if n])}"
+                f"{close_matches(name, [n for n in by_name if n])}"
             )
-        name = names[modules[name]]
-    else:
-        raise bad_type(argument, layer, "a module name (str), an int index or an nn.Module")
 
     module = by_name[name]
     if isinstance(module, torch.jit.ScriptModule):
@@ -570,12 +539,12 @@ class Capture:
                     f"layer={name!r} outputs {type(output).__name__}, not a tensor; "
                     "choose a layer that outputs one tensor"
                 )
-            if key in self.pre_softmax and self.recorder is not None:
+            if key in self.pre_softmax:  # then recorder is set
                 output = self.recorder.pre_softmax(output)
             self.raw_outputs[key] = output
             self.outputs[key] = output.movedim(-1, 1) if self.channels_last and output.ndim >= 3 else output
             if len(self.outputs) == len(self._wanted):  # stop the forward pass here
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -583,12 +552,11 @@ class Capture:
         """Run the model on `x` and return {target key: output}."""
         self._calls.clear()
         self.outputs, self.raw_outputs = {}, {}
-        mode = self.recorder if self.recorder is not None else contextlib.nullcontext()
         self._active = True
         try:
-            with mode:
+            with self.recorder or contextlib.nullcontext():
                 run_model(model, x, self.inputs)
-        except _StopForward:
+        except StopForward:
             pass
         except FeatvisError:
             raise

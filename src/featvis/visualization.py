@@ -34,19 +34,13 @@ from .losses import (
 )
 from .optimizer import Result, Settings, optimize
 from .params import make_parameterization
-from .prepared import CONVENTIONS, PreparedModel, input_size, prepare
+from .prepared import CONVENTIONS, PreparedModel, input_size, preparing
 from .regularizers import LpNorm, TotalVariation
 from .rng import Streams, derive_key, fresh_seed
 from .targets import LayerSpec
 
 DEFAULT_TV_WEIGHT = 1.0
 DEFAULT_SIZE = 224
-
-
-def _seed(seed: int | None) -> int:
-    if seed is None:
-        return fresh_seed()
-    return check_int("seed", seed, 0)
 
 
 def visualize_activation_with_losses(
@@ -82,17 +76,13 @@ def visualize_activation_with_losses(
     """
     loss = as_losses(losses)
     check_int("batch_size", batch_size, 1)
-    seed = _seed(seed)
+    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
-    prepared, owned = prepare(model, **conventions)
-    prepared.require_input_range("activation maximization")
-    try:
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("activation maximization")
         keys = [derive_key(seed, "image", index) for index in range(batch_size)]
         return _run(prepared, loss, settings, keys, seed, seed_input, size, return_result)
-    finally:
-        if owned:
-            prepared.close()
 
 
 def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) -> np.ndarray | Result:
@@ -159,10 +149,8 @@ def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
 
 
 def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:
-    for name, weight in (
-        ("act_max_weight", act_max_weight),
-        ("tv_weight", tv_weight),
-        ("lp_norm_weight", lp_norm_weight),
+    for name, weight in zip(
+        ("act_max_weight", "tv_weight", "lp_norm_weight"), (act_max_weight, tv_weight, lp_norm_weight)
     ):
         check_number(name, weight, minimum=0)
     return WeightedSum(
@@ -258,14 +246,13 @@ def visualize_layer(
         >>> images.shape
         (16, 224, 224, 3)
     """
-    seed = _seed(seed)
+    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
     if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
         raise bad_type("units", units, "a list of unit indices or None")
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
-    prepared, owned = prepare(model, **conventions)
-    prepared.require_input_range("activation maximization")
-    try:
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("activation maximization")
         shape = size_of(prepared, size)
         prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
@@ -286,9 +273,6 @@ def visualize_layer(
             results.append(_run(prepared, loss, quiet, keys, seed, None, shape, True))
             if results[-1].interrupted:  # Ctrl-C: keep what is done, start no further batch
                 break
-    finally:
-        if owned:
-            prepared.close()
     images = torch.cat([r.images for r in results])
     if return_result:
         return Result(images=images, interrupted=results[-1].interrupted, seed=seed)
@@ -328,22 +312,15 @@ def activations_reached(
     Example:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
     """
-    prepared, owned = prepare(model, **conventions)
-    try:
-        if prepared.spatial_dims == 2:
-            batch = to_unit_tensor(np.asarray(images), "images", prepared.input_range, prepared.channels)
-        else:
-            batch = prepared.load_images(np.asarray(images), "images")
+    with preparing(model, **conventions) as prepared:
+        batch = prepared.load_images(np.asarray(images), "images")
         units = list(units)
         if len(units) != batch.shape[0]:
             raise bad_value("units", units, f"one unit per image ({batch.shape[0]})")
-        out = prepared.layer_output(layer, batch.to(prepared.device))
+        out = prepared.layer_output(layer, batch)
         target = prepared.resolve(layer)
         loss = UnitPerImage(layer, units, unit_axis=unit_axis, token=token)
         ctx = LossContext(
             images=batch, views=1, activations={target.key: out}, targets={layer_key(layer): target}
         )
         return (-loss(ctx)).cpu().numpy()
-    finally:
-        if owned:
-            prepared.close()
