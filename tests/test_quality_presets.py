@@ -155,12 +155,53 @@ def test_betas_reach_adam_and_best_is_the_old_default(tiny, monkeypatch):
 @pytest.mark.parametrize("betas", [(1.0, 0.999), (0.3,), "fast", (0.3, -0.1), (0.3, float("nan"))])
 def test_bad_betas_are_refused_by_name_and_the_model_is_untouched(tiny, betas):
     before = snapshot(tiny)
-    with pytest.raises((FeatvisValueError, FeatvisTypeError), match="betas"):
+    with pytest.raises((FeatvisValueError, FeatvisTypeError), match=r"\bbetas\b"):
         featvis.visualize_activation(tiny, "fc", 1, betas=betas, size=32, input_range=(0, 1))
     assert_untouched(tiny, before)
 
 
-@pytest.mark.parametrize("option", [dict(opening=-0.5), dict(start="low"), dict(opening=float("inf"))])
+def test_betas_may_be_zero_no_momentum():
+    assert Settings(betas=(0.0, 0.0)).betas == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "option", [dict(opening=-0.5), dict(start="low"), dict(opening=float("inf")), dict(start=-0.5)]
+)
 def test_bad_coarse_to_fine_options_are_refused_by_name(option):
-    with pytest.raises((FeatvisValueError, FeatvisTypeError), match=next(iter(option))):
+    with pytest.raises((FeatvisValueError, FeatvisTypeError), match=rf"\b{next(iter(option))}\b"):
         CoarseToFineImage(1, 3, (32, 32), **option)
+
+
+def _moving(param: CoarseToFineImage, step: int, steps: int) -> torch.Tensor:
+    """Which frequencies (rows x columns of the rfft grid) get a gradient at this step."""
+    param.at_step(step, steps)
+    param.spectrum.grad = None
+    (
+        param()
+        * torch.randn(param.batch, param.channels, *param.size, generator=torch.Generator().manual_seed(0))
+    ).sum().backward()
+    return param.spectrum.grad.abs().sum(-1)[0, 0] > 0
+
+
+def _radius(size: int) -> torch.Tensor:
+    """Radial frequency on the 2-D rfft grid as a share of the highest (the corner, 0.5 x 0.5)."""
+    fy, fx = torch.fft.fftfreq(size)[:, None], torch.fft.rfftfreq(size)[None, :]
+    return torch.sqrt(fy**2 + fx**2) / (0.5 * 2**0.5)
+
+
+def test_coarse_to_fine_opens_linearly_from_its_start_radius():
+    param = CoarseToFineImage(1, 3, (32, 32), opening=0.5, start=0.1)
+    # step 8 of 32, opening over the first 16: halfway, cutoff 0.1 + 0.9 * 0.5
+    assert torch.equal(_moving(param, 8, 32), _radius(32) <= 0.55)
+
+
+def test_coarse_to_fine_by_default_opens_over_the_first_half_of_the_steps():
+    param = CoarseToFineImage(1, 3, (32, 32))
+    assert torch.equal(_moving(param, 0, 128), _radius(32) <= 0.1)
+    assert not _moving(param, 63, 128).all() and _moving(param, 64, 128).all()
+
+
+def test_coarse_to_fine_edge_settings():
+    only_mean = _moving(CoarseToFineImage(1, 3, (32, 32), start=0.0), 0, 10)
+    assert only_mean[0, 0] and only_mean.sum() == 1  # start 0: the mean alone moves first
+    assert _moving(CoarseToFineImage(1, 3, (32, 32), opening=0), 0, 10).all()  # opening 0: a Fourier image

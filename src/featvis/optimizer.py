@@ -136,7 +136,7 @@ class Settings:
         betas = self.betas
         if not isinstance(betas, tuple | list) or len(betas) != 2:
             raise bad_type("betas", betas, "Adam's (beta1, beta2), two numbers in [0, 1)")
-        if not all(0 <= check_number("betas", beta, minimum=0) < 1 for beta in betas):
+        if not all(0 <= check_number("betas", beta) < 1 for beta in betas):
             raise bad_value("betas", betas, "Adam's (beta1, beta2), two numbers in [0, 1)")
         if self.lr is not None:
             check_number("lr", self.lr, positive=True)
