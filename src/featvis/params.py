@@ -192,8 +192,9 @@ class CoarseToFineImage(FourierImage):
     the highest (radially) get a gradient; after the first `opening` share of the steps,
     all do, as in `FourierImage`. A given `init` is kept whole: only the steps are coarse
     first. With Adam's beta1 at 0.3 and the image average at 0.95, Lite2 recognized 90%
-    (top-5 95%) of Lite0's 20 benchmark class images made in 128 one-view steps, where a
-    plain Fourier image made 77% / 87% (benchmarks/RESULTS.md).
+    (top-5 94.6%) of Lite0's 20 benchmark class images made in 128 one-view steps (12
+    seeds, on a GPU), where a plain Fourier image with beta1 0.9 made 77% / 87%
+    (benchmarks/RESULTS.md).
 
     Example:
         >>> CoarseToFineImage(1, 3, (224, 224), opening=0.5)
