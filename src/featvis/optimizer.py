@@ -237,8 +237,8 @@ Forward+backward passes per image and what EfficientNet-Lite2 recognized of Lite
 benchmark class images (top-1 / top-5, mean of four seeds, ``benchmarks/quality.py`` on an
 H200; see benchmarks/RESULTS.md): "preview" 32 passes (25% / 44%), "fast" 128 (92% / 96%;
 the default), "best" 512 (91% / 96%, featvis 0.1's default; both 89% / 92.5% on a CPU).
-The time is about proportional to the passes: on 2 CPU cores 4.1 s (fast) and 17 s (best)
-per 224 px class image made four at a time.
+The time grows with the passes: on 2 CPU cores a 224 px class image takes 6.6 s at "fast"
+alone (4.1 s each, four per call) and 17 s at "best" alone.
 """
 
 
