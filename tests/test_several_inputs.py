@@ -281,3 +281,17 @@ def test_bad_inputs_of_attention_maps_and_keras_models(keras_two_inputs):
         featvis.Optimized((0,))
     with pytest.raises(featvis.FeatvisValueError, match="input_range"):
         featvis.Optimized(input_range=(0, 255))  # the image's range is the call's
+
+
+def test_an_atlas_of_a_two_input_model_writes_every_unit_and_refuses_dataset_examples(tmp_path):
+    model = ImageAndMeta()
+    before = snapshot(model)
+    options = dict(inputs={"meta": META}, input_range=(0, 1), size=16, max_iter=4, progress=False)
+    featvis.atlas(model, tmp_path / "site", ["conv", "head"], **options)
+    for layer, count in (("head", 3), ("conv", 4)):  # every unit's image, none more
+        made = sorted(p.name for p in (tmp_path / "site" / "units" / layer).glob("unit_?????.png"))
+        assert made == [f"unit_{unit:05d}.png" for unit in range(count)]
+    data = np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
+    with pytest.raises(featvis.FeatvisValueError, match=r"inputs= .*data="):
+        featvis.atlas(model, tmp_path / "other", ["head"], data=data, **options)
+    assert_untouched(model, before)

@@ -48,7 +48,7 @@ from .image import atomic_write, save_image, stitch_images, to_array, to_pil
 from .losses import check_token, check_unit_axis
 from .optimizer import Settings
 from .prepared import CONVENTIONS, PreparedModel, image_size
-from .targets import LayerSpec
+from .targets import LayerSpec, forward_hooks, run_model
 from .visualization import activations_reached, layer_batches, visualize_layer
 
 MANIFEST = "atlas.json"
@@ -133,14 +133,8 @@ def layer_costs(prepared: PreparedModel, layers: Sequence[str], size: tuple[int,
         macs.append((names[module], total))
 
     names = {m: n for n, m in prepared.model.named_modules()}
-    handles = [m.register_forward_hook(count) for m in names]
-    try:
-        with torch.no_grad():
-            images = prepared.random_images(size)
-            prepared.model(prepared.model_input(images))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks(names, count), torch.no_grad():
+        run_model(prepared.model, prepared.model_input(prepared.random_images(size)), prepared.inputs)
     reached = {}
     for name, value in macs:  # the first call of each module that finishes
         reached.setdefault(name, value)
@@ -238,6 +232,11 @@ def atlas(
     axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
+    if data is not None and conventions.get("inputs") is not None:
+        raise FeatvisValueError(
+            "inputs= is not allowed with data=: the dataset examples of a model with several "
+            "inputs are not supported yet (make the atlas without data=, or with one input)"
+        )
     if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     settings = Settings.take(options)
