@@ -53,7 +53,7 @@ from .errors import (
 )
 from .image import to_unit_tensor
 from .losses import ActivationMaximization, Loss, LossContext, as_losses
-from .prepared import PreparedModel, prepare
+from .prepared import PreparedModel, preparing
 from .rng import Streams, derive_key, fresh_seed
 from .targets import LayerSpec
 
@@ -156,14 +156,10 @@ def input_gradients(
         >>> grads = input_gradients(net, ActivationMaximization("fc", 3), image, backprop_modifier="guided")
     """
     loss = as_losses(losses)
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         low, high = prepared.input_range if prepared.input_range is not None else (0.0, 1.0)
         return _gradients(prepared, loss, images, backprop_modifier=backprop_modifier)[0] / (high - low)
-    finally:
-        if owned:
-            prepared.close()
 
 
 def _normalize(maps: torch.Tensor, percentile: float | None = None) -> np.ndarray:
@@ -403,15 +399,11 @@ def integrated_gradients(
     loss = as_losses(losses)
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         return _integrated_gradients(
             prepared, loss, images, _baseline(baseline, images, prepared), steps, batch_size
         )
-    finally:
-        if owned:
-            prepared.close()
 
 
 def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> torch.Tensor:
@@ -496,15 +488,11 @@ def occlusion(
     check_int("stride", stride, 1)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         return _occlusion(
             prepared, loss, images, _baseline(baseline, images, prepared), window, stride, batch_size
         )
-    finally:
-        if owned:
-            prepared.close()
 
 
 def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torch.Tensor:
@@ -650,8 +638,7 @@ def visualize_saliency_with_losses(
     if not isinstance(aug_smooth, bool):
         raise bad_type("aug_smooth", aug_smooth, "True or False")
     seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         base = _baseline(baseline, images, prepared) if method != "vanilla" else None
         passes = max(1, smooth_samples) * (4 if aug_smooth else 1)
@@ -688,9 +675,6 @@ def visualize_saliency_with_losses(
             seed=seed,
             label="saliency",
         )
-    finally:
-        if owned:
-            prepared.close()
     if keepdims:
         return np.moveaxis(_normalize(grads, percentile), 1, -1)
     return _normalize(grads.max(dim=1).values, percentile)
@@ -919,8 +903,7 @@ def visualize_cam_with_losses(
     if not isinstance(aug_smooth, bool):
         raise bad_type("aug_smooth", aug_smooth, "True or False")
     seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         cam = _smoothed(
             lambda x: _cam(
@@ -933,9 +916,6 @@ def visualize_cam_with_losses(
             seed=seed,
             label="cam",
         )
-    finally:
-        if owned:
-            prepared.close()
     return _normalize(cam)
 
 
@@ -1034,15 +1014,11 @@ def visualize_guided_cam(
     """
     loss = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
     tokens.check_token_grid(token_grid)
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         cam = _cam(prepared, loss, images, penultimate_layer, "gradcam", None, token_grid=token_grid)
         cam = torch.as_tensor(_normalize(cam))
         guided = _gradients(prepared, loss, images, backprop_modifier="guided", model_space=True)[0]
-    finally:
-        if owned:
-            prepared.close()
     product = (guided * cam.to(guided.device)[:, None]).abs()
     if keepdims:
         return np.moveaxis(_normalize(product), 1, -1)

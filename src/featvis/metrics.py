@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .errors import bad_type, bad_value, check_int
 from .losses import ActivationMaximization, as_losses
-from .prepared import PreparedModel, prepare
+from .prepared import PreparedModel, preparing
 from .targets import LayerSpec
 
 SCORES = ("probability", "logit")
@@ -107,8 +107,7 @@ def _curve(
     if score not in SCORES:
         raise bad_value("score", score, f"one of {', '.join(SCORES)}")
     loss = as_losses(ActivationMaximization(layer, filter_indices))
-    prepared, owned = prepare(model, **conventions)
-    try:
+    with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         order = _maps(maps, images)
         base = _baseline(baseline, images, prepared)
@@ -132,9 +131,6 @@ def _curve(
             else:
                 x = torch.where(changed, images[image], base[image])
             values[start : start + len(index)] = _score(prepared, loss, layer, filter_indices, x, score).cpu()
-    finally:
-        if owned:
-            prepared.close()
     scores = values.view(n, steps + 1).numpy()
     fractions = (counts.cpu().numpy() / pixels).astype(np.float64)
     areas = ((scores[:, 1:] + scores[:, :-1]) / 2 * np.diff(fractions)).sum(1)
