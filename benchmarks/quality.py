@@ -23,7 +23,6 @@ import functools
 import json
 from pathlib import Path
 import time
-from unittest import mock
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ import featvis
 from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop, RandomFlip, RandomZoom
 from featvis.losses import Loss, UnitPerImage
 from featvis.optimizer import QUALITY
-from featvis.params import FourierImage
+from featvis.params import CoarseToFineImage, FourierImage
 from featvis.regularizers import TotalVariation
 
 BUDGET = 512  # forward+backward passes per image
@@ -95,27 +94,6 @@ class LowResolution(FourierImage):
 
     def __call__(self):
         return F.interpolate(super().__call__(), size=self.target, mode="bilinear", align_corners=False)
-
-
-class CoarseToFine(FourierImage):
-    """A Fourier image whose spectrum opens from the lowest frequencies to all of them.
-
-    At call k only frequencies up to ``start + (1 - start) * k / calls`` of the highest
-    (in normalized radius) move; after `calls` calls, all of them.
-    """
-
-    def __init__(self, batch, channels, size, *, calls=32, start=0.1, **kwargs):
-        super().__init__(batch, channels, size, **kwargs)
-        h, w = size
-        fy, fx = torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :]
-        self.radius = (torch.sqrt(fy**2 + fx**2) / 0.5 / 2**0.5).to(self.scale.device)
-        self.full_scale, self.calls, self.start, self.done = self.scale, calls, start, 0
-
-    def __call__(self):
-        cutoff = self.start + (1 - self.start) * min(1.0, self.done / self.calls)
-        self.done += 1
-        self.scale = self.full_scale * (self.radius <= cutoff) if cutoff < 1 else self.full_scale
-        return super().__call__()
 
 
 class ClassScore(Loss):
@@ -276,18 +254,13 @@ def grid_recipe(spec: str) -> dict:
 
         make.default_lr = FourierImage.default_lr
         recipe["method"] = make
-    if "ctf" in options:
-        calls, start = int(options["ctf"]), float(options.get("ctf0", 0.1))
-
-        def coarse_to_fine(batch, channels, size, **kwargs):
-            return CoarseToFine(batch, channels, size, calls=calls, start=start, **kwargs)
-
-        coarse_to_fine.default_lr = FourierImage.default_lr
-        recipe["method"] = coarse_to_fine
+    if "ctf" in options:  # steps to open over: a share of the run once its steps are known
+        recipe["coarse_to_fine"] = (int(options["ctf"]), float(options.get("ctf0", 0.1)))
     if "lsm" in options or "logit" in options:
         recipe["objective"] = (float(options.get("lsm", 0)), float(options.get("logit", 1)))
     if "b1" in options or "b2" in options:
-        recipe["betas"] = (float(options.get("b1", 0.9)), float(options.get("b2", 0.999)))
+        b1, b2 = featvis.Settings.betas
+        recipe["betas"] = (float(options.get("b1", b1)), float(options.get("b2", b2)))
     if {"zoom", "noise", "jitter", "flip", "crop"} & set(options):
         low, high = (float(v) for v in options.get("zoom", "0.316-1.3").split("-"))
         first = RandomCrop((float(options["crop"]), 1.0)) if "crop" in options else RandomZoom((low, high))
@@ -308,9 +281,10 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
     views = recipe.get("views", featvis.Settings.views)
     own_steps = budget == BUDGET and not equal_passes
     steps = recipe.get("steps", budget // views) if own_steps else budget // views
-    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "betas", "objective")}
-    betas = recipe.get("betas")
-    adam = functools.partial(torch.optim.Adam, betas=betas) if betas else torch.optim.Adam
+    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "objective", "coarse_to_fine")}
+    if "coarse_to_fine" in recipe:
+        opening_steps, start = recipe["coarse_to_fine"]
+        kwargs["method"] = functools.partial(CoarseToFineImage, opening=opening_steps / steps, start=start)
     kwargs["views"] = views
     if name != "featvis" and not name.startswith(("grid:", "quality=")):
         kwargs.setdefault("image_ema", None)  # the recipes as measured: the last step's image
@@ -322,19 +296,18 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
             ClassScore(part, *recipe["objective"]) if "objective" in recipe else UnitPerImage("_fc", part)
         )
         loss = objective + recipe.get("tv", featvis.visualization.DEFAULT_TV_WEIGHT) * TotalVariation()
-        with mock.patch("torch.optim.Adam", adam):  # Adam's betas, when the recipe sets them
-            image = featvis.visualize_activation_with_losses(
-                lite0.model,
-                loss,
-                batch_size=len(part),
-                size=224,
-                max_iter=steps,
-                preprocess=lite0.preprocess,
-                seed=seed + first,
-                device=device,
-                progress=False,
-                **kwargs,
-            ).reshape(len(part), 224, 224, 3)
+        image = featvis.visualize_activation_with_losses(
+            lite0.model,
+            loss,
+            batch_size=len(part),
+            size=224,
+            max_iter=steps,
+            preprocess=lite0.preprocess,
+            seed=seed + first,
+            device=device,
+            progress=False,
+            **kwargs,
+        ).reshape(len(part), 224, 224, 3)
         images.append(image)
     if device.type == "cuda":
         torch.cuda.synchronize()
