@@ -93,9 +93,8 @@ def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor) -> tor
     space = _space(activations)
     total = activations.sum(dim=space, keepdim=True)
     denominator = 2 + total * gradients
-    alphas = torch.where(
-        (gradients != 0) & (denominator > 0), 1 / torch.where(denominator > 0, denominator, 1), 0
-    )
+    positive = denominator > 0
+    alphas = torch.where(positive, 1 / torch.where(positive, denominator, 1), 0)  # g <= 0: relu(g) is 0
     weights = (alphas * F.relu(gradients)).sum(dim=space, keepdim=True)
     return F.relu((weights * activations).sum(1))
 

@@ -286,6 +286,7 @@ def optimize(
     rows = streams.per_view(views)
 
     others = others or {}
+    made = (param, *others.values())  # every parameterization the steps move
     with torch.no_grad():
         first = param()[:1]
         prepared.set_inputs({name: other()[:1] for name, other in others.items()})
@@ -313,8 +314,8 @@ def optimize(
     bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
     try:
         for step in range(steps):
-            for made in (param, *others.values()):
-                made.at_step(step, steps)
+            for each in made:
+                each.at_step(step, steps)
             images = param()
             images.retain_grad()
             if settings.image_ema is not None and step >= steps // 2:
@@ -374,8 +375,8 @@ def optimize(
             for group, rate in zip(optimizer.param_groups, rates):
                 group["lr"] = rate * lr_factor(step, steps)
             optimizer.step()
-            for made in (param, *others.values()):
-                made.project()
+            for each in made:
+                each.project()
             magnitude = images.grad.detach().abs().mean(1)
             transparency = magnitude if transparency is None else transparency + magnitude
             if settings.verbose or callbacks or (step + 1) % _SYNC_EVERY == 0 or step == steps - 1:
