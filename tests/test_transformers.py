@@ -4,6 +4,8 @@ A small ViT is trained here on scikit-learn's digits (upsampled to 16 x 16, ~15 
 a CNN trained separately on the 8 x 8 digits judges its class images.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -130,19 +132,12 @@ def test_gradcam_on_token_layers_lies_on_the_patch_grid_of_a_collage(quick_vit):
     images, labels = digits_data(16)
     collage = torch.cat([images[0], images[1]], dim=2)[None]  # 16 x 32: a 4 x 8 patch grid + class token
     before = snapshot(quick_vit)
-    auto = featvis.visualize_cam(quick_vit, "head", int(labels[0]), collage, input_range=(0.0, 1.0))
-    norm1 = featvis.visualize_cam(
-        quick_vit, "head", int(labels[0]), collage, input_range=(0.0, 1.0), penultimate_layer="blocks.1.norm1"
+    cam_of = functools.partial(
+        featvis.visualize_cam, quick_vit, "head", int(labels[0]), collage, input_range=(0.0, 1.0)
     )
-    given = featvis.visualize_cam(
-        quick_vit,
-        "head",
-        int(labels[0]),
-        collage,
-        input_range=(0.0, 1.0),
-        penultimate_layer="blocks.1.norm1",
-        token_grid=(4, 8),
-    )
+    auto = cam_of()
+    norm1 = cam_of(penultimate_layer="blocks.1.norm1")
+    given = cam_of(penultimate_layer="blocks.1.norm1", token_grid=(4, 8))
     assert auto.shape == (1, 16, 32) and np.isfinite(auto).all() and 0 <= auto.min() <= auto.max() <= 1
     np.testing.assert_array_equal(
         auto, norm1
@@ -154,20 +149,10 @@ def test_gradcam_on_token_layers_lies_on_the_patch_grid_of_a_collage(quick_vit):
     cams = featvis.visualize_cam(quick_vit, "head", 3, collages, input_range=(0.0, 1.0))
     assert (cams.max((1, 2)) - cams.min((1, 2)) > 0.5).sum() >= 5  # maps, not flat zeros
     np.testing.assert_allclose(cams, hand_gradcam(quick_vit, collages, 3), atol=1e-4)
-    block = featvis.visualize_cam(
-        quick_vit, "head", int(labels[0]), collage, input_range=(0.0, 1.0), penultimate_layer="blocks.1"
-    )
+    block = cam_of(penultimate_layer="blocks.1")
     assert block.shape == (1, 16, 32) and 0 <= block.min() <= block.max() <= 1
     for method in ("gradcam++", "layercam", "scorecam", "eigencam"):
-        cam = featvis.visualize_cam(
-            quick_vit,
-            "head",
-            int(labels[0]),
-            collage,
-            input_range=(0.0, 1.0),
-            penultimate_layer="blocks.1",
-            method=method,
-        )
+        cam = cam_of(penultimate_layer="blocks.1", method=method)
         assert cam.shape == (1, 16, 32) and np.isfinite(cam).all()
     assert_untouched(quick_vit, before)
 
