@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from .datasource import DataSummary, ImageSource, array_item, collate, image_source
 from .errors import FeatvisValueError, bad_type, bad_value, check_int
 from .image import atomic_write, check_range
-from .losses import check_token, check_unit_axis, layer_key, resolve_axis
+from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
 from .prepared import PreparedModel, prepare
 from .targets import FeatvisWarning, LayerSpec, resolve_device
 
@@ -141,18 +141,8 @@ class _LayerReader(contextlib.AbstractContextManager):
         if out.ndim == 1:
             return out
         layer = self.layers[index]
-        out = out.movedim(resolve_axis(out, self.unit_axis, self.targets[index], layer), 1)
-        if self.token is None:
-            return out
-        positions = out.flatten(2)
-        if out.ndim == 2 or not -positions.shape[2] <= self.token < positions.shape[2]:
-            allowed = (
-                f"None: layer {layer!r} has one value per unit (no tokens or positions)"
-                if out.ndim == 2
-                else f"a token (position) index in [0, {positions.shape[2] - 1}] of layer {layer!r}"
-            )
-            raise bad_value("token", self.token, allowed)
-        return positions[:, :, self.token]
+        axis = resolve_axis(out, self.unit_axis, self.targets[index], layer)
+        return select_units(out, None, layer, axis, self.token)
 
     def __exit__(self, *exc) -> None:
         if self._owned:

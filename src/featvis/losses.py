@@ -255,10 +255,16 @@ def _check_indices(indices: object, argument: str) -> list[int] | None:
     return [int(v) for v in values]
 
 
-def _units(
+def select_units(
     act: torch.Tensor, indices: list[int] | None, layer: object, axis: int, token: int | None = None
 ) -> torch.Tensor:
-    """Select units along `axis` (and one position of the rest with `token`); returns (rows, k, ...)."""
+    """Select units along `axis` (all with ``indices=None``; one position of the rest with `token`);
+    returns (rows, k, ...).
+
+    Example:
+        >>> select_units(torch.zeros(2, 17, 96), [5], "blocks.1.mlp.0", axis=-1).shape
+        torch.Size([2, 1, 17])
+    """
     if act.ndim == 1:
         if indices is not None:
             raise bad_value("filter_indices", indices, f"None, since layer {layer!r} has one value per image")
@@ -354,7 +360,7 @@ class _OneLayer(Loss):
         """The layer's units `indices` (None: all) on axis 1 (and one position with `token`)."""
         raw = ctx.activation(self.layer)
         axis = resolve_axis(raw, unit_axis, ctx.target(self.layer), self.layer)
-        return _units(raw, indices, self.layer, axis, token)
+        return select_units(raw, indices, self.layer, axis, token)
 
 
 class ActivationMaximization(_OneLayer):
