@@ -1,0 +1,75 @@
+"""Edges that the 5% mutation sample of 2026-11-27 found untested: exact zeros and boundaries."""
+
+import pytest
+import torch
+from torch import nn
+
+import featvis
+from featvis.backprop_modifiers import guided
+from featvis.cam_methods import gradcam_plus_plus
+from featvis.losses import UnitPerImage, neuron
+
+from conftest import assert_untouched, snapshot
+
+
+def test_guided_backprop_passes_nothing_where_the_input_is_exactly_zero():
+    x = torch.tensor([-1.0, 0.0, 2.0])
+    passed = guided(x, grad_output=torch.ones(3), local_grad=torch.ones(3))
+    assert passed.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_gradcam_plus_plus_weighs_nothing_where_its_denominator_is_exactly_zero():
+    # one channel summing to -2 with gradient 1 everywhere: 2 + sum(A) g = 0, so alpha is 0, not 1/0
+    activations = torch.full((1, 1, 2, 2), -0.5)
+    cam = gradcam_plus_plus(activations, torch.ones_like(activations))
+    assert torch.isfinite(cam).all() and (cam == 0).all()
+    # and a second, positive channel alone decides the map
+    two = torch.cat([activations, torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])], 1)
+    cam = gradcam_plus_plus(two, torch.ones_like(two))
+    assert cam[0, 0, 0] > 0 and (cam[0].flatten()[1:] == 0).all()
+
+
+def test_a_unit_index_equal_to_the_unit_count_is_refused_by_name(tiny):
+    before = snapshot(tiny)
+    with pytest.raises(featvis.FeatvisValueError, match=r"units.*\[0, 9\]"):
+        featvis.visualize_activation_with_losses(
+            tiny, UnitPerImage("fc", [10]), size=16, input_range=(0, 1), max_iter=1
+        )
+    assert_untouched(tiny, before)
+
+
+def test_a_neuron_at_row_and_column_zero_is_allowed(tiny):
+    image = featvis.visualize_activation_with_losses(
+        tiny, neuron("act2", 3, x=0, y=0), size=16, input_range=(0, 1), max_iter=2, seed=0
+    )
+    assert image.shape == (16, 16, 3)
+
+
+def test_the_default_sizes_of_images_signals_and_volumes():
+    image = featvis.PreparedModel(nn.Sequential(nn.Conv2d(3, 2, 3)))
+    signal = featvis.PreparedModel(nn.Sequential(nn.Conv1d(3, 2, 3)))
+    volume = featvis.PreparedModel(nn.Sequential(nn.Conv3d(3, 2, 3)))
+    assert (image.default_size(), signal.default_size(), volume.default_size()) == (
+        (224, 224),
+        (128,),
+        (32, 32, 32),
+    )
+
+
+class Tokens(nn.Module):
+    """A 1-D signal read as token ids: Embedding(10, 16) gives (N, L, 16), units on the last axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 1)
+        self.emb = nn.Embedding(10, 16)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        ids = (self.conv(x)[:, 0].detach().clamp(0, 1) * 9).long()
+        return self.head(self.emb(ids).mean(1))
+
+
+def test_an_embedding_has_its_units_on_the_last_axis():
+    model = Tokens()
+    assert featvis.get_num_filters(model, "emb", input_shape=(1, 8)) == 16
