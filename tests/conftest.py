@@ -13,6 +13,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 
+@pytest.fixture(autouse=True)
+def _same_random_draws_in_any_order():
+    """Each test starts from the same global seed, so its draws do not depend on the tests run before it."""
+    torch.manual_seed(0)
+
+
 class TinyNet(nn.Module):
     """conv-ReLU-conv-ReLU-pool-linear on 3x32x32 inputs, with module ReLUs."""
 
