@@ -103,6 +103,24 @@ def test_scorecam_and_ablationcam_equal_their_definitions_run_one_mask_at_a_time
         np.testing.assert_allclose(got, up, atol=1e-4, err_msg=method)
 
 
+def test_scorecam_runs_as_many_masked_images_per_forward_as_hold_16_of_112_px_on_the_cpu():
+    model = make_tiny()
+    rows: list[int] = []
+    handle = model.conv1.register_forward_pre_hook(lambda module, inputs: rows.append(len(inputs[0])))
+    images = _images(2)
+    options = dict(method="scorecam", penultimate_layer="act2")
+    try:
+        default = featvis.visualize_cam(model, "fc", 3, images, **options)
+        masked = [n for n in rows if n > 2]  # not the probe, checks and layer reading (1-2 images)
+        rows.clear()
+        given = featvis.visualize_cam(model, "fc", 3, images, batch_size=12, **options)
+    finally:
+        handle.remove()
+    assert masked == [2 * 16]  # 16 x 112 x 112 pixels hold 196 images of 32 x 32: both images' 16 masks
+    assert [n for n in rows if n > 2] == [12, 12, 8]
+    np.testing.assert_allclose(default, given, atol=1e-6)
+
+
 def test_eigencam_is_the_first_principal_component_with_the_activations_sign():
     model = make_tiny()
     image = _images(1)[0]

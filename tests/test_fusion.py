@@ -83,8 +83,10 @@ def test_fused_copy_is_the_same_function_with_fewer_layers_and_leaves_the_model_
     assert fast.conv3.padding == (1, 1) and isinstance(fast.conv3.static_padding, nn.Identity)
     assert isinstance(fast.conv4.static_padding, nn.ZeroPad2d)  # (0, 1, 0, 1) is not a conv padding
     assert fast.fc.weight is model.fc.weight  # unfolded weights are shared, not copied
-    assert fast.fc is model.fc and fast.act is model.act  # so are the modules the fold leaves alone
+    assert fast.fc is model.fc  # so are the modules the fold leaves alone
     assert fast.conv1 is not model.conv1 and fast is not model
+    # the activation the convolutions apply themselves (without gradients) is the copy's own
+    assert fast.act is not model.act and "forward" not in vars(model.act)
 
     x = torch.rand(3, 3, 16, 16, requires_grad=True)
     expected = model(x)
@@ -93,6 +95,8 @@ def test_fused_copy_is_the_same_function_with_fewer_layers_and_leaves_the_model_
     (grad_got,) = torch.autograd.grad(got.sum(), x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_layers_the_objective_reads_are_not_folded():
@@ -244,3 +248,85 @@ def test_fused_and_plain_runs_reach_the_same_activation():
     assert_untouched(model, before)
     assert (reached[True] > gray + 0.3).all()  # every unit rose
     np.testing.assert_allclose(reached[True], reached[False], rtol=0.02)
+
+
+class ActivationPatterns(nn.Module):
+    """conv-ReLU, conv-BN-ReLU6, a residual added in place before a SiLU, and the shared ReLU6
+    once more on pooled features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.conv2, self.bn2, self.act = (
+            nn.Conv2d(8, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+        )
+        self.conv3, self.silu = nn.Conv2d(8, 8, 3, padding=1), nn.SiLU()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        y = self.act(self.bn2(self.conv2(x)))
+        z = self.conv3(y)
+        z += y  # in place: the SiLU's input is no longer the convolution's output
+        return self.fc(self.act(self.silu(z).mean(dim=(2, 3)) - 0.1))
+
+
+def counting_pointwise(monkeypatch) -> list[str]:
+    """Record each oneDNN convolution-with-activation call (its activation's name)."""
+    calls: list[str] = []
+    real = torch.ops.mkldnn._convolution_pointwise
+    monkeypatch.setattr(
+        torch.ops.mkldnn, "_convolution_pointwise", lambda *args: calls.append(args[7]) or real(*args)
+    )
+    return calls
+
+
+def test_convolutions_apply_the_activation_they_feed_only_without_gradients(monkeypatch):
+    torch.manual_seed(0)
+    model = ActivationPatterns().eval()
+    model.bn2.running_mean.uniform_(-0.2, 0.2)
+    before = snapshot(model)
+    x = torch.rand(1, 3, 16, 16)
+    with ModelGuard(model):
+        _, _, activated = fusion._find_pairs(model, x, probe(model, x).calls, keep=set())
+        assert activated == [("conv1", "relu"), ("conv2", "act")]  # not conv3: z changed in place
+        fast = fused(model)
+    calls = counting_pointwise(monkeypatch)
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected)
+    assert calls == ["relu", "hardtanh"] * 2  # the shared ReLU6 still applies itself to the pooled features
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(fast(x).sum(), x)
+    (grad_expected,) = torch.autograd.grad(model(x).sum(), x)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-4, atol=1e-6)
+    assert len(calls) == 4  # with gradients: the convolution and the activation, as in the model
+    assert_untouched(model, before)
+
+
+class ReusesConvOutput(nn.Module):
+    """A normalized convolution output read twice, through a ReLU and as it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.fc((self.relu(y) + y).mean(dim=(2, 3)))
+
+
+def test_when_the_activation_cannot_move_into_the_convolution_the_copy_that_only_folds_runs():
+    torch.manual_seed(0)
+    model = ReusesConvOutput().eval()
+    runner, _ = runner_for(model, "fc", fuse=True, channels_last=False)
+    assert runner is not model and isinstance(runner.bn, nn.Identity)  # the batch norm still folded
+    assert "forward" not in vars(runner.conv)  # the convolution applies no activation
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-5)

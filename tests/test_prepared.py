@@ -32,7 +32,7 @@ class WideNet(nn.Module):
 def counted(monkeypatch):
     """Count the probes (one forward of every module) and fused copies featvis makes."""
     counts = {"probe": 0, "fold": 0}
-    probe, fused_copy = featvis.targets.probe, featvis.fusion.fused_copy
+    probe, fused_copies = featvis.targets.probe, featvis.fusion.fused_copies
 
     def counting_probe(*args, **kwargs):
         counts["probe"] += 1
@@ -40,10 +40,10 @@ def counted(monkeypatch):
 
     def counting_fold(*args, **kwargs):
         counts["fold"] += 1
-        return fused_copy(*args, **kwargs)
+        return fused_copies(*args, **kwargs)
 
     monkeypatch.setattr(featvis.targets, "probe", counting_probe)
-    monkeypatch.setattr(featvis.fusion, "fused_copy", counting_fold)
+    monkeypatch.setattr(featvis.fusion, "fused_copies", counting_fold)
     return counts
 
 
