@@ -36,6 +36,24 @@ COUNTER_MODULE = textwrap.dedent(
     def make_counter():
         torch.manual_seed(0)
         return Counter().eval()
+
+    class Tokens(nn.Module):
+        '''Patch tokens (N, 16, 8) through an MLP layer (N, 16, 6): a ViT's layout, features last.'''
+
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(1, 8, 4, stride=4)
+            self.mlp = nn.Linear(8, 6)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            tokens = self.embed(x).flatten(2).transpose(1, 2)
+            return self.head(torch.relu(self.mlp(tokens)).mean(1))
+
+
+    def make_tokens():
+        torch.manual_seed(0)
+        return Tokens().eval()
     """
 )
 
@@ -99,6 +117,26 @@ def test_model_factory_is_imported_from_the_current_folder(user_folder, tmp_path
     image = Image.open(tmp_path / "fewer.png")
     assert image.size == (16, 16) and image.mode == "L"  # one channel in, one channel out
     assert sys.path == path_before  # the folder is on sys.path only while the model loads
+
+
+def test_unit_axis_and_token_reach_the_visualization(user_folder, tmp_path, capsys):
+    from featvis import visualize_activation
+
+    model_options = ["--model", f"{user_folder}.nets:make_tokens", "--layer", "mlp", "--channels", "1"]
+    model_options += ["--preprocess", "none", "--input-range", "0,1", "--size", "16"]
+
+    def cli_image(*unit_options):
+        main(["activation", *model_options, "--filter", "5", "--steps", "8", *unit_options, "--out", "t.png"])
+        return np.asarray(Image.open(tmp_path / "t.png"), dtype=np.int16)
+
+    class_token = cli_image("--unit-axis", "-1", "--token", "0")
+    model = sys.modules[f"{user_folder}.nets"].make_tokens()
+    options = dict(max_iter=8, size=16, channels=1, input_range=(0.0, 1.0), seed=0)
+    api = visualize_activation(model, "mlp", 5, unit_axis=-1, token=0, **options)
+    np.testing.assert_allclose(class_token, np.rint(255 * api[..., 0]), atol=1)  # api: [0, 1]
+    assert np.abs(cli_image("--unit-axis", "-1", "--token", "1") - class_token).mean() > 5
+    code, err = run(["activation", *model_options, "--unit-axis", "3", "--out", "x.png"], capsys)
+    assert "unit_axis" in one_error_line(code, err)
 
 
 def test_a_module_that_is_not_in_the_current_folder_says_where_it_looked(user_folder, capsys, tmp_path):

@@ -333,6 +333,23 @@ attention_options = [
 ]
 
 
+unit_options = [
+    click.option(
+        "--unit-axis",
+        type=int,
+        default=None,
+        help="Axis of the layer's output that holds the units (default: 1 for convolutions, the last "
+        "for linear layers and (N, tokens, features) outputs).",
+    ),
+    click.option(
+        "--token",
+        type=int,
+        default=None,
+        help="Read each unit at this token only (0: a ViT's class token; default: averaged over tokens).",
+    ),
+]
+
+
 def with_options(options):
     def decorate(function):
         for option in reversed(options):
@@ -365,6 +382,7 @@ def cli() -> None:
 @click.option(
     "--filter", "filters", default=None, help="Unit/channel/class: index, class name, comma list, or 'all'."
 )
+@with_options(unit_options)
 @with_options(quality_options)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option(
@@ -392,6 +410,8 @@ def cli() -> None:
 def activation(
     layer,
     filters,
+    unit_axis,
+    token,
     quality,
     steps,
     views,
@@ -418,6 +438,8 @@ def activation(
         loaded.model,
         layer,
         indices,
+        unit_axis=unit_axis,
+        token=token,
         **quality_arguments(quality, steps, views),
         size=size,
         method=method,
@@ -443,6 +465,7 @@ def activation(
 @cli.command()
 @click.option("--layer", required=True, help="Module name of the layer.")
 @click.option("--units", default=None, help="Comma list of units (default: all).")
+@with_options(unit_options)
 @with_options(quality_options)
 @click.option("--size", type=int, default=224, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per batch (default: what fits).")
@@ -454,6 +477,8 @@ def activation(
 def layer(
     layer,
     units,
+    unit_axis,
+    token,
     quality,
     steps,
     views,
@@ -476,6 +501,8 @@ def layer(
         loaded.model,
         layer,
         chosen,
+        unit_axis=unit_axis,
+        token=token,
         **quality_arguments(quality, steps, views),
         size=size,
         batch_size=batch_size,
