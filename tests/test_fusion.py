@@ -330,3 +330,44 @@ def test_when_the_activation_cannot_move_into_the_convolution_the_copy_that_only
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+class OtherActivations(nn.Module):
+    """conv-SiLU (stride 2), conv-GELU (tanh; dilation 2), a conv with padding="same" (oneDNN is not
+    given it) into a ReLU, conv-Hardtanh(-0.5, 0.5), and a conv on one unbatched image (nor that)
+    into the same ReLU; `shift` adds 1 in place between a conv and its GELU (a branch the pass that
+    paired them did not take)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = False
+        self.conv1, self.silu = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.SiLU()
+        self.conv2, self.gelu = nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.GELU(approximate="tanh")
+        self.conv3, self.relu = nn.Conv2d(8, 8, 3, padding="same"), nn.ReLU()
+        self.conv4, self.clip = nn.Conv2d(8, 8, 3, padding=1), nn.Hardtanh(-0.5, 0.5)
+        self.conv5 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.conv2(self.silu(self.conv1(x)))
+        if self.shift:
+            y += 1
+        x = self.clip(self.conv4(self.relu(self.conv3(self.gelu(y)))))
+        single = self.relu(self.conv5(x[0]))  # (C, H, W): oneDNN's kernel takes batches only
+        return self.fc(x.mean(dim=(2, 3)) + single.mean(dim=(1, 2)))
+
+
+def test_silu_and_gelu_move_into_the_convolution_and_a_string_padding_keeps_its_activation(monkeypatch):
+    torch.manual_seed(0)
+    model = OtherActivations().eval()
+    fast = fused(model)
+    calls = counting_pointwise(monkeypatch)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+        assert calls == ["swish", "gelu", "hardtanh"]  # conv3 and conv5 ran plain, the ReLU applied itself
+        h = 3 * torch.randn(2, 8, 8, 8)  # where the tanh approximation and the exact GELU differ
+        torch.testing.assert_close(fast.gelu(fast.conv2(h)), model.gelu(model.conv2(h)))
+        model.shift = fast.shift = True  # the GELU's input changed in place since the conv
+        with pytest.raises(ModelError, match="in place before its GELU.*fuse=False"):
+            fast(x)

@@ -110,8 +110,7 @@ def _find_pairs(
             pad_outputs[id(output)] = (name, output)
         elif isinstance(module, nn.Conv2d):
             last_conv["conv"] = (name, output)
-            if output.ndim == 4 and output.dtype == torch.float32:
-                conv_outputs[id(output)] = (name, output, output._version)
+            conv_outputs[id(output)] = (name, output, output._version)
             source = inputs[0] if inputs else None
             children = list(module.named_children())
             if (
@@ -199,8 +198,13 @@ def _apply_in_convolution(conv: nn.Module, activation: nn.Module) -> None:
         for key, (out, version) in list(done.items()):
             if out is x:
                 del done[key]
-                if x._version == version:
-                    return x
+                if x._version != version:  # a branch the pairing pass did not take
+                    raise ModelError(
+                        f"the model changed the output of {type(conv).__name__} in place before its "
+                        f"{type(activation).__name__}, which featvis's fused copy had moved into the "
+                        "convolution; pass fuse=False to run the model as it is"
+                    )
+                return x
         return activation_forward(x, *args, **kwargs)
 
     conv.forward = forward_with_activation
