@@ -34,7 +34,6 @@ import itertools
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 from .errors import LayerNotFoundError, ModelError
@@ -143,6 +142,11 @@ def _find_pairs(
     return folds, pads, activated
 
 
+def _two(value) -> list[int]:
+    """A conv2d argument (an int or a pair) as oneDNN's list of two."""
+    return list(value) if isinstance(value, tuple | list) else [value, value]
+
+
 class _ConvolutionWithActivation(TorchFunctionMode):
     """Inside a conv module's forward: its `torch.conv2d` call on `weight` done by oneDNN with the
     activation applied in the same pass (`applied` says whether it was)."""
@@ -164,9 +168,9 @@ class _ConvolutionWithActivation(TorchFunctionMode):
                     x,
                     self.weight,
                     given.get("bias"),
-                    list(_pair(padding)),
-                    list(_pair(given.get("stride", 1))),
-                    list(_pair(given.get("dilation", 1))),
+                    _two(padding),
+                    _two(given.get("stride", 1)),
+                    _two(given.get("dilation", 1)),
                     given.get("groups", 1),
                     attr,
                     scalars,
