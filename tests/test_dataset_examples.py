@@ -217,14 +217,15 @@ def test_images_of_other_sizes_are_resized_shorter_side_then_center_cropped():
 
 
 class _InterruptAt(nn.Module):
-    """Wraps a model; raises KeyboardInterrupt (as Ctrl-C does) at the given forward call."""
+    """Wraps a model; raises KeyboardInterrupt (as Ctrl-C does) at the given batch: `calls` counts
+    the forwards of more than one image (the probe and the fused copy's checks run one)."""
 
     def __init__(self, model, at):
         super().__init__()
         self.model, self.at, self.calls = model, at, 0
 
     def forward(self, x):
-        self.calls += 1
+        self.calls += len(x) > 1
         if self.calls == self.at:
             raise KeyboardInterrupt
         return self.model(x)
@@ -232,7 +233,7 @@ class _InterruptAt(nn.Module):
 
 def test_ctrl_c_returns_what_the_pass_has(digits):
     model, images, _ = digits
-    wrapped = _InterruptAt(model, at=4)  # the probe, batches 1-2, then Ctrl-C
+    wrapped = _InterruptAt(model, at=3)  # batches 1-2, then Ctrl-C
     before = snapshot(wrapped)
     ex = featvis.dataset_examples(
         wrapped, "model.fc", images[:500], k=3, input_range=(0.0, 1.0), channels=1, batch_size=100
@@ -244,7 +245,7 @@ def test_ctrl_c_returns_what_the_pass_has(digits):
 
 class _FailsAt(_InterruptAt):
     def forward(self, x):
-        self.calls += 1
+        self.calls += len(x) > 1
         if self.calls == self.at:
             raise RuntimeError("out of memory")
         return self.model(x)
@@ -252,7 +253,7 @@ class _FailsAt(_InterruptAt):
 
 def test_a_model_that_raises_mid_pass_is_left_as_it_was(digits):
     model, images, _ = digits
-    wrapped = _FailsAt(model, at=3)
+    wrapped = _FailsAt(model, at=2)
     handle = wrapped.model.conv1.register_forward_hook(lambda *args: None)
     before = snapshot(wrapped)
     with pytest.raises(featvis.ModelError, match="out of memory"):
@@ -266,12 +267,12 @@ def test_checkpoint_resumes_where_it_stopped_and_checks_settings(digits, tmp_pat
     common = dict(k=4, input_range=(0.0, 1.0), channels=1, batch_size=100)
     path = tmp_path / "run.pt"
     first = featvis.dataset_examples(
-        _InterruptAt(model, at=5), "model.fc", images[:700], checkpoint=path, checkpoint_every=1, **common
+        _InterruptAt(model, at=4), "model.fc", images[:700], checkpoint=path, checkpoint_every=1, **common
     )
     assert first.interrupted and first.summary.used == 300 and path.exists()
     counter = _InterruptAt(model, at=-1)
     resumed = featvis.dataset_examples(counter, "model.fc", images[:700], checkpoint=path, **common)
-    assert counter.calls == 1 + 4  # the probe and the 4 batches left
+    assert counter.calls == 4  # the 4 batches left
     whole = featvis.dataset_examples(model, "fc", images[:700], **common)
     assert not resumed.interrupted and resumed.summary.used == 700
     np.testing.assert_array_equal(resumed.indices, whole.indices)
@@ -280,7 +281,7 @@ def test_checkpoint_resumes_where_it_stopped_and_checks_settings(digits, tmp_pat
     again = _InterruptAt(model, at=-1)
     done = featvis.dataset_examples(again, "model.fc", images[:700], checkpoint=path, **common)
     np.testing.assert_array_equal(done.indices, whole.indices)
-    assert again.calls == 2  # a finished checkpoint: no pass, only the probe and one image for the shapes
+    assert again.calls == 0  # a finished checkpoint: no pass (only one-image forwards for the shapes)
     with pytest.raises(featvis.FeatvisValueError, match="k=4.*k=5"):
         featvis.dataset_examples(again, "model.fc", images[:700], checkpoint=path, **{**common, "k": 5})
     with pytest.raises(featvis.FeatvisValueError, match="layers"):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import backprop_modifiers, grad_modifiers, tokens
+from . import backprop_modifiers, fusion, grad_modifiers, tokens
 from .cam_methods import (
     CamContext,
     ContextMethod,
@@ -80,18 +80,13 @@ SALIENCY_METHODS = ("vanilla", "integrated_gradients", "occlusion")
 # the model as it is 0.20-0.23 s (channels-last input, with its check, 0.27 s).
 FUSED_VANILLA_PIXELS = 8 * 224 * 224
 
-# On the CPU, Score-CAM's masked images run fastest in chunks of about 16 images of 112 px, whose
-# activations stay in the caches (Lite0's fused copy, 2 cores, images per second, median of 8:
-# 480 at 16 rows of 112 px, 350 at 64 rows; at 224 px 103 at 4 rows, 77 at 32 rows).
-SCORE_CAM_CPU_PIXELS = 16 * 112 * 112
-
 
 def _rows_per_forward(method, images: torch.Tensor, batch_size: int | None) -> int:
-    """`batch_size`, or by default 64 rows, or on the CPU for Score-CAM what holds `SCORE_CAM_CPU_PIXELS`."""
+    """`batch_size`, or by default 64 rows, or on the CPU for Score-CAM `fusion.cpu_chunk_rows`."""
     if batch_size is not None:
         return batch_size
     if method is scorecam and images.device.type == "cpu":
-        return max(1, SCORE_CAM_CPU_PIXELS // images[0, 0].numel())
+        return fusion.cpu_chunk_rows(images.shape[2:])
     return 64
 
 
@@ -904,7 +899,8 @@ def visualize_cam_with_losses(
     defaults to the last layer run before the loss's layer whose output has spatial dimensions
     (for EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``). `batch_size`:
     rows per forward for the methods that run the model (Score-CAM, Ablation-CAM); by default 64,
-    on the CPU for Score-CAM as many as hold 16 images of 112 px (4 of 224 px), its fastest there.
+    on the CPU for Score-CAM as many as hold 16 images of 112 px (4 of 224 px), its fastest there
+    (`featvis.fusion.cpu_chunk_rows`).
     ``smooth_samples > 0`` averages over noisy copies, ``aug_smooth=True`` over flips and zooms.
 
     Example:
