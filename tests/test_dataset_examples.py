@@ -422,3 +422,18 @@ def test_examples_of_a_vit_mlp_neuron_are_ranked_on_the_feature_axis():
         featvis.dataset_examples(vit, layer, images[:4], unit_axis=3, **settings)
     with pytest.raises(featvis.FeatvisTypeError, match="token"):
         featvis.dataset_examples(vit, layer, images[:4], token="cls", **settings)
+
+
+def test_each_batch_runs_in_chunks_of_16_images_of_112_px_on_the_cpu_with_the_same_examples():
+    model = make_tiny()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 3, 128, 128))).float()
+    whole = featvis.dataset_examples(model, "conv2", images, k=3, batch_size=32)
+    rows: list[int] = []
+    handle = model.conv1.register_forward_pre_hook(lambda module, inputs: rows.append(len(inputs[0])))
+    try:
+        chunked = featvis.dataset_examples(model, "conv2", images, k=3, batch_size=32)
+    finally:
+        handle.remove()
+    assert [n for n in rows if n > 1] == [12, 12, 8]  # 16 x 112 x 112 pixels hold 12 images of 128 px
+    np.testing.assert_array_equal(chunked.indices, whole.indices)
+    np.testing.assert_allclose(chunked.values, whole.values, rtol=1e-4, atol=1e-5)
