@@ -181,9 +181,24 @@ def _normalize(maps: torch.Tensor, percentile: float | None = None) -> np.ndarra
     if percentile is None:
         high = flat.max(1, keepdim=True).values
     else:
-        high = torch.quantile(flat, percentile / 100, dim=1, keepdim=True)
+        high = _quantile(flat, percentile / 100)
     scaled = ((flat - low) / (high - low).clamp(min=1e-12)).clamp(0, 1)
     return scaled.view_as(maps).cpu().numpy()
+
+
+def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """`torch.quantile(flat, q, dim=1, keepdim=True)` (linear interpolation); a high `q` from the
+    top values alone (a 99th percentile of a 224 x 224 map: the top 502 of 50,176, several times
+    faster than sorting them all)."""
+    n = flat.shape[1]
+    position = q * (n - 1)
+    below = math.floor(position)
+    top = n - below  # the values from sorted[below] up
+    if top > n // 8:
+        return torch.quantile(flat, q, dim=1, keepdim=True)
+    values = flat.topk(min(top + 1, n), dim=1).values  # descending: sorted[n - 1 - j] is values[:, j]
+    at, above = values[:, top - 1 : top], values[:, max(top - 2, 0) : max(top - 1, 1)]
+    return torch.lerp(at, above, position - below)
 
 
 def _check_percentile(percentile) -> float | None:
