@@ -121,16 +121,19 @@ def test_scorecam_runs_as_many_masked_images_per_forward_as_hold_16_of_112_px_on
     np.testing.assert_allclose(default, given, atol=1e-6)
 
 
-def test_occlusion_runs_as_many_occluded_images_per_forward_as_hold_16_of_112_px_on_the_cpu():
+@pytest.mark.parametrize(
+    "method", [dict(method="occlusion", window=32, stride=32), dict(method="integrated_gradients", steps=16)]
+)
+def test_occlusion_and_ig_run_as_many_images_per_forward_as_hold_16_of_112_px_on_the_cpu(method):
     model = make_tiny()
     rows: list[int] = []
     handle = model.conv1.register_forward_pre_hook(lambda module, inputs: rows.append(len(inputs[0])))
     images = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
     try:
-        featvis.visualize_saliency(model, "fc", 3, images, method="occlusion", window=32, stride=32)
+        featvis.visualize_saliency(model, "fc", 3, images, **method)
     finally:
         handle.remove()
-    assert [n for n in rows if n > 2] == [12, 12, 8]  # 16 windows x 2 images, 12 images of 128 px a time
+    assert [n for n in rows if n > 2] == [12, 12, 8]  # 16 windows or steps x 2 images, 12 of 128 px a time
 
 
 def test_eigencam_is_the_first_principal_component_with_the_activations_sign():
