@@ -170,12 +170,15 @@ class TinyViT(nn.Module):
         return self.head(x[:, 0] + x[:, 1:].mean(1))  # the class token and the patches' mean
 
 
-def train_digits_vit(seed: int = 0, epochs: int = 20, size: int = 16, noise: float = 0.1) -> TinyViT:
-    """Train `TinyViT` on the digits upsampled to `size`, with Gaussian noise of std `noise` added
-    to each training image (a smoother model, whose class images look like digits); ~15 s."""
+def train_digits_vit(
+    seed: int = 0, epochs: int = 20, size: int = 16, noise: float = 0.1, depth: int = 2
+) -> TinyViT:
+    """Train `TinyViT` (`depth` blocks) on the digits upsampled to `size`, with Gaussian noise of
+    std `noise` added to each training image (a smoother model, whose class images look like
+    digits); ~15 s."""
     torch.manual_seed(seed)
     images, labels = digits_data(size)
-    model = TinyViT(grid=size // 4)
+    model = TinyViT(grid=size // 4, depth=depth)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     steps = epochs * -(-len(images) // 128)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)

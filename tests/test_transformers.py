@@ -190,6 +190,36 @@ def test_gradcam_of_the_vit_lies_on_the_digits_half_of_a_collage(vit):
     assert_untouched(vit, before)
 
 
+@pytest.mark.slow
+def test_hirescam_of_a_one_block_vit_separates_two_different_digits_of_a_collage():
+    """Two different digits side by side (274 collages of the last digits), each asked in turn:
+    HiRes-CAM (gradient times activation per token, not Grad-CAM's mean gradient per feature) on
+    the last block of a one-block ViT puts most of the map on the asked digit's half. Measured
+    for seed 0: 0.83 of the mass, 98% of the maps (Grad-CAM: 0.55 and 74%; on the two-block ViT,
+    whose tokens attention has mixed twice, HiRes-CAM 0.59 and Grad-CAM 0.53)."""
+    vit = train_digits_vit(seed=0, depth=1)
+    images, labels = digits_data(16)
+    digits, classes = images[1400:1700], labels[1400:1700]
+    partner = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))
+    keep = classes != classes[partner]
+    collages = torch.cat([digits[keep], digits[partner][keep]], 3)
+    before = snapshot(vit)
+    shares = []
+    for asked, on_left in ((classes[keep], True), (classes[partner][keep], False)):
+        share = torch.zeros(len(collages))
+        for digit in range(10):
+            rows = asked == digit
+            cam = torch.tensor(
+                featvis.visualize_cam(vit, "head", digit, collages[rows], method="hirescam", **MODEL)
+            )
+            left = cam[:, :, :16].sum((1, 2)) / cam.sum((1, 2)).clamp(min=1e-9)
+            share[rows] = left if on_left else 1 - left
+        shares.append(share)
+    shares = torch.cat(shares)
+    assert shares.mean() > 0.75 and (shares > 0.5).float().mean() > 0.9, shares.mean()
+    assert_untouched(vit, before)
+
+
 def test_a_token_grid_that_does_not_fit_is_refused_naming_it(quick_vit):
     images, labels = digits_data(16)
     with pytest.raises(featvis.FeatvisValueError, match=r"token_grid=\(5, 5\).*17 tokens"):
