@@ -283,7 +283,7 @@ def test_bad_inputs_of_attention_maps_and_keras_models(keras_two_inputs):
         featvis.Optimized(input_range=(0, 255))  # the image's range is the call's
 
 
-def test_an_atlas_of_a_two_input_model_writes_every_unit_and_refuses_dataset_examples(tmp_path):
+def test_an_atlas_of_a_two_input_model_writes_every_unit_and_its_dataset_examples(tmp_path):
     model = ImageAndMeta()
     before = snapshot(model)
     options = dict(inputs={"meta": META}, input_range=(0, 1), size=16, max_iter=4, progress=False)
@@ -292,6 +292,43 @@ def test_an_atlas_of_a_two_input_model_writes_every_unit_and_refuses_dataset_exa
         made = sorted(p.name for p in (tmp_path / "site" / "units" / layer).glob("unit_?????.png"))
         assert made == [f"unit_{unit:05d}.png" for unit in range(count)]
     data = np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
-    with pytest.raises(featvis.FeatvisValueError, match=r"inputs= .*data="):
-        featvis.atlas(model, tmp_path / "other", ["head"], data=data, **options)
+    featvis.atlas(model, tmp_path / "other", ["head"], data=data, examples=2, **options)
+    examples = sorted(p.name for p in (tmp_path / "other" / "units" / "head").glob("*.examples.json"))
+    assert examples == [f"unit_{unit:05d}.examples.json" for unit in range(3)]
+    optimized = {**options, "inputs": {"meta": featvis.Optimized((2,))}}
+    with pytest.raises(featvis.FeatvisValueError, match=r"inputs=.*optimized.*fixed tensors"):
+        featvis.atlas(model, tmp_path / "third", ["head"], data=data, **optimized)
+    assert_untouched(model, before)
+
+
+class Gated(nn.Module):
+    """The image's features times `meta`: the sign of meta decides which images a unit likes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, image, meta):
+        return self.head(self.conv(image).mean((2, 3)) * meta)
+
+
+def test_dataset_examples_of_a_two_input_model_rank_the_images_with_the_fixed_inputs():
+    model = Gated().eval()
+    before = snapshot(model)
+    images = np.random.default_rng(0).random((20, 16, 16, 3)).astype(np.float32)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2)
+    found = []
+    for meta in (torch.ones(1, 4), -torch.ones(1, 4)):
+        ex = featvis.dataset_examples(
+            model, "head", images, k=3, input_range=(0.0, 1.0), inputs={"meta": meta}
+        )
+        with torch.no_grad():
+            expected = model(batch, meta.expand(20, -1)).argsort(0, descending=True)[:3].T
+        np.testing.assert_array_equal(ex.indices, expected.numpy())
+        found.append(ex.indices)
+    assert not np.array_equal(*found)  # the other meta, other examples
+    with pytest.raises(featvis.FeatvisValueError, match=r"inputs=.*optimized.*fixed tensors"):
+        featvis.dataset_examples(model, "head", images, input_range=(0.0, 1.0), inputs={"meta": (4,)})
     assert_untouched(model, before)

@@ -43,8 +43,9 @@ from tqdm.auto import tqdm
 
 from .dataset_examples import dataset_examples, dataset_fingerprint, merge_examples
 from .datasource import ImageSource, image_source
-from .errors import FeatvisValueError, bad_type, check_int
+from .errors import FeatvisValueError, bad_type, bad_value, check_int
 from .image import atomic_write, save_image, stitch_images, to_array, to_pil
+from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis
 from .optimizer import Settings
 from .prepared import CONVENTIONS, PreparedModel, image_size
@@ -233,10 +234,14 @@ def atlas(
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     if data is not None and conventions.get("inputs") is not None:
-        raise FeatvisValueError(
-            "inputs= is not allowed with data=: the dataset examples of a model with several "
-            "inputs are not supported yet (make the atlas without data=, or with one input)"
-        )
+        optimized = ModelInputs(model, conventions["inputs"]).optimized
+        if optimized:
+            raise bad_value(
+                "inputs",
+                {name: "optimized" for name in optimized},
+                "fixed tensors beside the image with data= (the dataset examples feed every image "
+                "of data with the same values of the other inputs)",
+            )
     if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     settings = Settings.take(options)
@@ -273,8 +278,9 @@ def atlas(
             if rank != 0:
                 _check_manifest(out, manifest, False, write=False)
             if source is not None:
+                read = {**axis, "inputs": conventions.get("inputs")}
                 _write_examples(
-                    model, prepared, out, counts, data, source, examples, rank, world_size, progress, axis
+                    model, prepared, out, counts, data, source, examples, rank, world_size, progress, read
                 )
             work = plan(counts, layer_costs(prepared, names, shape), batch_size)
             mine = shard(work, world_size)[rank]
@@ -303,8 +309,9 @@ def atlas(
     return out / "index.html"
 
 
-def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress, axis) -> None:
-    """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them.
+def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress, read) -> None:
+    """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them;
+    `read`: `dataset_examples`'s unit_axis, token and inputs.
 
     Every rank reads its share of the data (a DistributedSampler over `source`, the data's
     items), the shares' top-k are gathered and merged on every rank, and each rank writes every
@@ -331,7 +338,7 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
         device=prepared.device,
         progress=bool(progress) and rank == 0,
         sampler=sampler,
-        **axis,
+        **read,
     )
     shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
     gathered = [shares]

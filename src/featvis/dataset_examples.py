@@ -29,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
@@ -51,6 +51,7 @@ from . import fusion
 from .datasource import DataSummary, ImageSource, array_item, collate, image_source
 from .errors import FeatvisValueError, bad_type, bad_value, check_int
 from .image import atomic_write, check_range
+from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
 from .prepared import PreparedModel, prepare
 from .targets import FeatvisWarning, LayerSpec, resolve_device
@@ -525,6 +526,7 @@ def dataset_examples(
     sampler: Sampler | None = None,
     unit_axis: int | None = None,
     token: int | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
@@ -551,6 +553,9 @@ def dataset_examples(
     ``checkpoint="run.pt"`` the running top-k is saved atomically every
     `checkpoint_every` batches (and at the end or on Ctrl-C); a call with the same
     path and settings resumes from there.
+
+    A model of several inputs takes `inputs=` as in `visualize_activation`, the others than the
+    image fixed tensors (one example, fed beside every image of `data`).
 
     `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
     process of a distributed job ranks its share, and `merge_examples` joins the shares
@@ -592,8 +597,21 @@ def dataset_examples(
     low, high = input_range
     target_device = resolve_device(device, model)
     conventions = dict(
-        input_range=input_range, preprocess=preprocess, channels=channels, device=target_device
+        input_range=input_range, preprocess=preprocess, channels=channels, device=target_device, inputs=inputs
     )
+    fixed = {}
+    if inputs is not None:
+        given = ModelInputs(model, inputs)
+        if given.optimized:
+            raise bad_value(
+                "inputs",
+                {name: "optimized" for name in given.optimized},
+                "fixed tensors beside the image: dataset examples rank the images of data and "
+                "optimize nothing",
+            )
+        fixed = {
+            name: [list(value.shape), float(value.double().sum())] for name, value in given.fixed.items()
+        }
 
     source = image_source(data, channels=channels, size=size, input_range=input_range)
     own_loader = isinstance(source, ImageSource)
@@ -616,6 +634,7 @@ def dataset_examples(
         "channels": channels,
         "input_range": list(input_range),
         "batch_size": batch_size,
+        **({"inputs": fixed} if fixed else {}),
         **dataset_fingerprint(source),
     }
     state = _load_checkpoint(checkpoint_path, settings) if checkpoint_path else None
