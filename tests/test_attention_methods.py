@@ -107,17 +107,17 @@ def test_scorecam_runs_as_many_masked_images_per_forward_as_hold_16_of_112_px_on
     model = make_tiny()
     rows: list[int] = []
     handle = model.conv1.register_forward_pre_hook(lambda module, inputs: rows.append(len(inputs[0])))
-    images = _images(2)
+    images = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
     options = dict(method="scorecam", penultimate_layer="act2")
     try:
         default = featvis.visualize_cam(model, "fc", 3, images, **options)
         masked = [n for n in rows if n > 2]  # not the probe, checks and layer reading (1-2 images)
         rows.clear()
-        given = featvis.visualize_cam(model, "fc", 3, images, batch_size=12, **options)
+        given = featvis.visualize_cam(model, "fc", 3, images, batch_size=32, **options)
     finally:
         handle.remove()
-    assert masked == [2 * 16]  # 16 x 112 x 112 pixels hold 196 images of 32 x 32: both images' 16 masks
-    assert [n for n in rows if n > 2] == [12, 12, 8]
+    assert masked == [12, 12, 8]  # 16 x 112 x 112 pixels hold 12 images of 128 px: 2 images x 16 masks
+    assert [n for n in rows if n > 2] == [32]
     np.testing.assert_allclose(default, given, atol=1e-6)
 
 
