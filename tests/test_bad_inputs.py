@@ -207,6 +207,9 @@ def _cases():
         add("inputs", "activation", inputs=given)
     add("inputs", "saliency", inputs={"img": torch.zeros(1, 3, 16, 16)})
     add("inputs", "cam", inputs=[torch.zeros(1, 3, 16, 16)])
+    for call in ("saliency", "cam"):  # a keyword the call does not take, a misspelled convention
+        add("window2", call, window2=4)
+        add("input_rnage", call, input_rnage=(0, 1))
     return cases
 
 

@@ -437,3 +437,15 @@ def test_each_batch_runs_in_chunks_of_16_images_of_112_px_on_the_cpu_with_the_sa
     assert [n for n in rows if n > 1] == [12, 12, 8]  # 16 x 112 x 112 pixels hold 12 images of 128 px
     np.testing.assert_array_equal(chunked.indices, whole.indices)
     np.testing.assert_allclose(chunked.values, whole.values, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gray_model_reads_gray_data_without_being_told_the_channels():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+    images = torch.rand(6, 1, 16, 16)
+    ex = featvis.dataset_examples(model, "4", images, k=2, input_range=(0.0, 1.0))
+    with torch.no_grad():
+        expected = model(images).argsort(0, descending=True)[:2].T
+    np.testing.assert_array_equal(ex.indices, expected.numpy())

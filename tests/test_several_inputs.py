@@ -332,3 +332,8 @@ def test_dataset_examples_of_a_two_input_model_rank_the_images_with_the_fixed_in
     with pytest.raises(featvis.FeatvisValueError, match=r"inputs=.*optimized.*fixed tensors"):
         featvis.dataset_examples(model, "head", images, input_range=(0.0, 1.0), inputs={"meta": (4,)})
     assert_untouched(model, before)
+
+
+def test_a_two_input_model_called_without_inputs_says_to_give_them():
+    with pytest.raises(featvis.ModelError, match=r"meta.*inputs= for a model of several inputs"):
+        featvis.visualize_saliency(ImageAndMeta(), "head", 0, torch.rand(1, 3, 8, 8), input_range=(0.0, 1.0))

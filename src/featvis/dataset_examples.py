@@ -54,7 +54,7 @@ from .image import atomic_write, check_range
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
 from .prepared import PreparedModel, prepare
-from .targets import FeatvisWarning, LayerSpec, resolve_device
+from .targets import FeatvisWarning, LayerSpec, infer_channels, resolve_device
 
 REDUCTIONS = ("max", "mean")
 _CACHED_IMAGES = 64  # decoded images a result keeps while its crops are read (units share images)
@@ -515,7 +515,7 @@ def dataset_examples(
     reduce: str = "max",
     input_range: tuple[float, float] = (0, 255),
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    channels: int = 3,
+    channels: int | None = None,
     size: int | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
@@ -537,7 +537,8 @@ def dataset_examples(
     for arrays), fed in batches of `batch_size` through ``preprocess`` under
     ``torch.inference_mode``, and the forward pass stops after the deepest layer (through the
     fused copy where it agrees with the model; on the CPU in chunks of `fusion.cpu_chunk_rows`).
-    Files are converted to RGB (or gray), and resized so that their shorter side
+    Files are converted to RGB (or gray: `channels`, by default read from the model's first
+    convolution, as `PreparedModel` does), and resized so that their shorter side
     is `size` (default 224) and center-cropped to a square; unreadable files are
     skipped and counted, and a `SkippedImagesWarning` lists them at the end.
     Conv units are ranked by their spatial maximum (``reduce="mean"``: the mean).
@@ -577,6 +578,8 @@ def dataset_examples(
         raise bad_value("layer", layer, "a layer or a non-empty list of layers")
     check_int("k", k, 1)
     check_int("batch_size", batch_size, 1)
+    if channels is None:  # as PreparedModel: the model's first convolution tells, else 3
+        channels = infer_channels(model, 0 if inputs is None else ModelInputs(model, inputs).index)
     check_int("channels", channels, 1)
     check_int("checkpoint_every", checkpoint_every, 1)
     if size is not None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import fusion, targets
-from .errors import bad_type, bad_value, check_int, is_int
+from .errors import FeatvisTypeError, bad_type, bad_value, check_int, close_matches, is_int
 from .image import check_range, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
@@ -315,6 +315,12 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
     Example:
         >>> prepared, owned = prepare(model, input_range=(0, 255), preprocess=None)
     """
+    unknown = [name for name in conventions if name not in CONVENTIONS]
+    if unknown:
+        raise FeatvisTypeError(
+            f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], CONVENTIONS)} (this "
+            f"call takes its own arguments and the model's conventions: {', '.join(CONVENTIONS)})"
+        )
     if isinstance(model, PreparedModel):
         return model, False
     return PreparedModel(model, **conventions), True

@@ -180,7 +180,9 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
     return resolved
 
 
-MODEL_HINT = "check model, preprocess, input_range, channels and size"
+MODEL_HINT = (
+    "check model, preprocess, input_range, channels and size (and inputs= for a model of several inputs)"
+)
 
 
 class StopForward(Exception):
