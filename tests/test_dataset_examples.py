@@ -449,3 +449,13 @@ def test_a_gray_model_reads_gray_data_without_being_told_the_channels():
     with torch.no_grad():
         expected = model(images).argsort(0, descending=True)[:2].T
     np.testing.assert_array_equal(ex.indices, expected.numpy())
+
+
+def test_the_repr_is_one_line_that_names_the_layer_units_and_images():
+    torch.manual_seed(0)
+    ex = featvis.dataset_examples(
+        make_tiny(), "conv2", torch.rand(20, 3, 16, 16), k=3, input_range=(0.0, 1.0)
+    )
+    text = repr(ex)
+    assert text.startswith("DatasetExamples(layer='conv2', units=[0, 1, 2, 3, 4, 5, 6, 7, ...], k=3")
+    assert "used 20 of 20 images" in text and "\n" not in text

@@ -280,7 +280,7 @@ class _RunningTopK:
         self.values, self.indices, self.where = (state[n].to(device) for n in ("values", "indices", "where"))
 
 
-@dataclass
+@dataclass(repr=False)
 class DatasetExamples:
     """The dataset examples of one layer: per unit, the k images that drive it most and least.
 
@@ -314,6 +314,14 @@ class DatasetExamples:
     interrupted: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     _source: object = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        k = self.indices.shape[1] if self.indices.ndim == 2 else 0
+        flags = ", interrupted" if self.interrupted else ""
+        return (
+            f"DatasetExamples(layer={self.layer!r}, units=[{_short(self.units)}], k={k}, "
+            f"reduce={self.reduce!r}, {self.summary}{flags})"
+        )
 
     def row(self, unit: int) -> int:
         """The row of `unit` in `indices`, `values`, ... (`units` lists them)."""
