@@ -82,12 +82,10 @@ FUSED_VANILLA_PIXELS = 8 * 224 * 224
 
 
 def _rows_per_forward(method, images: torch.Tensor, batch_size: int | None) -> int:
-    """`batch_size`, or by default 64 rows, or on the CPU for Score-CAM `fusion.cpu_chunk_rows`."""
+    """`batch_size`, or by default 64 rows, on the CPU for Score-CAM `fusion.chunk_rows`."""
     if batch_size is not None:
         return batch_size
-    if method is scorecam and images.device.type == "cpu":
-        return fusion.cpu_chunk_rows(images.shape[2:])
-    return 64
+    return fusion.chunk_rows(images, 64) if method is scorecam else 64
 
 
 def register_cam(name: str, method: CamMethod) -> None:
@@ -416,7 +414,7 @@ def integrated_gradients(
     black image (the low end of `input_range`, before `preprocess`; zeros with
     ``input_range=None``), a number a flat image, or an image (or batch) like `seed_input`.
     `batch_size` path points run per forward and backward (None: 32, on the CPU
-    `fusion.cpu_chunk_rows`: 4 at 224 px, where Lite0's 64 steps of 4 images took 1.3 s against
+    `fusion.chunk_rows`: 4 at 224 px, where Lite0's 64 steps of 4 images took 1.3 s against
     2.4 s at 32).
 
     Example:
@@ -442,7 +440,7 @@ def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> to
     rows_image = torch.arange(n * steps, device=images.device) // steps
     rows_alpha = alphas.repeat(n)
     if batch_size is None:
-        batch_size = fusion.cpu_chunk_rows(images.shape[2:]) if images.device.type == "cpu" else 32
+        batch_size = fusion.chunk_rows(images, 32)
     prepared.probe(images)  # before resolving: a model of one input size is probed at that size
     terms, targets = _loss_terms(prepared, loss)
     total = torch.zeros_like(images)
@@ -506,7 +504,7 @@ def occlusion(
     `window` x `window` square (all channels) is replaced by the baseline, averaged over the
     windows (every `stride` pixels) covering each pixel; (B, H, W). All windows of all images
     run in batches of `batch_size` rows, without gradients (None: on the CPU
-    `fusion.cpu_chunk_rows`, 4 rows at 224 px: Lite0, 4 images, 2 cores, 7.0 s against 12.9 s at
+    `fusion.chunk_rows`, 4 rows at 224 px: Lite0, 4 images, 2 cores, 7.0 s against 12.9 s at
     256 rows; elsewhere as many rows as hold the pixels of 256 images of 224 x 224, at most 1024).
 
     Example:
@@ -530,10 +528,8 @@ def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torc
     n, _, h, w = images.shape
     if window > min(h, w):
         raise bad_value("window", window, f"an int <= the image size {min(h, w)}")
-    if batch_size is None and images.device.type == "cpu":
-        batch_size = fusion.cpu_chunk_rows((h, w))
-    elif batch_size is None:
-        batch_size = max(1, min(1024, 256 * 224 * 224 // (h * w)))
+    if batch_size is None:
+        batch_size = fusion.chunk_rows(images, max(1, min(1024, 256 * 224 * 224 // (h * w))))
     prepared.probe(images)  # before the scorer resolves the loss's layers
     score = _scorer(prepared, loss, images, batch_size)
     plain = score(torch.arange(n, device=images.device))
@@ -637,7 +633,7 @@ def visualize_saliency_with_losses(
     `method`: ``"vanilla"`` (d(-loss)/d(input); guided or rectified with `backprop_modifier`),
     ``"integrated_gradients"`` (`steps`, `baseline`: see `integrated_gradients`) or
     ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`); `batch_size` rows per
-    forward (None: on the CPU as many as hold 16 images of 112 px, `fusion.cpu_chunk_rows`;
+    forward (None: on the CPU as many as hold 16 images of 112 px, `fusion.chunk_rows`;
     elsewhere 32 for Integrated Gradients, for occlusion 256 at 224 px, up to 1024 on smaller
     images). Gradient maps keep the max over channels, attributions their sum. ``smooth_samples > 0`` averages the map over
     noisy copies (SmoothGrad; noise std ``smooth_noise`` times the image's range, image i's
@@ -921,7 +917,7 @@ def visualize_cam_with_losses(
     (for EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``). `batch_size`:
     rows per forward for the methods that run the model (Score-CAM, Ablation-CAM); by default 64,
     on the CPU for Score-CAM as many as hold 16 images of 112 px (4 of 224 px), its fastest there
-    (`featvis.fusion.cpu_chunk_rows`).
+    (`featvis.fusion.chunk_rows`).
     ``smooth_samples > 0`` averages over noisy copies, ``aug_smooth=True`` over flips and zooms.
 
     Example:

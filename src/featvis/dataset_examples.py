@@ -132,11 +132,11 @@ class _LayerReader(contextlib.AbstractContextManager):
 
     def read(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's output (units on axis 1) for model input `x`; the forward stops after the
-        deepest. On the CPU in chunks of `fusion.cpu_chunk_rows` images (a batch of 32 images of
+        deepest. On the CPU in chunks of `fusion.chunk_rows` images (a batch of 32 images of
         224 px runs slower than 8 chunks of 4)."""
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        rows = fusion.cpu_chunk_rows(x.shape[2:]) if x.device.type == "cpu" else len(x)
+        rows = fusion.chunk_rows(x, len(x))
         chunks = [self._capture.run(self._runner, part) for part in x.split(rows)]
         return [
             self.units_first(torch.cat([chunk[t.key] for chunk in chunks]), i)
@@ -544,7 +544,7 @@ def dataset_examples(
     decoded in `num_workers` DataLoader workers (default: up to 4 for files, none
     for arrays), fed in batches of `batch_size` through ``preprocess`` under
     ``torch.inference_mode``, and the forward pass stops after the deepest layer (through the
-    fused copy where it agrees with the model; on the CPU in chunks of `fusion.cpu_chunk_rows`).
+    fused copy where it agrees with the model; on the CPU in chunks of `fusion.chunk_rows`).
     Files are converted to RGB (or gray: `channels`, by default read from the model's first
     convolution, as `PreparedModel` does), and resized so that their shorter side
     is `size` (default 224) and center-cropped to a square; unreadable files are

@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator
 import copy
 import itertools
 import math
@@ -332,9 +332,10 @@ def _folded_copy(model, folds, pads, activated, keep) -> nn.Module | None:
 CPU_CHUNK_PIXELS = 16 * 112 * 112
 
 
-def cpu_chunk_rows(size: Sequence[int]) -> int:
-    """How many inputs of `size` (spatial) to run per forward without gradients on the CPU."""
-    return max(1, CPU_CHUNK_PIXELS // math.prod(size))
+def chunk_rows(x: torch.Tensor, elsewhere: int) -> int:
+    """How many rows of `x` (N, C, *size) to run per forward: on the CPU as many as hold
+    `CPU_CHUNK_PIXELS`, on other devices `elsewhere`."""
+    return max(1, CPU_CHUNK_PIXELS // math.prod(x.shape[2:])) if x.device.type == "cpu" else elsewhere
 
 
 def relative_difference(reference: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> float:
