@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .dataset_examples import dataset_examples, dataset_fingerprint, merge_examples
 from .datasource import ImageSource, image_source
-from .errors import FeatvisValueError, bad_type, bad_value, check_int
+from .errors import FeatvisValueError, bad_type, check_int
 from .image import atomic_write, save_image, stitch_images, to_array, to_pil
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis
@@ -234,14 +234,9 @@ def atlas(
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     if data is not None and conventions.get("inputs") is not None:
-        optimized = ModelInputs(model, conventions["inputs"]).optimized
-        if optimized:
-            raise bad_value(
-                "inputs",
-                {name: "optimized" for name in optimized},
-                "fixed tensors beside the image with data= (the dataset examples feed every image "
-                "of data with the same values of the other inputs)",
-            )
+        ModelInputs(model, conventions["inputs"]).refuse_optimized(
+            "with data=, the dataset examples feed every image of data with the same values of the other inputs"
+        )
     if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     settings = Settings.take(options)

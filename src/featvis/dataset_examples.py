@@ -586,8 +586,11 @@ def dataset_examples(
         raise bad_value("layer", layer, "a layer or a non-empty list of layers")
     check_int("k", k, 1)
     check_int("batch_size", batch_size, 1)
+    given = None if inputs is None else ModelInputs(model, inputs)
+    if given is not None:
+        given.refuse_optimized("dataset examples rank the images of data and optimize nothing")
     if channels is None:  # as PreparedModel: the model's first convolution tells, else 3
-        channels = infer_channels(model, 0 if inputs is None else ModelInputs(model, inputs).index)
+        channels = infer_channels(model, 0 if given is None else given.index)
     check_int("channels", channels, 1)
     check_int("checkpoint_every", checkpoint_every, 1)
     if size is not None:
@@ -610,19 +613,13 @@ def dataset_examples(
     conventions = dict(
         input_range=input_range, preprocess=preprocess, channels=channels, device=target_device, inputs=inputs
     )
-    fixed = {}
-    if inputs is not None:
-        given = ModelInputs(model, inputs)
-        if given.optimized:
-            raise bad_value(
-                "inputs",
-                {name: "optimized" for name in given.optimized},
-                "fixed tensors beside the image: dataset examples rank the images of data and "
-                "optimize nothing",
-            )
-        fixed = {
+    fixed = (
+        {}
+        if given is None
+        else {  # in the checkpoint's settings: shape and sum of each value
             name: [list(value.shape), float(value.double().sum())] for name, value in given.fixed.items()
         }
+    )
 
     source = image_source(data, channels=channels, size=size, input_range=input_range)
     own_loader = isinstance(source, ImageSource)

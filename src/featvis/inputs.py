@@ -199,6 +199,20 @@ class ModelInputs:
         self.device, self.dtype = device, dtype
         self.reset()
 
+    def refuse_optimized(self, why: str) -> None:
+        """Raise, naming `inputs`, when any input besides the image is optimized (`why` says why
+        only fixed ones are allowed here).
+
+        Example:
+            >>> ModelInputs(model, {"meta": torch.zeros(1, 2)}).refuse_optimized("dataset examples")
+        """
+        if self.optimized:
+            raise bad_value(
+                "inputs",
+                {name: "optimized" for name in self.optimized},
+                f"fixed tensors beside the image: {why}",
+            )
+
     def reset(self) -> None:
         """The optimized inputs back at the middle of their ranges (what a pass outside an optimization sees)."""
         self.set(
