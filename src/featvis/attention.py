@@ -54,7 +54,7 @@ from .errors import (
 from .image import to_unit_tensor
 from .losses import ActivationMaximization, Loss, LossContext, as_losses
 from .prepared import PreparedModel, preparing
-from .rng import Streams, derive_key, fresh_seed
+from .rng import Streams, derive_key, seed_or_fresh
 from .targets import LayerSpec
 
 CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | ContextMethod
@@ -663,7 +663,7 @@ def visualize_saliency_with_losses(
     percentile = _check_percentile(percentile)
     if not isinstance(aug_smooth, bool):
         raise bad_type("aug_smooth", aug_smooth, "True or False")
-    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
+    seed = seed_or_fresh(seed)
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         base = _baseline(baseline, images, prepared) if method != "vanilla" else None
@@ -932,7 +932,7 @@ def visualize_cam_with_losses(
     check_number("smooth_noise", smooth_noise, minimum=0)
     if not isinstance(aug_smooth, bool):
         raise bad_type("aug_smooth", aug_smooth, "True or False")
-    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
+    seed = seed_or_fresh(seed)
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         cam = _smoothed(

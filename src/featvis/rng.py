@@ -27,6 +27,8 @@ import secrets
 
 import torch
 
+from .errors import check_int
+
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
@@ -67,6 +69,16 @@ def derive_key(seed: int, *parts: object) -> int:
 def fresh_seed() -> int:
     """A seed from the operating system's entropy, for ``seed=None`` (torch's generators untouched)."""
     return secrets.randbits(62)
+
+
+def seed_or_fresh(seed: int | None) -> int:
+    """An entry point's `seed` argument checked (an int >= 0), or `fresh_seed()` for None.
+
+    Example:
+        >>> seed_or_fresh(7), seed_or_fresh(None) >= 0
+        (7, True)
+    """
+    return fresh_seed() if seed is None else check_int("seed", seed, 0)
 
 
 class Streams:

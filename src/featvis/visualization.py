@@ -36,7 +36,7 @@ from .optimizer import Result, Settings, optimize
 from .params import make_parameterization
 from .prepared import CONVENTIONS, PreparedModel, input_size, preparing
 from .regularizers import LpNorm, TotalVariation
-from .rng import Streams, derive_key, fresh_seed
+from .rng import Streams, derive_key, seed_or_fresh
 from .targets import LayerSpec
 
 DEFAULT_TV_WEIGHT = 1.0
@@ -76,7 +76,7 @@ def visualize_activation_with_losses(
     """
     loss = as_losses(losses)
     check_int("batch_size", batch_size, 1)
-    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
+    seed = seed_or_fresh(seed)
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
     settings = Settings.take(options)
     with preparing(model, **conventions) as prepared:
@@ -246,7 +246,7 @@ def visualize_layer(
         >>> images.shape
         (16, 224, 224, 3)
     """
-    seed = fresh_seed() if seed is None else check_int("seed", seed, 0)
+    seed = seed_or_fresh(seed)
     if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
         raise bad_type("units", units, "a list of unit indices or None")
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
