@@ -210,6 +210,8 @@ def _cases():
     for call in ("saliency", "cam"):  # a keyword the call does not take, a misspelled convention
         add("window2", call, window2=4)
         add("input_rnage", call, input_rnage=(0, 1))
+        add("seed", call, seed=-1)
+        add("seed", call, seed=1.5)
     return cases
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 import featvis
 from featvis import fusion
@@ -332,6 +333,14 @@ def test_when_the_activation_cannot_move_into_the_convolution_the_copy_that_only
         torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+class BareConv(nn.Conv2d):
+    """A convolution that calls conv2d with its weight and bias alone (stride, padding and the rest
+    at conv2d's defaults)."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class OtherActivations(nn.Module):
     """conv-SiLU (stride 2), conv-GELU (tanh; dilation 2), a conv with padding="same" (oneDNN is not
     given it) into a ReLU, conv-Hardtanh(-0.5, 0.5), and a conv on one unbatched image (nor that)
@@ -346,13 +355,14 @@ class OtherActivations(nn.Module):
         self.conv3, self.relu = nn.Conv2d(8, 8, 3, padding="same"), nn.ReLU()
         self.conv4, self.clip = nn.Conv2d(8, 8, 3, padding=1), nn.Hardtanh(-0.5, 0.5)
         self.conv5 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv6, self.relu6 = BareConv(8, 8, 3), nn.ReLU()
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x):
         y = self.conv2(self.silu(self.conv1(x)))
         if self.shift:
             y += 1
-        x = self.clip(self.conv4(self.relu(self.conv3(self.gelu(y)))))
+        x = self.relu6(self.conv6(self.clip(self.conv4(self.relu(self.conv3(self.gelu(y)))))))
         single = self.relu(self.conv5(x[0]))  # (C, H, W): oneDNN's kernel takes batches only
         return self.fc(x.mean(dim=(2, 3)) + single.mean(dim=(1, 2)))
 
@@ -365,7 +375,7 @@ def test_silu_and_gelu_move_into_the_convolution_and_a_string_padding_keeps_its_
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
-        assert calls == ["swish", "gelu", "hardtanh"]  # conv3 and conv5 ran plain, the ReLU applied itself
+        assert calls == ["swish", "gelu", "hardtanh", "relu"]  # conv3, conv5 plain: the ReLU applied itself
         h = 3 * torch.randn(2, 8, 8, 8)  # where the tanh approximation and the exact GELU differ
         torch.testing.assert_close(fast.gelu(fast.conv2(h)), model.gelu(model.conv2(h)))
         model.shift = fast.shift = True  # the GELU's input changed in place since the conv

@@ -73,3 +73,47 @@ class Tokens(nn.Module):
 def test_an_embedding_has_its_units_on_the_last_axis():
     model = Tokens()
     assert featvis.get_num_filters(model, "emb", input_shape=(1, 8)) == 16
+
+
+def test_an_embedding_of_as_many_tokens_as_features_reads_units_on_the_feature_axis():
+    """Sixteen token ids embedded in 16 features: both axes have 16 entries, so the Embedding's own
+    convention decides (features, the last axis), not the sizes."""
+    model = Tokens()
+    signal = torch.linspace(0, 1, 16).view(1, 1, 16)
+    reached = featvis.activations_reached(
+        model, "emb", [3], signal.numpy(), input_range=(0.0, 1.0), channels=1
+    )
+    with torch.no_grad():
+        ids = (model.conv(signal)[:, 0].clamp(0, 1) * 9).long()
+        features = model.emb(ids)  # (1, 16 tokens, 16 features)
+    assert reached[0] == pytest.approx(features[0, :, 3].mean().item(), abs=1e-6)
+    assert reached[0] != pytest.approx(features[0, 3, :].mean().item(), abs=1e-6)
+
+
+def test_a_feature_index_equal_to_the_feature_count_of_a_token_layer_is_refused_by_name():
+    model = nn.Sequential(nn.Conv1d(1, 4, 1), Transposed(), nn.Linear(4, 6))  # (N, L, 6)
+    before = snapshot(model)
+    with pytest.raises(featvis.FeatvisValueError, match=r"filter_indices.*\[0, 5\]"):
+        featvis.visualize_activation(model, "2", 6, size=8, channels=1, input_range=(0.0, 1.0), max_iter=1)
+    assert_untouched(model, before)
+
+
+class Transposed(nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+@pytest.mark.parametrize("call", [featvis.visualize_saliency, featvis.visualize_cam])
+def test_augmented_smoothing_reaches_the_map_from_the_with_losses_form(tiny, call):
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)).numpy()
+    plain = call(tiny, "fc", 3, image, input_range=(0.0, 1.0))
+    smoothed = call(tiny, "fc", 3, image, input_range=(0.0, 1.0), aug_smooth=True)
+    assert abs(plain - smoothed).max() > 1e-3  # the flips and zooms changed the map
+
+
+def test_the_100th_percentile_is_allowed_and_scales_by_the_maximum(tiny):
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4)).numpy()
+    options = dict(input_range=(0.0, 1.0))
+    top = featvis.visualize_saliency(tiny, "fc", 3, image, percentile=100, **options)
+    plain = featvis.visualize_saliency(tiny, "fc", 3, image, percentile=None, **options)
+    assert abs(top - plain).max() < 1e-6
