@@ -132,3 +132,14 @@ def test_grad_cam_skips_a_keras_layer_with_a_one_by_one_map():
     found = featvis.visualize_cam(model, "dense", 0, image, input_range=(0.0, 1.0))
     named = featvis.visualize_cam(model, "dense", 0, image, penultimate_layer="relu", input_range=(0.0, 1.0))
     np.testing.assert_allclose(found, named)
+
+
+def test_a_keras_conv1d_output_is_read_channels_first():
+    """(N, L, C) out of a Keras Conv1D is featvis's (N, C, L): filter 2 of 5, not position 2 of 6."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 1)), keras.layers.Conv1D(5, 3, name="conv")])
+    signal = np.linspace(0, 1, 8, dtype=np.float32)[None, None]  # (N, C, L) as featvis takes signals
+    reached = featvis.activations_reached(model, "conv", [2], signal, input_range=(0.0, 1.0), channels=1)
+    out = np.asarray(model(torch.from_numpy(signal).permute(0, 2, 1)).detach())  # (1, 6, 5)
+    np.testing.assert_allclose(reached[0], out[0, :, 2].mean(), rtol=1e-5)
+    assert abs(reached[0] - out[0, 2, :].mean()) > 1e-4

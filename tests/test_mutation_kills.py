@@ -117,3 +117,12 @@ def test_the_100th_percentile_is_allowed_and_scales_by_the_maximum(tiny):
     top = featvis.visualize_saliency(tiny, "fc", 3, image, percentile=100, **options)
     plain = featvis.visualize_saliency(tiny, "fc", 3, image, percentile=None, **options)
     assert abs(top - plain).max() < 1e-6
+
+
+def test_a_loss_that_is_not_one_is_refused_naming_losses(tiny):
+    before = snapshot(tiny)
+    with pytest.raises(featvis.FeatvisError, match=r"\blosses\b"):
+        featvis.visualize_saliency_with_losses(
+            tiny, 42, torch.zeros(1, 3, 16, 16).numpy(), input_range=(0, 1)
+        )
+    assert_untouched(tiny, before)
