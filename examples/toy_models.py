@@ -130,7 +130,8 @@ def train_digits_cnn(seed: int = 0, epochs: int = 30, size: int = 8) -> DigitsCN
 
 
 class ViTBlock(nn.Module):
-    """A pre-norm transformer block: attention and an MLP (Linear, GELU, Linear), each residual."""
+    """A pre-norm transformer block: attention (where `mask` is True, a token does not attend) and an
+    MLP (Linear, GELU, Linear), each residual."""
 
     def __init__(self, dim: int, heads: int, hidden: int):
         super().__init__()
@@ -139,23 +140,49 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         y = self.norm1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
         return x + self.mlp(self.norm2(x))
+
+
+def neighbourhood_mask(rows: int, columns: int, radius: int) -> torch.Tensor:
+    """The attention mask of a class token and a rows x columns patch grid: a patch attends to the
+    patches at most `radius` rows and columns away (neighbourhood attention, as in NAT), the class
+    token to every patch; True where attention is masked."""
+    row, column = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
+    row, column = row.flatten(), column.flatten()
+    far = ((row[:, None] - row[None]).abs() > radius) | ((column[:, None] - column[None]).abs() > radius)
+    mask = torch.zeros(rows * columns + 1, rows * columns + 1, dtype=torch.bool)
+    mask[1:, 1:] = far
+    mask[1:, 0] = True  # the patches do not read the class token
+    return mask
 
 
 class TinyViT(nn.Module):
     """A vision transformer for gray digits: 4x4 patches, a class token, learned position embeddings
-    (tiled over the patch grid of a larger input, so each 16 x 16 tile of a collage sees them all), two blocks; the head reads the class token
-    plus the patch tokens' mean; input in [0, 1]."""
+    (tiled over the patch grid of a larger input, so each 16 x 16 tile of a collage sees them all),
+    `depth` blocks; the head reads the class token plus the patch tokens' mean; input in [0, 1].
 
-    def __init__(self, patch: int = 4, grid: int = 4, dim: int = 48, depth: int = 2, classes: int = 10):
+    `radius`: a patch attends to the patches at most that many rows and columns away (neighbourhood
+    attention, as in NAT; Swin's windows are another local attention), the class token to all;
+    None: every token attends to every token (ViT's global attention)."""
+
+    def __init__(
+        self,
+        patch: int = 4,
+        grid: int = 4,
+        dim: int = 48,
+        depth: int = 2,
+        classes: int = 10,
+        radius: int | None = 2,
+    ):
         super().__init__()
+        self.radius = radius
         self.patch_embed = nn.Conv2d(1, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(0.02 * torch.randn(1, dim, grid, grid))
-        self.blocks = nn.Sequential(*[ViTBlock(dim, 4, 2 * dim) for _ in range(depth)])
+        self.blocks = nn.ModuleList([ViTBlock(dim, 4, 2 * dim) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -166,19 +193,27 @@ class TinyViT(nn.Module):
         pos = self.pos_embed.repeat(1, 1, -(-h // grid), -(-w // grid))[..., :h, :w]
         tokens = (patches + pos).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
-        x = self.norm(self.blocks(x))
+        mask = None if self.radius is None else neighbourhood_mask(h, w, self.radius).to(x.device)
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.norm(x)
         return self.head(x[:, 0] + x[:, 1:].mean(1))  # the class token and the patches' mean
 
 
 def train_digits_vit(
-    seed: int = 0, epochs: int = 20, size: int = 16, noise: float = 0.1, depth: int = 2
+    seed: int = 0,
+    epochs: int = 20,
+    size: int = 16,
+    noise: float = 0.1,
+    depth: int = 2,
+    radius: int | None = 2,
 ) -> TinyViT:
-    """Train `TinyViT` (`depth` blocks) on the digits upsampled to `size`, with Gaussian noise of
-    std `noise` added to each training image (a smoother model, whose class images look like
-    digits); ~15 s."""
+    """Train `TinyViT` (`depth` blocks, attention `radius`) on the digits upsampled to `size`, with
+    Gaussian noise of std `noise` added to each training image (a smoother model, whose class
+    images look like digits); ~10 s."""
     torch.manual_seed(seed)
     images, labels = digits_data(size)
-    model = TinyViT(grid=size // 4, depth=depth)
+    model = TinyViT(grid=size // 4, depth=depth, radius=radius)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     steps = epochs * -(-len(images) // 128)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
