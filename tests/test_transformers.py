@@ -191,7 +191,8 @@ def share_on_the_asked_half(vit, method: str, layer: str | None = None) -> torch
 def test_gradcam_on_the_last_block_of_the_vit_lies_on_the_asked_digits_half_of_a_collage(vit):
     """Two different digits side by side, each asked in turn: Grad-CAM on the last block (the auto
     layer, ``blocks.1.norm1``, and the block's output) puts most of its mass on the asked digit's
-    half. Measured for seed 0: 0.82 of the mass, 97% of the maps (auto layer). The ViT's patches
+    half. Measured: 0.87 of the mass, 99% of the maps (seed 0, auto layer; 0.87 at the block's
+    output; seeds 1 and 2: 0.85 and 0.83). The ViT's patches
     attend to their neighbourhood (radius 2 patches, as in NAT), so a token's features stay about
     its own place; the test below is the global-attention ViT."""
     before = snapshot(vit)
