@@ -40,7 +40,6 @@ from .rng import Streams, derive_key, seed_or_fresh
 from .targets import LayerSpec
 
 DEFAULT_TV_WEIGHT = 1.0
-DEFAULT_SIZE = 224
 
 
 def visualize_activation_with_losses(
