@@ -226,7 +226,8 @@ def grid_recipe(spec: str) -> dict:
     jitter, flip (0 or 1), method, crop (RandomCrop's smallest area, instead of the zoom),
     ctf (coarse to fine: the spectrum opens over that many steps, from ctf0's radius),
     lsm (the weight of the class's log-softmax beside its logit), logit (the logit's
-    weight, default 1). Anything left out is the library's default.
+    weight, default 1), sgm (the skip gradient: `skip_gradient_hooks`). Anything left out is
+    the library's default.
     """
     options = dict(item.split("=", 1) for item in spec.split(":", 1)[1].split(",") if item)
     recipe: dict = {}
@@ -261,6 +262,8 @@ def grid_recipe(spec: str) -> dict:
     if "b1" in options or "b2" in options:
         b1, b2 = featvis.Settings.betas
         recipe["betas"] = (float(options.get("b1", b1)), float(options.get("b2", b2)))
+    if "sgm" in options:
+        recipe["skip_gradient"] = float(options["sgm"])
     if {"zoom", "noise", "jitter", "flip", "crop"} & set(options):
         low, high = (float(v) for v in options.get("zoom", "0.316-1.3").split("-"))
         first = RandomCrop((float(options["crop"]), 1.0)) if "crop" in options else RandomZoom((low, high))
@@ -272,6 +275,24 @@ def grid_recipe(spec: str) -> dict:
     return recipe
 
 
+def skip_gradient_hooks(lite0_model, gamma: float) -> list:
+    """The skip gradient method (SGM, Wu et al. 2020) on Lite0: the gradient into the residual
+    branch of every block with a skip connection (its last batch norm's output) times `gamma`,
+    the skip's own gradient unchanged. Forward hooks on the model, so featvis runs the model
+    itself, not its fused copy; the caller removes the returned handles."""
+
+    def scale(module, inputs, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: grad * gamma)
+
+    handles = []
+    for block in lite0_model._blocks:
+        args = block._block_args
+        if block.id_skip and args.stride in (1, [1]) and args.input_filters == args.output_filters:
+            handles.append(block._bn2.register_forward_hook(scale))
+    return handles
+
+
 def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_passes=False):
     """All classes' images, `chunk` classes per batch (each image with its own class and transforms).
 
@@ -281,7 +302,9 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
     views = recipe.get("views", featvis.Settings.views)
     own_steps = budget == BUDGET and not equal_passes
     steps = recipe.get("steps", budget // views) if own_steps else budget // views
-    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "objective", "coarse_to_fine")}
+    own_keys = ("tv", "steps", "objective", "coarse_to_fine", "skip_gradient")
+    kwargs = {k: v for k, v in recipe.items() if k not in own_keys}
+    handles = skip_gradient_hooks(lite0.model, recipe["skip_gradient"]) if "skip_gradient" in recipe else []
     if "coarse_to_fine" in recipe:
         opening_steps, start = recipe["coarse_to_fine"]
         kwargs["method"] = functools.partial(CoarseToFineImage, opening=opening_steps / steps, start=start)
@@ -311,6 +334,8 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
         images.append(image)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    for handle in handles:
+        handle.remove()
     seconds = (time.perf_counter() - start) / len(classes)
     return np.concatenate(images), seconds, steps, views
 
