@@ -226,7 +226,7 @@ def grid_recipe(spec: str) -> dict:
     jitter, flip (0 or 1), method, crop (RandomCrop's smallest area, instead of the zoom),
     ctf (coarse to fine: the spectrum opens over that many steps, from ctf0's radius),
     lsm (the weight of the class's log-softmax beside its logit), logit (the logit's
-    weight, default 1), sgm (the skip gradient: `skip_gradient_hooks`). Anything left out is
+    weight, default 1), sgm (`Settings.skip_gradient`). Anything left out is
     the library's default.
     """
     options = dict(item.split("=", 1) for item in spec.split(":", 1)[1].split(",") if item)
@@ -275,24 +275,6 @@ def grid_recipe(spec: str) -> dict:
     return recipe
 
 
-def skip_gradient_hooks(lite0_model, gamma: float) -> list:
-    """The skip gradient method (SGM, Wu et al. 2020) on Lite0: the gradient into the residual
-    branch of every block with a skip connection (its last batch norm's output) times `gamma`,
-    the skip's own gradient unchanged. Forward hooks on the model, so featvis runs the model
-    itself, not its fused copy; the caller removes the returned handles."""
-
-    def scale(module, inputs, output):
-        if output.requires_grad:
-            output.register_hook(lambda grad: grad * gamma)
-
-    handles = []
-    for block in lite0_model._blocks:
-        args = block._block_args
-        if block.id_skip and args.stride in (1, [1]) and args.input_filters == args.output_filters:
-            handles.append(block._bn2.register_forward_hook(scale))
-    return handles
-
-
 def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_passes=False):
     """All classes' images, `chunk` classes per batch (each image with its own class and transforms).
 
@@ -302,9 +284,7 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
     views = recipe.get("views", featvis.Settings.views)
     own_steps = budget == BUDGET and not equal_passes
     steps = recipe.get("steps", budget // views) if own_steps else budget // views
-    own_keys = ("tv", "steps", "objective", "coarse_to_fine", "skip_gradient")
-    kwargs = {k: v for k, v in recipe.items() if k not in own_keys}
-    handles = skip_gradient_hooks(lite0.model, recipe["skip_gradient"]) if "skip_gradient" in recipe else []
+    kwargs = {k: v for k, v in recipe.items() if k not in ("tv", "steps", "objective", "coarse_to_fine")}
     if "coarse_to_fine" in recipe:
         opening_steps, start = recipe["coarse_to_fine"]
         kwargs["method"] = functools.partial(CoarseToFineImage, opening=opening_steps / steps, start=start)
@@ -334,8 +314,6 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
         images.append(image)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    for handle in handles:
-        handle.remove()
     seconds = (time.perf_counter() - start) / len(classes)
     return np.concatenate(images), seconds, steps, views
 

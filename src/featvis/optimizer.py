@@ -102,7 +102,10 @@ class Settings:
     the second half of the steps (None: the last step's images); `betas`: Adam's
     (default (0.3, 0.999): little momentum, which our 128-step images need); `lr_schedule` multiplies
     the rate at each step (None: constant; "cosine": `warmup_cosine_lr`; or ``f(step,
-    steps)``). The defaults are the "fast" of the `QUALITY` presets, which entry points
+    steps)``); `skip_gradient` (e.g. 0.5) multiplies the gradient into the residual branches of
+    the model's blocks, so the image leans on what the skip connections carry and transfers
+    better to other networks (`featvis.backprop_modifiers.skip_gradient`; None: plain
+    gradients). The defaults are the "fast" of the `QUALITY` presets, which entry points
     take as ``quality=``.
 
     Example:
@@ -124,6 +127,7 @@ class Settings:
     image_ema: float | None = 0.95
     lr_schedule: str | Callable[[int, int], float] | None = None
     betas: tuple[float, float] = (0.3, 0.999)
+    skip_gradient: float | None = None
 
     def __post_init__(self):
         schedule = self.lr_schedule
@@ -140,6 +144,8 @@ class Settings:
             raise bad_value("betas", betas, "Adam's (beta1, beta2), two numbers in [0, 1)")
         if self.lr is not None:
             check_number("lr", self.lr, positive=True)
+        if self.skip_gradient is not None and not 0 < check_number("skip_gradient", self.skip_gradient) <= 1:
+            raise bad_value("skip_gradient", self.skip_gradient, "a number in (0, 1] or None")
         if self.image_ema is not None:
             check_number("image_ema", self.image_ema, minimum=0)
             if not self.image_ema < 1:
@@ -342,7 +348,10 @@ def optimize(
             x = prepared.model_input(apply_modifiers(transforms, batch, rows))
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with backprop_modifiers.modify_backprop(rule):
+            with (
+                backprop_modifiers.modify_backprop(rule),
+                backprop_modifiers.skip_gradient(settings.skip_gradient),
+            ):
                 with torch.autocast(
                     x.device.type, dtype=settings.autocast, enabled=settings.autocast is not None
                 ):
