@@ -138,3 +138,37 @@ class Residual2d(nn.Module):
 def test_a_bad_factor_is_refused_by_name(factor):
     with pytest.raises((FeatvisValueError, featvis.FeatvisTypeError), match="skip_gradient"):
         featvis.Settings(skip_gradient=factor)
+
+
+class AddsAGivenBias(nn.Module):
+    """`f(x) + bias` with a bias given to forward: a module's input, but broadcast, so not a skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(4, 4)
+
+    def forward(self, x, bias):
+        return self.f(x) + bias
+
+
+def test_an_input_added_with_broadcasting_is_not_a_skip():
+    model, x, bias = AddsAGivenBias(), torch.randn(3, 4, requires_grad=True), torch.randn(4)
+    model(x, bias).sum().backward()
+    plain, x.grad = x.grad.clone(), None
+    with skip_gradient(0.5):
+        model(x, bias).sum().backward()
+    torch.testing.assert_close(x.grad, plain)
+
+
+def test_a_recycled_id_is_not_taken_for_a_module_input():
+    """Module inputs are remembered by id and a weak reference: a new tensor that got a freed
+    input's id is not that input."""
+    import weakref
+
+    from featvis.backprop_modifiers import _SkipGradientMode
+
+    mode, freed, new = _SkipGradientMode(0.5), torch.zeros(1), torch.zeros(1)
+    mode.record(None, (freed,))
+    assert mode.is_module_input(freed) and not mode.is_module_input(new)
+    mode.module_inputs[id(new)] = weakref.ref(freed)  # as if `new` had been made at freed's address
+    assert not mode.is_module_input(new)
