@@ -1,29 +1,47 @@
 """The skip gradient (`Settings.skip_gradient`, `backprop_modifiers.skip_gradient`): the gradient
 into residual branches scaled, the skip connections' and everything else's unchanged."""
 
+import weakref
+
 import pytest
 import torch
 from torch import nn
 
 import featvis
-from featvis.backprop_modifiers import skip_gradient
+from featvis.backprop_modifiers import _SkipGradientMode, skip_gradient
 from featvis.errors import FeatvisValueError
 
 from conftest import assert_untouched, snapshot
 
 
 class Residual(nn.Module):
-    def __init__(self, in_place: bool = False):
+    """`x + branch(x)`, written as `+`, as ResNet's `out += identity` or as `out.add_(identity)`."""
+
+    def __init__(self, addition: str = "+"):
         super().__init__()
         self.branch = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
-        self.in_place = in_place
+        self.addition = addition
 
     def forward(self, x):
-        if self.in_place:  # ResNet's `out += identity`
-            out = self.branch(x)
+        out = self.branch(x)
+        if self.addition == "+=":  # Python falls back to `out = out + x` if this raises a TypeError
             out += x
             return out
-        return x + self.branch(x)
+        if self.addition == "add_":
+            out.add_(x)
+            return out
+        return x + out
+
+
+class Gated(nn.Module):
+    """`x * gate(x)`: a product with the module's input is not a residual addition."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x * self.gate(x)
 
 
 class TwoBranches(nn.Module):
@@ -45,9 +63,9 @@ def input_gradient(model, x, weight, factor=None):
     return out.detach(), x.grad
 
 
-@pytest.mark.parametrize("in_place", [False, True])
-def test_the_branch_gradient_is_scaled_and_the_skip_passes_unchanged(in_place):
-    model, x, weight = Residual(in_place), torch.randn(3, 4), torch.randn(3, 4)
+@pytest.mark.parametrize("addition", ["+", "+=", "add_"])
+def test_the_branch_gradient_is_scaled_and_the_skip_passes_unchanged(addition):
+    model, x, weight = Residual(addition), torch.randn(3, 4), torch.randn(3, 4)
     out, plain = input_gradient(model, x, weight)
     scaled_out, scaled = input_gradient(model, x, weight, 0.25)
     torch.testing.assert_close(scaled_out, out)  # the forward is the model's own
@@ -63,6 +81,17 @@ def test_a_sum_of_two_branches_is_not_a_skip_and_none_changes_nothing():
     torch.testing.assert_close(
         input_gradient(residual, x, weight, None)[1], input_gradient(residual, x, weight)[1]
     )
+
+
+def test_only_additions_are_skips():
+    model, x, weight = Gated(), torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(input_gradient(model, x, weight, 0.5)[1], input_gradient(model, x, weight)[1])
+
+
+def test_a_factor_of_one_is_allowed_and_changes_nothing():
+    model, x, weight = Residual(), torch.randn(3, 4), torch.randn(3, 4)
+    assert featvis.Settings(skip_gradient=1).skip_gradient == 1
+    torch.testing.assert_close(input_gradient(model, x, weight, 1.0)[1], input_gradient(model, x, weight)[1])
 
 
 def test_its_hook_is_gone_after_an_error_inside():
@@ -136,7 +165,7 @@ class Residual2d(nn.Module):
 
 @pytest.mark.parametrize("factor", [0, -0.5, 1.5, "half", float("nan")])
 def test_a_bad_factor_is_refused_by_name(factor):
-    with pytest.raises((FeatvisValueError, featvis.FeatvisTypeError), match="skip_gradient"):
+    with pytest.raises((FeatvisValueError, featvis.FeatvisTypeError), match=r"^skip_gradient[= ]"):
         featvis.Settings(skip_gradient=factor)
 
 
@@ -163,10 +192,6 @@ def test_an_input_added_with_broadcasting_is_not_a_skip():
 def test_a_recycled_id_is_not_taken_for_a_module_input():
     """Module inputs are remembered by id and a weak reference: a new tensor that got a freed
     input's id is not that input."""
-    import weakref
-
-    from featvis.backprop_modifiers import _SkipGradientMode
-
     mode, freed, new = _SkipGradientMode(0.5), torch.zeros(1), torch.zeros(1)
     mode.record(None, (freed,))
     assert mode.is_module_input(freed) and not mode.is_module_input(new)
