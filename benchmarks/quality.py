@@ -218,6 +218,16 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     }
 
 
+def leaky_backward(share: float):
+    """A backprop rule: the full gradient where a ReLU is on, `share` of it where it is off
+    (1: the ReLUs are linear in the backward pass, as LinBP does for transferable attacks)."""
+
+    def rule(x, grad_output, local_grad):
+        return grad_output * (local_grad + share * (1 - local_grad))
+
+    return rule
+
+
 def grid_recipe(spec: str) -> dict:
     """A recipe written out in its name: ``grid:v=2,lr=0.1,sched=cosine,ema=0.8,tv=1,zoom=0.316-1.3``.
 
@@ -226,8 +236,9 @@ def grid_recipe(spec: str) -> dict:
     jitter, flip (0 or 1), method, crop (RandomCrop's smallest area, instead of the zoom),
     ctf (coarse to fine: the spectrum opens over that many steps, from ctf0's radius),
     lsm (the weight of the class's log-softmax beside its logit), logit (the logit's
-    weight, default 1), sgm (`Settings.skip_gradient`). Anything left out is
-    the library's default.
+    weight, default 1), sgm (`Settings.skip_gradient`), bp (a backprop modifier: the share
+    of the gradient let through where a ReLU is off, `leaky_backward`). Anything left
+    out is the library's default.
     """
     options = dict(item.split("=", 1) for item in spec.split(":", 1)[1].split(",") if item)
     recipe: dict = {}
@@ -264,6 +275,8 @@ def grid_recipe(spec: str) -> dict:
         recipe["betas"] = (float(options.get("b1", b1)), float(options.get("b2", b2)))
     if "sgm" in options:
         recipe["skip_gradient"] = float(options["sgm"])
+    if "bp" in options:
+        recipe["backprop_modifier"] = leaky_backward(float(options["bp"]))
     if {"zoom", "noise", "jitter", "flip", "crop"} & set(options):
         low, high = (float(v) for v in options.get("zoom", "0.316-1.3").split("-"))
         first = RandomCrop((float(options["crop"]), 1.0)) if "crop" in options else RandomZoom((low, high))
