@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import featvis
+from featvis.backprop_modifiers import leaky
 from featvis.input_modifiers import Jitter, Noise, RandomAffine, RandomCrop, RandomFlip, RandomZoom
 from featvis.losses import Loss, UnitPerImage
 from featvis.optimizer import QUALITY
@@ -218,16 +219,6 @@ def recipes(generator: torch.Generator) -> dict[str, dict]:
     }
 
 
-def leaky_backward(share: float):
-    """A backprop rule: the full gradient where a ReLU is on, `share` of it where it is off
-    (1: the ReLUs are linear in the backward pass, as LinBP does for transferable attacks)."""
-
-    def rule(x, grad_output, local_grad):
-        return grad_output * (local_grad + share * (1 - local_grad))
-
-    return rule
-
-
 def grid_recipe(spec: str) -> dict:
     """A recipe written out in its name: ``grid:v=2,lr=0.1,sched=cosine,ema=0.8,tv=1,zoom=0.316-1.3``.
 
@@ -236,9 +227,9 @@ def grid_recipe(spec: str) -> dict:
     jitter, flip (0 or 1), method, crop (RandomCrop's smallest area, instead of the zoom),
     ctf (coarse to fine: the spectrum opens over that many steps, from ctf0's radius),
     lsm (the weight of the class's log-softmax beside its logit), logit (the logit's
-    weight, default 1), sgm (`Settings.skip_gradient`), bp (a backprop modifier: the share
-    of the gradient let through where a ReLU is off, `leaky_backward`). Anything left
-    out is the library's default.
+    weight, default 1), sgm (`Settings.skip_gradient`), bp (the share of the gradient let
+    through where a ReLU is off, `featvis.backprop_modifiers.leaky`; "none": plain
+    gradients). Anything left out is the library's default.
     """
     options = dict(item.split("=", 1) for item in spec.split(":", 1)[1].split(",") if item)
     recipe: dict = {}
@@ -276,7 +267,7 @@ def grid_recipe(spec: str) -> dict:
     if "sgm" in options:
         recipe["skip_gradient"] = float(options["sgm"])
     if "bp" in options:
-        recipe["backprop_modifier"] = leaky_backward(float(options["bp"]))
+        recipe["backprop_modifier"] = None if options["bp"] == "none" else leaky(float(options["bp"]))
     if {"zoom", "noise", "jitter", "flip", "crop"} & set(options):
         low, high = (float(v) for v in options.get("zoom", "0.316-1.3").split("-"))
         first = RandomCrop((float(options["crop"]), 1.0)) if "crop" in options else RandomZoom((low, high))
@@ -303,7 +294,8 @@ def run_recipe(name, recipe, lite0, classes, device, seed, budget, chunk, equal_
         kwargs["method"] = functools.partial(CoarseToFineImage, opening=opening_steps / steps, start=start)
     kwargs["views"] = views
     if name != "featvis" and not name.startswith(("grid:", "quality=")):
-        kwargs.setdefault("image_ema", None)  # the recipes as measured: the last step's image
+        kwargs.setdefault("image_ema", None)  # the recipes as measured: the last step's image,
+        kwargs.setdefault("backprop_modifier", None)  # plain gradients
     start = time.perf_counter()
     images = []
     for first in range(0, len(classes), chunk):

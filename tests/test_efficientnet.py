@@ -68,3 +68,31 @@ def test_twice_called_activation_needs_a_call_and_index_minus_one_is_fc(lite0):
     start = np.random.default_rng(0).normal(127, 3, (64, 64, 3)).clip(0, 255)  # like the initial image
     reached = featvis.activations_reached(lite0.model, layer, [5], image[None], **kwargs)[0]
     assert reached > 3 * featvis.activations_reached(lite0.model, layer, [5], start[None], **kwargs)[0] > 0
+
+
+def test_the_default_leak_is_a_twentieth_on_lite0_and_thinner_on_the_deeper_lite2(lite0, monkeypatch):
+    """The "leaky" rule's budget: 0.05 at each of Lite0's 33 ReLU6s, 1.65 / 43 at each of Lite2's
+    43; so Lite2's own class images still are its classes (0.1 at each, unbudgeted, made
+    images of these two classes that Lite2 gave 3% and 7%)."""
+    shares: list[float] = []
+    real = featvis.backprop_modifiers.LeakyRule.share_for
+    monkeypatch.setattr(
+        featvis.backprop_modifiers.LeakyRule,
+        "share_for",
+        lambda rule, n: shares.append(real(rule, n)) or shares[-1],
+    )
+    featvis.visualize_activation(
+        lite0.model, "_fc", 130, preprocess=lite0.preprocess, size=64, max_iter=1, seed=0
+    )
+    assert set(shares) == {0.05}
+    lite2, classes = featvis.zoo.efficientnet_lite2(), [779, 954]  # school bus, banana
+    before = snapshot(lite2.model)
+    shares.clear()
+    loss = featvis.losses.UnitPerImage("_fc", classes) + featvis.regularizers.TotalVariation()
+    images = featvis.visualize_activation_with_losses(
+        lite2.model, loss, batch_size=2, size=260, preprocess=lite2.preprocess, seed=0, progress=False
+    )
+    assert shares and all(share == pytest.approx(1.65 / 43) for share in shares)
+    for image, index in zip(images.reshape(2, 260, 260, 3), classes):
+        assert _classify(lite2, image).softmax(0)[index] > 0.9
+    assert_untouched(lite2.model, before)

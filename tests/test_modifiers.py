@@ -1,5 +1,6 @@
 """Grad modifiers and backprop modifiers do what their names say."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 import featvis
 from featvis import grad_modifiers
-from featvis.backprop_modifiers import modify_backprop
+from featvis.backprop_modifiers import leaky, modify_backprop
 
 from conftest import assert_untouched, snapshot
 
@@ -46,6 +47,7 @@ V = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0])
 PLAIN = torch.tensor([[1.0, 0.0, -1.0, 0.0, 1.0]])
 GUIDED = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0]])
 RECTIFIED = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]])
+LEAKY = torch.tensor([[1.0, -0.05, -1.0, 0.05, 1.0]])  # 5% of the gradient where the ReLU is off
 
 
 class ModuleReLU(nn.Module):
@@ -71,14 +73,21 @@ RELU_FORMS = {
 @pytest.mark.parametrize("form", RELU_FORMS)
 @pytest.mark.parametrize(
     ("modifier", "expected"),
-    [(None, PLAIN), ("guided", GUIDED), ("relu", RECTIFIED), ("rectified", RECTIFIED), ("deconv", RECTIFIED)],
+    [
+        (None, PLAIN),
+        ("guided", GUIDED),
+        ("relu", RECTIFIED),
+        ("rectified", RECTIFIED),
+        ("deconv", RECTIFIED),
+        ("leaky", LEAKY),
+    ],
 )
 def test_backprop_modifiers_on_module_and_functional_relus(form, modifier, expected):
     x = X.clone().requires_grad_(True)
     with modify_backprop(modifier):
         out = RELU_FORMS[form](x)
     out.sum().backward()
-    assert torch.equal(x.grad, expected)
+    assert torch.allclose(x.grad, expected, rtol=0, atol=1e-6)  # exact but for the leaky rule's rounding
     assert torch.equal(out.detach(), (X.clamp(min=0) @ V).detach())  # the forward is unchanged
 
 
@@ -89,6 +98,65 @@ def test_guided_through_relu6_masks_saturated_units_and_negative_gradients(relu6
         out = relu6(x * 1.0) @ torch.tensor([1.0, 1.0, 1.0, -1.0])
     out.backward()
     assert torch.equal(x.grad, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("relu6", [nn.ReLU6(), lambda x: F.relu6(x), lambda x: F.hardtanh(x, 0.0, 6.0)])
+def test_a_leaky_rule_passes_its_share_of_the_gradient_below_zero_and_above_six(relu6):
+    x = torch.tensor([[1.0, -1.0, 7.0, 2.0]], requires_grad=True)
+    with modify_backprop(leaky(0.25)):
+        out = relu6(x * 1.0) @ torch.tensor([1.0, 1.0, 1.0, -1.0])
+    out.backward()
+    assert torch.allclose(x.grad, torch.tensor([[1.0, 0.25, 0.25, -1.0]]), rtol=0, atol=1e-6)
+    assert leaky(0.0)(x, torch.ones(1, 4), torch.tensor([[1.0, 0.0, 0.0, 1.0]])).tolist() == [[1, 0, 0, 1]]
+    assert leaky(1.0)(x, torch.full((1, 4), 3.0), torch.tensor([[1.0, 0.0, 0.0, 1.0]])).tolist() == [[3] * 4]
+
+
+def test_the_leaky_rule_scales_a_smooth_activations_own_derivative():
+    x = torch.tensor([-3.0, -0.5, 0.0, 2.0], requires_grad=True)
+    with modify_backprop("leaky"):
+        F.gelu(x * 1.0).sum().backward()
+    plain = torch.tensor([-3.0, -0.5, 0.0, 2.0], requires_grad=True)
+    F.gelu(plain).sum().backward()
+    assert torch.allclose(x.grad, plain.grad + 0.05 * (1 - plain.grad))
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, float("nan"), "half", True])
+def test_a_bad_leaky_share_is_refused_by_name(share):
+    with pytest.raises((featvis.FeatvisValueError, featvis.FeatvisTypeError), match=r"^share"):
+        leaky(share)
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, float("inf"), "all"])
+def test_a_bad_leaky_budget_is_refused_by_name(budget):
+    with pytest.raises((featvis.FeatvisValueError, featvis.FeatvisTypeError), match=r"^budget"):
+        leaky(0.05, budget=budget)
+
+
+@pytest.mark.parametrize(("budget", "each"), [(None, 0.25), (2.0, 0.25), (0.5, 0.1)])
+def test_a_leaky_budget_is_spread_over_the_activations_of_the_forward_pass(budget, each):
+    x = torch.tensor([-1.0, 2.0], requires_grad=True)
+    with modify_backprop(leaky(0.25, budget=budget)):  # four ReLUs and a GELU: five activations
+        out = sum(F.relu(x * 1.0) for _ in range(4)) + F.gelu(x * 1.0)
+    out.sum().backward()
+    plain = torch.tensor([-1.0, 2.0], requires_grad=True)
+    F.gelu(plain).sum().backward()
+    gelu = plain.grad + each * (1 - plain.grad)
+    assert torch.allclose(x.grad, torch.tensor([4 * each, 4.0]) + gelu)
+    assert leaky(0.25, budget=budget).share_for(5) == pytest.approx(each)
+
+
+def test_the_leaky_rule_is_a_twentieth_at_each_of_up_to_33_activations_less_at_more():
+    rule = featvis.backprop_modifiers.get("leaky")
+    assert (rule.share_for(1), rule.share_for(33), rule.share_for(66)) == (0.05, 0.05, 0.025)
+
+
+def test_activation_maximization_leaks_by_default_and_none_gives_plain_gradients(tiny):
+    options = dict(size=32, max_iter=10, seed=0, progress=False)
+    default = featvis.visualize_activation(tiny, "fc", 0, **options)
+    explicit = featvis.visualize_activation(tiny, "fc", 0, backprop_modifier=leaky(0.05), **options)
+    plain = featvis.visualize_activation(tiny, "fc", 0, backprop_modifier=None, **options)
+    assert np.array_equal(default, explicit)
+    assert not np.array_equal(default, plain)
 
 
 def test_callable_backprop_rule_is_used():

@@ -35,6 +35,7 @@ def test_fast_is_the_default_and_options_beside_a_preset_win(tiny):
     fast, best = Settings(), Settings.take({"quality": "best"})
     assert (fast.max_iter, fast.views, fast.method, fast.betas) == (128, 1, "coarse_to_fine", (0.3, 0.999))
     assert (best.max_iter, best.views, best.method, best.betas) == (128, 4, "fourier", (0.9, 0.999))
+    assert (fast.backprop_modifier, best.backprop_modifier) == ("leaky", None)
     settings = Settings.take({"quality": "preview", "max_iter": 5, "views": 3})
     assert (settings.max_iter, settings.views) == (5, 3)
 
@@ -75,7 +76,10 @@ def test_the_cli_takes_a_preset_and_steps_beside_it(tmp_path, monkeypatch):
     args += ["--filter", "2", "--size", "32", "--quality", "preview", "--steps", "6", "--out", str(out)]
     main(args)
     assert calls[0]["quality"] == "preview" and calls[0]["max_iter"] == 6 and "views" not in calls[0]
+    assert "method" not in calls[0] and "backprop_modifier" not in calls[0]  # the preset's
     assert out.stat().st_size > 0
+    main([*args, "--method", "pixel", "--backprop-modifier", "none"])
+    assert calls[1]["method"] == "pixel" and calls[1]["backprop_modifier"] is None
 
 
 def test_a_schedule_that_stops_the_steps_freezes_the_image(tiny):

@@ -316,6 +316,11 @@ def quality_arguments(quality: str, steps: int | None, views: int | None) -> dic
     return {"quality": quality, **{key: value for key, value in given.items() if value is not None}}
 
 
+def given_settings(**options) -> dict:
+    """The options given on the command line (None: the preset's); "none" stands for None."""
+    return {key: None if value == "none" else value for key, value in options.items() if value is not None}
+
+
 attention_options = [
     click.option("--image", "image_path", required=True, type=click.Path(), help="Image file."),
     click.option("--layer", default="_fc", show_default=True, help="Layer whose units are explained."),
@@ -388,14 +393,18 @@ def cli() -> None:
 @click.option(
     "--method",
     type=click.Choice(list(params.METHODS)),
-    default=Settings.method,
-    show_default=True,
+    default=None,
+    help=f"Image parameterization (default: the preset's; {Settings.method} at --quality fast).",
 )
 @click.option("--tv-weight", type=float, default=visualization.DEFAULT_TV_WEIGHT, show_default=True)
 @click.option("--lp-weight", type=float, default=0.0, show_default=True)
 @click.option("--grad-modifier", type=click.Choice(list(grad_modifiers.GRAD_MODIFIERS)), default=None)
 @click.option(
-    "--backprop-modifier", type=click.Choice(list(backprop_modifiers.BACKPROP_MODIFIERS)), default=None
+    "--backprop-modifier",
+    type=click.Choice([*backprop_modifiers.BACKPROP_MODIFIERS, "none"]),
+    default=None,
+    help=f"How gradients pass the ReLUs (default: the preset's; {Settings.backprop_modifier} at --quality "
+    "fast; none: plain gradients).",
 )
 @click.option("--verbose", is_flag=True, help="Print every loss term at every step.")
 @click.option(
@@ -441,12 +450,11 @@ def activation(
         unit_axis=unit_axis,
         token=token,
         **quality_arguments(quality, steps, views),
+        **given_settings(method=method, backprop_modifier=backprop_modifier),
         size=size,
-        method=method,
         tv_weight=tv_weight,
         lp_norm_weight=lp_weight,
         grad_modifier=grad_modifier,
-        backprop_modifier=backprop_modifier,
         verbose=verbose,
         seed=common.seed,
         callbacks=[recorder] if recorder else None,

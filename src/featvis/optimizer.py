@@ -94,7 +94,9 @@ class Settings:
     passes per image); `lr` (None: the parameterization's `default_lr`); `method`: a
     name in `featvis.params.METHODS` or a factory (default "coarse_to_fine"); `input_modifiers` (None:
     `standard_transforms()`; ``[]`` for none); `grad_modifier`, `backprop_modifier`: a
-    name or a callable; `callbacks`: functions ``f(step, terms, images)`` (an ``on_end()``
+    name or a callable (default ``"leaky"``: 5% of the gradient passes where a ReLU is
+    off, so the images transfer better to other networks; None: plain gradients; see
+    `featvis.backprop_modifiers.leaky`); `callbacks`: functions ``f(step, terms, images)`` (an ``on_end()``
     method of one is called when the optimization ends; see `featvis.callbacks`); `verbose`
     prints every term at every step; `progress` shows a bar (None: on a terminal, for
     64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
@@ -119,7 +121,7 @@ class Settings:
     method: str | Callable = "coarse_to_fine"
     input_modifiers: Sequence[InputModifier | Callable] | None = None
     grad_modifier: str | Callable | None = None
-    backprop_modifier: str | Callable | None = None
+    backprop_modifier: str | Callable | None = "leaky"
     callbacks: Sequence[Callback] | None = None
     verbose: bool = False
     progress: bool | None = None
@@ -231,7 +233,7 @@ def warmup_cosine_lr(step: int, steps: int, warmup: float = 0.1, floor: float = 
 SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_lr, "cosine": warmup_cosine_lr}
 
 
-_FOURIER_ADAM = dict(method="fourier", image_ema=0.9, betas=(0.9, 0.999))  # the 0.1 recipe
+_FOURIER_ADAM = dict(method="fourier", image_ema=0.9, betas=(0.9, 0.999), backprop_modifier=None)  # 0.1's
 QUALITY: dict[str, dict] = {
     "preview": dict(max_iter=32, views=1, **_FOURIER_ADAM),
     "fast": {},  # the defaults of Settings: 128 x 1 coarse-to-fine steps, beta1 0.3
