@@ -242,11 +242,12 @@ QUALITY: dict[str, dict] = {
 """Named presets of `Settings` (``quality=`` in every activation-maximization entry point).
 
 Forward+backward passes per image and what EfficientNet-Lite2 recognized of Lite0's 20
-benchmark class images (top-1 / top-5, mean of four seeds, ``benchmarks/quality.py`` on an
-H200; see benchmarks/RESULTS.md): "preview" 32 passes (25% / 44%), "fast" 128 (92% / 96%;
-the default), "best" 512 (91% / 96%, featvis 0.1's default; both 89% / 92.5% on a CPU).
-The time grows with the passes: on 2 CPU cores a 224 px class image takes 6.6 s at "fast"
-alone (4.1 s each, four per call) and 17 s at "best" alone.
+benchmark class images (top-1 / top-5, ``benchmarks/quality.py``; see benchmarks/RESULTS.md):
+"preview" 32 passes (25% / 44%, four seeds, H200), "fast" 128 (the default, with the
+``"leaky"`` backprop modifier: 96% / 98% over twelve seeds on an H200, 95% / 95% over
+four on a CPU), "best" 512 (featvis 0.1's default, plain gradients: 91% / 96% on the H200,
+89% / 92.5% on the CPU). The time grows with the passes: on 2 CPU cores a 224 px class
+image takes about 4.1 s at "fast", four per call (6.6 s alone), and 17 s at "best" alone.
 """
 
 
