@@ -192,7 +192,7 @@ INPLACE_FORMS = {
 
 
 @pytest.mark.parametrize("form", INPLACE_FORMS)
-@pytest.mark.parametrize("modifier", [None, "guided"])
+@pytest.mark.parametrize("modifier", [None, "guided", "leaky"])
 def test_in_place_relus_stay_in_place_under_a_modifier(form, modifier):
     x = X.clone().requires_grad_(True)
     y = x * 1.0
@@ -206,7 +206,45 @@ def test_in_place_relus_stay_in_place_under_a_modifier(form, modifier):
         expected[0, 4] = 1.0  # a plain ReLU does not saturate at 7
     if modifier == "guided":
         expected = expected.clamp(min=0)
-    assert torch.equal(x.grad, expected)
+    if modifier == "leaky":  # and 5% of V where the ReLU is off
+        expected = torch.where(expected != 0, expected, 0.05 * V)
+    assert torch.allclose(x.grad, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("modifier", ["guided", "leaky"])
+def test_a_positional_inplace_flag_is_honoured_under_a_modifier(modifier):
+    for inplace in (True, False):
+        y = X.clone().requires_grad_(True) * 1.0
+        with modify_backprop(modifier):
+            out = F.relu(y, inplace)
+        assert torch.equal(out, X.clamp(min=0))
+        assert torch.equal(y.detach(), X.clamp(min=0) if inplace else X)  # as without featvis
+
+
+@pytest.mark.parametrize("modifier", ["leaky", "guided"])
+def test_relu6_under_a_modifier_still_clamps_at_six(modifier):
+    for relu6 in (nn.ReLU6(), lambda x: F.relu6(x), lambda x: F.hardtanh(x, 0.0, 6.0)):
+        x = X.clone().requires_grad_(True)
+        with modify_backprop(modifier):
+            out = relu6(x * 1.0)
+        assert torch.equal(out.detach(), X.clamp(0, 6))
+
+
+@pytest.mark.parametrize("modifier", ["leaky", "guided"])
+def test_gelus_tanh_approximation_is_kept_under_a_modifier(modifier):
+    x = torch.tensor([-1.5, -0.3, 0.4, 2.0], requires_grad=True)
+    with modify_backprop(modifier):
+        out = F.gelu(x * 1.0, approximate="tanh")
+    assert torch.equal(out.detach(), F.gelu(x.detach(), approximate="tanh"))
+    out.sum().backward()
+    plain = x.detach().clone().requires_grad_(True)
+    F.gelu(plain, approximate="tanh").sum().backward()
+    rule = featvis.backprop_modifiers.get(modifier)
+    expected = rule(plain.detach(), torch.ones(4), plain.grad)
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+    exact = x.detach().clone().requires_grad_(True)
+    F.gelu(exact).sum().backward()
+    assert not torch.allclose(plain.grad, exact.grad, atol=1e-4)  # the two derivatives differ here
 
 
 def test_only_hardtanh_with_a_lower_bound_of_zero_is_a_relu():

@@ -59,7 +59,7 @@ def leaky(share: float, *, budget: float | None = None) -> BackpropRule:
     0.05 at each of EfficientNet-Lite0's 33 ReLU6s, where it raised what Lite2 recognizes of
     Lite0's class images from 89% to 96% (top-1). The more leaks, the less the steps follow
     the class: on Lite0 a share of 0.15 (a sum of 5) gave images Lite0 itself reads 87% of,
-    0.3 none; on Lite2 (47 ReLU6s), 0.1 already failed (benchmarks/RESULTS.md).
+    0.3 none; on Lite2 (43 ReLU6s), 0.1 already failed (benchmarks/RESULTS.md).
 
     Example:
         >>> featvis.visualize_activation(model, "fc", 285, backprop_modifier=leaky(0.02))
@@ -235,19 +235,16 @@ class _BackpropMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if func in _RELUS:
             upper, inplace = _RELUS[func]
-            if inplace is None:
-                inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            if inplace is None:  # F.relu's flag, which it hands on as a keyword
+                inplace = bool(kwargs.get("inplace", False))
             return self.relu(x, upper, inplace)
         if func in _SMOOTH:
-            kept = {k: v for k, v in kwargs.items() if k in _SMOOTH[func]}
-            if func is F.gelu and len(args) > 1:
-                kept["approximate"] = args[1]
+            kept = {k: v for k, v in kwargs.items() if k in _SMOOTH[func]}  # F.gelu's is keyword-only
             self.activations += 1
             return _ModifiedSmooth.apply(x, func, self.smooth_rule, kept)
-        if func is F.hardtanh:  # nn.ReLU6 is a Hardtanh(0, 6)
-            low, high, inplace = _hardtanh_args(args, kwargs)
-            if low == 0:
-                return self.relu(x, high, inplace)
+        if func is F.hardtanh and kwargs.get("min_val") == 0:  # nn.ReLU6 is a Hardtanh(0, 6);
+            # F.hardtanh hands on its options as keywords
+            return self.relu(x, float(kwargs["max_val"]), bool(kwargs.get("inplace", False)))
         return func(*args, **kwargs)
 
     def relu(self, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:
@@ -255,14 +252,6 @@ class _BackpropMode(TorchFunctionMode):
         if isinstance(self.rule, LeakyRule):
             return _LeakyReLU.apply(x, upper, self.leaky_share, inplace)
         return _ModifiedReLU.apply(x, upper, self.rule, inplace)
-
-
-def _hardtanh_args(args, kwargs) -> tuple[float, float, bool]:
-    values = list(args[1:]) + [None] * 3
-    low = kwargs.get("min_val", values[0] if values[0] is not None else -1.0)
-    high = kwargs.get("max_val", values[1] if values[1] is not None else 1.0)
-    inplace = kwargs.get("inplace", values[2] if values[2] is not None else False)
-    return float(low), float(high), bool(inplace)
 
 
 @contextlib.contextmanager
