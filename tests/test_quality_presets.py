@@ -35,7 +35,12 @@ def test_fast_is_the_default_and_options_beside_a_preset_win(tiny):
     fast, best = Settings(), Settings.take({"quality": "best"})
     assert (fast.max_iter, fast.views, fast.method, fast.betas) == (128, 1, "coarse_to_fine", (0.3, 0.999))
     assert (best.max_iter, best.views, best.method, best.betas) == (128, 4, "fourier", (0.9, 0.999))
-    assert (fast.backprop_modifier, best.backprop_modifier) == ("leaky", None)
+    preview = Settings.take({"quality": "preview"})
+    assert (preview.backprop_modifier, fast.backprop_modifier, best.backprop_modifier) == (
+        None,
+        "leaky",
+        "leaky",
+    )
     settings = Settings.take({"quality": "preview", "max_iter": 5, "views": 3})
     assert (settings.max_iter, settings.views) == (5, 3)
 

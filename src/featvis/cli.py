@@ -304,7 +304,7 @@ quality_options = [
         help="Preset, in forward+backward passes per image: preview 32 (a first look in seconds on "
         "a CPU), fast 128 (coarse-to-fine steps with a leaky backward pass, the default: about 7 s "
         "for one 224 px image on 2 CPU cores, 4 s each at four per call), best 512 (128 steps x 4 "
-        "views, featvis 0.1's default: about 17 s). Time grows with the passes.",
+        "views of featvis 0.1's recipe: about 17 s). Time grows with the passes.",
     ),
     click.option("--steps", type=int, default=None, help="Optimization steps (default: the preset's)."),
     click.option("--views", type=int, default=None, help="Random views per step (default: the preset's)."),
