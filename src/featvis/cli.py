@@ -313,8 +313,7 @@ quality_options = [
 
 def quality_arguments(quality: str, steps: int | None, views: int | None) -> dict:
     """The preset and the options given beside it (those left out come from the preset)."""
-    given = {"max_iter": steps, "views": views}
-    return {"quality": quality, **{key: value for key, value in given.items() if value is not None}}
+    return {"quality": quality, **given_settings(max_iter=steps, views=views)}
 
 
 def given_settings(**options) -> dict:
