@@ -123,16 +123,20 @@ def get(modifier: str | BackpropRule | None) -> BackpropRule | None:
     return choose("backprop_modifier", modifier, BACKPROP_MODIFIERS)
 
 
+def _clamp(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:
+    """A ReLU's forward inside an autograd function: `x` clamped to [0, upper], in place if asked."""
+    if inplace:
+        ctx.mark_dirty(x)
+        return x.clamp_(0, upper)
+    return x.clamp(0, upper)
+
+
 class _ModifiedReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, upper, rule, inplace):
         local = (x > 0) if upper is None else (x > 0) & (x < upper)
         ctx.rule = rule
-        if inplace:
-            ctx.mark_dirty(x)
-            out = x.clamp_(0, upper)
-        else:
-            out = x.clamp(0, upper)
+        out = _clamp(ctx, x, upper, inplace)
         ctx.save_for_backward(local, x if not inplace else out)
         return out
 
@@ -150,11 +154,7 @@ class _LeakyReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, upper, share, inplace):
         ctx.upper, ctx.share = upper, share
-        if inplace:
-            ctx.mark_dirty(x)
-            out = x.clamp_(0, upper)
-        else:
-            out = x.clamp(0, upper)
+        out = _clamp(ctx, x, upper, inplace)
         ctx.save_for_backward(out)  # off where out is 0 (or `upper`), as where x is
         return out
 
