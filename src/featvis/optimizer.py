@@ -246,8 +246,9 @@ benchmark class images (top-1 / top-5, ``benchmarks/quality.py``; see benchmarks
 "preview" 32 passes (25% / 44%, four seeds, H200), "fast" 128 (the default, with the
 ``"leaky"`` backprop modifier: 96% / 98% over twelve seeds on an H200, 95% / 95% over
 four on a CPU), "best" 512 (featvis 0.1's default recipe with the ``"leaky"`` modifier:
-98.75% / 98.75% over four seeds on a CPU; 0.1's plain gradients gave 89% / 92.5% there). The time grows with the passes: on 2 CPU cores a 224 px class
-image takes about 4.1 s at "fast", four per call (6.6 s alone), and 17 s at "best" alone.
+98.75% / 98.75% over four seeds on a CPU; 0.1's plain gradients gave 89% / 92.5% there).
+The time grows with the passes: on 2 CPU cores a 224 px class image takes about 4.1 s at
+"fast", four per call (6.6 s alone), and 17 s at "best" alone.
 """
 
 
