@@ -247,6 +247,30 @@ def test_gelus_tanh_approximation_is_kept_under_a_modifier(modifier):
     assert not torch.allclose(plain.grad, exact.grad, atol=1e-4)  # the two derivatives differ here
 
 
+@pytest.mark.parametrize("relu", [nn.ReLU(), nn.ReLU6()])
+def test_a_relu_at_exactly_its_bounds_is_off_under_a_rule_as_without_one(relu):
+    x = torch.tensor([0.0, 3.0, 6.0], requires_grad=True)
+    with modify_backprop(lambda inp, grad, local: grad * local):
+        relu(x * 1.0).sum().backward()
+    plain = torch.tensor([0.0, 3.0, 6.0], requires_grad=True)
+    relu(plain * 1.0).sum().backward()
+    assert torch.equal(x.grad, plain.grad)  # torch's derivative: 0 at 0, and at 6 for ReLU6
+    assert x.grad[0] == 0 and x.grad[1] == 1
+
+
+def test_a_rule_sees_the_relus_input_not_its_output():
+    seen = []
+    with modify_backprop(lambda inp, grad, local: seen.append(inp.detach().clone()) or grad * local):
+        F.relu6(X.clone().requires_grad_(True) * 1.0).sum().backward()
+    assert torch.equal(seen[0], X)  # -1, -2 and 7, not their clamped 0, 0 and 6
+
+
+def test_torch_calls_with_keywords_only_pass_through_a_modifier():
+    with modify_backprop("guided"):
+        zeros = torch.zeros(size=(2, 3))
+    assert torch.equal(zeros, torch.zeros(2, 3))
+
+
 def test_only_hardtanh_with_a_lower_bound_of_zero_is_a_relu():
     x = torch.tensor([[-2.0, -0.5, 0.5, 2.0]], requires_grad=True)
     w = torch.tensor([1.0, -1.0, -1.0, 1.0])
