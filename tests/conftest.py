@@ -12,6 +12,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from torchvision_models import allow_torchvision_import  # noqa: E402  (timm and transformers import it)
+
+allow_torchvision_import()
+
 
 @pytest.fixture(autouse=True)
 def _same_random_draws_in_any_order():

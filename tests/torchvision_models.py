@@ -34,11 +34,17 @@ def _operators_load() -> bool:
     return True
 
 
-def torchvision_models() -> types.ModuleType:
-    """`torchvision.models`, imported as described in the module docstring."""
+def allow_torchvision_import() -> None:
+    """Make ``import torchvision`` work as described in the module docstring; timm and
+    transformers import it too, so the test session calls this before any test runs."""
     if "torchvision" not in sys.modules and not _operators_load():
         for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
             sys.modules.setdefault(name, types.ModuleType(name))
+
+
+def torchvision_models() -> types.ModuleType:
+    """`torchvision.models`, imported as described in the module docstring."""
+    allow_torchvision_import()
     import torchvision.models
 
     return torchvision.models

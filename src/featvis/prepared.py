@@ -31,7 +31,16 @@ from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
 
-CONVENTIONS = ("input_range", "preprocess", "channels", "device", "fuse", "channels_last", "inputs")
+CONVENTIONS = (
+    "input_range",
+    "preprocess",
+    "channels",
+    "device",
+    "fuse",
+    "channels_last",
+    "inputs",
+    "output",
+)
 
 
 class PreparedModel:
@@ -42,11 +51,16 @@ class PreparedModel:
     inputs are fed beside every image, optimized ones are optimized along (their values at
     the middle of their ranges outside an optimization). Such a model runs unfused.
 
+    A model whose output is not one tensor (a Hugging Face ``ModelOutput``, a dict, a tuple)
+    is read through ``output=``: by default its ``logits`` field or first element; a field
+    name, a tuple index or a function of the output picks another (`targets.select_output`).
+
     Example:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
         >>> prepared.layer_output("conv2", images).shape
         >>> prepared.close()   # the model is exactly as before
         >>> two = PreparedModel(image_and_meta, inputs={"meta": torch.tensor([[0.3, 1.0]])})
+        >>> clip = PreparedModel(clip_vision, output="image_embeds")
     """
 
     def __init__(
@@ -60,6 +74,7 @@ class PreparedModel:
         fuse: bool = True,
         channels_last: bool | None = None,
         inputs: Mapping[str, object] | Sequence[object] | None = None,
+        output: targets.OutputPick = None,
     ):
         if isinstance(model, PreparedModel):
             raise bad_type("model", model, "a torch.nn.Module (this one is prepared already)")
@@ -90,7 +105,7 @@ class PreparedModel:
             raise bad_type("channels_last", channels_last, "True, False or None")
         # the fused copy's checks call the model with one input
         self.fuse, self.channels_last = bool(fuse) and self.inputs is None, channels_last
-        self._guard = ModelGuard(self.model, self.inputs)
+        self._guard = ModelGuard(self.model, self.inputs, output)
         self._open = False
         self._seen: Probe | None = None
         self._runners: dict[tuple, tuple[nn.Module, Capture, bool]] = {}
@@ -205,7 +220,7 @@ class PreparedModel:
         """Like `probe`, on a model input as the model takes it (already preprocessed)."""
         self.open()
         if self._seen is None:
-            self._seen = targets.probe(self.model, x[:1], self.inputs)
+            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output)
         return self._seen
 
     @property

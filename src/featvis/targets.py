@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import contextlib
 from dataclasses import dataclass, field
 import itertools
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .inputs import ModelInputs
 
 LayerSpec = str | int | nn.Module
+OutputPick = str | int | Callable[[object], torch.Tensor] | None
 
 
 class FeatvisWarning(UserWarning):
@@ -67,11 +68,12 @@ class ModelGuard(contextlib.AbstractContextManager):
         ...     guard.add_hook(model.fc.register_forward_hook(fn))
     """
 
-    def __init__(self, model: nn.Module, inputs: ModelInputs | None = None):
+    def __init__(self, model: nn.Module, inputs: ModelInputs | None = None, output: OutputPick = None):
         if not isinstance(model, nn.Module):
             raise bad_type("model", model, "a torch.nn.Module")
         self.model = model
         self.inputs = inputs  # how a model of several inputs is called (see featvis.inputs)
+        self.output = check_output_pick(output)  # which part of a structured model output to read
         self._handles: list = []
 
     def __enter__(self) -> ModelGuard:
@@ -276,6 +278,99 @@ def _channels_first(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
     return output.movedim(-1, 1) if is_keras(model) and output.ndim >= 3 else output
 
 
+def check_output_pick(output: object) -> OutputPick:
+    """`output` as given, when it is a field name, a tuple index, a function or None."""
+    if output is None or callable(output) or isinstance(output, str):
+        return output
+    if isinstance(output, int) and not isinstance(output, bool):
+        return output
+    raise bad_type(
+        "output", output, "a field name (e.g. 'logits'), a tuple index, a function of the output, or None"
+    )
+
+
+def _fields(output: object) -> list[str]:
+    if isinstance(output, Mapping):
+        return [str(k) for k, v in output.items() if isinstance(v, torch.Tensor)]
+    if isinstance(output, tuple) and hasattr(output, "_fields"):
+        return [f for f in output._fields if isinstance(getattr(output, f), torch.Tensor)]
+    return []
+
+
+def select_output(output: object, pick: OutputPick = None, name: str = "") -> torch.Tensor:
+    """The tensor featvis reads from a layer's output (`name`; '' is the model's own output).
+
+    A tensor is read as it is. Otherwise, with ``pick=None``: a Hugging Face ``ModelOutput``,
+    a dict or a named tuple gives its ``logits`` field (``last_hidden_state`` for a layer
+    that has no logits), a tuple or list its first element. For the model's output `pick`
+    chooses another part: a field name (``"pooler_output"``), a tuple index, or a function
+    of the output that returns a tensor.
+
+    Example:
+        >>> select_output({"logits": torch.ones(1, 3), "hidden": torch.zeros(1, 8)}).shape
+        torch.Size([1, 3])
+        >>> select_output((torch.ones(1, 3), torch.zeros(1, 8)), 1).shape
+        torch.Size([1, 8])
+    """
+    label = f"layer={name!r}'s output" if name else "the model's output"
+    if name == "" and pick is not None:
+        if callable(pick):
+            found = pick(output)
+            if not isinstance(found, torch.Tensor):
+                raise bad_value(
+                    "output", pick, f"a function that returns a tensor (it returned {type(found).__name__})"
+                )
+            return found
+        found = _pick_field(output, pick)
+        if found is None:
+            fields = _fields(output) or (
+                [str(i) for i in range(len(output))] if isinstance(output, tuple | list) else []
+            )
+            raise bad_value(
+                "output",
+                pick,
+                f"a part of the model's {type(output).__name__} output that is a tensor"
+                + (f": {', '.join(repr(f) for f in fields)}" if fields else " (it has none to choose)"),
+            )
+        return found
+    if isinstance(output, torch.Tensor):
+        return output
+    for field_name in ("logits", "last_hidden_state"):
+        found = _pick_field(output, field_name) if _fields(output) else None
+        if found is not None:
+            return found
+    if (
+        isinstance(output, tuple | list)
+        and not _fields(output)
+        and output
+        and isinstance(output[0], torch.Tensor)
+    ):
+        return output[0]
+    fields = _fields(output)
+    hint = (
+        f"choose one with output= ({', '.join(repr(f) for f in fields)})"
+        if fields and not name
+        else "choose a layer that outputs one tensor"
+        + (" or pass output= (a field name, an index or a function)" if not name else "")
+    )
+    raise LayerNotFoundError(f"{label} is a {type(output).__name__}, not a tensor; {hint}")
+
+
+def _pick_field(output: object, pick: str | int) -> torch.Tensor | None:
+    if isinstance(pick, str):
+        if isinstance(output, Mapping):
+            found = output.get(pick)
+        else:
+            found = getattr(output, pick, None) if _fields(output) else None
+    elif isinstance(output, tuple | list) and -len(output) <= pick < len(output):
+        found = output[pick]
+    elif isinstance(output, Mapping) and 0 <= pick < len(output):
+        found = list(output.values())[pick]
+    else:
+        found = None
+    return found if isinstance(found, torch.Tensor) else None
+
+
 @dataclass
 class Probe:
     """What one forward pass showed: leaf execution order and calls per module."""
@@ -359,11 +454,21 @@ def unit_axis_of(shape: Sequence[int], units: int, convention: int) -> int:
     return convention if first == last else (1 if first else -1)
 
 
-def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None) -> Probe:
+def _tensor_or_none(output: object, name: str, pick: OutputPick) -> torch.Tensor | None:
+    try:
+        return select_output(output, pick, name)
+    except FeatvisError:
+        return None
+
+
+def probe(
+    model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None, output_pick: OutputPick = None
+) -> Probe:
     """Run one forward pass (no gradients) and record which modules run, in order.
 
     The model must already be in the state featvis runs it in (see `ModelGuard`); `inputs`
-    feeds a model of several inputs (see `run_model`).
+    feeds a model of several inputs (see `run_model`); `output_pick` picks the model's output
+    tensor from a structured output (see `select_output`).
     """
     names = module_names(model)
     calls: dict[str, int] = {}
@@ -375,7 +480,8 @@ def probe(model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = 
         name = names[module]
         count = calls.get(name, 0)
         calls[name] = count + 1
-        shape = tuple(_channels_first(model, output).shape) if isinstance(output, torch.Tensor) else None
+        tensor = _tensor_or_none(output, name, output_pick)
+        shape = tuple(_channels_first(model, tensor).shape) if tensor is not None else None
         events.append((name, count, shape, _is_leaf(model, module)))
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
@@ -517,6 +623,7 @@ class Capture:
         self.targets = list(targets)
         self.channels_last = is_keras(guard.model)
         self.inputs = guard.inputs
+        self.output_pick = guard.output
         self.pre_softmax = pre_softmax
         self.recorder = SoftmaxRecorder() if pre_softmax else None
         self._wanted = {t.key for t in self.targets}
@@ -536,11 +643,7 @@ class Capture:
             key = f"{name}#{call}"
             if key not in self._wanted:
                 return
-            if not isinstance(output, torch.Tensor):
-                raise LayerNotFoundError(
-                    f"layer={name!r} outputs {type(output).__name__}, not a tensor; "
-                    "choose a layer that outputs one tensor"
-                )
+            output = select_output(output, self.output_pick, name)
             if key in self.pre_softmax:  # then recorder is set
                 output = self.recorder.pre_softmax(output)
             self.raw_outputs[key] = output
