@@ -54,6 +54,7 @@ class PreparedModel:
     A model whose output is not one tensor (a Hugging Face ``ModelOutput``, a dict, a tuple)
     is read through ``output=``: by default its ``logits`` field or first element; a field
     name, a tuple index or a function of the output picks another (`targets.select_output`).
+    ``size`` is the input size used where a call gives none (default 224 x 224 for images).
 
     Example:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
@@ -75,6 +76,7 @@ class PreparedModel:
         channels_last: bool | None = None,
         inputs: Mapping[str, object] | Sequence[object] | None = None,
         output: targets.OutputPick = None,
+        size: int | tuple[int, ...] | None = None,
     ):
         if isinstance(model, PreparedModel):
             raise bad_type("model", model, "a torch.nn.Module (this one is prepared already)")
@@ -97,6 +99,7 @@ class PreparedModel:
         self.channels = targets.infer_channels(self.model, image) if channels is None else channels
         check_int("channels", self.channels, 1)
         self.spatial_dims = targets.infer_spatial_dims(self.model, image)
+        self._size = None if size is None else input_size(size, self.spatial_dims)
         self.device = targets.resolve_device(device, self.model)
         self.dtype = targets.model_dtype(self.model)
         if self.inputs is not None:
@@ -184,7 +187,10 @@ class PreparedModel:
         return loaded.to(self.device)
 
     def default_size(self) -> tuple[int, ...]:
-        """The input size used when none is given: 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        """The input size used when none is given: `size` when the model came with one (a zoo
+        model's data config), else 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        if self._size is not None:
+            return self._size
         return {1: (128,), 2: (224, 224), 3: (32, 32, 32)}.get(self.spatial_dims, (224, 224))
 
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
