@@ -54,7 +54,7 @@ from .image import atomic_write, check_range
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
 from .prepared import PreparedModel, prepare
-from .targets import FeatvisWarning, LayerSpec, infer_channels, resolve_device
+from .targets import FeatvisWarning, LayerSpec, OutputPick, check_output_pick, infer_channels, resolve_device
 
 REDUCTIONS = ("max", "mean")
 _CACHED_IMAGES = 64  # decoded images a result keeps while its crops are read (units share images)
@@ -535,6 +535,7 @@ def dataset_examples(
     unit_axis: int | None = None,
     token: int | None = None,
     inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
@@ -564,7 +565,9 @@ def dataset_examples(
     path and settings resumes from there.
 
     A model of several inputs takes `inputs=` as in `visualize_activation`, the others than the
-    image fixed tensors (one example, fed beside every image of `data`).
+    image fixed tensors (one example, fed beside every image of `data`). A model with a structured
+    output (a Hugging Face ``ModelOutput``) is read through `output=` as everywhere (see
+    `PreparedModel`), so a zoo bundle's ``**bundle.conventions`` fit.
 
     `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
     process of a distributed job ranks its share, and `merge_examples` joins the shares
@@ -610,8 +613,14 @@ def dataset_examples(
     input_range = check_range(input_range)
     low, high = input_range
     target_device = resolve_device(device, model)
+    output = check_output_pick(output)
     conventions = dict(
-        input_range=input_range, preprocess=preprocess, channels=channels, device=target_device, inputs=inputs
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=target_device,
+        inputs=inputs,
+        output=output,
     )
     fixed = (
         {}
@@ -631,6 +640,7 @@ def dataset_examples(
             f"a sampler over data that is not a DataLoader, without checkpoint (given {given})",
         )
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    picked = getattr(output, "__qualname__", "a function") if callable(output) else output
     settings = {
         "layers": [str(x) if not isinstance(x, nn.Module) else type(x).__name__ for x in layers],
         "units": units,
@@ -643,6 +653,7 @@ def dataset_examples(
         "input_range": list(input_range),
         "batch_size": batch_size,
         **({"inputs": fixed} if fixed else {}),
+        **({"output": picked} if output is not None else {}),
         **dataset_fingerprint(source),
     }
     state = _load_checkpoint(checkpoint_path, settings) if checkpoint_path else None
