@@ -1002,8 +1002,9 @@ def _auto_penultimates(prepared: PreparedModel, loss: Loss, images: torch.Tensor
     attention_input = _last_attention_input(prepared, target)
     inside = tuple(f"{name}." for name in prepared.seen.attention_modules if name)
     for label, shape in prepared.seen.leaf_outputs_before(target):
-        if len(shape) not in (3, images.ndim) or label.startswith(inside):
-            continue  # an attention's own layers (its queries, keys, weights) are no map of the image
+        if len(shape) not in (3, images.ndim) or shape[0] != 1 or label.startswith(inside):
+            continue  # an attention's own layers (its queries, keys, weights), patches or windows
+            # folded into the batch axis (one image probed gave several rows): no map of the image
         axis = prepared.resolve(label, "penultimate_layer").unit_axis
         if _is_map(shape, axis, images):
             found.append(label)

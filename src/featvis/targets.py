@@ -435,6 +435,13 @@ class Probe:
                 return unit_axis_of(shape, *found)
         return 1
 
+    def rows(self, name: str, call: int) -> int | None:
+        """How many rows (axis 0) a call's map or token output (rank 3 or more) had for the probe's one
+        image; None for other outputs or a call that never ran."""
+        end = self._end(name, call)
+        shape = self.events[end][2] if end is not None else None
+        return shape[0] if shape is not None and len(shape) >= 3 else None
+
     def leaf_outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
         """('name#call', output shape) of the leaf calls with a tensor output before `target`
         finished, last first."""
@@ -617,6 +624,15 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
     elif call >= count:
         raise LayerNotFoundError(
             f"{argument}={layer!r} asks for call {call}, but the module runs only {count} time(s)"
+        )
+    rows = seen.rows(name, call)
+    if rows is not None and rows != 1:
+        raise bad_value(
+            argument,
+            layer if isinstance(layer, str | int) else name,
+            f"a layer with one row per image: {label!r} gives {rows} rows for one image (the model "
+            "folds patches or windows into the batch axis there, as MobileViT's transformers and "
+            "Swin's window attention do); choose the block that holds it",
         )
     axis = 1 if is_keras(model) else seen.unit_axis(name, call, names_to_modules=by_name)
     return Target(name=name, module=module, call=call, unit_axis=axis)
