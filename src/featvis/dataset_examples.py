@@ -207,6 +207,14 @@ def _measure_receptive_field(
                 break
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] <= 1:
                 return None
+            if not out.requires_grad:  # a positional encoding: the same for every image
+                warnings.warn(
+                    f"dataset_examples: layer {reader.names[index]!r} does not depend on the input image, "
+                    "so every image drives its units alike; its examples are whole images",
+                    FeatvisWarning,
+                    stacklevel=3,
+                )
+                return None
             oh, ow = out.shape[-2:]
             center = (oh // 2, ow // 2)
             boxes = {}
