@@ -22,18 +22,24 @@ SIZE = 32  # 8 x 8 patches of 4 px, one class token
 class Attention(nn.Module):
     """timm's attention: one qkv Linear, per-head norms on (N, heads, tokens, dim), a fused kernel."""
 
-    def __init__(self, dim: int, heads: int = 2):
+    def __init__(self, dim: int, heads: int = 2, position: nn.Module | None = None):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.position = [position]  # CoaT's: a conv of the model's, shared by the blocks (not a child)
 
     def forward(self, x):
         n, t, c = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
-        return self.proj(x.transpose(1, 2).reshape(n, t, c))
+        x = x.transpose(1, 2).reshape(n, t, c)
+        if self.position[0] is not None:  # the patches' values as a map through the shared conv
+            side = int((t - 1) ** 0.5)
+            grid = x[:, 1:].transpose(1, 2).reshape(n, c, side, side)
+            x = torch.cat([x[:, :1], x[:, 1:] + self.position[0](grid).flatten(2).transpose(1, 2)], 1)
+        return self.proj(x)
 
 
 class ClassAttention(nn.Module):
@@ -51,9 +57,9 @@ class ClassAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, position: nn.Module | None = None):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, position=position)
         self.norm2, self.mlp = nn.LayerNorm(dim), nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU())
         self.fc2 = nn.Linear(2 * dim, dim)
 
@@ -78,11 +84,12 @@ class ClassBlock(nn.Module):
 class Transformer(nn.Module):
     """A ViT in timm's style whose head reads the class token; with `class_attention`, CaiT's."""
 
-    def __init__(self, class_attention: bool = False, dim: int = 32):
+    def __init__(self, class_attention: bool = False, dim: int = 32, shared_position: bool = False):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
-        self.blocks = nn.ModuleList([Block(dim) for _ in range(2)])
+        self.position = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if shared_position else None
+        self.blocks = nn.ModuleList([Block(dim, self.position) for _ in range(2)])
         self.class_blocks = nn.ModuleList([ClassBlock(dim)] if class_attention else [])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 5)
@@ -103,15 +110,19 @@ def _cam(model, **kwargs):
 
 
 @pytest.mark.parametrize(
-    ("class_attention", "expected"), [(False, "blocks.1.norm1"), (True, "class_blocks.0.norm1")]
+    ("options", "expected"),
+    [
+        ({}, "blocks.1.norm1"),
+        ({"class_attention": True}, "class_blocks.0.norm1"),
+        ({"shared_position": True}, "blocks.1.norm1"),
+    ],
 )
-def test_the_automatic_layer_of_a_timm_style_transformer_is_its_last_attentions_input(
-    class_attention, expected
-):
+def test_the_automatic_layer_of_a_timm_style_transformer_is_its_last_attentions_input(options, expected):
     """Before: the (N, heads, tokens, dim) output of `k_norm` was taken for a map (heads as channels, a
-    17 x 16 'image'), and class attention's one-token layers for a 1 x 1 grid (a constant map)."""
+    17 x 16 'image'), class attention's one-token layers for a 1 x 1 grid (a constant map), and the
+    map of a conv the attention calls (CoaT's shared position encoding) for the last map."""
     torch.manual_seed(0)
-    model = Transformer(class_attention).eval()
+    model = Transformer(**options).eval()
     before = snapshot(model)
     auto = _cam(model)
     assert auto.shape == (1, SIZE, SIZE) and np.isfinite(auto).all() and auto.max() - auto.min() > 0.5

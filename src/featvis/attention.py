@@ -962,16 +962,25 @@ def _last_attention_input(prepared: PreparedModel, target) -> str | None:
     end = next((i for i, e in enumerate(events) if e[0] == target.name and e[1] == target.call), len(events))
     attentions = prepared.seen.attention_modules
     for index in range(end - 1, -1, -1):
-        name = events[index][0]
+        name, call = events[index][:2]
         if name in attentions and name:
-            start = index  # back to the first event of this call's own layers
-            while start > 0 and events[start - 1][0].startswith(f"{name}."):
-                start -= 1
-            for label, call, shape, leaf in reversed(events[:start]):
+            start = prepared.seen.starts.get(f"{name}#{call}", index)  # before its first layer ran
+            for label, called, shape, leaf in reversed(events[:start]):
                 if leaf and shape is not None:  # a token output, not a map (Swin's norm: maps win)
-                    return f"{label}#{call}" if len(shape) == 3 else None
+                    return f"{label}#{called}" if len(shape) == 3 else None
             return None
     return None
+
+
+def _inside_attentions(seen) -> set[str]:
+    """The leaf calls ('name#call') that run inside an attention's call: its own layers and the modules
+    it calls (CoaT's convolutional position encoding, a module of the model shared by its blocks)."""
+    inside = set()
+    for index, (name, call, _, _) in enumerate(seen.events):
+        if name and name in seen.attention_modules:
+            start = seen.starts.get(f"{name}#{call}", index)
+            inside.update(f"{n}#{c}" for n, c, _, leaf in seen.events[start:index] if leaf)
+    return inside
 
 
 def _is_map(shape: tuple[int, ...], axis: int, images: torch.Tensor) -> bool:
@@ -1000,9 +1009,9 @@ def _auto_penultimates(prepared: PreparedModel, loss: Loss, images: torch.Tensor
     target = prepared.resolve(specs[0])
     found: list[str] = []
     attention_input = _last_attention_input(prepared, target)
-    inside = tuple(f"{name}." for name in prepared.seen.attention_modules if name)
+    inside = _inside_attentions(prepared.seen)
     for label, shape in prepared.seen.leaf_outputs_before(target):
-        if len(shape) not in (3, images.ndim) or shape[0] != 1 or label.startswith(inside):
+        if len(shape) not in (3, images.ndim) or shape[0] != 1 or label in inside:
             continue  # an attention's own layers (its queries, keys, weights), patches or windows
             # folded into the batch axis (one image probed gave several rows): no map of the image
         axis = prepared.resolve(label, "penultimate_layer").unit_axis

@@ -404,6 +404,7 @@ class Probe:
     softmax_outputs: set[str]
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
     attention_modules: set[str] = field(default_factory=set)  # the modules that compute an attention
+    starts: dict[str, int] = field(default_factory=dict)  # 'name#call': how many events came before it began
 
     def _end(self, name: str, call: int) -> int | None:
         """The index of the event of call `call` of module `name` (None when it never ran)."""
@@ -510,6 +511,7 @@ def probe(
     softmax_outputs: set[str] = set()
     running: list[nn.Module] = []  # the modules whose forward is running, innermost last
     attention_modules: set[str] = set()
+    starts: dict[str, int] = {}
 
     def attention_seen() -> None:  # in the innermost running module with layers of its own (not a Softmax)
         inner = next((m for m in reversed(running) if not _is_leaf(model, m)), None)
@@ -521,6 +523,8 @@ def probe(
 
     def enter(module, inputs):
         running.append(module)
+        name = names[module]
+        starts[f"{name}#{calls.get(name, 0)}"] = len(events)
 
     def hook(module, inputs, output):
         if running:
@@ -557,6 +561,7 @@ def probe(
         softmax_outputs=softmax_outputs,
         events=events,
         attention_modules=attention_modules,
+        starts=starts,
     )
 
 
