@@ -144,3 +144,32 @@ def test_a_one_token_output_has_its_units_on_the_feature_axis():
     assert unit_axis_of((2, 1, 1024), 384, 1) == -1
     assert unit_axis_of((2, 1024, 1), 384, -1) == 1
     assert unit_axis_of((2, 16, 1024), 384, 1) == 1  # no axis of one: the defining module's convention
+
+
+class InPlaceAfterTheMap(nn.Module):
+    """torchvision's DenseNet: the last map is a norm's output, which a ReLU changes in place."""
+
+    def __init__(self, inplace: bool):
+        super().__init__()
+        self.inplace = inplace
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.conv(x)), inplace=self.inplace)
+        return self.head(x.mean((2, 3)))
+
+
+def test_gradcam_on_a_map_that_the_model_changes_in_place_is_that_of_the_map_kept_apart():
+    """Before: autograd's 'a leaf Variable that requires grad is being used in an in-place operation'."""
+    torch.manual_seed(0)
+    model = InPlaceAfterTheMap(inplace=True).eval()
+    before = snapshot(model)
+    apart = InPlaceAfterTheMap(inplace=False).eval()
+    apart.load_state_dict(model.state_dict())
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cam = featvis.visualize_cam(model, "head", 1, image, input_range=(0.0, 1.0))
+    np.testing.assert_allclose(cam, featvis.visualize_cam(apart, "head", 1, image, input_range=(0.0, 1.0)))
+    assert cam.max() - cam.min() > 0.5
+    assert_untouched(model, before)

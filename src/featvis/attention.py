@@ -746,7 +746,8 @@ def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, 
         calls, state["calls"] = state["calls"], state["calls"] + 1
         if calls == call and isinstance(output, torch.Tensor) and output.is_floating_point():
             state["leaf"] = output.detach().requires_grad_(True)
-            return state["leaf"]
+            return state["leaf"].clone()  # an in-place op after the layer (torchvision's DenseNet,
+            # Inception and ConvNeXt: ReLU(inplace=True), x += ...) changes this copy, not the leaf
         return None
 
     handle = extra.module.register_forward_hook(hook)
