@@ -44,18 +44,21 @@ def allow_torchvision_import() -> None:
 
 
 def import_model_library(name: str) -> types.ModuleType:
-    """Import `name` (timm, transformers: they import torchvision), applying `allow_torchvision_import`
-    only when the plain import fails on torchvision's operators, as described in the module docstring.
+    """Import `name` (timm, transformers: they import torchvision, transformers lazily, model by
+    model), with `allow_torchvision_import` applied only when importing torchvision fails on its
+    operators, as described in the module docstring.
 
     Example:
         >>> timm = import_model_library("timm")
     """
     try:
-        return importlib.import_module(name)
+        importlib.import_module("torchvision")
+    except ModuleNotFoundError:
+        pass
     except RuntimeError as err:
         if "torchvision::" not in str(err):
             raise
-    allow_torchvision_import()  # the failed import left neither torchvision nor `name` in sys.modules
+        allow_torchvision_import()  # the failed import left no torchvision in sys.modules
     return importlib.import_module(name)
 
 
