@@ -5,6 +5,8 @@ attention on the class token alone, one-token layers. Found by the compatibility
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -172,4 +174,40 @@ def test_gradcam_on_a_map_that_the_model_changes_in_place_is_that_of_the_map_kep
     cam = featvis.visualize_cam(model, "head", 1, image, input_range=(0.0, 1.0))
     np.testing.assert_allclose(cam, featvis.visualize_cam(apart, "head", 1, image, input_range=(0.0, 1.0)))
     assert cam.max() - cam.min() > 0.5
+    assert_untouched(model, before)
+
+
+class ResidualBlock(nn.Module):
+    """ConvNeXt's block: the skip plus a scaled branch, an addition that no leaf of the block gives."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 1))
+
+    def forward(self, x):
+        return x + 1e-3 * self.branch(x)  # a layer scale that starts small
+
+
+class ResidualNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.block = ResidualBlock()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_the_automatic_layer_of_a_block_that_ends_in_an_addition_is_the_block_not_its_branch():
+    """Before: the branch's last conv (the last leaf run), a 1e-3 correction, not the map the head sees
+    (torchvision's ConvNeXt: a constant map)."""
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    before = snapshot(model)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cam = functools.partial(featvis.visualize_cam, model, "head", 1, image, input_range=(0.0, 1.0))
+    auto = cam()
+    np.testing.assert_array_equal(auto, cam(penultimate_layer="block"))
+    assert not np.allclose(auto, cam(penultimate_layer="block.branch.2"), atol=0.05)
     assert_untouched(model, before)

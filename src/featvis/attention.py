@@ -917,8 +917,9 @@ def visualize_cam_with_losses(
     `method`: a name in `CAM_METHODS` (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``,
     ``"layercam"``, ``"hirescam"``, ``"scorecam"``, ``"ablationcam"``, ``"eigencam"``;
     `register_cam` adds one) or a function (activations, gradients) -> map. `penultimate_layer`
-    defaults to the last layer run before the loss's layer whose output has spatial dimensions
-    (for EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``). `batch_size`:
+    defaults to the last layer or block run before the loss's layer whose output has spatial
+    dimensions (for EfficientNet-Lite0 and ``"_fc"``: the head activation ``"_swish#1"``; for a
+    ConvNeXt, whose blocks end in an addition, the last block, not its residual branch). `batch_size`:
     rows per forward for the methods that run the model (Score-CAM, Ablation-CAM); by default 64,
     on the CPU for Score-CAM as many as hold 16 images of 112 px (4 of 224 px), its fastest there
     (`featvis.fusion.chunk_rows`).
@@ -974,13 +975,14 @@ def _last_attention_input(prepared: PreparedModel, target) -> str | None:
 
 
 def _inside_attentions(seen) -> set[str]:
-    """The leaf calls ('name#call') that run inside an attention's call: its own layers and the modules
-    it calls (CoaT's convolutional position encoding, a module of the model shared by its blocks)."""
+    """The module calls ('name#call') that run inside an attention's call, and its own: its layers and
+    the modules it calls (CoaT's convolutional position encoding, a module of the model shared by
+    its blocks)."""
     inside = set()
     for index, (name, call, _, _) in enumerate(seen.events):
         if name and name in seen.attention_modules:
             start = seen.starts.get(f"{name}#{call}", index)
-            inside.update(f"{n}#{c}" for n, c, _, leaf in seen.events[start:index] if leaf)
+            inside.update(f"{n}#{c}" for n, c, _, _ in seen.events[start : index + 1])
     return inside
 
 
@@ -998,8 +1000,9 @@ def _is_map(shape: tuple[int, ...], axis: int, images: torch.Tensor) -> bool:
 
 
 def _auto_penultimates(prepared: PreparedModel, loss: Loss, images: torch.Tensor, token_grid) -> list[str]:
-    """Layers to try as the penultimate layer, best first: the last leaf call before the loss's layer
-    whose output is a map like the images' (N, C, *spatial; or channels-last), or a token output
+    """Layers to try as the penultimate layer, best first: the last module call (a leaf or a block)
+    before the loss's layer whose output is a map like the images' (N, C, *spatial; or
+    channels-last), or a token output
     whose tokens make a grid of more than one patch for these images; for a token output, the
     token layers before it too (the input of the last attention first). The layers inside an
     attention module are passed over."""
@@ -1011,7 +1014,7 @@ def _auto_penultimates(prepared: PreparedModel, loss: Loss, images: torch.Tensor
     found: list[str] = []
     attention_input = _last_attention_input(prepared, target)
     inside = _inside_attentions(prepared.seen)
-    for label, shape in prepared.seen.leaf_outputs_before(target):
+    for label, shape in prepared.seen.outputs_before(target):
         if len(shape) not in (3, images.ndim) or shape[0] != 1 or label in inside:
             continue  # an attention's own layers (its queries, keys, weights), patches or windows
             # folded into the batch axis (one image probed gave several rows): no map of the image

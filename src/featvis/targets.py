@@ -443,14 +443,15 @@ class Probe:
         shape = self.events[end][2] if end is not None else None
         return shape[0] if shape is not None and len(shape) >= 3 else None
 
-    def leaf_outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
-        """('name#call', output shape) of the leaf calls with a tensor output before `target`
-        finished, last first."""
+    def outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
+        """('name#call', output shape) of the module calls with a tensor output that finished before
+        `target` did, last first: leaves and blocks (a residual block's output, which no leaf of it
+        gives when its last step is the addition), not the model itself."""
         end = self._end(target.name, target.call)
         return [
             (f"{name}#{call}", shape)
-            for name, call, shape, leaf in reversed(self.events[:end] if end is not None else [])
-            if leaf and shape is not None
+            for name, call, shape, _ in reversed(self.events[:end] if end is not None else [])
+            if name and shape is not None
         ]
 
 
