@@ -211,3 +211,38 @@ def test_the_automatic_layer_of_a_block_that_ends_in_an_addition_is_the_block_no
     np.testing.assert_array_equal(auto, cam(penultimate_layer="block"))
     assert not np.allclose(auto, cam(penultimate_layer="block.branch.2"), atol=0.05)
     assert_untouched(model, before)
+
+
+class TupleStage(nn.Module):
+    """PiT's stages (and a Hugging Face base model's ModelOutput): the map and the class token, a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x, self.cls(x.mean((2, 3)))
+
+
+class TupleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stage = TupleStage()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        maps, cls = self.stage(x)
+        return self.head(torch.cat([maps.mean((2, 3)), cls], 1))
+
+
+def test_a_block_that_outputs_a_tuple_is_passed_over_by_the_automatic_layer_and_named_when_given():
+    """Before (once blocks counted): 'not a layer the loss depends on' for the tuple's first tensor."""
+    torch.manual_seed(0)
+    model = TupleNet().eval()
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cam = functools.partial(featvis.visualize_cam, model, "head", 1, image, input_range=(0.0, 1.0))
+    np.testing.assert_array_equal(cam(), cam(penultimate_layer="stage.conv"))
+    with pytest.raises(featvis.FeatvisValueError, match=r"one tensor \('stage' gives a tuple"):
+        cam(penultimate_layer="stage")

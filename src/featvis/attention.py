@@ -744,6 +744,8 @@ def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, 
 
     def hook(module, inputs, output):
         calls, state["calls"] = state["calls"], state["calls"] + 1
+        if calls == call and not isinstance(output, torch.Tensor):
+            state["structured"] = type(output).__name__
         if calls == call and isinstance(output, torch.Tensor) and output.is_floating_point():
             state["leaf"] = output.detach().requires_grad_(True)
             return state["leaf"].clone()  # an in-place op after the layer (torchvision's DenseNet,
@@ -757,6 +759,13 @@ def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, 
             ctx = LossContext(images=images, views=1, activations=activations, targets=targets)
             score = -sum(w * ctx.per_image(t(ctx)) for t, w in terms).sum()
             leaf = state["leaf"]
+            if leaf is None and "structured" in state:
+                raise bad_value(
+                    "penultimate_layer",
+                    layer if isinstance(layer, str | int) else extra.name,
+                    f"a layer whose output is one tensor ({extra.name!r} gives a {state['structured']}, "
+                    "whose gradient featvis cannot take); choose a layer inside it",
+                )
             if leaf is None or not score.requires_grad:
                 return activations[extra.key].detach().float(), None
             (grad,) = torch.autograd.grad(score, leaf, allow_unused=True)

@@ -405,6 +405,9 @@ class Probe:
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
     attention_modules: set[str] = field(default_factory=set)  # the modules that compute an attention
     starts: dict[str, int] = field(default_factory=dict)  # 'name#call': how many events came before it began
+    structured: set[str] = field(
+        default_factory=set
+    )  # 'name#call' whose output is a tuple, dict or ModelOutput
 
     def _end(self, name: str, call: int) -> int | None:
         """The index of the event of call `call` of module `name` (None when it never ran)."""
@@ -444,14 +447,15 @@ class Probe:
         return shape[0] if shape is not None and len(shape) >= 3 else None
 
     def outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
-        """('name#call', output shape) of the module calls with a tensor output that finished before
-        `target` did, last first: leaves and blocks (a residual block's output, which no leaf of it
-        gives when its last step is the addition), not the model itself."""
+        """('name#call', output shape) of the module calls with a tensor output (one tensor, not a
+        tuple or a ModelOutput) that finished before `target` did, last first: leaves and blocks (a
+        residual block's output, which no leaf of it gives when its last step is the addition), not
+        the model itself."""
         end = self._end(target.name, target.call)
         return [
             (f"{name}#{call}", shape)
             for name, call, shape, _ in reversed(self.events[:end] if end is not None else [])
-            if name and shape is not None
+            if name and shape is not None and f"{name}#{call}" not in self.structured
         ]
 
 
@@ -513,6 +517,7 @@ def probe(
     running: list[nn.Module] = []  # the modules whose forward is running, innermost last
     attention_modules: set[str] = set()
     starts: dict[str, int] = {}
+    structured: set[str] = set()
 
     def attention_seen() -> None:  # in the innermost running module with layers of its own (not a Softmax)
         inner = next((m for m in reversed(running) if not _is_leaf(model, m)), None)
@@ -536,6 +541,8 @@ def probe(
         tensor = _tensor_or_none(output, name, output_pick)
         shape = tuple(_channels_first(model, tensor).shape) if tensor is not None else None
         events.append((name, count, shape, _is_leaf(model, module)))
+        if tensor is not None and not isinstance(output, torch.Tensor):
+            structured.add(f"{name}#{count}")
         if isinstance(output, torch.Tensor) and recorder.pre_softmax(output) is not None:
             softmax_outputs.add(f"{name}#{count}")
 
@@ -563,6 +570,7 @@ def probe(
         events=events,
         attention_modules=attention_modules,
         starts=starts,
+        structured=structured,
     )
 
 
