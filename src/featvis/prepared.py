@@ -26,7 +26,7 @@ from torch import nn
 
 from . import fusion, targets
 from .errors import FeatvisTypeError, bad_type, bad_value, check_int, close_matches, is_int
-from .image import check_range, to_unit_signal, to_unit_tensor
+from .image import check_range, resize, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -54,7 +54,8 @@ class PreparedModel:
     A model whose output is not one tensor (a Hugging Face ``ModelOutput``, a dict, a tuple)
     is read through ``output=``: by default its ``logits`` field or first element; a field
     name, a tuple index or a function of the output picks another (`targets.select_output`).
-    ``size`` is the input size used where a call gives none (default 224 x 224 for images).
+    ``size`` is the model's own input size: images are made at it where a call gives no size (else
+    224 x 224), and photos given to it are resized to it.
 
     Example:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
@@ -172,6 +173,8 @@ class PreparedModel:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
         signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
+        A model prepared with its own input size (``size=``, as zoo models are) gets its images
+        resized to it, as its library's preprocessing does.
 
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
@@ -181,10 +184,16 @@ class PreparedModel:
         elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
                 raise bad_value(argument, images, "at least one image")
-            loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
+            loaded = torch.cat(
+                [self._sized(to_unit_tensor(i, argument, self.input_range, self.channels)) for i in images]
+            )
         else:
             loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
-        return loaded.to(self.device)
+        return self._sized(loaded).to(self.device)
+
+    def _sized(self, images: torch.Tensor) -> torch.Tensor:
+        """Images resized to the model's own input size (`size`) when it came with one."""
+        return images if self._size is None else resize(images, self._size)
 
     def default_size(self) -> tuple[int, ...]:
         """The input size used when none is given: `size` when the model came with one (a zoo
