@@ -197,3 +197,34 @@ def test_torchscript_model_output_works_and_inner_layers_say_why_not(tmp_path, c
         capsys,
     )
     assert code == 2 and "TorchScript" in captured.err
+
+
+# library errors reach the command line user in its words: --flags, not Python arguments
+
+
+@pytest.mark.parametrize(
+    ("extra", "option", "argument"),
+    [
+        (["--filter", "99"], "--filter", "filter_indices"),
+        (["--steps", "0"], "--steps", "max_iter"),
+        (["--filter", "1", "--input-range", "5,1"], "--input-range", "input_range"),
+        (["--filter", "1", "--unit-axis", "5"], "--unit-axis", "unit_axis"),
+    ],
+)
+def test_a_library_error_names_the_option_not_the_python_argument(extra, option, argument, capsys, tmp_path):
+    args = ["activation", "--model", TINY, "--preprocess", "none", "--layer", "fc", "--size", "8"]
+    code, captured = run([*args, "--input-range", "0,1", *extra, "--out", str(tmp_path / "x.png")], capsys)
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("featvis: error: "), captured.err
+    assert option in lines[0] and argument not in lines[0], lines[0]
+
+
+def test_an_atlas_made_with_other_settings_says_use_restart(capsys, tmp_path):
+    args = ["atlas", "--model", TINY, "--preprocess", "none", "--layer", "fc", "--size", "8", "--views", "1"]
+    main([*args, "--steps", "1", "--out", str(tmp_path / "site")])
+    capsys.readouterr()
+    code, captured = run([*args, "--steps", "2", "--out", str(tmp_path / "site")], capsys)
+    line = captured.err.strip()
+    assert code == 2 and line.startswith("featvis: error: ") and "\n" not in line, captured.err
+    assert "--steps: 1 -> 2" in line  # what differs, in the options' words
+    assert "--restart" in line and "restart=True" not in line, line

@@ -419,7 +419,7 @@ def _check_manifest(out: Path, manifest: dict, restart: bool, *, write: bool) ->
         if differ:
             raise FeatvisValueError(
                 f"{out} holds an atlas made with other settings ({'; '.join(differ)}); "
-                "use another folder, or restart=True (--restart) to start over"
+                "use another folder, or restart=True to start over"
             )
         old["layers"] = {**old.get("layers", {}), **manifest["layers"]}
         manifest = old
