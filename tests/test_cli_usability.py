@@ -228,6 +228,37 @@ def test_a_channels_option_that_contradicts_the_model_fails_with_one_line(user_f
     assert "channels" in one_error_line(code, err)
 
 
+TINY_ONE_CHANNEL = ["--model", "conftest:make_tiny", "--layer", "fc", "--filter", "1", "--channels", "1"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["activation", *TINY_ONE_CHANNEL, "--steps", "1"],
+        ["cam", *TINY_ONE_CHANNEL, "--image", "gray.png"],
+        ["activation", "--model", "{counter}", "--layer", "head", "--filter", "0"],  # 1 channel, read
+    ],
+    ids=["rgb-model-channels-1", "cam-rgb-model-channels-1", "gray-model"],
+)
+def test_one_channel_with_the_default_imagenet_preprocess_is_refused(user_folder, capsys, tmp_path, command):
+    """ImageNet's mean and std are for 3 channels: a gray image is not silently broadcast into them."""
+    Image.new("L", (20, 24)).save("gray.png")
+    args = [a.replace("{counter}", f"{user_folder}.nets:make_counter") for a in command]
+    code, err = run([*args, "--size", "16", "--out", "x.png"], capsys)
+    line = one_error_line(code, err)
+    assert "--channels" in line and "--preprocess" in line, line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_python_api_refuses_a_three_channel_normalization_of_one_channel_images(tiny):
+    import featvis
+
+    with pytest.raises(featvis.FeatvisValueError, match=r"channels=1.*preprocess"):
+        featvis.visualize_activation(
+            tiny, "fc", 1, channels=1, preprocess=featvis.zoo.Normalize(), max_iter=1
+        )
+
+
 # warnings: one line each, once
 
 
