@@ -420,14 +420,7 @@ def merge_examples(parts: Sequence[DatasetExamples], k: int | None = None) -> Da
         [p.lowest_positions for p in parts],
         False,
     )
-    summary = DataSummary(
-        used=sum(p.summary.used for p in parts),
-        skipped=[item for p in parts for item in p.summary.skipped],
-        converted={
-            note: sum(p.summary.converted.get(note, 0) for p in parts)
-            for note in {n for p in parts for n in p.summary.converted}
-        },
-    )
+    summary = DataSummary.combined(p.summary for p in parts)
     return dataclasses.replace(
         parts[0],
         indices=top[0],
