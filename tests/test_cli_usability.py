@@ -221,11 +221,17 @@ def test_a_channels_option_that_contradicts_the_model_fails_with_one_line(user_f
         f"{user_folder}.nets:make_counter",
         "--preprocess",
         "none",
+        "--input-range",
+        "0,1",
         "--channels",
         "3",
     ]
     code, err = run([*args, "--layer", "head", "--size", "16", "--steps", "2", "--out", "x.png"], capsys)
-    assert "channels" in one_error_line(code, err)
+    line = one_error_line(code, err)
+    assert "model raised RuntimeError" in line  # the model's own words on what it got
+    for option in ("--preprocess", "--input-range", "--channels", "--size"):  # what the user can change
+        assert option in line, line
+    assert "input_range" not in line
 
 
 TINY_ONE_CHANNEL = ["--model", "conftest:make_tiny", "--layer", "fc", "--filter", "1", "--channels", "1"]
