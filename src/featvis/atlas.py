@@ -47,7 +47,7 @@ from .errors import FeatvisValueError, bad_type, check_int
 from .image import atomic_write, save_image, stitch_images, to_array, to_pil
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis
-from .optimizer import Settings
+from .optimizer import Settings, show_progress
 from .prepared import CONVENTIONS, PreparedModel, image_size
 from .targets import LayerSpec, forward_hooks, run_model
 from .visualization import activations_reached, layer_batches, visualize_layer
@@ -336,7 +336,7 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
             preprocess=prepared.preprocess,
             channels=prepared.channels,
             device=prepared.device,
-            progress=bool(progress) and rank == 0,
+            progress=show_progress(progress) and rank == 0,
             sampler=share,
             **read,
         )
@@ -439,7 +439,7 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
     """Optimize this rank's batches, skipping those already written; returns how many units were skipped."""
     quiet = dataclasses.replace(settings, progress=False)
     total = sum(int(c) for c in json.loads((out / MANIFEST).read_text())["layers"].values())
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
+    show = show_progress(progress) and rank == 0
     bar = tqdm(total=total, desc="atlas", unit="unit", disable=not show)
     skipped = 0
     (out / "timings").mkdir(parents=True, exist_ok=True)  # how long each batch took: not part of the atlas
