@@ -26,7 +26,7 @@ from torch import nn
 
 from . import fusion, targets
 from .errors import FeatvisTypeError, FeatvisValueError, bad_type, bad_value, check_int, close_matches, is_int
-from .image import check_range, to_unit_signal, to_unit_tensor
+from .image import check_range, resize, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -54,6 +54,8 @@ class PreparedModel:
     A model whose output is not one tensor (a Hugging Face ``ModelOutput``, a dict, a tuple)
     is read through ``output=``: by default its ``logits`` field or first element; a field
     name, a tuple index or a function of the output picks another (`targets.select_output`).
+    ``size`` is the model's own input size: images are made at it where a call gives no size (else
+    224 x 224), and photos given to it are resized to it.
 
     Example:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
@@ -75,6 +77,7 @@ class PreparedModel:
         channels_last: bool | None = None,
         inputs: Mapping[str, object] | Sequence[object] | None = None,
         output: targets.OutputPick = None,
+        size: int | tuple[int, ...] | None = None,
     ):
         if isinstance(model, PreparedModel):
             raise bad_type("model", model, "a torch.nn.Module (this one is prepared already)")
@@ -98,6 +101,7 @@ class PreparedModel:
         check_int("channels", self.channels, 1)
         check_preprocess_channels(preprocess, self.channels)
         self.spatial_dims = targets.infer_spatial_dims(self.model, image)
+        self._size = None if size is None else input_size(size, self.spatial_dims)
         self.device = targets.resolve_device(device, self.model)
         self.dtype = targets.model_dtype(self.model)
         if self.inputs is not None:
@@ -170,6 +174,8 @@ class PreparedModel:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
         signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
+        A model prepared with its own input size (``size=``, as zoo models are) gets its images
+        resized to it, as its library's preprocessing does.
 
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
@@ -179,13 +185,22 @@ class PreparedModel:
         elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
                 raise bad_value(argument, images, "at least one image")
-            loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
+            loaded = torch.cat(
+                [self._sized(to_unit_tensor(i, argument, self.input_range, self.channels)) for i in images]
+            )
         else:
             loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
-        return loaded.to(self.device)
+        return self._sized(loaded).to(self.device)
+
+    def _sized(self, images: torch.Tensor) -> torch.Tensor:
+        """Images resized to the model's own input size (`size`) when it came with one."""
+        return images if self._size is None else resize(images, self._size)
 
     def default_size(self) -> tuple[int, ...]:
-        """The input size used when none is given: 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        """The input size used when none is given: `size` when the model came with one (a zoo
+        model's data config), else 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        if self._size is not None:
+            return self._size
         return {1: (128,), 2: (224, 224), 3: (32, 32, 32)}.get(self.spatial_dims, (224, 224))
 
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
