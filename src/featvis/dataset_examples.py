@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import hashlib
 import os
 from pathlib import Path
-import sys
 import time
 import warnings
 import weakref
@@ -53,6 +52,7 @@ from .errors import FeatvisValueError, bad_type, bad_value, check_int
 from .image import atomic_write, check_range
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
+from .optimizer import show_progress
 from .prepared import PreparedModel, prepare
 from .targets import FeatvisWarning, LayerSpec, infer_channels, resolve_device
 
@@ -420,14 +420,7 @@ def merge_examples(parts: Sequence[DatasetExamples], k: int | None = None) -> Da
         [p.lowest_positions for p in parts],
         False,
     )
-    summary = DataSummary(
-        used=sum(p.summary.used for p in parts),
-        skipped=[item for p in parts for item in p.summary.skipped],
-        converted={
-            note: sum(p.summary.converted.get(note, 0) for p in parts)
-            for note in {n for p in parts for n in p.summary.converted}
-        },
-    )
+    summary = DataSummary.combined(p.summary for p in parts)
     return dataclasses.replace(
         parts[0],
         indices=top[0],
@@ -689,7 +682,7 @@ def dataset_examples(
     input_size = (size, size) if size else None
     position = start
     batches_done = 0
-    show = progress if progress is not None else sys.stderr.isatty()
+    show = show_progress(progress)
     bar = tqdm(total=total, initial=start, unit="img", desc="dataset examples", disable=not show, leave=False)
 
     def save_checkpoint(complete: bool) -> None:

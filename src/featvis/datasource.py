@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
@@ -135,6 +135,25 @@ class DataSummary:
     @property
     def total(self) -> int:
         return self.used + len(self.skipped)
+
+    @classmethod
+    def combined(cls, parts: Iterable[DataSummary]) -> DataSummary:
+        """One summary of the shares of a pass (each item read by one share): the counts added.
+
+        Example:
+            >>> print(DataSummary.combined([DataSummary(used=10), DataSummary(used=9, skipped=[("b.png", "?")])]))
+            used 19 of 20 images; skipped 1: b.png (?)
+        """
+        parts = list(parts)
+        converted: dict[str, int] = {}
+        for part in parts:
+            for note, count in part.converted.items():
+                converted[note] = converted.get(note, 0) + count
+        return cls(
+            used=sum(p.used for p in parts),
+            skipped=[item for p in parts for item in p.skipped],
+            converted=converted,
+        )
 
     def add(self, position: int, note: str, ok: bool, describe) -> None:
         if not ok:

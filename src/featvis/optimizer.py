@@ -98,8 +98,8 @@ class Settings:
     off, so the images transfer better to other networks; None: plain gradients; see
     `featvis.backprop_modifiers.leaky`); `callbacks`: functions ``f(step, terms, images)`` (an ``on_end()``
     method of one is called when the optimization ends; see `featvis.callbacks`); `verbose`
-    prints every term at every step; `progress` shows a bar (None: on a terminal, for
-    64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
+    prints every term at every step; `progress` shows a bar (None: whenever stderr is a
+    terminal, `show_progress`); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
     precision; `image_ema` (default 0.95) returns the moving average of the images over
     the second half of the steps (None: the last step's images); `betas`: Adam's
     (default (0.3, 0.999): little momentum, which our 128-step images need); `lr_schedule` multiplies
@@ -261,6 +261,17 @@ def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
     return names
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Whether to show a progress bar: `progress` when given, else whenever stderr is a terminal,
+    so work of any length shows its progress there, and pipes, log files and notebooks get no bar.
+
+    Example:
+        >>> show_progress(None) == sys.stderr.isatty(), show_progress(False)
+        (True, False)
+    """
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
 def optimize(
     prepared: PreparedModel,
     loss: Loss,
@@ -289,8 +300,8 @@ def optimize(
     terms = [(term, weight) for term, weight in loss.terms if weight != 0]
     names = _term_names(terms)
     progress = settings.progress
-    if progress is None:
-        progress = steps >= 64 and sys.stderr.isatty() and not settings.verbose
+    if progress is None:  # verbose prints a line per step instead
+        progress = show_progress(None) and not settings.verbose
     if len(streams) != param.batch:
         raise bad_value("streams", f"{len(streams)} streams", f"one per image ({param.batch})")
     rows = streams.per_view(views)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import fusion, targets
-from .errors import FeatvisTypeError, bad_type, bad_value, check_int, close_matches, is_int
+from .errors import FeatvisTypeError, FeatvisValueError, bad_type, bad_value, check_int, close_matches, is_int
 from .image import check_range, resize, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
@@ -99,6 +99,7 @@ class PreparedModel:
         image = 0 if self.inputs is None else self.inputs.index
         self.channels = targets.infer_channels(self.model, image) if channels is None else channels
         check_int("channels", self.channels, 1)
+        check_preprocess_channels(preprocess, self.channels)
         self.spatial_dims = targets.infer_spatial_dims(self.model, image)
         self._size = None if size is None else input_size(size, self.spatial_dims)
         self.device = targets.resolve_device(device, self.model)
@@ -392,6 +393,26 @@ def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
             FeatvisWarning,
             stacklevel=4,
         )
+
+
+def check_preprocess_channels(preprocess: object, channels: int) -> None:
+    """Refuse a per-channel normalization (a preprocess with a ``mean`` of several values, as
+    `featvis.zoo.Normalize` and torchvision's ``Normalize``) of another number of channels than the
+    images have: ImageNet's 3 means would broadcast a gray image into 3 channels without a word.
+
+    Example:
+        >>> check_preprocess_channels(featvis.zoo.Normalize(), 1)  # raises FeatvisValueError
+    """
+    mean = getattr(preprocess, "mean", None)
+    if isinstance(mean, torch.Tensor):
+        mean = mean.flatten().tolist()
+    if not isinstance(mean, Sequence) or isinstance(mean, str) or len(mean) in (1, channels):
+        return
+    raise FeatvisValueError(
+        f"channels={channels}, but preprocess= normalizes {len(mean)} channels (its mean has {len(mean)} "
+        f"values: {channels}-channel images would be broadcast into them); pass preprocess= for "
+        f"{channels} channel(s) or none, or channels={len(mean)}"
+    )
 
 
 def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> tuple[int, ...]:

@@ -183,7 +183,8 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 
 
 MODEL_HINT = (
-    "check model, preprocess, input_range, channels and size (and inputs= for a model of several inputs)"
+    "check the model and preprocess=, input_range=, channels= and size= (and inputs= for a model of "
+    "several inputs)"
 )
 
 
@@ -499,7 +500,7 @@ def probe(
         else:
             given, hint = (
                 f"(preprocessed) inputs {inputs.describe(example)}",
-                "check model, inputs, preprocess, input_range, channels and size",
+                "check the model and inputs=, preprocess=, input_range=, channels= and size=",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     order = [name if calls[name] == 1 else f"{name}#{call}" for name, call, _, leaf in events if leaf]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 import dataclasses
-import sys
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from .losses import (
     as_losses,
     layer_key,
 )
-from .optimizer import Result, Settings, optimize
+from .optimizer import Result, Settings, optimize, show_progress
 from .params import make_parameterization
 from .prepared import CONVENTIONS, PreparedModel, input_size, preparing
 from .regularizers import LpNorm, TotalVariation
@@ -262,8 +261,9 @@ def visualize_layer(
             batch_size = auto_batch_size(prepared, shape)
         check_int("batch_size", batch_size, 1)
         chunks = layer_batches(units, batch_size)
-        show = settings.progress if settings.progress is not None else len(chunks) > 1 and sys.stderr.isatty()
-        quiet = dataclasses.replace(settings, progress=False)
+        several = len(chunks) > 1  # a bar of the batches; of one batch, the bar of its steps
+        quiet = dataclasses.replace(settings, progress=False) if several else settings
+        show = several and show_progress(settings.progress)
         results = []
         for chunk in tqdm(chunks, desc=f"layer {layer}", disable=not show):
             objective = UnitPerImage(layer, chunk, unit_axis=unit_axis, token=token)
