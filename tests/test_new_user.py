@@ -77,6 +77,40 @@ def test_a_float_seed_in_0_1_with_the_default_0_255_range_is_refused_with_the_fi
     featvis.visualize_activation(model, "conv2", 3, seed_input=photo * 255, max_iter=2)
 
 
+ATTRIBUTIONS = {
+    "saliency": lambda model, image, **kw: featvis.visualize_saliency(model, "fc", 3, image, **kw),
+    "cam": lambda model, image, **kw: featvis.visualize_cam(model, "fc", 3, image, **kw),
+    "guided_cam": lambda model, image, **kw: featvis.visualize_guided_cam(model, "fc", 3, image, **kw),
+    "integrated_gradients": lambda model, image, **kw: featvis.attention.integrated_gradients(
+        model, featvis.ActivationMaximization("fc", 3), image, steps=2, **kw
+    ),
+    "occlusion": lambda model, image, **kw: featvis.attention.occlusion(
+        model, featvis.ActivationMaximization("fc", 3), image, **kw
+    ),
+    "input_gradients": lambda model, image, **kw: featvis.attention.input_gradients(
+        model, featvis.ActivationMaximization("fc", 3), image, **kw
+    ),
+    "deletion": lambda model, image, **kw: featvis.metrics.deletion(
+        model, "fc", 3, image, np.ones((1, 32, 32)), steps=2, **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTRIBUTIONS))
+def test_attribution_refuses_a_float_image_in_0_1_under_the_default_0_255_range(name):
+    explain = ATTRIBUTIONS[name]
+    model = make_tiny()
+    before = snapshot(model)
+    photo = np.random.default_rng(1).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    for given in (photo, torch.from_numpy(photo).permute(2, 0, 1), [photo]):
+        with pytest.raises(featvis.FeatvisValueError, match=r"seed_input.*input_range") as err:
+            explain(model, given)
+        assert "(0, 255)" in str(err.value) and "input_range=(0.0, 1.0)" in str(err.value)
+    explain(model, photo, input_range=(0.0, 1.0))  # the same image in the right range is taken
+    explain(model, photo * 255)
+    assert_untouched(model, before)
+
+
 @pytest.mark.parametrize("method", ["fourier", "pixel", "maco"])
 def test_an_all_black_seed_still_optimizes(method):
     model = make_tiny()

@@ -395,21 +395,27 @@ def stitch_images(
     return grid
 
 
-def check_seed_range(given: object, unit: torch.Tensor, input_range: tuple[float, float]) -> None:
-    """Refuse a float seed image in [0, 1] given with a wide `input_range` such as (0, 255): read that
-    way it is black, and the optimization would start from (and often stay) a black image."""
+def check_seed_range(
+    given: object, unit: torch.Tensor, input_range: tuple[float, float] | None, argument: str = "seed_input"
+) -> None:
+    """Refuse a float image in [0, 1] (or a list of them) given with a wide `input_range` such as
+    (0, 255): read that way it is black, and an optimization would start from (and often stay) a
+    black image, an attribution would explain a black image."""
     if input_range is None:
         return
     low, high = input_range
-    is_float = (isinstance(given, np.ndarray) and np.issubdtype(given.dtype, np.floating)) or (
-        isinstance(given, torch.Tensor) and given.is_floating_point()
+    parts = given if isinstance(given, list | tuple) and given else [given]
+    is_float = all(
+        (isinstance(part, np.ndarray) and np.issubdtype(part.dtype, np.floating))
+        or (isinstance(part, torch.Tensor) and part.is_floating_point())
+        for part in parts
     )
     if not is_float or high - low <= 2:
         return
     values = low + (high - low) * unit
     if float(values.max()) <= 1.0 and float(values.max()) > float(values.min()):
         raise FeatvisValueError(
-            f"seed_input holds floats in [0, 1] but input_range is {tuple(input_range)}, so it would be "
+            f"{argument} holds floats in [0, 1] but input_range is {tuple(input_range)}, so it would be "
             "read as an almost black image; pass input_range=(0.0, 1.0) (with a preprocess that "
             "expects it), or scale the image to the range (e.g. image * 255)"
         )

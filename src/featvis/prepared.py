@@ -26,7 +26,7 @@ from torch import nn
 
 from . import fusion, targets
 from .errors import FeatvisTypeError, bad_type, bad_value, check_int, close_matches, is_int
-from .image import check_range, to_unit_signal, to_unit_tensor
+from .image import check_range, check_seed_range, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -169,6 +169,8 @@ class PreparedModel:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
         signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
+        Float images in [0, 1] under a wide `input_range` such as (0, 255) are refused (they would
+        read as almost black; see `featvis.image.check_seed_range`).
 
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
@@ -181,6 +183,7 @@ class PreparedModel:
             loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
         else:
             loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
+        check_seed_range(images, loaded, self.input_range, argument)
         return loaded.to(self.device)
 
     def default_size(self) -> tuple[int, ...]:
