@@ -340,7 +340,7 @@ def randomization_check(
         steps = []
         with preparing(model, **conventions) as prepared:
             if size is not None:
-                prepared.probe(prepared.random_images(input_size(size, prepared.spatial_dims)))
+                prepared.probe_size(input_size(size, prepared.spatial_dims), "size")
             for i, spec in enumerate(layers):
                 target = prepared.resolve(spec, f"layers[{i}]")
                 label = spec if isinstance(spec, str) else str(target)

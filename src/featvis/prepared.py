@@ -219,17 +219,30 @@ class PreparedModel:
         """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
         return self.probe_input(self.model_input(images[:1])) if self._seen is None else self._seen
 
-    def probe_input(self, x: torch.Tensor) -> Probe:
-        """Like `probe`, on a model input as the model takes it (already preprocessed)."""
+    def probe_input(self, x: torch.Tensor, hint: str | None = None) -> Probe:
+        """Like `probe`, on a model input as the model takes it (already preprocessed); `hint` ends
+        the error of a model that raises (`targets.probe`)."""
         self.open()
         if self._seen is None:
-            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output)
+            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output, hint)
+        return self._seen
+
+    def probe_size(self, size: tuple[int, ...], argument: str = "size", default: bool = False) -> Probe:
+        """Like `probe`, on a random input of `size` (once: later calls reuse the probe); a model that
+        raises is told to give `argument` (``size`` or ``input_shape``), `default`: the size was not given.
+
+        Example:
+            >>> prepared.probe_size((64, 64)).order[-1]
+        """
+        if self._seen is None:
+            x = self.model_input(self.random_images(size))
+            self.probe_input(x, targets.size_hint(argument, tuple(x.shape), default))
         return self._seen
 
     @property
     def seen(self) -> Probe:
         """The probe (on a 224 px random image when nothing was probed yet)."""
-        return self._seen if self._seen is not None else self.probe(self.random_images(self.default_size()))
+        return self._seen if self._seen is not None else self.probe_size(self.default_size(), default=True)
 
     def seen_modules(self) -> dict[nn.Module, str]:
         """Each module of the model and the name the probe's events give it."""
