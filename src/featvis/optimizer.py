@@ -179,7 +179,8 @@ class Settings:
         unknown = [k for k in options if k not in names and k not in allowed]
         if unknown:
             raise FeatvisTypeError(
-                f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], [*names, *allowed])}"
+                f"unexpected keyword argument {unknown[0]!r}"
+                f"{close_matches(unknown[0], [*names, *allowed], see='help(featvis.Settings)')}"
             )
         quality = options.pop("quality", "fast")
         if not isinstance(quality, str) or quality not in QUALITY:

@@ -568,7 +568,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
         if name not in by_name:
             raise LayerNotFoundError(
                 f"{argument}={layer!r} is not a module of the model"
-                f"{close_matches(name, [n for n in by_name if n])}"
+                f"{close_matches(name, [n for n in by_name if n], see='featvis.layer_names(model)')}"
             )
 
     module = by_name[name]
@@ -639,7 +639,8 @@ def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | Non
             raise LayerNotFoundError(
                 f"layer={name!r} runs {len(calls)} times in one forward pass; choose a call: {', '.join(calls)}"
             )
-        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}")
+        hint = close_matches(name, order, see="featvis.layer_names(model)")
+        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{hint}")
     return order.index(name)
 
 

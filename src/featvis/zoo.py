@@ -116,7 +116,8 @@ def class_index(name_or_index: str | int, class_names=None, *, argument: str = "
     with_word = [i for i, names in enumerate(classes) if any(word.search(n.lower()) for n in names)]
     if with_word:
         raise bad_value(argument, text, f"{what}; with the word {text!r}: {_listed(classes, with_word)}")
-    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes])}")
+    see = "class_names" if class_names is not None else "featvis.zoo.imagenet_class_names()"
+    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes], see=see)}")
 
 
 def _listed(classes, indices, limit: int = 12) -> str:
