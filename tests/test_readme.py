@@ -88,6 +88,12 @@ def test_the_readme_has_its_python_blocks():
     assert sum(_uses_lite0(code) for _, _, code in BLOCKS) >= 5
 
 
+def test_the_readme_says_ex_images_gives_a_list_of_uint8_crops():
+    (line,) = [line for line in README.read_text(encoding="utf-8").splitlines() if "= ex.images(7)" in line]
+    comment = line.split("#", 1)[1]
+    assert "list" in comment and "(h, w, 3) uint8" in comment
+
+
 @pytest.mark.parametrize(
     ("line", "heading", "code"),
     [
