@@ -31,6 +31,8 @@ Examples:
   featvis activation --layer _blocks.10 --filter 7 --method pixel --out ch7.png
   featvis activation --model mypkg.models:make_net --preprocess none --input-range 0,1 \\
       --layer head --filter 0 --size 32 --out up.png
+  featvis activation --model timm:convnext_tiny --weights convnext_tiny.safetensors \\
+      --layer "" --filter goldfish --out goldfish.png
 """
 
 
@@ -51,22 +53,37 @@ class LoadedModel:
     preprocess: object
     class_names: tuple[str, ...] | None
 
+    def class_index(self, name: str, option: str = "--filter") -> int:
+        """The class id of a class name of this model (ImageNet's for the embedded model)."""
+        if self.class_names is None:
+            raise bad_value(option, name, "an index: this model has no class names")
+        known = None if self.class_names == zoo.imagenet_class_names() else self.class_names
+        return zoo.class_index(name, known, argument=option)
+
 
 MODEL_FILES = (".pt", ".pth", ".ts", ".jit")
+ZOOS = {"timm": zoo.from_timm, "hf": zoo.from_huggingface}
 
 
-def load_model(spec: str | None, preprocess: str) -> LoadedModel:
-    """The embedded Lite0 (spec None), a .keras file, a TorchScript or torch.save file, or ``module:factory``.
+def load_model(spec: str | None, preprocess: str | None, weights: str | None = None) -> LoadedModel:
+    """The embedded Lite0 (spec None), ``timm:NAME``, ``hf:FOLDER``, a .keras file, a TorchScript or
+    torch.save file, or ``module:factory``.
 
-    ``module:factory`` is imported as ``python -m`` would: from the current folder
-    first, then the installed packages. A file that is not TorchScript is read with
-    ``torch.load(weights_only=False)``, which runs the pickled code in it: only load
-    model files you trust.
+    timm and Hugging Face models come with their own preprocess (``preprocess=None``), class
+    names and, with `weights`, a local weights file. ``module:factory`` is imported as
+    ``python -m`` would: from the current folder first, then the installed packages. A file
+    that is not TorchScript is read with ``torch.load(weights_only=False)``, which runs the
+    pickled code in it: only load model files you trust.
     """
-    norm = zoo.Normalize() if preprocess == "imagenet" else None
-    if spec is None:
-        lite0 = zoo.efficientnet_lite0()
-        return LoadedModel(lite0.model, norm, lite0.class_names)
+    norm = None if preprocess == "none" else zoo.Normalize()
+    library, _, name = (spec or "").partition(":")
+    if spec is None or library in ZOOS:
+        bundle = zoo.efficientnet_lite0() if spec is None else _from_zoo(library, name, weights)
+        return LoadedModel(
+            bundle.model, bundle.preprocess if preprocess is None else norm, bundle.class_names
+        )
+    if weights is not None:
+        raise bad_value("--weights", weights, "a weights file for a timm: or hf: --model (not for this one)")
     path = Path(spec)
     if path.suffix == ".keras":
         return LoadedModel(_load_keras(path), norm, None)
@@ -98,6 +115,16 @@ def load_model(spec: str | None, preprocess: str) -> LoadedModel:
             f"--model {spec!r}: {factory}() returned {type(model).__name__}, not an nn.Module"
         )
     return LoadedModel(model, norm, None)
+
+
+def _from_zoo(library: str, name: str, weights: str | None) -> zoo.ZooModel:
+    if not name:
+        raise bad_value("--model", f"{library}:", f"'{library}:NAME' with a name after the colon")
+    if library == "timm":
+        return zoo.from_timm(name, weights=weights)
+    if weights is not None:
+        raise bad_value("--weights", weights, "None for hf: (the folder holds the weights)")
+    return zoo.from_huggingface(name)
 
 
 @contextlib.contextmanager
@@ -178,7 +205,8 @@ def parse_range(text: str) -> tuple[float, float]:
     return low, high
 
 
-def parse_filters(text: str | None, class_names, option: str = "--filter") -> list[int] | None:
+def parse_filters(text: str | None, loaded: LoadedModel | None, option: str = "--filter") -> list[int] | None:
+    """Indices and class names of `loaded` (None: indices only) separated by commas; None for all."""
     if text is None or text.strip().lower() == "all":
         return None
     indices = []
@@ -190,10 +218,10 @@ def parse_filters(text: str | None, class_names, option: str = "--filter") -> li
             index = int(part)
             if index < 0:
                 raise bad_value(option, text, "indices >= 0")
-        elif class_names is None:
-            raise bad_value(option, part, "an index: this model has no class names")
+        elif loaded is None:
+            raise bad_value(option, part, "an index (units are given by number)")
         else:
-            index = zoo.class_index(part, argument=option)
+            index = loaded.class_index(part, option)
         indices.append(index)
     return indices
 
@@ -238,16 +266,24 @@ common_options = [
         "--model",
         "model_spec",
         default=None,
-        help="A .keras file (torch backend), a TorchScript or torch.save(model) file (unpickled: trust it), "
-        "or package.module:factory, imported from the current folder first "
+        help="timm:NAME (pip install 'featvis[timm]'), hf:FOLDER or a cached hub id (pip install "
+        "'featvis[hf]'), a .keras file (torch backend), a TorchScript or torch.save(model) file "
+        "(unpickled: trust it), or package.module:factory, imported from the current folder first "
         "(default: embedded EfficientNet-Lite0).",
+    ),
+    click.option(
+        "--weights",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="A local .safetensors or .pth weights file for a timm:NAME model (nothing is downloaded; "
+        "without it the weights are random).",
     ),
     click.option(
         "--preprocess",
         type=click.Choice(["imagenet", "none"]),
-        default="imagenet",
-        show_default=True,
-        help="Normalization of the model input.",
+        default=None,
+        help="Normalization of the model input (default: the model's own for the embedded, timm: and "
+        "hf: models, imagenet for the others).",
     ),
     click.option(
         "--input-range",
@@ -272,21 +308,21 @@ OUT_HELP = "Output PNG; its folder must exist."
 class Common:
     """The options every command takes (`common_options`), read once."""
 
-    def __init__(self, model_spec, preprocess, input_range, channels, device, seed):
+    def __init__(self, model_spec, weights, preprocess, input_range, channels, device, seed):
         if channels is not None and channels < 1:
             raise bad_value("--channels", channels, "an int >= 1: 1 for a grayscale model, 3 for RGB")
-        self.model_spec, self.preprocess, self.input_range = model_spec, preprocess, input_range
+        self.model_spec, self.weights, self.preprocess, self.input_range = (
+            model_spec,
+            weights,
+            preprocess,
+            input_range,
+        )
         self.channels, self.device, self.seed = channels, device, seed
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        """The class names `--filter` may use: ImageNet's for the embedded model, none for others."""
-        return zoo.imagenet_class_names() if self.model_spec is None else None
 
     def load(self) -> tuple[LoadedModel, dict]:
         """The model, and the arguments every Python API function takes from these options
         (``channels=`` only when `--channels` is given, else the API's default)."""
-        loaded = load_model(self.model_spec, self.preprocess)
+        loaded = load_model(self.model_spec, self.preprocess, self.weights)
         api = dict(
             preprocess=loaded.preprocess, input_range=parse_range(self.input_range), device=self.device
         )
@@ -368,8 +404,9 @@ def with_common(function):
     """Add `common_options` to a command, which gets them as one `Common`, its `common` argument."""
 
     @functools.wraps(function)
-    def command(model_spec, preprocess, input_range, channels, device, seed, **options):
-        return function(**options, common=Common(model_spec, preprocess, input_range, channels, device, seed))
+    def command(model_spec, weights, preprocess, input_range, channels, device, seed, **options):
+        common = Common(model_spec, weights, preprocess, input_range, channels, device, seed)
+        return function(**options, common=common)
 
     return with_options(common_options)(command)
 
@@ -440,8 +477,8 @@ def activation(
     """Generate the image that maximizes units of a layer (activation maximization)."""
     for option, path in (("--out", out), ("--gif", gif), ("--plot", plot)):
         check_output(option, path)
-    indices = parse_filters(filters, common.class_names)
     loaded, api = common.load()
+    indices = parse_filters(filters, loaded)
     recorder = watch.GifRecorder(every=gif_every) if gif else None
     result = visualization.visualize_activation(
         loaded.model,
@@ -685,9 +722,9 @@ def saliency(
 ):
     """Saliency map: which pixels change the chosen units most."""
     check_output("--out", out)
-    indices = parse_filters(filters, common.class_names)
     photo, image = _photo_and_model_image(image_path, size, common.channels)
     loaded, api = common.load()
+    indices = parse_filters(filters, loaded)
     heatmap = attention.visualize_saliency(
         loaded.model,
         layer,
@@ -741,9 +778,9 @@ def cam(
 ):
     """Grad-CAM map: which regions the chosen units rely on."""
     check_output("--out", out)
-    indices = parse_filters(filters, common.class_names)
     photo, image = _photo_and_model_image(image_path, size, common.channels)
     loaded, api = common.load()
+    indices = parse_filters(filters, loaded)
     cam_of = attention.visualize_guided_cam if guided else attention.visualize_cam
     options = {} if guided else {"method": method, "aug_smooth": aug_smooth, "seed": common.seed}
     heatmap = cam_of(loaded.model, layer, indices, image, penultimate_layer=penultimate, **options, **api)[0]

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import fusion, targets
 from .errors import FeatvisTypeError, bad_type, bad_value, check_int, close_matches, is_int
-from .image import check_range, check_seed_range, to_unit_signal, to_unit_tensor
+from .image import check_range, check_seed_range, resize, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -54,6 +54,8 @@ class PreparedModel:
     A model whose output is not one tensor (a Hugging Face ``ModelOutput``, a dict, a tuple)
     is read through ``output=``: by default its ``logits`` field or first element; a field
     name, a tuple index or a function of the output picks another (`targets.select_output`).
+    ``size`` is the model's own input size: images are made at it where a call gives no size (else
+    224 x 224), and photos given to it are resized to it.
 
     Example:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
@@ -75,6 +77,7 @@ class PreparedModel:
         channels_last: bool | None = None,
         inputs: Mapping[str, object] | Sequence[object] | None = None,
         output: targets.OutputPick = None,
+        size: int | tuple[int, ...] | None = None,
     ):
         if isinstance(model, PreparedModel):
             raise bad_type("model", model, "a torch.nn.Module (this one is prepared already)")
@@ -97,6 +100,7 @@ class PreparedModel:
         self.channels = targets.infer_channels(self.model, image) if channels is None else channels
         check_int("channels", self.channels, 1)
         self.spatial_dims = targets.infer_spatial_dims(self.model, image)
+        self._size = None if size is None else input_size(size, self.spatial_dims)
         self.device = targets.resolve_device(device, self.model)
         self.dtype = targets.model_dtype(self.model)
         if self.inputs is not None:
@@ -170,7 +174,9 @@ class PreparedModel:
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
         signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
         Float images in [0, 1] under a wide `input_range` such as (0, 255) are refused (they would
-        read as almost black; see `featvis.image.check_seed_range`).
+        read as almost black; see `featvis.image.check_seed_range`). A model prepared with its own
+        input size (``size=``, as zoo models are) gets its images resized to it, as its library's
+        preprocessing does.
 
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
@@ -180,14 +186,23 @@ class PreparedModel:
         elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
                 raise bad_value(argument, images, "at least one image")
-            loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
+            loaded = torch.cat(
+                [self._sized(to_unit_tensor(i, argument, self.input_range, self.channels)) for i in images]
+            )
         else:
             loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
         check_seed_range(images, loaded, self.input_range, argument)
-        return loaded.to(self.device)
+        return self._sized(loaded).to(self.device)
+
+    def _sized(self, images: torch.Tensor) -> torch.Tensor:
+        """Images resized to the model's own input size (`size`) when it came with one."""
+        return images if self._size is None else resize(images, self._size)
 
     def default_size(self) -> tuple[int, ...]:
-        """The input size used when none is given: 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        """The input size used when none is given: `size` when the model came with one (a zoo
+        model's data config), else 224 x 224 images, 128-sample signals, 32^3 volumes."""
+        if self._size is not None:
+            return self._size
         return {1: (128,), 2: (224, 224), 3: (32, 32, 32)}.get(self.spatial_dims, (224, 224))
 
     def random_images(self, size: tuple[int, ...], batch: int = 1) -> torch.Tensor:
@@ -236,12 +251,13 @@ class PreparedModel:
         """
         if self._seen is None:
             x = self.model_input(self.random_images(size))
+            default = default and self._size is None  # a size= this was made with was given
             self.probe_input(x, targets.size_hint(argument, tuple(x.shape), default))
         return self._seen
 
     @property
     def seen(self) -> Probe:
-        """The probe (on a 224 px random image when nothing was probed yet)."""
+        """The probe (on a random image of `default_size` when nothing was probed yet)."""
         return self._seen if self._seen is not None else self.probe_size(self.default_size(), default=True)
 
     def seen_modules(self) -> dict[nn.Module, str]:

