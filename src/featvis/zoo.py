@@ -259,7 +259,9 @@ def from_timm(
         except RuntimeError as err:  # timm's "Unknown model" error
             known = timm.list_models()
             raise bad_value(
-                "name_or_model", name_or_model, f"a timm model name{close_matches(name_or_model, known)}"
+                "name_or_model",
+                name_or_model,
+                f"a timm model name{close_matches(name_or_model, known, see='timm.list_models()')}",
             ) from err
         if weights is not None:
             _load_weights(model, weights, lambda path: timm.models.load_checkpoint(model, str(path)))
