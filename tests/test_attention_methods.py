@@ -432,6 +432,79 @@ def test_randomization_check_works_on_a_copy_and_decorrelates_the_maps():
         metrics.randomization_check(model, explain, layers=["nope"])
 
 
+class _Blocks(torch.nn.Module):
+    """A stem, a block (a container with no parameters of its own), a pool and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.block = torch.nn.Sequential(
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1)
+        )
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.block(self.stem(x))).flatten(1))
+
+
+def test_randomization_check_randomizes_every_parameter_inside_a_block_and_says_which():
+    from featvis import metrics
+
+    torch.manual_seed(0)
+    model = _Blocks().eval()
+    before = snapshot(model)
+    states = []
+
+    def explain(m):
+        states.append({k: v.detach().clone() for k, v in m.named_parameters()})
+        return np.stack([m.block[0].weight.detach()[:, :, 0, 0].numpy()] * 2)
+
+    results = metrics.randomization_check(model, explain, layers=["block", "fc"])
+    trained, after_block, after_fc = states
+    changed = [
+        {k for k in trained if not torch.equal(trained[k], state[k])} for state in (after_block, after_fc)
+    ]
+    block = {"block.0.weight", "block.0.bias", "block.2.weight", "block.2.bias"}
+    assert changed == [block, block | {"fc.weight", "fc.bias"}]
+    assert [label for label, _ in results] == ["block", "fc"]
+    assert results[0].parameters == {
+        "block.0.weight": 576,
+        "block.0.bias": 8,
+        "block.2.weight": 64,
+        "block.2.bias": 8,
+    }
+    assert results[1].parameters == {"fc.weight": 32, "fc.bias": 4}
+    assert results[0].correlations.shape == (2,)
+    ((label, _),) = metrics.randomization_check(model, explain)
+    assert label == "all"
+    assert_untouched(model, before)
+
+
+def test_randomization_check_takes_every_layer_spec_and_refuses_a_layer_without_parameters():
+    from featvis import metrics
+
+    torch.manual_seed(0)
+    model = _Blocks().eval()
+    before = snapshot(model)
+
+    def explain(m):
+        return m.stem[0].weight.detach()[:, :, 0, 0].numpy()[None]
+
+    by_module, by_index = metrics.randomization_check(
+        model, explain, layers=[model.block, -1], input_range=(0.0, 1.0)
+    )
+    assert set(by_module.parameters) == {"block.0.weight", "block.0.bias", "block.2.weight", "block.2.bias"}
+    assert by_module.label == "block" and by_index.label == "fc"
+    assert by_index.parameters == {"fc.weight": 32, "fc.bias": 4}
+    with pytest.raises(featvis.FeatvisValueError, match="layers") as err:
+        metrics.randomization_check(model, explain, layers=["fc", "pool"], input_range=(0.0, 1.0))
+    assert "'pool'" in str(err.value) and "no parameters" in str(err.value)
+    with pytest.raises(featvis.LayerNotFoundError, match="layers"):
+        metrics.randomization_check(model, explain, layers=["blok"], input_range=(0.0, 1.0))
+    assert_untouched(model, before)
+
+
 def test_metrics_refuse_bad_arguments_with_named_errors():
     from featvis import metrics
 

@@ -243,7 +243,7 @@ def atlas(
     prepared = PreparedModel(model, **conventions)
     try:
         with prepared:
-            prepared.probe(prepared.random_images(shape))  # at the atlas's size: some models take no other
+            prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
             chosen = [*(all_layers(prepared.model) if all_convolutions else default_layers(prepared.model))]
             chosen = list(layers) if layers is not None else chosen
             if not chosen or isinstance(layers, str):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ from .image import to_unit_tensor
 from .losses import ActivationMaximization, Loss, LossContext, as_losses
 from .prepared import PreparedModel, preparing
 from .rng import Streams, derive_key, seed_or_fresh
-from .targets import LayerSpec
+from .targets import FeatvisWarning, LayerSpec
 
 CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | ContextMethod
 
@@ -169,19 +170,55 @@ def input_gradients(
         return _gradients(prepared, loss, images, backprop_modifier=backprop_modifier)[0] / (high - low)
 
 
-def _normalize(maps: torch.Tensor, percentile: float | None = None) -> np.ndarray:
+def _normalize(maps: torch.Tensor, percentile: float | None = None, source: str | None = None) -> np.ndarray:
     """Each map scaled to [0, 1] by its min and max, or by its min and its `percentile`-th
-    percentile (the values above it clipped to 1: outliers no longer hide the rest)."""
+    percentile (the values above it clipped to 1: outliers no longer hide the rest).
+
+    With `source` (what the maps are made of, for the message), maps that are constant (all zero,
+    typically) are warned about once: they show nothing, and are returned as zeros."""
     if not torch.isfinite(maps).all():
         raise NonFiniteError("the map holds NaN or infinite values; the model's output is not finite here")
     flat = maps.flatten(1).float()
     low = flat.min(1, keepdim=True).values
+    if source is not None:
+        _warn_constant(flat, low, source)
     if percentile is None:
         high = flat.max(1, keepdim=True).values
     else:
         high = _quantile(flat, percentile / 100)
     scaled = ((flat - low) / (high - low).clamp(min=1e-12)).clamp(0, 1)
     return scaled.view_as(maps).cpu().numpy()
+
+
+GRADIENT = "the gradient of the target with respect to the input"
+SOURCES = {
+    "vanilla": GRADIENT,
+    "integrated_gradients": "the gradient of the target along the path from the baseline (Integrated Gradients)",
+    "occlusion": "the target's change when any part of the image is occluded",
+}
+CAM_SOURCE = (
+    "the class activation map (made of the gradient of the target with respect to the penultimate layer)"
+)
+GUIDED_CAM_SOURCE = (
+    "the guided gradient of the target with respect to the input times the class activation map"
+)
+
+
+def _warn_constant(flat: torch.Tensor, low: torch.Tensor, source: str) -> None:
+    """One `FeatvisWarning` when any of the (B, pixels) maps is constant: `source` is zero (or the same)
+    everywhere, so the target does not depend on the input."""
+    constant = (flat.max(1, keepdim=True).values == low)[:, 0]
+    count = int(constant.sum())
+    if count == 0:
+        return
+    value = float(low[constant][0])
+    warnings.warn(
+        f"{count} of {len(flat)} maps are constant ({value:.3g} everywhere) and show nothing: {source} "
+        f"is {'zero' if value == 0 else 'the same'} at every pixel, so the target does not depend on the "
+        "input (an all-zero head? a dead unit? check layer, filter_indices and the model's weights)",
+        FeatvisWarning,
+        stacklevel=4,
+    )
 
 
 def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
@@ -701,9 +738,10 @@ def visualize_saliency_with_losses(
             seed=seed,
             label="saliency",
         )
+    source = SOURCES[method]
     if keepdims:
-        return np.moveaxis(_normalize(grads, percentile), 1, -1)
-    return _normalize(grads.max(dim=1).values, percentile)
+        return np.moveaxis(_normalize(grads, percentile, source), 1, -1)
+    return _normalize(grads.max(dim=1).values, percentile, source)
 
 
 def visualize_saliency(
@@ -946,7 +984,7 @@ def visualize_cam_with_losses(
             seed=seed,
             label="cam",
         )
-    return _normalize(cam)
+    return _normalize(cam, source=CAM_SOURCE)
 
 
 def _last_attention_input(prepared: PreparedModel, target) -> str | None:
@@ -1051,8 +1089,8 @@ def visualize_guided_cam(
         guided = _gradients(prepared, loss, images, backprop_modifier="guided", model_space=True)[0]
     product = (guided * cam.to(guided.device)[:, None]).abs()
     if keepdims:
-        return np.moveaxis(_normalize(product), 1, -1)
-    return _normalize(product.max(dim=1).values)
+        return np.moveaxis(_normalize(product, source=GUIDED_CAM_SOURCE), 1, -1)
+    return _normalize(product.max(dim=1).values, source=GUIDED_CAM_SOURCE)
 
 
 def overlay(image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:

@@ -344,9 +344,11 @@ class DatasetExamples:
         return [self.receptive_field.box(int(r), int(c), self.input_size) for r, c in positions[row]]
 
     def images(self, unit: int, lowest: bool = False, crop: bool = True) -> list[np.ndarray]:
-        """Unit `unit`'s examples as (h, w, C) uint8 arrays, as the model saw them, cropped to the receptive field.
+        """Unit `unit`'s examples: a list of (h, w, C) uint8 arrays, one per example (highest first;
+        lowest first with ``lowest=True``), as the model saw them, cropped to the receptive field.
 
-        ``crop=False`` gives the whole images. The images are read again from the data.
+        A list, not one array: crops clipped at an image's border are smaller. ``crop=False`` gives
+        the whole images. The images are read again from the data.
 
         Example:
             >>> featvis.save_image(featvis.stitch_images(ex.images(7), cols=3), "unit7.png")

@@ -179,7 +179,8 @@ class Settings:
         unknown = [k for k in options if k not in names and k not in allowed]
         if unknown:
             raise FeatvisTypeError(
-                f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], [*names, *allowed])}"
+                f"unexpected keyword argument {unknown[0]!r}"
+                f"{close_matches(unknown[0], [*names, *allowed], see='help(featvis.Settings)')}"
             )
         quality = options.pop("quality", "fast")
         if not isinstance(quality, str) or quality not in QUALITY:
@@ -328,7 +329,8 @@ def optimize(
     optimizer = torch.optim.Adam(groups, betas=tuple(settings.betas), fused=fused_adam)
     rates = [group["lr"] for group in groups]
     lr_factor = settings.lr_factor
-    log = _StepLog(names)
+    layer_keys = [t.key for t in wanted]
+    log = _StepLog(names, [str(t) for t in wanted], settings.autocast is not None)
     transparency = None
     average = None  # of the images, when image_ema is set
     interrupted = False
@@ -395,7 +397,8 @@ def optimize(
             grads = [p.grad.neg_() for p in parameters if p.grad is not None]
             means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
             params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
-            log.add(step, means, torch.cat([finite, params_finite[None]]))
+            layers_finite = [activations[key].isfinite().all() for key in layer_keys]  # what the model gave
+            log.add(step, means, torch.stack([*finite, params_finite, *layers_finite]))
             for group, rate in zip(optimizer.param_groups, rates):
                 group["lr"] = rate * lr_factor(step, steps)
             optimizer.step()
@@ -454,8 +457,10 @@ _SYNC_EVERY = 16
 class _StepLog:
     """Per-step term means kept on the device and read back in blocks, checked for NaN/inf."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], layers: list[str] | None = None, autocast: bool = False):
         self.names = [*names, "total"]
+        self.layers = layers or []  # the layers the terms read, whose outputs are checked too
+        self.autocast = autocast
         self.history: dict[str, list[float]] = {name: [] for name in self.names}
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
@@ -471,16 +476,33 @@ class _StepLog:
         finite = torch.stack([ok for _, _, ok in self._pending]).tolist()
         self._pending.clear()
         for step, values, ok in zip(steps, rows, finite):
-            if not all(ok):
-                _raise_non_finite(step, self.names[:-1], values, ok)
+            if not all(ok) or not all(math.isfinite(v) for v in values):
+                _raise_non_finite(step, self.names[:-1], values, ok, self.layers, self.autocast)
             for name, value in zip(self.names, values):
                 self.history[name].append(value)
         return rows[-1]
 
 
-def _raise_non_finite(step: int, names: list[str], values: list[float], finite: list[bool]) -> None:
-    """Name the step and the first culprit: a term's value, a term's gradient, the model's gradient."""
-    bad_values = [n for n, v in zip([*names, "total"], values) if not torch.isfinite(torch.tensor(v))]
+def _raise_non_finite(
+    step: int,
+    names: list[str],
+    values: list[float],
+    finite: list[bool],
+    layers: Sequence[str] = (),
+    autocast: bool = False,
+) -> None:
+    """Name the step and the first culprit: the model's output on the image (where lowering lr cannot
+    help), a term's value, a term's gradient, the model's gradient, the image parameters' gradient.
+    `finite`: each term's gradient, the model's gradient, the parameters' gradient, each layer's output."""
+    bad_layers = [layer for layer, ok in zip(layers, finite[len(names) + 2 :]) if not ok]
+    if bad_layers:
+        image = "the starting image" if step == 0 else f"the image of step {step + 1}, in input_range"
+        raise NonFiniteError(
+            f"step {step + 1}: the output of layer(s) {', '.join(map(repr, bad_layers))} is NaN or infinite "
+            f"on {image}: the model outputs inf/nan on this input (not a divergence of the optimization); "
+            f"check the model, preprocess and input_range{' (and autocast=)' if autocast else ''}"
+        )
+    bad_values = [n for n, v in zip([*names, "total"], values) if not math.isfinite(v)]
     bad_grads = [n for n, ok in zip(names, finite) if not ok]
     if bad_values:
         where = f"term(s) {', '.join(bad_values)}"

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import fusion, targets
 from .errors import FeatvisTypeError, FeatvisValueError, bad_type, bad_value, check_int, close_matches, is_int
-from .image import check_range, resize, to_unit_signal, to_unit_tensor
+from .image import check_range, check_seed_range, resize, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -174,8 +174,10 @@ class PreparedModel:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
         signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
-        A model prepared with its own input size (``size=``, as zoo models are) gets its images
-        resized to it, as its library's preprocessing does.
+        Float images in [0, 1] under a wide `input_range` such as (0, 255) are refused (they would
+        read as almost black; see `featvis.image.check_seed_range`). A model prepared with its own
+        input size (``size=``, as zoo models are) gets its images resized to it, as its library's
+        preprocessing does.
 
         Example:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
@@ -190,6 +192,7 @@ class PreparedModel:
             )
         else:
             loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
+        check_seed_range(images, loaded, self.input_range, argument)
         return self._sized(loaded).to(self.device)
 
     def _sized(self, images: torch.Tensor) -> torch.Tensor:
@@ -232,17 +235,31 @@ class PreparedModel:
         """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
         return self.probe_input(self.model_input(images[:1])) if self._seen is None else self._seen
 
-    def probe_input(self, x: torch.Tensor) -> Probe:
-        """Like `probe`, on a model input as the model takes it (already preprocessed)."""
+    def probe_input(self, x: torch.Tensor, hint: str | None = None) -> Probe:
+        """Like `probe`, on a model input as the model takes it (already preprocessed); `hint` ends
+        the error of a model that raises (`targets.probe`)."""
         self.open()
         if self._seen is None:
-            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output)
+            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output, hint)
+        return self._seen
+
+    def probe_size(self, size: tuple[int, ...], argument: str = "size", default: bool = False) -> Probe:
+        """Like `probe`, on a random input of `size` (once: later calls reuse the probe); a model that
+        raises is told to give `argument` (``size`` or ``input_shape``), `default`: the size was not given.
+
+        Example:
+            >>> prepared.probe_size((64, 64)).order[-1]
+        """
+        if self._seen is None:
+            x = self.model_input(self.random_images(size))
+            default = default and self._size is None  # a size= this was made with was given
+            self.probe_input(x, targets.size_hint(argument, tuple(x.shape), default))
         return self._seen
 
     @property
     def seen(self) -> Probe:
-        """The probe (on a 224 px random image when nothing was probed yet)."""
-        return self._seen if self._seen is not None else self.probe(self.random_images(self.default_size()))
+        """The probe (on a random image of `default_size` when nothing was probed yet)."""
+        return self._seen if self._seen is not None else self.probe_size(self.default_size(), default=True)
 
     def seen_modules(self) -> dict[nn.Module, str]:
         """Each module of the model and the name the probe's events give it."""

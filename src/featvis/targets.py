@@ -188,6 +188,22 @@ MODEL_HINT = (
 )
 
 
+def size_hint(argument: str, shape: Sequence[int], default: bool) -> str:
+    """The hint of a probe that ran on a random input of `shape` (N, C, *size): the argument that sets
+    the size (``size`` or ``input_shape``), for a model that takes one input size only."""
+    size = " x ".join(map(str, shape[2:]))
+    example = (
+        f"input_shape=({shape[1]}, {', '.join(['64'] * (len(shape) - 2))})"
+        if argument == "input_shape"
+        else "size=64"
+    )
+    why = "the default, as none was given" if default else f"as {argument}= gave"
+    return (
+        f"it ran on a random {size} input ({why}): a model that takes one input size needs "
+        f"{argument}= with that size (e.g. {example}); also {MODEL_HINT}"
+    )
+
+
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early, once every output it wants has run."""
 
@@ -463,13 +479,18 @@ def _tensor_or_none(output: object, name: str, pick: OutputPick) -> torch.Tensor
 
 
 def probe(
-    model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None, output_pick: OutputPick = None
+    model: nn.Module,
+    example: torch.Tensor,
+    inputs: ModelInputs | None = None,
+    output_pick: OutputPick = None,
+    hint: str | None = None,
 ) -> Probe:
     """Run one forward pass (no gradients) and record which modules run, in order.
 
     The model must already be in the state featvis runs it in (see `ModelGuard`); `inputs`
     feeds a model of several inputs (see `run_model`); `output_pick` picks the model's output
-    tensor from a structured output (see `select_output`).
+    tensor from a structured output (see `select_output`); `hint` ends the error of a model
+    that raises (what to check; by default `MODEL_HINT`).
     """
     names = module_names(model)
     calls: dict[str, int] = {}
@@ -496,11 +517,11 @@ def probe(
         raise
     except Exception as err:
         if inputs is None:
-            given, hint = f"a (preprocessed) input of shape {tuple(example.shape)}", MODEL_HINT
+            given, hint = f"a (preprocessed) input of shape {tuple(example.shape)}", hint or MODEL_HINT
         else:
             given, hint = (
                 f"(preprocessed) inputs {inputs.describe(example)}",
-                "check the model and inputs=, preprocess=, input_range=, channels= and size=",
+                hint or "check the model and inputs=, preprocess=, input_range=, channels= and size=",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     order = [name if calls[name] == 1 else f"{name}#{call}" for name, call, _, leaf in events if leaf]
@@ -548,7 +569,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
         if name not in by_name:
             raise LayerNotFoundError(
                 f"{argument}={layer!r} is not a module of the model"
-                f"{close_matches(name, [n for n in by_name if n])}"
+                f"{close_matches(name, [n for n in by_name if n], see='featvis.layer_names(model)')}"
             )
 
     module = by_name[name]
@@ -581,21 +602,32 @@ def layer_names(model: nn.Module, input_shape: Sequence[int] | None = None) -> l
 
     A module that runs several times is listed once per call, as ``name#k``. Every
     name listed is accepted as a `layer`. `input_shape` defaults to (channels, 224, 224)
-    with the channel count read from the model's first convolution (3 if none).
+    with the channel count read from the model's first convolution (3 if none); a model that
+    takes one input size only needs it. `model` may be a `PreparedModel` (for a model of
+    several inputs, its ``inputs=`` feed the probe; one that has probed already keeps its probe,
+    and its ``channels`` win over `input_shape`'s).
 
     Example:
         >>> featvis.layer_names(model)[-1]
         '_fc'
+        >>> featvis.layer_names(vit_64px, input_shape=(3, 64, 64))
+        >>> featvis.layer_names(PreparedModel(two_inputs, inputs={"meta": meta}), input_shape=(3, 32, 32))
     """
+    from .prepared import PreparedModel
+
+    if isinstance(model, PreparedModel):
+        size = model.default_size() if input_shape is None else tuple(input_shape)[1:]
+        return model.probe_size(size, "input_shape", input_shape is None).order
     model = unwrap_compiled(model)
     shape = tuple(input_shape) if input_shape is not None else (infer_channels(model), 224, 224)
     with ModelGuard(model):
         example = torch.zeros((1, *shape), device=model_device(model), dtype=model_dtype(model))
-        return probe(model, example).order
+        return probe(model, example, hint=size_hint("input_shape", example.shape, input_shape is None)).order
 
 
 def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | None = None) -> int:
-    """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`).
+    """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`); `model` and
+    `input_shape` as in `layer_names`.
 
     Example:
         >>> featvis.find_layer_idx(model, "_fc")
@@ -608,7 +640,8 @@ def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | Non
             raise LayerNotFoundError(
                 f"layer={name!r} runs {len(calls)} times in one forward pass; choose a call: {', '.join(calls)}"
             )
-        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}")
+        hint = close_matches(name, order, see="featvis.layer_names(model)")
+        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{hint}")
     return order.index(name)
 
 

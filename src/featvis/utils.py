@@ -56,6 +56,7 @@ def get_num_filters(
                 raise bad_type("input_shape", input_shape, "(channels, *size) of ints, e.g. (3, 224, 224)")
             prepared.channels = int(input_shape[0])
             size = input_size(tuple(input_shape[1:]), len(input_shape) - 1, "input_shape")
+        prepared.probe_size(size, "input_shape", input_shape is None)  # a failure names input_shape=
         return prepared.unit_count(layer, size, unit_axis)
 
 

@@ -101,6 +101,7 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
         shape = tuple(init.shape[2:])
     else:
         shape = size_of(prepared, size)
+        prepared.probe_size(shape, "size", size is None)  # a model that takes one size is told size=
     streams = Streams(keys, prepared.device)
     param = make_parameterization(
         settings.method,
@@ -252,7 +253,7 @@ def visualize_layer(
     with preparing(model, **conventions) as prepared:
         prepared.require_input_range("activation maximization")
         shape = size_of(prepared, size)
-        prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
+        prepared.probe_size(shape, "size", size is None)  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
         units = list(range(prepared.unit_count(layer, shape, unit_axis)) if units is None else units)
         if not units:

@@ -127,7 +127,8 @@ def class_index(name_or_index: str | int, class_names=None, *, argument: str = "
     with_word = [i for i, names in enumerate(classes) if any(word.search(n.lower()) for n in names)]
     if with_word:
         raise bad_value(argument, text, f"{what}; with the word {text!r}: {_listed(classes, with_word)}")
-    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes])}")
+    see = "class_names" if class_names is not None else "featvis.zoo.imagenet_class_names()"
+    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes], see=see)}")
 
 
 def _listed(classes, indices, limit: int = 12) -> str:
@@ -258,7 +259,9 @@ def from_timm(
         except RuntimeError as err:  # timm's "Unknown model" error
             known = timm.list_models()
             raise bad_value(
-                "name_or_model", name_or_model, f"a timm model name{close_matches(name_or_model, known)}"
+                "name_or_model",
+                name_or_model,
+                f"a timm model name{close_matches(name_or_model, known, see='timm.list_models()')}",
             ) from err
         if weights is not None:
             _load_weights(model, weights, lambda path: timm.models.load_checkpoint(model, str(path)))
