@@ -84,7 +84,7 @@ def test_each_keras_vis_name_exists_has_an_example_and_is_in_the_docs_and_guide(
     thing = getattr(featvis, name)
     assert name in featvis.__all__
     doc = inspect.getdoc(thing) or ""
-    assert "Example:" in doc, f"{name} has no example in its docstring"
+    assert "Examples:" in doc, f"{name} has no example in its docstring"
     pages = " ".join(
         p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
     )

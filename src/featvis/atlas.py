@@ -11,7 +11,7 @@ cost more), writes each unit's PNG and record atomically as soon as its batch is
 and rank 0 writes the site after a barrier. A rerun skips the units already written;
 a rerun with other settings into the same folder is refused unless told to start over.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> featvis.atlas(lite0.model, "site/", layers=["_blocks.10"], preprocess=lite0.preprocess,
     ...               class_names=lite0.class_names)
@@ -62,7 +62,7 @@ def default_layers(model: nn.Module) -> list[str]:
     classifier): the children of the model's top-level `Sequential`/`ModuleList` containers, and
     its other top-level conv and linear modules, in definition order.
 
-    Example:
+    Examples:
         >>> default_layers(featvis.zoo.efficientnet_lite0().model)[:3]
         ['_conv_stem', '_blocks.0', '_blocks.1']
     """
@@ -92,7 +92,7 @@ class Batch:
 def plan(layer_units: dict[str, int], layer_costs: dict[str, float], batch_size: int) -> list[Batch]:
     """The fixed plan: each layer's units in near-equal batches of at most `batch_size`.
 
-    Example:
+    Examples:
         >>> [b.units for b in plan({"fc": 5}, {"fc": 1.0}, 2)]
         [(0, 1), (2, 3), (4,)]
     """
@@ -106,7 +106,7 @@ def plan(layer_units: dict[str, int], layer_costs: dict[str, float], batch_size:
 def shard(batches: Sequence[Batch], world_size: int) -> list[list[int]]:
     """Batch indices per rank: the costliest batch first to the least loaded rank (deterministic).
 
-    Example:
+    Examples:
         >>> shard([Batch("a", (0,), 3.0), Batch("a", (1,), 1.0), Batch("a", (2,), 1.0)], 2)
         [[0], [1, 2]]
     """
@@ -221,7 +221,7 @@ def atlas(
     their maximum over the tokens for the examples (whole images); `unit_axis` and
     ``token`` (e.g. ``token=0``, the class token) choose as in `featvis.visualize_activation`.
 
-    Example:
+    Examples:
         >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
         >>> featvis.atlas(vit, "vit-site/", ["encoder.layers.encoder_layer_5.mlp.0"], data="photos/")
     """
@@ -536,7 +536,7 @@ def write_site(out: str | os.PathLike, *, title: str = "featvis atlas", class_na
     """(Re)write the static site over every unit written in `out`: an index with a row per layer and a
     search by unit number or class name, and a page per layer with a card per unit (lazy thumbnails).
 
-    Example:
+    Examples:
         >>> write_site("site/", class_names=lite0.class_names)
     """
     out = Path(out)

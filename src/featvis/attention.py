@@ -10,7 +10,7 @@ and normalized to [0, 1] on its own; with a loss that gives each image its own u
 over noisy copies and over flips and zooms. ``input_range=None`` takes tensors ready
 for the model.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> cam = featvis.visualize_cam(lite0.model, "_fc", 285, "cat.jpg", preprocess=lite0.preprocess)
     >>> featvis.save_image(featvis.overlay(cat, cam[0]), "cam.png")
@@ -97,7 +97,7 @@ def register_cam(name: str, method: CamMethod) -> None:
     """Add a CAM method: a function (activations, gradients) -> map, both (N, C, H, W), map (N, H, W),
     or a `ContextMethod` (a function of a `CamContext`, for methods that run the model).
 
-    Example:
+    Examples:
         >>> register_cam("gradxact", lambda a, g: F.relu((a * g).sum(1)))
         >>> featvis.visualize_cam(model, "fc", 3, image, method="gradxact")
     """
@@ -164,7 +164,7 @@ def input_gradients(
 ) -> torch.Tensor:
     """d(-loss)/d(image) for each image, in the units of `input_range`, as (B, C, H, W), unnormalized.
 
-    Example:
+    Examples:
         >>> grads = input_gradients(net, ActivationMaximization("fc", 3), image, backprop_modifier="guided")
     """
     loss = as_losses(losses)
@@ -467,7 +467,7 @@ def integrated_gradients(
     backward (None: 32, on the CPU `fusion.chunk_rows`: 4 at 224 px, where Lite0's 64 steps of 4
     images took 1.3 s against 2.4 s at 32).
 
-    Example:
+    Examples:
         >>> attributions = integrated_gradients(net, ActivationMaximization("fc", 3), image, steps=64)
         >>> coffee = skimage.data.coffee()  # 400 x 600 px, Lite0's espresso (967); black baseline
         >>> espresso = ActivationMaximization("_fc", 967)
@@ -509,7 +509,7 @@ def _path_rule(quadrature: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The points of the path (fractions of the way from the baseline, in (0, 1)) and their weights
     (summing to 1) of `quadrature` with `steps` points, in float64.
 
-    Example:
+    Examples:
         >>> _path_rule("riemann_middle", 4)
         (array([0.125, 0.375, 0.625, 0.875]), array([0.25, 0.25, 0.25, 0.25]))
     """
@@ -602,7 +602,7 @@ def occlusion(
     `fusion.chunk_rows`, 4 rows at 224 px: Lite0, 4 images, 2 cores, 7.0 s against 12.9 s at
     256 rows; elsewhere as many rows as hold the pixels of 256 images of 224 x 224, at most 1024).
 
-    Example:
+    Examples:
         >>> drops = occlusion(net, ActivationMaximization("fc", 3), image, window=8, stride=4)
     """
     loss = as_losses(losses)
@@ -738,7 +738,7 @@ def visualize_saliency_with_losses(
     min-max). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``. `conventions`:
     ``input_range`` (None: tensors fed to the model as given), ``preprocess``, ``channels``, ``device``.
 
-    Example:
+    Examples:
         >>> maps = visualize_saliency_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
     loss = as_losses(losses)
@@ -817,7 +817,7 @@ def visualize_saliency(
     """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad,
     Integrated Gradients and occlusion: see `visualize_saliency_with_losses`).
 
-    Example:
+    Examples:
         >>> vanilla = visualize_saliency(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> guided = visualize_saliency(lite0.model, "_fc", 285, cat, backprop_modifier="guided", preprocess=...)
         >>> smooth = visualize_saliency(lite0.model, "_fc", 285, cat, smooth_samples=20, preprocess=...)
@@ -1018,7 +1018,7 @@ def visualize_cam_with_losses(
     (`featvis.fusion.chunk_rows`).
     ``smooth_samples > 0`` averages over noisy copies, ``aug_smooth=True`` over flips and zooms.
 
-    Example:
+    Examples:
         >>> cams = visualize_cam_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
     loss = as_losses(losses)
@@ -1110,7 +1110,7 @@ def visualize_cam(
     keyword arguments as in `visualize_cam_with_losses` (``penultimate_layer``,
     ``token_grid`` for transformers, ``method``, ...).
 
-    Example:
+    Examples:
         >>> cam = visualize_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> cam_pp = visualize_cam(lite0.model, "_fc", 285, cat, method="gradcam++", preprocess=...)
         >>> vit_cam = visualize_cam(vit, "heads.head", 3, image, penultimate_layer="encoder.layers.encoder_layer_11.ln_1")
@@ -1137,7 +1137,7 @@ def visualize_guided_cam(
     Returns |guided gradient x CAM|, max over channels (or per channel with
     ``keepdims=True``), normalized per image.
 
-    Example:
+    Examples:
         >>> maps = visualize_guided_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
     """
     loss = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
@@ -1156,7 +1156,7 @@ def visualize_guided_cam(
 def overlay(image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
     """Blend a [0, 1] heat map (resized to the image) over an image; returns (H, W, 3) uint8.
 
-    Example:
+    Examples:
         >>> featvis.save_image(overlay(cat, cam[0]), "cat_cam.png")
     """
     from matplotlib import colormaps

@@ -1,6 +1,6 @@
 """The ``featvis`` command line.
 
-Example:
+Examples:
     $ featvis activation --layer _fc --filter flamingo --steps 256 --size 224 --seed 0 --out flamingo.png
 """
 
@@ -438,7 +438,7 @@ _ARGUMENT = re.compile(
 def option_names(command: click.Command) -> dict[str, str]:
     """{Python argument name: the option that sets it} for a command's options.
 
-    Example:
+    Examples:
         >>> option_names(cli.commands["activation"])["max_iter"]
         '--steps'
     """
@@ -453,7 +453,7 @@ def in_option_words(message: str, options: dict[str, str]) -> str:
     (``--input-range=(5, 1)``, ``--restart``, ``--filter``). A name that is also a word
     ("size", "model") counts only with its ``=``; a snake_case name also alone.
 
-    Example:
+    Examples:
         >>> in_option_words("max_iter=0 is not allowed", {"max_iter": "--steps"})
         '--steps=0 is not allowed'
     """
@@ -630,7 +630,7 @@ def layer(
     """Visualize every unit of a layer, many per batch, as one labeled grid.
 
     \b
-    Example:
+    Examples:
       featvis layer --layer _blocks.10 --units 0,1,2,3 --steps 64 --out grid.png
     """
     check_output("--out", out)

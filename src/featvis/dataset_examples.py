@@ -18,7 +18,7 @@ their mean over the tokens, as `visualize_activation` optimizes them), or by one
 with ``token=`` (``token=0``: a ViT's class token); their examples are whole images, since
 after self-attention every token sees the whole image.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> ex = featvis.dataset_examples(lite0.model, "_blocks.10", "photos/", k=9, preprocess=lite0.preprocess)
     >>> ex.indices.shape, ex.values[0, 0] >= ex.values[0, 1]
@@ -72,7 +72,7 @@ class ReceptiveField:
 
     Measured on the real network (the gradient's support), in model-input pixels.
 
-    Example:
+    Examples:
         >>> rf = ReceptiveField(size=(5, 5), stride=(1, 1), offset=(-2, -2))
         >>> rf.box(0, 0, (32, 32))       # (top, left, bottom, right), clipped, bottom/right exclusive
         (0, 0, 3, 3)
@@ -293,7 +293,7 @@ class DatasetExamples:
     to the number of images used). `seconds` times the pass (``"pass"``) and the
     receptive-field measurement (``"receptive_field"``).
 
-    Example:
+    Examples:
         >>> ex.values[ex.row(7)]           # unit 7's top activations
         >>> ex.images(7)                    # its top crops, (h, w, C) uint8 arrays
         >>> ex.sources(7, lowest=True)      # the files where it is lowest
@@ -350,7 +350,7 @@ class DatasetExamples:
         A list, not one array: crops clipped at an image's border are smaller. ``crop=False`` gives
         the whole images. The images are read again from the data.
 
-        Example:
+        Examples:
             >>> featvis.save_image(featvis.stitch_images(ex.images(7), cols=3), "unit7.png")
         """
         row = self.row(unit)
@@ -389,7 +389,7 @@ def merge_examples(parts: Sequence[DatasetExamples], k: int | None = None) -> Da
     widest share kept), an item found by two shares counted once, ties broken by the
     item's position, so the result does not depend on how the data was split.
 
-    Example:
+    Examples:
         >>> merged = merge_examples([ex_rank0, ex_rank1], k=9)
     """
     if not parts or any(p.layer != parts[0].layer or p.units != parts[0].units for p in parts):
@@ -565,7 +565,7 @@ def dataset_examples(
     process of a distributed job ranks its share, and `merge_examples` joins the shares
     (as `featvis.atlas` does). Not with a DataLoader of your own, nor with `checkpoint`.
 
-    Example:
+    Examples:
         >>> ex = dataset_examples(lite0.model, "_fc", "photos/", k=4, preprocess=lite0.preprocess)
         >>> ex.sources(285)[0]
         'photos/cat.jpg'

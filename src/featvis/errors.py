@@ -1,6 +1,6 @@
 """The exceptions featvis raises: one family, each also a built-in type.
 
-Example:
+Examples:
     >>> try:
     ...     featvis.visualize_activation(model, "no_such_layer")
     ... except featvis.FeatvisError as err:
@@ -62,7 +62,7 @@ def close_matches(word: str, choices: Iterable[str], limit: int = 5, *, see: str
     """A short 'did you mean' clause for `word` among `choices`. When none are close: '', or with `see`
     (where to find them all, e.g. ``"featvis.layer_names(model)"``) the first 10 choices instead.
 
-    Example:
+    Examples:
         >>> close_matches("zzz", ["conv1", "fc"], see="featvis.layer_names(model)")
         '; no close match among: conv1, fc'
     """

@@ -1,6 +1,6 @@
 """Images in and out: tensors, numpy arrays, PIL images, grids, overlays, safe saving.
 
-Example:
+Examples:
     >>> array = to_array(images, input_range=(0, 255))     # (B, H, W, C) uint8
     >>> save_image(stitch_images(list(array), cols=4), "grid.png")
 """
@@ -174,7 +174,7 @@ def to_unit_signal(
     returns results when axis 1 cannot be the channels; a list of them is a batch) as (N, C, *size)
     in [0, 1], values read in `input_range` (None: as given, model input).
 
-    Example:
+    Examples:
         >>> to_unit_signal(np.sin(np.linspace(0, 6.28, 128)), "seed_input", (-1.0, 1.0), 1, 1).shape
         torch.Size([1, 1, 128])
     """
@@ -203,7 +203,7 @@ def save_signal(
     """Plot a 1-D result, (L,) or (L, C) as featvis returns it (one line per channel), as a PNG
     (matplotlib), optionally with a [0, 1] `heatmap` (L,) (a saliency or CAM) shaded beneath.
 
-    Example:
+    Examples:
         >>> square = featvis.visualize_activation(waves, "head", 1, size=128, input_range=(-1.0, 1.0))
         >>> save_signal(square, "square.png")
     """
@@ -239,7 +239,7 @@ def volume_slices(volume: object, cols: int | None = None) -> np.ndarray:
     """A 3-D result (D, H, W) or (D, H, W, C) as one picture: its D slices tiled in a grid (labeled
     z=0, 1, ...; values other than uint8 scaled by the volume's min and max).
 
-    Example:
+    Examples:
         >>> volume_slices(featvis.visualize_activation(net3d, "fc", 0, size=(8, 16, 16))).shape
     """
     array = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume)
@@ -259,7 +259,7 @@ def volume_slices(volume: object, cols: int | None = None) -> np.ndarray:
 def save_volume(volume: object, path: str | os.PathLike, cols: int | None = None) -> Path:
     """Save a 3-D result as its slices tiled in one image (see `volume_slices`).
 
-    Example:
+    Examples:
         >>> save_volume(featvis.visualize_activation(net3d, "fc", 0, size=(8, 16, 16)), "slices.png")
     """
     return save_image(volume_slices(volume, cols), path)
@@ -268,7 +268,7 @@ def save_volume(volume: object, path: str | os.PathLike, cols: int | None = None
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(temporary_path)`` and move the file into place: never a half-written `path`.
 
-    Example:
+    Examples:
         >>> atomic_write(Path("notes.txt"), lambda tmp: Path(tmp).write_text("done"))
     """
     path = Path(path)
@@ -356,7 +356,7 @@ def save_image(image: object, path: str | os.PathLike, format: str | None = None
     can be channels, arrays channels-last. Anything else is a `FeatvisError`.
     Missing folders of `path` are created (the command line refuses them instead).
 
-    Example:
+    Examples:
         >>> save_image(featvis.visualize_activation(model, "_fc", 130), "flamingo.png")
         >>> save_image(result.images[0], "first.png")  # (C, H, W) tensor in [0, 1]
     """
@@ -375,7 +375,7 @@ def stitch_images(
 ) -> np.ndarray:
     """Tile (H, W, C) images into one grid image (keras-vis's ``stitch_images``), optionally labeled.
 
-    Example:
+    Examples:
         >>> grid = stitch_images(list(images), cols=4, labels=[str(u) for u in range(16)])
     """
     images = [np.asarray(to_pil(img).convert("RGB")) for img in images]

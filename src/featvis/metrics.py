@@ -9,7 +9,7 @@
 - `randomization_check` (Adebayo et al. 2018): maps of a copy of the model with
   re-initialized weights should differ from the trained model's (low rank correlation).
 
-Example:
+Examples:
     >>> cams = featvis.visualize_cam(lite0.model, "_fc", 285, cats, preprocess=lite0.preprocess)
     >>> curve = featvis.metrics.deletion(lite0.model, "_fc", 285, cats, cams, preprocess=lite0.preprocess)
     >>> curve.areas            # one area per image, lower is better
@@ -66,7 +66,7 @@ def deletion(
     ``input_range=None``), ``"blur"`` (the image blurred, sigma 5 px) or a number in the
     input's units.
 
-    Example:
+    Examples:
         >>> deletion(model, "fc", 3, images, maps, steps=16).areas
     """
     return _curve(
@@ -91,7 +91,7 @@ def insertion(
     the blurred image), in `steps` equal steps. Higher area: the map found what matters.
     Arguments as for `deletion`.
 
-    Example:
+    Examples:
         >>> insertion(model, "fc", 3, images, maps, steps=16).areas
     """
     return _curve(
@@ -166,7 +166,7 @@ def _baseline(baseline, images: torch.Tensor, prepared: PreparedModel) -> torch.
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Images blurred by a Gaussian of `sigma` pixels (separable, reflected borders).
 
-    Example:
+    Examples:
         >>> gaussian_blur(torch.rand(1, 3, 32, 32), 2.0).shape
         torch.Size([1, 3, 32, 32])
     """
@@ -206,7 +206,7 @@ def pointing_game(maps, masks, *, tolerance: int = 0) -> np.ndarray:
     """For each map, whether its maximum lies on the object (`masks`, boolean (B, H, W) or (H, W)),
     within `tolerance` pixels (Zhang et al. 2016 use 15). Returns (B,) booleans.
 
-    Example:
+    Examples:
         >>> pointing_game(cams, object_masks).mean()    # the hit rate
     """
     maps_a, masks_a = _maps_and_masks(maps, masks)
@@ -224,7 +224,7 @@ def pointing_game(maps, masks, *, tolerance: int = 0) -> np.ndarray:
 def share_on(maps, masks) -> np.ndarray:
     """The share of each map's total on the object (`masks`, (B, H, W) or (H, W)); (B,) in [0, 1].
 
-    Example:
+    Examples:
         >>> share_on(cams, left_half)
     """
     maps_a, masks_a = _maps_and_masks(maps, masks)
@@ -235,7 +235,7 @@ def share_on(maps, masks) -> np.ndarray:
 def rank_correlation(a, b) -> np.ndarray:
     """Spearman rank correlation of each pair of maps (B, H, W) (or one pair (H, W)); (B,).
 
-    Example:
+    Examples:
         >>> rank_correlation(featvis_cams, other_cams).min()
     """
     a_t = torch.as_tensor(np.asarray(a, dtype=np.float64))
@@ -256,7 +256,7 @@ class RandomizationStep(tuple):
     """One step of `randomization_check`: unpacks as ``(label, correlations)``, and tells what it
     randomized: `parameters` {qualified parameter name: element count}, `randomized` (their total).
 
-    Example:
+    Examples:
         >>> for step in randomization_check(model, explain, layers=["fc", "layer4"]):
         ...     print(step.label, step.correlations.mean(), step.randomized, list(step.parameters))
     """
@@ -312,7 +312,7 @@ def randomization_check(
     with the model's conventions (``input_range=`` (default (0, 1) here), ``preprocess=``,
     ``channels=``, ``inputs=``, ``output=``...).
 
-    Example:
+    Examples:
         >>> explain = lambda m: featvis.visualize_cam(m, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> randomization_check(lite0.model, explain)     # [("all", array([0.05]))]
         >>> randomization_check(lite0.model, explain, layers=["_fc", "_blocks.15"])[1].randomized

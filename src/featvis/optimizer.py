@@ -5,7 +5,7 @@ is a sum of per-image terms and Adam's state is per element, so every image
 steps as if it were alone. The forward pass stops as soon as every layer the
 loss reads has run, and the model's weights get no gradients.
 
-Example:
+Examples:
     >>> with PreparedModel(model) as prepared:
     ...     result = optimize(prepared, loss, FourierImage(1, 3, (224, 224)), Settings(max_iter=64), streams)
     >>> result.images.shape, list(result.history)
@@ -110,7 +110,7 @@ class Settings:
     gradients). The defaults are the "fast" of the `QUALITY` presets, which entry points
     take as ``quality=``.
 
-    Example:
+    Examples:
         >>> Settings(max_iter=64, views=2, method="pixel").learning_rate
         0.02
     """
@@ -170,7 +170,7 @@ class Settings:
 
         ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win.
 
-        Example:
+        Examples:
             >>> settings = Settings.take({"quality": "fast", "lr": 0.03})
             >>> settings.max_iter, settings.views, settings.lr
             (128, 1, 0.03)
@@ -220,7 +220,7 @@ def constant_lr(step: int, steps: int) -> float:
 def warmup_cosine_lr(step: int, steps: int, warmup: float = 0.1, floor: float = 0.05) -> float:
     """A linear warm-up over the first `warmup` of the steps, then a cosine decay to `floor`.
 
-    Example:
+    Examples:
         >>> [round(warmup_cosine_lr(s, 10), 2) for s in (0, 1, 5, 9)]
         [1.0, 1.0, 0.61, 0.08]
     """
@@ -266,7 +266,7 @@ def show_progress(progress: bool | None) -> bool:
     """Whether to show a progress bar: `progress` when given, else whenever stderr is a terminal,
     so work of any length shows its progress there, and pipes, log files and notebooks get no bar.
 
-    Example:
+    Examples:
         >>> show_progress(None) == sys.stderr.isatty(), show_progress(False)
         (True, False)
     """

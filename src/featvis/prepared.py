@@ -8,7 +8,7 @@ layers, captures layer outputs with an early exit, and turns images in [0, 1] in
 model input (`input_range`, `preprocess`, the model's dtype). Every public function
 of featvis builds one for its call; a researcher can build one to share it.
 
-Example:
+Examples:
     >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
     ...     a = featvis.visualize_layer(prepared, "_blocks.10", range(16))
     ...     b = featvis.visualize_cam(prepared, "_fc", 285, cat)
@@ -57,7 +57,7 @@ class PreparedModel:
     ``size`` is the model's own input size: images are made at it where a call gives no size (else
     224 x 224), and photos given to it are resized to it.
 
-    Example:
+    Examples:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
         >>> prepared.layer_output("conv2", images).shape
         >>> prepared.close()   # the model is exactly as before
@@ -179,7 +179,7 @@ class PreparedModel:
         input size (``size=``, as zoo models are) gets its images resized to it, as its library's
         preprocessing does.
 
-        Example:
+        Examples:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
         """
         if self.spatial_dims != 2:
@@ -215,7 +215,7 @@ class PreparedModel:
         """The optimized inputs' values in [0, 1] (see `featvis.inputs.Optimized`) for the next passes;
         ``{}`` puts them back at the middle of their ranges.
 
-        Example:
+        Examples:
             >>> prepared.set_inputs({"meta": torch.tensor([[1.0, 0.0]])})
         """
         if self.inputs is None:
@@ -247,7 +247,7 @@ class PreparedModel:
         """Like `probe`, on a random input of `size` (once: later calls reuse the probe); a model that
         raises is told to give `argument` (``size`` or ``input_shape``), `default`: the size was not given.
 
-        Example:
+        Examples:
             >>> prepared.probe_size((64, 64)).order[-1]
         """
         if self._seen is None:
@@ -313,7 +313,7 @@ class PreparedModel:
     def layer_output(self, layer: LayerSpec, images: torch.Tensor) -> torch.Tensor:
         """The output of `layer` (channels first) for images in [0, 1], without gradients.
 
-        Example:
+        Examples:
             >>> prepared.layer_output("_blocks.10", images).shape
             torch.Size([4, 112, 14, 14])
         """
@@ -325,7 +325,7 @@ class PreparedModel:
     def unit_count(self, layer: LayerSpec, size: tuple[int, ...], unit_axis: int | None = None) -> int:
         """How many units `layer` has (along its unit axis, or `unit_axis`; 1 for one value per image).
 
-        Example:
+        Examples:
             >>> prepared.unit_count("encoder.layers.encoder_layer_5.mlp.0", (224, 224))
             3072
         """
@@ -360,7 +360,7 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
     """`model` itself when it is prepared already (its conventions win), else a new `PreparedModel`;
     and whether the caller owns it (and closes it).
 
-    Example:
+    Examples:
         >>> prepared, owned = prepare(model, input_range=(0, 255), preprocess=None)
     """
     unknown = [name for name in conventions if name not in CONVENTIONS]
@@ -378,7 +378,7 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
 def preparing(model: nn.Module | PreparedModel, **conventions) -> Iterator[PreparedModel]:
     """`prepare` for the length of a block: a `PreparedModel` made here is closed when it ends.
 
-    Example:
+    Examples:
         >>> with preparing(model, input_range=(0, 255)) as prepared:
         ...     out = prepared.layer_output("fc", images)
     """
@@ -417,7 +417,7 @@ def check_preprocess_channels(preprocess: object, channels: int) -> None:
     `featvis.zoo.Normalize` and torchvision's ``Normalize``) of another number of channels than the
     images have: ImageNet's 3 means would broadcast a gray image into 3 channels without a word.
 
-    Example:
+    Examples:
         >>> check_preprocess_channels(featvis.zoo.Normalize(), 1)  # raises FeatvisValueError
     """
     mean = getattr(preprocess, "mean", None)
@@ -436,7 +436,7 @@ def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> t
     """An int (the same along every axis) or a tuple of one int per spatial axis of the model's input:
     (L,) for signals, (H, W) for images, (D, H, W) for volumes.
 
-    Example:
+    Examples:
         >>> input_size(128, 1), input_size((16, 32, 32), 3)
         ((128,), (16, 32, 32))
     """

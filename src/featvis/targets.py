@@ -7,7 +7,7 @@ order they run in a forward pass (``0`` is the first, ``-1`` the last;
 is chosen by call with a ``#k`` suffix: ``"_blocks.1._swish#0"`` is its first
 call, ``"#1"`` the second; `layer_names` lists every call that way.
 
-Example:
+Examples:
     >>> featvis.layer_names(model, input_shape=(3, 224, 224))[:3]
     ['_conv_stem.static_padding', '_conv_stem', '_bn0']
     >>> featvis.find_layer_idx(model, "_fc", input_shape=(3, 224, 224))
@@ -63,7 +63,7 @@ class ModelGuard(contextlib.AbstractContextManager):
     Training flags, ``requires_grad`` flags and hooks are restored however the
     block ends (exceptions and Ctrl-C included).
 
-    Example:
+    Examples:
         >>> with ModelGuard(model) as guard:
         ...     guard.add_hook(model.fc.register_forward_hook(fn))
     """
@@ -125,7 +125,7 @@ def infer_channels(model: nn.Module, index: int = 0) -> int:
     """The input channel count read from the model: a Keras model's input shape (of input `index`),
     else the `in_channels` of its first convolution (in module order); 3 when neither tells.
 
-    Example:
+    Examples:
         >>> infer_channels(nn.Sequential(nn.Conv2d(1, 8, 3)))
         1
     """
@@ -141,7 +141,7 @@ def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
     `index`), else that of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3,
     volumes); 2 when neither tells.
 
-    Example:
+    Examples:
         >>> infer_spatial_dims(nn.Sequential(nn.Conv1d(1, 8, 5)))
         1
     """
@@ -213,7 +213,7 @@ def forward_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None
     """`hook` as a forward hook on each of `modules` for the block, removed however it ends;
     a `StopForward` raised in the block ends it quietly.
 
-    Example:
+    Examples:
         >>> with forward_hooks([model.fc], lambda module, inputs, output: print(output.shape)):
         ...     model(x)
     """
@@ -323,7 +323,7 @@ def select_output(output: object, pick: OutputPick = None, name: str = "") -> to
     chooses another part: a field name (``"pooler_output"``), a tuple index, or a function
     of the output that returns a tensor.
 
-    Example:
+    Examples:
         >>> select_output({"logits": torch.ones(1, 3), "hidden": torch.zeros(1, 8)}).shape
         torch.Size([1, 3])
         >>> select_output((torch.ones(1, 3), torch.zeros(1, 8)), 1).shape
@@ -410,7 +410,7 @@ class Probe:
         channels are axis 1, the features of (N, tokens, features) outputs the last axis, and a
         block whose last layer is a Linear followed by a permute back to channels-first, axis 1.
 
-        Example:
+        Examples:
             >>> prepared.seen.unit_axis("encoder.layers.encoder_layer_5.mlp.0", 0, names_to_modules=...)
             -1
         """
@@ -607,7 +607,7 @@ def layer_names(model: nn.Module, input_shape: Sequence[int] | None = None) -> l
     several inputs, its ``inputs=`` feed the probe; one that has probed already keeps its probe,
     and its ``channels`` win over `input_shape`'s).
 
-    Example:
+    Examples:
         >>> featvis.layer_names(model)[-1]
         '_fc'
         >>> featvis.layer_names(vit_64px, input_shape=(3, 64, 64))
@@ -629,7 +629,7 @@ def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | Non
     """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`); `model` and
     `input_shape` as in `layer_names`.
 
-    Example:
+    Examples:
         >>> featvis.find_layer_idx(model, "_fc")
         143
     """
@@ -648,7 +648,7 @@ def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | Non
 class Capture:
     """Forward hooks that collect target outputs and stop the pass once all have run.
 
-    Example:
+    Examples:
         >>> capture = Capture(targets, guard, pre_softmax=set())
         >>> activations = capture.run(model, x)
     """
