@@ -327,3 +327,43 @@ def test_cli_bad_input_exits_with_one_line(args, tmp_path, monkeypatch, capsys):
     assert info.value.code == 2
     assert len(err) == 1 and err[0].startswith("featvis: error:"), err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "g.gif").exists()
+
+
+class FoldsPatches(nn.Module):
+    """MobileViT's way: 2 x 2 patches folded into the batch axis around a layer, then unfolded."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(8, 8, 1)  # sees (4 N, 8, H / 2, W / 2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, c, h, w = x.shape
+        patches = (
+            x.reshape(n, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(n * 4, c, h // 2, w // 2)
+        )
+        x = (
+            self.inner(patches)
+            .reshape(n, 2, 2, c, h // 2, w // 2)
+            .permute(0, 3, 1, 4, 2, 5)
+            .reshape(n, c, h, w)
+        )
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_layer_that_folds_patches_into_the_batch_is_refused_naming_why():
+    """Before: an IndexError from the loss (8 rows for 2 images) or 'a loss returned 4 values'."""
+    torch.manual_seed(0)
+    model = FoldsPatches().eval()
+    kwargs = dict(input_range=(0.0, 1.0), size=16, max_iter=2, seed=0, progress=False)
+    with pytest.raises(
+        featvis.FeatvisValueError, match=r"one row per image: 'inner' gives 4 rows for one image"
+    ):
+        featvis.visualize_layer(model, "inner", [0, 1], **kwargs)
+    with pytest.raises(featvis.FeatvisValueError, match="one row per image"):
+        featvis.dataset_examples(model, "inner", torch.rand(3, 3, 16, 16), input_range=(0.0, 1.0))
+    assert featvis.visualize_layer(model, "stem", [0, 1], **kwargs).shape == (2, 16, 16, 3)
+    cam = featvis.visualize_cam(model, "head", 1, torch.rand(1, 3, 16, 16), input_range=(0.0, 1.0))
+    assert cam.shape == (1, 16, 16)  # the automatic layer passes over the folded one

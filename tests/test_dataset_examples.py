@@ -471,3 +471,27 @@ def test_the_repr_is_one_line_that_names_the_layer_units_and_images():
     text = repr(ex)
     assert text.startswith("DatasetExamples(layer='conv2', units=[0, 1, 2, 3, 4, 5, 6, 7, ...], k=3")
     assert "used 20 of 20 images" in text and "\n" not in text
+
+
+class PositionMap(nn.Module):
+    """XCiT's positional encoding: a conv of a coordinate grid, the same map whatever the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.pos = nn.Conv2d(2, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij"))
+        x = self.stem(x) + self.pos(grid[None].expand(len(x), -1, -1, -1))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_layer_that_does_not_depend_on_the_image_gives_whole_images_with_a_warning():
+    """Before: the receptive-field measurement raised autograd's 'does not require grad'."""
+    model = PositionMap().eval()
+    with pytest.warns(featvis.FeatvisWarning, match="'pos' does not depend on the input image"):
+        ex = featvis.dataset_examples(model, "pos", torch.rand(4, 3, 16, 16), k=2, input_range=(0.0, 1.0))
+    assert ex.receptive_field is None and ex.boxes(0) == [(0, 0, 16, 16)] * 2

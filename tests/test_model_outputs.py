@@ -112,3 +112,15 @@ def test_a_bad_output_pick_names_the_argument_and_the_choices():
         featvis.visualize_saliency(
             model, "", 0, torch.rand(1, 3, 16, 16), input_range=(0.0, 1.0), output=lambda out: 3
         )
+
+
+def test_dataset_examples_read_the_field_asked_for_and_take_a_zoo_bundles_conventions():
+    model = Structured("other").eval()
+    images = torch.rand(6, 3, 16, 16)
+    examples = featvis.dataset_examples(model, "", images, k=2, input_range=(0.0, 1.0), output="features")
+    with torch.no_grad():
+        expected = model(images)["features"].argmax(0)
+    assert examples.units == list(range(6)) and examples.indices[:, 0].tolist() == expected.tolist()
+    bundle = featvis.zoo.ZooModel("structured", model, 16, output="image_embeds")  # 0-255, normalized
+    ranked = featvis.dataset_examples(model, "head", images * 255, k=2, **bundle.conventions)
+    assert ranked.indices.shape == (4, 2)

@@ -52,6 +52,18 @@ def test_from_timm_gives_the_data_config_and_imagenet_names():
         resnet.class_index("tabby cat")
 
 
+def test_a_timm_model_made_for_another_input_size_runs_at_that_size_by_default():
+    """A ViT made with img_size=32 takes only 32 px; its data config still says 224, which the bundle
+    gave, so every entry point failed on the model's own size (found by the compatibility matrix)."""
+    vit = featvis.zoo.from_timm("vit_tiny_patch16_224", img_size=32, depth=1)
+    assert vit.image_size == (32, 32)
+    made = timm.create_model("vit_tiny_patch16_224", img_size=(32, 48), depth=1)
+    assert featvis.zoo.from_timm(made).image_size == (32, 48)  # a model object: the size it holds
+    with vit.prepare() as prepared:
+        image = featvis.visualize_activation(prepared, "", 1, max_iter=2, seed=0, progress=False)
+    assert image.shape == (32, 32, 3)
+
+
 def test_from_timm_loads_a_local_weights_file_and_refuses_a_wrong_one(tmp_path):
     torch.manual_seed(1)
     source = timm.create_model("resnet18", num_classes=5)

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 import sys
@@ -40,6 +41,25 @@ def allow_torchvision_import() -> None:
     if "torchvision" not in sys.modules and not _operators_load():
         for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
             sys.modules.setdefault(name, types.ModuleType(name))
+
+
+def import_model_library(name: str) -> types.ModuleType:
+    """Import `name` (timm, transformers: they import torchvision, transformers lazily, model by
+    model), with `allow_torchvision_import` applied only when importing torchvision fails on its
+    operators, as described in the module docstring.
+
+    Example:
+        >>> timm = import_model_library("timm")
+    """
+    try:
+        importlib.import_module("torchvision")
+    except ModuleNotFoundError:
+        pass
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+        allow_torchvision_import()  # the failed import left no torchvision in sys.modules
+    return importlib.import_module(name)
 
 
 def torchvision_models() -> types.ModuleType:

@@ -844,7 +844,8 @@ def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, 
         calls, state["calls"] = state["calls"], state["calls"] + 1
         if calls == call and isinstance(output, torch.Tensor) and output.is_floating_point():
             state["leaf"] = output.detach().requires_grad_(True)
-            return state["leaf"]
+            return state["leaf"].clone()  # an in-place op after the layer (torchvision's DenseNet,
+            # Inception and ConvNeXt: ReLU(inplace=True), x += ...) changes this copy, not the leaf
         return None
 
     handle = extra.module.register_forward_hook(hook)
@@ -1006,7 +1007,10 @@ def visualize_cam_with_losses(
     norm) is put on its patch grid, the leading class/register tokens dropped; the grid is
     inferred from the token count and the image size, or given as ``token_grid=(rows, cols)``.
     Channels-last blocks (Swin's (N, H, W, C)) are read channels-last. Without a
-    `penultimate_layer` a token model's last token layer that the score depends on is taken.
+    `penultimate_layer` a token model's last token layer that the score depends on is taken: the
+    input of its last attention (any module that computes one: torch's, timm's, Hugging Face's),
+    else the last layer whose tokens make a grid of more than one patch; an attention's own layers
+    (queries, keys, weights) never.
 
     `method`: a name in `CAM_METHODS` (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``,
     ``"layercam"``, ``"hirescam"``, ``"scorecam"``, ``"ablationcam"``, ``"eigencam"``;
@@ -1048,45 +1052,80 @@ def visualize_cam_with_losses(
 
 
 def _last_attention_input(prepared: PreparedModel, target) -> str | None:
-    """The last leaf call with a token output before the last `nn.MultiheadAttention` call that runs
-    before `target` (a transformer block's first norm), or None."""
+    """The last leaf call with a token output before the last attention that runs before `target`:
+    the input of a transformer block's attention (its first norm). An attention is a module that
+    computes one (`Probe.attention_modules`: an `nn.MultiheadAttention`, timm's and Hugging Face's
+    attention modules, any module that calls a softmax over token pairs or a fused attention
+    kernel); its input is the token output finished before the first of its layers ran."""
     events = prepared.seen.events
     end = next((i for i, e in enumerate(events) if e[0] == target.name and e[1] == target.call), len(events))
-    names = {name: module for module, name in prepared.seen_modules().items()}
+    attentions = prepared.seen.attention_modules
     for index in range(end - 1, -1, -1):
-        if isinstance(names.get(events[index][0]), nn.MultiheadAttention):
-            for name, call, shape, leaf in reversed(events[:index]):
-                if leaf and shape is not None and len(shape) == 3:
-                    return f"{name}#{call}"
+        name, call = events[index][:2]
+        if name in attentions and name:
+            start = prepared.seen.starts.get(f"{name}#{call}", index)  # before its first layer ran
+            for label, called, shape, leaf in reversed(events[:start]):
+                if leaf and shape is not None:  # a token output, not a map (Swin's norm: maps win)
+                    return f"{label}#{called}" if len(shape) == 3 else None
             return None
     return None
 
 
+def _inside_attentions(seen) -> set[str]:
+    """The leaf calls ('name#call') that run inside an attention's call: its own layers and the modules
+    it calls (CoaT's convolutional position encoding, a module of the model shared by its blocks)."""
+    inside = set()
+    for index, (name, call, _, _) in enumerate(seen.events):
+        if name and name in seen.attention_modules:
+            start = seen.starts.get(f"{name}#{call}", index)
+            inside.update(f"{n}#{c}" for n, c, _, leaf in seen.events[start:index] if leaf)
+    return inside
+
+
+def _is_map(shape: tuple[int, ...], axis: int, images: torch.Tensor) -> bool:
+    """Whether a layer output of `shape` (units on `axis`) is a map of the images, of more than one
+    position: its spatial axes a scaled-down copy of the images' (each at most the image's, in
+    the same proportions within rounding), not an attention's (heads, tokens, features)."""
+    if len(shape) != images.ndim:
+        return False
+    spatial = shape[2:] if axis == 1 else shape[1:-1]
+    if math.prod(spatial) <= 1 or any(s > i for s, i in zip(spatial, images.shape[2:])):
+        return False
+    scales = [i / s for s, i in zip(spatial, images.shape[2:])]
+    return max(scales) <= 1.5 * min(scales)
+
+
 def _auto_penultimates(prepared: PreparedModel, loss: Loss, images: torch.Tensor, token_grid) -> list[str]:
     """Layers to try as the penultimate layer, best first: the last leaf call before the loss's layer
-    whose output is a map like the images' (N, C, *spatial), or a token output whose tokens make
-    a grid for these images; for a token output, the token layers before it too."""
+    whose output is a map like the images' (N, C, *spatial; or channels-last), or a token output
+    whose tokens make a grid of more than one patch for these images; for a token output, the
+    token layers before it too (the input of the last attention first). The layers inside an
+    attention module are passed over."""
     specs = [layer for term, w in loss.terms if w != 0 for layer in term.layers()]
     if not specs:
         raise bad_value("penultimate_layer", None, "a layer name: the losses read no layer to search before")
     prepared.probe(images)
     target = prepared.resolve(specs[0])
     found: list[str] = []
-    before = prepared.seen.leaf_outputs_before(target)
     attention_input = _last_attention_input(prepared, target)
-    if attention_input is not None:  # pytorch-grad-cam's ViT recipe: the last block's first norm
-        before = [item for item in before if item[0] == attention_input] + before
-    for label, shape in before:
-        if len(shape) == images.ndim and math.prod(shape[2:]) > 1:
+    inside = _inside_attentions(prepared.seen)
+    for label, shape in prepared.seen.leaf_outputs_before(target):
+        if len(shape) not in (3, images.ndim) or shape[0] != 1 or label in inside:
+            continue  # an attention's own layers (its queries, keys, weights), patches or windows
+            # folded into the batch axis (one image probed gave several rows): no map of the image
+        axis = prepared.resolve(label, "penultimate_layer").unit_axis
+        if _is_map(shape, axis, images):
             found.append(label)
             break  # a map: the classic choice, and nothing earlier is needed
-        if len(shape) == 3 and images.ndim == 4 and len(found) < 8 and label not in found:
-            axis = prepared.resolve(label, "penultimate_layer").unit_axis
+        if len(shape) == 3 and images.ndim == 4 and (len(found) < 8 or label == attention_input):
             try:
-                token_grid_of(shape[2 if axis == 1 else 1], images, token_grid, label)
+                (rows, cols), _ = token_grid_of(shape[2 if axis == 1 else 1], images, token_grid, label)
             except FeatvisError:
                 continue
-            found.append(label)
+            if rows * cols > 1:  # one patch (a class-token-only layer, a 1 x 1 grid) is no map
+                found.append(label)
+        if label == attention_input and label in found:  # pytorch-grad-cam's ViT recipe: the last
+            found.insert(0, found.pop())  # block's first norm, unless a map runs after it
     if not found:
         raise bad_value(
             "penultimate_layer", None, f"a layer name: no layer with spatial output runs before {specs[0]!r}"

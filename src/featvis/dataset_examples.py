@@ -54,7 +54,7 @@ from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
 from .optimizer import show_progress
 from .prepared import PreparedModel, prepare
-from .targets import FeatvisWarning, LayerSpec, infer_channels, resolve_device
+from .targets import FeatvisWarning, LayerSpec, OutputPick, check_output_pick, infer_channels, resolve_device
 
 REDUCTIONS = ("max", "mean")
 _CACHED_IMAGES = 64  # decoded images a result keeps while its crops are read (units share images)
@@ -206,6 +206,14 @@ def _measure_receptive_field(
                     )
                 break
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] <= 1:
+                return None
+            if not out.requires_grad:  # a positional encoding: the same for every image
+                warnings.warn(
+                    f"dataset_examples: layer {reader.names[index]!r} does not depend on the input image, "
+                    "so every image drives its units alike; its examples are whole images",
+                    FeatvisWarning,
+                    stacklevel=3,
+                )
                 return None
             oh, ow = out.shape[-2:]
             center = (oh // 2, ow // 2)
@@ -530,6 +538,7 @@ def dataset_examples(
     unit_axis: int | None = None,
     token: int | None = None,
     inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
@@ -559,7 +568,9 @@ def dataset_examples(
     path and settings resumes from there.
 
     A model of several inputs takes `inputs=` as in `visualize_activation`, the others than the
-    image fixed tensors (one example, fed beside every image of `data`).
+    image fixed tensors (one example, fed beside every image of `data`). A model with a structured
+    output (a Hugging Face ``ModelOutput``) is read through `output=` as everywhere (see
+    `PreparedModel`), so a zoo bundle's ``**bundle.conventions`` fit.
 
     `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
     process of a distributed job ranks its share, and `merge_examples` joins the shares
@@ -605,8 +616,14 @@ def dataset_examples(
     input_range = check_range(input_range)
     low, high = input_range
     target_device = resolve_device(device, model)
+    output = check_output_pick(output)
     conventions = dict(
-        input_range=input_range, preprocess=preprocess, channels=channels, device=target_device, inputs=inputs
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=target_device,
+        inputs=inputs,
+        output=output,
     )
     fixed = (
         {}
@@ -626,6 +643,7 @@ def dataset_examples(
             f"a sampler over data that is not a DataLoader, without checkpoint (given {given})",
         )
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    picked = getattr(output, "__qualname__", "a function") if callable(output) else output
     settings = {
         "layers": [str(x) if not isinstance(x, nn.Module) else type(x).__name__ for x in layers],
         "units": units,
@@ -638,6 +656,7 @@ def dataset_examples(
         "input_range": list(input_range),
         "batch_size": batch_size,
         **({"inputs": fixed} if fixed else {}),
+        **({"output": picked} if output is not None else {}),
         **dataset_fingerprint(source),
     }
     state = _load_checkpoint(checkpoint_path, settings) if checkpoint_path else None

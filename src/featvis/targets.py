@@ -227,6 +227,17 @@ def forward_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None
             handle.remove()
 
 
+@contextlib.contextmanager
+def forward_pre_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None]:
+    """`hook` as a forward pre-hook on each of `modules` for the block, removed however it ends."""
+    handles = [module.register_forward_pre_hook(hook) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 _SOFTMAXES = {
     torch.softmax,
     torch.log_softmax,
@@ -237,17 +248,30 @@ _SOFTMAXES = {
 }
 
 
-class SoftmaxRecorder(TorchFunctionMode):
-    """Remembers the input of every softmax call, so a target can be read before it."""
+# what an attention computes its weights with: a softmax over token pairs, or a fused kernel
+_ATTENTIONS = {
+    torch.nn.functional.scaled_dot_product_attention,
+    torch.nn.functional.multi_head_attention_forward,
+}
 
-    def __init__(self):
+
+class SoftmaxRecorder(TorchFunctionMode):
+    """Remembers the input of every softmax call, so a target can be read before it; `on_attention`
+    (if given) is called at every attention: a softmax of a tensor of rank 3 or more (weights over
+    token pairs, per head), or a fused attention kernel."""
+
+    def __init__(self, on_attention: Callable[[], None] | None = None):
         super().__init__()
         self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.on_attention = on_attention
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func in _SOFTMAXES and isinstance(out, torch.Tensor):
+        softmax = func in _SOFTMAXES and isinstance(out, torch.Tensor)
+        if softmax:
             self.inputs[id(out)] = (out, args[0])
+        if self.on_attention is not None and (func in _ATTENTIONS or (softmax and out.ndim >= 3)):
+            self.on_attention()
         return out
 
     def pre_softmax(self, tensor: torch.Tensor) -> torch.Tensor | None:
@@ -396,6 +420,8 @@ class Probe:
     calls: dict[str, int]
     softmax_outputs: set[str]
     events: list[tuple[str, int, tuple[int, ...] | None, bool]] = field(default_factory=list)
+    attention_modules: set[str] = field(default_factory=set)  # the modules that compute an attention
+    starts: dict[str, int] = field(default_factory=dict)  # 'name#call': how many events came before it began
 
     def _end(self, name: str, call: int) -> int | None:
         """The index of the event of call `call` of module `name` (None when it never ran)."""
@@ -426,6 +452,13 @@ class Probe:
             if found is not None:
                 return unit_axis_of(shape, *found)
         return 1
+
+    def rows(self, name: str, call: int) -> int | None:
+        """How many rows (axis 0) a call's map or token output (rank 3 or more) had for the probe's one
+        image; None for other outputs or a call that never ran."""
+        end = self._end(name, call)
+        shape = self.events[end][2] if end is not None else None
+        return shape[0] if shape is not None and len(shape) >= 3 else None
 
     def leaf_outputs_before(self, target: Target) -> list[tuple[str, tuple[int, ...]]]:
         """('name#call', output shape) of the leaf calls with a tensor output before `target`
@@ -464,10 +497,13 @@ def _defining_units(module: nn.Module) -> tuple[int, int] | None:
 
 def unit_axis_of(shape: Sequence[int], units: int, convention: int) -> int:
     """Where `units` lie in an output of `shape`: axis 1 or the last axis, whichever has that size
-    (the defining module's `convention` when both or neither do); 1 for outputs of rank <= 2."""
+    (when both or neither do: the one of more than one element, else the defining module's
+    `convention`); 1 for outputs of rank <= 2."""
     if len(shape) <= 2:
         return 1
     first, last = shape[1] == units, shape[-1] == units
+    if first == last and (shape[1] == 1) != (shape[-1] == 1):  # not on an axis of one (a single token)
+        return -1 if shape[1] == 1 else 1
     return convention if first == last else (1 if first else -1)
 
 
@@ -495,10 +531,26 @@ def probe(
     names = module_names(model)
     calls: dict[str, int] = {}
     softmax_outputs: set[str] = set()
-    recorder = SoftmaxRecorder()
+    running: list[nn.Module] = []  # the modules whose forward is running, innermost last
+    attention_modules: set[str] = set()
+    starts: dict[str, int] = {}
+
+    def attention_seen() -> None:  # in the innermost running module with layers of its own (not a Softmax)
+        inner = next((m for m in reversed(running) if not _is_leaf(model, m)), None)
+        if inner is not None:
+            attention_modules.add(names[inner])
+
+    recorder = SoftmaxRecorder(attention_seen)
     events = []
 
+    def enter(module, inputs):
+        running.append(module)
+        name = names[module]
+        starts[f"{name}#{calls.get(name, 0)}"] = len(events)
+
     def hook(module, inputs, output):
+        if running:
+            running.pop()
         name = names[module]
         count = calls.get(name, 0)
         calls[name] = count + 1
@@ -511,7 +563,7 @@ def probe(
     # TorchScript takes no Python hooks
     hooked = [module for module in names if not isinstance(module, torch.jit.ScriptModule)]
     try:
-        with forward_hooks(hooked, hook), torch.no_grad(), recorder:
+        with forward_pre_hooks(hooked, enter), forward_hooks(hooked, hook), torch.no_grad(), recorder:
             run_model(model, example, inputs)
     except FeatvisError:
         raise
@@ -525,7 +577,14 @@ def probe(
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     order = [name if calls[name] == 1 else f"{name}#{call}" for name, call, _, leaf in events if leaf]
-    return Probe(order=order, calls=calls, softmax_outputs=softmax_outputs, events=events)
+    return Probe(
+        order=order,
+        calls=calls,
+        softmax_outputs=softmax_outputs,
+        events=events,
+        attention_modules=attention_modules,
+        starts=starts,
+    )
 
 
 def split_call(spec: str) -> tuple[str, int | None]:
@@ -592,6 +651,15 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
     elif call >= count:
         raise LayerNotFoundError(
             f"{argument}={layer!r} asks for call {call}, but the module runs only {count} time(s)"
+        )
+    rows = seen.rows(name, call)
+    if rows is not None and rows != 1:
+        raise bad_value(
+            argument,
+            layer if isinstance(layer, str | int) else name,
+            f"a layer with one row per image: {label!r} gives {rows} rows for one image (the model "
+            "folds patches or windows into the batch axis there, as MobileViT's transformers and "
+            "Swin's window attention do); choose the block that holds it",
         )
     axis = 1 if is_keras(model) else seen.unit_axis(name, call, names_to_modules=by_name)
     return Target(name=name, module=module, call=call, unit_axis=axis)

@@ -237,7 +237,8 @@ def from_timm(
     The preprocess and input size come from ``timm.data.resolve_data_config``; the class names are
     ImageNet's for a 1000-class head (timm's own label names for its other ImageNet subsets).
     `weights` is a local ``.safetensors`` or ``.pth`` file of the model's weights (nothing is
-    downloaded: without it the weights are random). Other keyword arguments go to ``create_model``.
+    downloaded: without it the weights are random). Other keyword arguments go to ``create_model``;
+    ``img_size=`` (a ViT, Swin or Mixer made for another input size) sets the bundle's input size.
 
     Examples:
         >>> convnext = featvis.zoo.from_timm("convnext_tiny", weights="convnext_tiny.safetensors")
@@ -268,7 +269,7 @@ def from_timm(
     else:
         raise bad_type("name_or_model", name_or_model, "a timm model name or a model made by timm")
     config = timm.data.resolve_data_config({}, model=model)
-    size = tuple(int(s) for s in config["input_size"][1:])
+    size = _timm_input_size(model, config, create_options.get("img_size"))
     classes = getattr(model, "num_classes", None)
     names: tuple[str, ...] | None = None
     if classes == 1000:
@@ -285,6 +286,22 @@ def from_timm(
         preprocess=Normalize(config["mean"], config["std"]),
         class_names=names,
     )
+
+
+def _timm_input_size(model: nn.Module, config: Mapping, img_size: object) -> tuple[int, int]:
+    """The input size of a timm model: the `img_size` it was made with (a model of a fixed input size
+    takes no other: its data config still gives the pretrained size), else the size the model holds
+    (``model.img_size``, ``model.patch_embed.img_size``) when it is of a fixed size, else the data
+    config's."""
+    fixed = bool(getattr(model, "pretrained_cfg", {}).get("fixed_input_size"))
+    if img_size is None and fixed:
+        img_size = getattr(model, "img_size", None) or getattr(
+            getattr(model, "patch_embed", None), "img_size", None
+        )
+    if img_size is None:
+        return tuple(int(s) for s in config["input_size"][1:])
+    pair = tuple(img_size) if isinstance(img_size, list | tuple) else (img_size, img_size)
+    return int(pair[0]), int(pair[-1])
 
 
 def _load_weights(model: nn.Module, weights: str | Path, load: Callable[[Path], object]) -> None:
