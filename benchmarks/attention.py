@@ -16,10 +16,16 @@ that each library runs each method ``--warmup`` times untimed (default 1: the fi
 code path at a new batch shape costs several times a later one on the CPU, and the anchors'
 model-as-is paths are warm from the earlier methods while featvis's fused ones are not).
 featvis's timed calls still build their fused copy each time (the anchors need the model as
-the user has it in between).
+the user has it in between). Integrated Gradients runs the same rule at the same steps in both
+libraries (``--quadrature``, default Gauss-Legendre, Captum's default), each returning its
+completeness error (featvis ``return_delta=True``, Captum ``return_convergence_delta=True``, both
+timed): the rows report it relative to score(input) - score(baseline), so the speed is compared
+at equal accuracy. featvis is called through `featvis.integrated_gradients` there (the map is
+the channel sum's absolute value, as Captum's).
 
     python benchmarks/attention.py                       # batch 16, 224 px, every method
     python benchmarks/attention.py --size 112 --methods gradcam,scorecam --batch 16
+    python benchmarks/attention.py --methods integrated_gradients --quadrature riemann_middle  # the old rule
 """
 
 from __future__ import annotations
@@ -69,10 +75,25 @@ def collages(batch: int, size: int):
     return np.stack(images), np.array(classes), np.stack(masks)
 
 
-def featvis_maps(prepared, method, x, classes, args):
+def relative_deltas(attributions: torch.Tensor, delta: torch.Tensor) -> list[float]:
+    """Per image, the completeness error over score(input) - score(baseline) (= the sum - delta)."""
+    sums = attributions.detach().double().flatten(1).sum(1)
+    delta = delta.detach().double().view(-1)
+    return (delta / (sums - delta)).tolist()
+
+
+def featvis_maps(prepared, method, x, classes, args, deltas=None):
     """One featvis call for the batch: `UnitPerImage` gives each image its own class (a map per
-    image and unit), as the anchors' one target per image."""
+    image and unit), as the anchors' one target per image. Integrated Gradients: the map is the
+    channel sum's absolute value; its relative completeness errors go to `deltas`."""
     loss = featvis.UnitPerImage("_fc", [int(c) for c in classes])
+    if method == "integrated_gradients":
+        attributions, delta = featvis.integrated_gradients(
+            prepared, loss, x, steps=args.steps, quadrature=args.quadrature, return_delta=True
+        )
+        if deltas is not None:
+            deltas[:] = relative_deltas(attributions, delta)
+        return attributions.sum(1).abs().numpy()
     if method in CAMS:
         return featvis.visualize_cam_with_losses(
             prepared, loss, x, method=method, penultimate_layer=args.layer
@@ -107,7 +128,7 @@ def gradcam_library_maps(model, method, x, classes, layer):
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
 
 
-def captum_maps(model, method, x, classes, args):
+def captum_maps(model, method, x, classes, args, deltas=None):
     from captum import attr
 
     target = torch.as_tensor(classes)
@@ -115,9 +136,17 @@ def captum_maps(model, method, x, classes, args):
         return attr.Saliency(model).attribute(x, target=target, abs=True).amax(1).numpy()
     if method == "integrated_gradients":
         ig = attr.IntegratedGradients(model)
-        result = ig.attribute(
-            x, target=target, n_steps=args.steps, method="riemann_middle", internal_batch_size=32
+        # the baseline featvis takes with input_range=None (zeros), the same rule and steps
+        result, delta = ig.attribute(
+            x,
+            target=target,
+            n_steps=args.steps,
+            method=args.quadrature,
+            internal_batch_size=32,
+            return_convergence_delta=True,
         )
+        if deltas is not None:
+            deltas[:] = relative_deltas(result, delta)
         return result.sum(1).abs().detach().numpy()
     result = attr.Occlusion(model).attribute(
         x,
@@ -227,6 +256,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--methods", default=",".join(CAMS + SALIENCY))
     parser.add_argument("--steps", type=int, default=64, help="Integrated Gradients steps")
+    parser.add_argument(
+        "--quadrature",
+        default="gausslegendre",
+        choices=["gausslegendre", "riemann_middle"],
+        help="Integrated Gradients' rule, for both libraries (Captum's names)",
+    )
     parser.add_argument("--window", type=int, default=32, help="occlusion window (px)")
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (px)")
     parser.add_argument("--curve-steps", type=int, default=8, help="deletion/insertion steps")
@@ -278,6 +313,7 @@ def main() -> None:
         featvis.visualize_cam(prepared, "_fc", CAT, x[:1], penultimate_layer=args.layer)  # probe, warm up
         for method in args.methods.split(","):
             row = {"method": method, "load_before": os.getloadavg()[0]}
+            featvis_deltas, anchor_deltas = [], []  # Integrated Gradients' relative completeness errors
             anchor = None
             if method in CAMS and has_pgc:
                 anchor = (
@@ -285,7 +321,12 @@ def main() -> None:
                     lambda method=method: gradcam_library_maps(model, method, x, classes, args.layer),
                 )
             elif method in SALIENCY and has_captum:
-                anchor = ("captum", lambda method=method: captum_maps(model, method, x, classes, args))
+                anchor = (
+                    "captum",
+                    lambda method=method, deltas=anchor_deltas: captum_maps(
+                        model, method, x, classes, args, deltas
+                    ),
+                )
             seconds, other_seconds, cpu, other_cpu = [], [], [], []
             for _ in range(args.warmup):
                 featvis_maps(prepared, method, x, classes, args)
@@ -294,7 +335,9 @@ def main() -> None:
                     anchor[1]()
             for _ in range(args.repeat):  # interleaved, so both see the same machine load
                 maps, took, used = timed(
-                    lambda method=method: featvis_maps(prepared, method, x, classes, args)
+                    lambda method=method, deltas=featvis_deltas: featvis_maps(
+                        prepared, method, x, classes, args, deltas
+                    )
                 )
                 seconds.append(took)
                 cpu.append(used)
@@ -307,6 +350,10 @@ def main() -> None:
             row["featvis_seconds"] = seconds
             row["featvis_cpu_seconds"] = cpu
             row["featvis_maps_per_s"] = len(x) / float(np.median(seconds))
+            if method == "integrated_gradients":
+                row["steps"], row["quadrature"] = args.steps, args.quadrature
+                row["featvis_relative_delta"] = featvis_deltas
+                row["anchor_relative_delta"] = anchor_deltas
             if not args.no_metrics:
                 row["featvis"] = scores(prepared, maps, x, classes, masks, args)
             if anchor is not None:
@@ -330,11 +377,11 @@ def main() -> None:
     print()
     print(
         "| method | featvis maps/s | anchor | anchor maps/s | speed-up (median; per pair) | speed-up, CPU time |"
-        " rank corr. (median, min) |"
+        " rank corr. (median, min) | IG completeness error, abs. (median / max; fv; anchor) |"
         " share on object (fv / anchor) | pointing (fv / anchor) | deletion (fv / anchor) |"
         " insertion (fv / anchor) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         fv, an = row.get("featvis", {}), row.get("anchor_scores", {})
 
@@ -348,6 +395,14 @@ def main() -> None:
             if "anchor" in row
             else "-"
         )
+        errors = "-"
+        if "featvis_relative_delta" in row:
+
+            def spread(values):
+                values = np.abs(values)
+                return f"{np.median(values):.2%} / {values.max():.2%}" if len(values) else "-"
+
+            errors = f"{spread(row['featvis_relative_delta'])}; {spread(row['anchor_relative_delta'])}"
         if "rank_correlation_either_sign_median" in row:
             corr += (
                 f" (either sign: {row['rank_correlation_either_sign_median']:.3f},"
@@ -358,7 +413,7 @@ def main() -> None:
             f"{row.get('anchor_maps_per_s', float('nan')):.3g} | {row.get('speedup', float('nan')):.2f}x"
             f"{'; ' + ', '.join(f'{v:.2f}' for v in row['speedup_per_pair']) if 'speedup_per_pair' in row else ''} | "
             f"{row.get('speedup_cpu', float('nan')):.2f}x | "
-            f"{corr} | {pair('share_on_object')} | {pair('pointing_game')} | {pair('deletion_area')} | "
+            f"{corr} | {errors} | {pair('share_on_object')} | {pair('pointing_game')} | {pair('deletion_area')} | "
             f"{pair('insertion_area')} |"
         )
     if args.out:

@@ -184,6 +184,24 @@ def test_unknown_layer_lists_close_matches(tiny):
         featvis.visualize_activation(tiny, "conv", 0, **FAST)
 
 
+def test_an_unknown_layer_with_no_close_match_lists_the_layers_there_are(tiny):
+    with pytest.raises(featvis.LayerNotFoundError, match="layer='zzz'") as err:
+        featvis.visualize_activation(tiny, "zzz", 0, **FAST)
+    assert all(name in str(err.value) for name in ("conv1", "act2", "bn", "fc"))
+    with pytest.raises(featvis.LayerNotFoundError, match="layer='zzz'") as err:
+        featvis.find_layer_idx(tiny, "zzz", input_shape=(3, 32, 32))
+    assert all(name in str(err.value) for name in ("conv1", "act2", "bn", "fc"))
+    deep = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(30)]).eval()
+    for call in (
+        lambda: featvis.visualize_activation(deep, "zzz", 0, input_range=(0.0, 1.0), size=(4,), max_iter=1),
+        lambda: featvis.find_layer_idx(deep, "zzz", input_shape=(4,)),
+    ):
+        with pytest.raises(featvis.LayerNotFoundError) as err:
+            call()
+        message = str(err.value)
+        assert "0, 1, 2, 3" in message and "29" not in message and "featvis.layer_names(" in message
+
+
 def test_dense_and_other_rank_outputs(tiny):
     class Seq1d(torch.nn.Module):
         def __init__(self):

@@ -139,6 +139,44 @@ def test_two_processes_under_torchrun_write_the_same_files_as_one(toy_folder, on
     assert sorted(units) == sorted(expected) and len(units) == len(set(units))  # every unit once
 
 
+def _torchrun(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone` (a free port of its own) on 2 CPU processes; no process outlives it."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", *args]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        try:  # torchrun and its workers: one process group
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_reports_the_data_with_the_totals_of_all_ranks(toy_folder, tmp_path):
+    photos = tmp_path / "photos"  # 21 files, 2 of them unreadable: the ranks read 11 and 10
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(19):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(photos / f"p{i:02d}.png")
+    for name in ("broken_a.png", "broken_b.png"):
+        (photos / name).write_bytes(b"not an image")
+    args = ["-m", "featvis", "atlas", "--model", "toy:make", *OPTIONS, "--layer", "fc"]
+    done = _torchrun(
+        [*args, "--data", str(photos), "--examples", "2", "--out", str(tmp_path / "site")], _env(toy_folder)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = [line for line in done.stderr.splitlines() if re.search(r"used \d+ of \d+ images", line)]
+    assert len(reports) == 1, done.stderr[-2000:]
+    assert reports[0].startswith("featvis: warning: ") and "used 19 of 21 images" in reports[0], reports
+    assert "broken_a.png" in reports[0] and "broken_b.png" in reports[0]
+
+
 @pytest.mark.slow
 def test_an_atlas_killed_half_way_resumes_without_redoing_written_units(toy_folder):
     out = toy_folder / "killed"

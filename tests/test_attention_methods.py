@@ -237,6 +237,96 @@ def test_integrated_gradients_is_complete_within_one_percent_at_64_steps():
     assert_untouched(model, before)
 
 
+class _Cubes(torch.nn.Module):
+    """score = sum(c * x**3), one output unit: IG is known exactly, c * (x**3 - baseline**3)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return (self.c * x**3).flatten(1).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("quadrature", ["gausslegendre", "riemann_middle"])
+def test_integrated_gradients_equals_the_exact_attributions_of_a_linear_model(quadrature):
+    """The gradient of a linear score is the same along the path: IG is (x - baseline) * w for any rule."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+    g = torch.Generator().manual_seed(3)
+    x, base = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    attributions, delta = featvis.integrated_gradients(
+        model,
+        featvis.UnitPerImage("1", [2, 4]),
+        x,
+        steps=5,
+        quadrature=quadrature,
+        baseline=base,
+        batch_size=3,
+        input_range=None,
+        return_delta=True,
+    )
+    weights = model[1].weight.detach().view(5, 3, 8, 8)
+    torch.testing.assert_close(attributions, (x - base) * weights[[2, 4]], atol=1e-5, rtol=1e-4)
+    assert delta.shape == (2,) and delta.abs().max() < 1e-4
+
+
+def test_integrated_gradients_uses_gauss_legendre_exact_on_a_cubic_path():
+    """For score = sum(c x^3) the integrand is quadratic in the path's position: 2 Gauss-Legendre points
+    integrate it exactly, c * (x^3 - baseline^3); the midpoint rule is off by c (x - b)^3 / (4 steps^2)."""
+    model = _Cubes((3, 4, 4)).eval()
+    g = torch.Generator().manual_seed(4)
+    x, base = torch.rand(2, 3, 4, 4, generator=g), torch.rand(1, 3, 4, 4, generator=g)
+    loss = ActivationMaximization("", 0)
+    exact = model.c.detach() * (x**3 - base**3)
+    kwargs = dict(steps=2, baseline=base, input_range=None, return_delta=True)
+    gauss, delta = featvis.integrated_gradients(model, loss, x, **kwargs)
+    torch.testing.assert_close(gauss, exact, atol=1e-6, rtol=1e-5)
+    assert delta.abs().max() < 1e-5
+    middle, delta = featvis.integrated_gradients(model, loss, x, quadrature="riemann_middle", **kwargs)
+    off = model.c.detach() * (x - base) ** 3 / (4 * 2**2)
+    torch.testing.assert_close(exact - middle, off, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(delta, -off.flatten(1).sum(1), atol=1e-5, rtol=1e-4)
+
+
+def test_integrated_gradients_delta_is_the_sum_minus_the_score_difference():
+    """``return_delta=True``: attributions.sum() - (score(input) - score(baseline)) per image, the scores
+    computed here from the model (each image with its own unit, a baseline image, preprocess)."""
+    model = make_tiny()
+    before = snapshot(model)
+    images = _images(3, seed=6)
+    gray = np.full_like(images[0], 100.0)
+    units = [4, 7, 1]
+    results = {}
+    for quadrature in ("gausslegendre", "riemann_middle"):
+        results[quadrature] = attributions, delta = featvis.integrated_gradients(
+            model,
+            featvis.UnitPerImage("fc", units),
+            images,
+            steps=3,  # few points: a delta far from 0
+            quadrature=quadrature,
+            baseline=gray,
+            batch_size=4,
+            input_range=(0, 255),
+            preprocess=Normalize(),
+            return_delta=True,
+        )
+        x = torch.from_numpy(images).permute(0, 3, 1, 2)
+        b = torch.from_numpy(gray).permute(2, 0, 1)[None].expand_as(x)
+        with torch.no_grad():
+            rows = torch.arange(3)
+            difference = model(Normalize()(x))[rows, units] - model(Normalize()(b))[rows, units]
+        expected = attributions.sum(dim=(1, 2, 3)) - difference
+        assert delta.shape == (3,) and delta.dtype == attributions.dtype
+        torch.testing.assert_close(delta, expected, atol=1e-4, rtol=1e-4)
+        assert expected.abs().max() > 1e-3, quadrature  # the check sees a real error, not noise
+    plain = featvis.integrated_gradients(
+        model, featvis.UnitPerImage("fc", units), images, steps=3, baseline=gray, preprocess=Normalize()
+    )  # without return_delta: the attributions alone, Gauss-Legendre by default
+    torch.testing.assert_close(plain, results["gausslegendre"][0])
+    assert not torch.allclose(plain, results["riemann_middle"][0])
+    assert_untouched(model, before)
+
+
 def test_integrated_gradients_with_a_baseline_image_and_in_chunks():
     model = make_tiny()
     image = _images(1)[0]
@@ -325,6 +415,11 @@ BAD_CALLS = [
     (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 0}, "steps"),
     (
         featvis.visualize_saliency,
+        {"method": "integrated_gradients", "quadrature": "gauss"},
+        "quadrature='gauss'",
+    ),
+    (
+        featvis.visualize_saliency,
         {"method": "integrated_gradients", "baseline": np.zeros((8, 8, 3))},
         "baseline",
     ),
@@ -355,6 +450,12 @@ def test_integrated_gradients_refuses_zero_steps_and_a_wrong_baseline():
         featvis.integrated_gradients(model, loss, _images(1)[0], steps=0)
     with pytest.raises(featvis.FeatvisValueError, match="baseline"):
         featvis.integrated_gradients(model, loss, _images(2), baseline=_images(3))
+    with pytest.raises(
+        featvis.FeatvisValueError, match="quadrature='trapezoid'.*gausslegendre, riemann_middle"
+    ):
+        featvis.integrated_gradients(model, loss, _images(1)[0], quadrature="trapezoid")
+    with pytest.raises(featvis.FeatvisError, match="return_delta"):
+        featvis.integrated_gradients(model, loss, _images(1)[0], return_delta=1)
 
 
 def test_register_cam_accepts_a_context_method():
@@ -430,6 +531,79 @@ def test_randomization_check_works_on_a_copy_and_decorrelates_the_maps():
     assert_untouched(model, before)
     with pytest.raises(featvis.FeatvisValueError, match="layers"):
         metrics.randomization_check(model, explain, layers=["nope"])
+
+
+class _Blocks(torch.nn.Module):
+    """A stem, a block (a container with no parameters of its own), a pool and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.block = torch.nn.Sequential(
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1)
+        )
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.block(self.stem(x))).flatten(1))
+
+
+def test_randomization_check_randomizes_every_parameter_inside_a_block_and_says_which():
+    from featvis import metrics
+
+    torch.manual_seed(0)
+    model = _Blocks().eval()
+    before = snapshot(model)
+    states = []
+
+    def explain(m):
+        states.append({k: v.detach().clone() for k, v in m.named_parameters()})
+        return np.stack([m.block[0].weight.detach()[:, :, 0, 0].numpy()] * 2)
+
+    results = metrics.randomization_check(model, explain, layers=["block", "fc"])
+    trained, after_block, after_fc = states
+    changed = [
+        {k for k in trained if not torch.equal(trained[k], state[k])} for state in (after_block, after_fc)
+    ]
+    block = {"block.0.weight", "block.0.bias", "block.2.weight", "block.2.bias"}
+    assert changed == [block, block | {"fc.weight", "fc.bias"}]
+    assert [label for label, _ in results] == ["block", "fc"]
+    assert results[0].parameters == {
+        "block.0.weight": 576,
+        "block.0.bias": 8,
+        "block.2.weight": 64,
+        "block.2.bias": 8,
+    }
+    assert results[1].parameters == {"fc.weight": 32, "fc.bias": 4}
+    assert results[0].correlations.shape == (2,)
+    ((label, _),) = metrics.randomization_check(model, explain)
+    assert label == "all"
+    assert_untouched(model, before)
+
+
+def test_randomization_check_takes_every_layer_spec_and_refuses_a_layer_without_parameters():
+    from featvis import metrics
+
+    torch.manual_seed(0)
+    model = _Blocks().eval()
+    before = snapshot(model)
+
+    def explain(m):
+        return m.stem[0].weight.detach()[:, :, 0, 0].numpy()[None]
+
+    by_module, by_index = metrics.randomization_check(
+        model, explain, layers=[model.block, -1], input_range=(0.0, 1.0)
+    )
+    assert set(by_module.parameters) == {"block.0.weight", "block.0.bias", "block.2.weight", "block.2.bias"}
+    assert by_module.label == "block" and by_index.label == "fc"
+    assert by_index.parameters == {"fc.weight": 32, "fc.bias": 4}
+    with pytest.raises(featvis.FeatvisValueError, match="layers") as err:
+        metrics.randomization_check(model, explain, layers=["fc", "pool"], input_range=(0.0, 1.0))
+    assert "'pool'" in str(err.value) and "no parameters" in str(err.value)
+    with pytest.raises(featvis.LayerNotFoundError, match="layers"):
+        metrics.randomization_check(model, explain, layers=["blok"], input_range=(0.0, 1.0))
+    assert_untouched(model, before)
 
 
 def test_metrics_refuse_bad_arguments_with_named_errors():

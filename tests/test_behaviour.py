@@ -249,6 +249,31 @@ def test_a_model_with_a_non_finite_backward_stops_at_step_1():
     assert_untouched(model, before)
 
 
+class InfiniteOutput(nn.Module):
+    """A model whose output is infinite on any input (a broken head: an infinite bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.fc.bias.fill_(float("inf"))
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_a_model_that_outputs_inf_on_the_input_is_told_so_not_to_lower_lr():
+    model = InfiniteOutput().eval()
+    before = snapshot(model)
+    with pytest.raises(featvis.NonFiniteError, match=r"^step 1: ") as err:
+        featvis.visualize_activation(model, "fc", 0, max_iter=4, **SMALL)
+    message = str(err.value)
+    assert "'fc'" in message and "input_range" in message and "preprocess" in message
+    assert "lr" not in message
+    assert_untouched(model, before)
+
+
 def test_a_grad_modifier_that_makes_the_gradient_non_finite_is_told_apart_from_the_model(tiny):
     # the model's gradient is finite; what the modifier makes of it reaches the image parameters
     with pytest.raises(featvis.NonFiniteError, match="^step 1: the gradient of the image parameters became"):

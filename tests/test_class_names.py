@@ -60,7 +60,8 @@ def test_shipped_names_are_what_the_build_script_makes():
 )
 def test_class_index_finds_names_users_type(name, index):
     assert zoo.class_index(name) == index
-    assert featvis.zoo.ZooModel.class_index(None, name) == index  # what lite0.class_index does
+    bundle = featvis.zoo.ZooModel("imagenet model", torch.nn.Identity(), 224)  # ImageNet names by default
+    assert bundle.class_index(name) == index  # what lite0.class_index does
 
 
 def test_a_name_of_two_classes_is_refused_with_both():

@@ -1,5 +1,7 @@
 """The command line: it writes images, and bad input gives one line and a non-zero exit."""
 
+import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -197,3 +199,96 @@ def test_torchscript_model_output_works_and_inner_layers_say_why_not(tmp_path, c
         capsys,
     )
     assert code == 2 and "TorchScript" in captured.err
+
+
+# library errors reach the command line user in its words: --flags, not Python arguments
+
+
+@pytest.mark.parametrize(
+    ("extra", "option", "argument"),
+    [
+        (["--filter", "99"], "--filter", "filter_indices"),
+        (["--steps", "0"], "--steps", "max_iter"),
+        (["--filter", "1", "--input-range", "5,1"], "--input-range", "input_range"),
+        (["--filter", "1", "--unit-axis", "5"], "--unit-axis", "unit_axis"),
+    ],
+)
+def test_a_library_error_names_the_option_not_the_python_argument(extra, option, argument, capsys, tmp_path):
+    args = ["activation", "--model", TINY, "--preprocess", "none", "--layer", "fc", "--size", "8"]
+    code, captured = run([*args, "--input-range", "0,1", *extra, "--out", str(tmp_path / "x.png")], capsys)
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("featvis: error: "), captured.err
+    assert option in lines[0] and argument not in lines[0], lines[0]
+
+
+def test_an_atlas_made_with_other_settings_says_use_restart(capsys, tmp_path):
+    args = ["atlas", "--model", TINY, "--preprocess", "none", "--layer", "fc", "--size", "8", "--views", "1"]
+    main([*args, "--steps", "1", "--out", str(tmp_path / "site")])
+    capsys.readouterr()
+    code, captured = run([*args, "--steps", "2", "--out", str(tmp_path / "site")], capsys)
+    line = captured.err.strip()
+    assert code == 2 and line.startswith("featvis: error: ") and "\n" not in line, captured.err
+    assert "--steps: 1 -> 2" in line  # what differs, in the options' words
+    assert "--restart" in line and "restart=True" not in line, line
+
+
+# progress: long work shows it on a terminal, whatever its length; a pipe gets no bar
+
+
+def _featvis(args: list[str], terminal: bool) -> tuple[int, str]:
+    """Run the command as a user does, its stderr on a pseudo-terminal (or a pipe); what it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    tests = Path(__file__).resolve().parent
+    command = [sys.executable, "-m", "featvis", *args]
+    env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}
+    if not terminal:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stderr
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = process.wait(timeout=300)
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+PREVIEW = ["--model", TINY, "--preprocess", "none", "--input-range", "0,1", "--quality", "preview"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["activation", *PREVIEW, "--layer", "fc", "--filter", "1", "--size", "32"],
+        ["layer", *PREVIEW, "--layer", "conv2", "--units", "0,1", "--size", "16"],  # one batch
+    ],
+    ids=["activation", "layer"],
+)
+def test_a_preview_shows_its_progress_on_a_terminal(command, tmp_path):
+    code, shown = _featvis([*command, "--out", str(tmp_path / "x.png")], terminal=True)
+    assert code == 0, shown
+    assert "/32" in shown, shown  # the bar of the 32 steps
+
+
+def test_no_progress_bar_on_a_pipe(tmp_path):
+    command = ["activation", *PREVIEW, "--layer", "fc", "--filter", "1", "--size", "32"]
+    code, shown = _featvis([*command, "--out", str(tmp_path / "x.png")], terminal=False)
+    assert code == 0 and "/32" not in shown and "it/s" not in shown, shown

@@ -2,6 +2,7 @@
 torch.save file, non-square photos, output folders, the Keras backend, class names."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -54,6 +55,23 @@ COUNTER_MODULE = textwrap.dedent(
     def make_tokens():
         torch.manual_seed(0)
         return Tokens().eval()
+
+
+    class Classifier(nn.Module):
+        '''A grayscale classifier whose output ends in a softmax.'''
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3))), dim=1)
+
+
+    def make_classifier():
+        torch.manual_seed(0)
+        return Classifier().eval()
     """
 )
 
@@ -136,7 +154,7 @@ def test_unit_axis_and_token_reach_the_visualization(user_folder, tmp_path, caps
     np.testing.assert_allclose(class_token, np.rint(255 * api[..., 0]), atol=1)  # api: [0, 1]
     assert np.abs(cli_image("--unit-axis", "-1", "--token", "1") - class_token).mean() > 5
     code, err = run(["activation", *model_options, "--unit-axis", "3", "--out", "x.png"], capsys)
-    assert "unit_axis" in one_error_line(code, err)
+    assert "--unit-axis=3" in one_error_line(code, err)
 
 
 def test_a_module_that_is_not_in_the_current_folder_says_where_it_looked(user_folder, capsys, tmp_path):
@@ -204,11 +222,73 @@ def test_a_channels_option_that_contradicts_the_model_fails_with_one_line(user_f
         f"{user_folder}.nets:make_counter",
         "--preprocess",
         "none",
+        "--input-range",
+        "0,1",
         "--channels",
         "3",
     ]
     code, err = run([*args, "--layer", "head", "--size", "16", "--steps", "2", "--out", "x.png"], capsys)
-    assert "channels" in one_error_line(code, err)
+    line = one_error_line(code, err)
+    assert "model raised RuntimeError" in line  # the model's own words on what it got
+    for option in ("--preprocess", "--input-range", "--channels", "--size"):  # what the user can change
+        assert option in line, line
+    assert "input_range" not in line
+
+
+TINY_ONE_CHANNEL = ["--model", "conftest:make_tiny", "--layer", "fc", "--filter", "1", "--channels", "1"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["activation", *TINY_ONE_CHANNEL, "--steps", "1"],
+        ["cam", *TINY_ONE_CHANNEL, "--image", "gray.png"],
+        ["activation", "--model", "{counter}", "--layer", "head", "--filter", "0"],  # 1 channel, read
+    ],
+    ids=["rgb-model-channels-1", "cam-rgb-model-channels-1", "gray-model"],
+)
+def test_one_channel_with_the_default_imagenet_preprocess_is_refused(user_folder, capsys, tmp_path, command):
+    """ImageNet's mean and std are for 3 channels: a gray image is not silently broadcast into them."""
+    Image.new("L", (20, 24)).save("gray.png")
+    args = [a.replace("{counter}", f"{user_folder}.nets:make_counter") for a in command]
+    code, err = run([*args, "--size", "16", "--out", "x.png"], capsys)
+    line = one_error_line(code, err)
+    assert "--channels" in line and "--preprocess" in line, line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_python_api_refuses_a_three_channel_normalization_of_one_channel_images(tiny):
+    import featvis
+
+    with pytest.raises(featvis.FeatvisValueError, match=r"channels=1.*preprocess"):
+        featvis.visualize_activation(
+            tiny, "fc", 1, channels=1, preprocess=featvis.zoo.Normalize(), max_iter=1
+        )
+
+
+# warnings: one line each, once
+
+
+def test_warnings_are_one_line_each_and_each_once(user_folder, tmp_path):
+    (tmp_path / "photos").mkdir()
+    for i in range(5):
+        Image.new("L", (12, 12), 40 * i).save(tmp_path / "photos" / f"p{i}.png")
+    (tmp_path / "photos" / "broken.png").write_bytes(b"not an image")
+    model = ["--model", f"{user_folder}.nets:make_classifier", "--preprocess", "none", "--input-range", "0,1"]
+    # the model's output (a softmax) is read by the dataset pass and by the optimization of each layer
+    args = ["gallery", *model, "--layer", "", "--layer", "fc", "--units", "0", "--steps", "1", "--size", "8"]
+    done = subprocess.run(  # as a user runs it: Python's own warning display, not pytest's
+        [sys.executable, "-m", "featvis", *args, "--data", "photos", "--k", "2", "--out", "site"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("featvis: warning: ") for line in lines), lines  # no source lines
+    softmax = [line for line in lines if "end in a softmax" in line]
+    data = [line for line in lines if "used 5 of 6 images" in line]
+    assert len(softmax) == 1 and len(data) == 1 and "broken.png" in data[0], lines
+    assert len(lines) == 2, lines
 
 
 # --model file.pt written by torch.save(model)
@@ -276,8 +356,7 @@ def test_a_pickled_model_whose_class_cannot_be_imported_says_so(tmp_path, capsys
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("gone_pkg_x", None)
-    (tmp_path / "gone_pkg_x" / "__init__.py").unlink()
-    (tmp_path / "gone_pkg_x").rmdir()
+    shutil.rmtree(tmp_path / "gone_pkg_x")  # with the __pycache__ that importing it may have left
     code, err = run(["activation", "--model", "m.pt", "--layer", "", "--out", "x.png"], capsys)
     line = one_error_line(code, err)
     assert "gone_pkg_x" in line and "class importable" in line

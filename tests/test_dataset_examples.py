@@ -119,6 +119,18 @@ def test_crop_is_the_real_receptive_field_and_holds_the_maximum(layers, size, st
     assert crops[0].shape == (size, size, 1) and crops[0].max() > 0
 
 
+def test_images_gives_a_list_of_uint8_crops_one_per_example():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 5, padding=2), torch.nn.Conv2d(4, 4, 5, padding=2)
+    ).eval()
+    images = np.random.default_rng(0).uniform(0, 255, (12, 20, 20, 3)).astype(np.float32)
+    ex = featvis.dataset_examples(model, "1", images, k=3)
+    crops = ex.images(2)
+    assert isinstance(crops, list) and len(crops) == 3  # one per example: k of them
+    assert all(c.dtype == np.uint8 and c.ndim == 3 and c.shape[2] == 3 for c in crops)
+
+
 def test_receptive_field_is_measured_after_a_preprocess_ran_in_inference_mode():
     normalize = featvis.zoo.Normalize()
     with torch.inference_mode():  # Normalize caches its constants: here, inference tensors

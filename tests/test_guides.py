@@ -80,13 +80,15 @@ KERAS_VIS_NAMES = [
 
 
 @pytest.mark.parametrize("name", KERAS_VIS_NAMES)
-def test_each_keras_vis_name_exists_has_an_example_and_is_in_the_readme_and_guide(name):
+def test_each_keras_vis_name_exists_has_an_example_and_is_in_the_docs_and_guide(name):
     thing = getattr(featvis, name)
     assert name in featvis.__all__
     doc = inspect.getdoc(thing) or ""
-    assert "Example:" in doc, f"{name} has no example in its docstring"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert re.search(rf"\b{name}\b", readme), f"{name} is not in the README"
+    assert "Examples:" in doc, f"{name} has no example in its docstring"
+    pages = " ".join(
+        p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    )
+    assert re.search(rf"\b{name}\b", pages), f"{name} is not in the README or the docs"
     assert re.search(rf"\b{name}\b", GUIDE.read_text(encoding="utf-8")), f"{name} is not in the guide"
 
 

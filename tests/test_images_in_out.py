@@ -155,5 +155,33 @@ def test_an_hwc_tensor_seed_starts_the_visualization():
 
 
 def test_an_hwc_tensor_with_the_wrong_channel_count_says_how_many_it_has():
-    with pytest.raises(featvis.FeatvisValueError, match=r"seed_input='an image with 4 channels'"):
-        to_unit_tensor(torch.rand(16, 16, 4), "seed_input", (0.0, 1.0), channels=3)
+    with pytest.raises(featvis.FeatvisValueError, match=r"seed_input='an image with 4 channels'.*1 channels"):
+        to_unit_tensor(torch.rand(16, 16, 4), "seed_input", (0.0, 1.0), channels=1)
+
+
+# RGBA: read as its RGB (alpha dropped, as PIL's convert("RGB") does for an RGBA PNG), whatever its type.
+
+
+@pytest.mark.parametrize("kind", ["array", "tensor", "png", "pil"])
+def test_an_rgba_image_into_an_rgb_model_is_read_as_its_rgb_whatever_its_type(kind, tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 256, (16, 20, 4)).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    given = {
+        "array": rgba,
+        "tensor": torch.from_numpy(rgba),
+        "png": tmp_path / "rgba.png",
+        "pil": Image.fromarray(rgba, "RGBA"),
+    }[kind]
+    rgb = to_unit_tensor(rgba[..., :3], "seed_input", (0, 255), channels=3)
+    assert torch.equal(to_unit_tensor(given, "seed_input", (0, 255), channels=3), rgb)
+    model = make_tiny()
+    maps = featvis.visualize_saliency(model, "fc", 1, given)
+    np.testing.assert_allclose(maps, featvis.visualize_saliency(model, "fc", 1, rgba[..., :3]), atol=1e-6)
+
+
+def test_a_batch_of_rgba_arrays_is_read_as_their_rgb():
+    rgba = np.random.default_rng(0).integers(0, 256, (2, 16, 20, 4)).astype(np.uint8)
+    assert torch.equal(
+        to_unit_tensor(rgba, "seed_input", (0, 255), channels=3),
+        to_unit_tensor(rgba[..., :3], "seed_input", (0, 255), channels=3),
+    )

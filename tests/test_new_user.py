@@ -77,6 +77,40 @@ def test_a_float_seed_in_0_1_with_the_default_0_255_range_is_refused_with_the_fi
     featvis.visualize_activation(model, "conv2", 3, seed_input=photo * 255, max_iter=2)
 
 
+ATTRIBUTIONS = {
+    "saliency": lambda model, image, **kw: featvis.visualize_saliency(model, "fc", 3, image, **kw),
+    "cam": lambda model, image, **kw: featvis.visualize_cam(model, "fc", 3, image, **kw),
+    "guided_cam": lambda model, image, **kw: featvis.visualize_guided_cam(model, "fc", 3, image, **kw),
+    "integrated_gradients": lambda model, image, **kw: featvis.attention.integrated_gradients(
+        model, featvis.ActivationMaximization("fc", 3), image, steps=2, **kw
+    ),
+    "occlusion": lambda model, image, **kw: featvis.attention.occlusion(
+        model, featvis.ActivationMaximization("fc", 3), image, **kw
+    ),
+    "input_gradients": lambda model, image, **kw: featvis.attention.input_gradients(
+        model, featvis.ActivationMaximization("fc", 3), image, **kw
+    ),
+    "deletion": lambda model, image, **kw: featvis.metrics.deletion(
+        model, "fc", 3, image, np.ones((1, 32, 32)), steps=2, **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTRIBUTIONS))
+def test_attribution_refuses_a_float_image_in_0_1_under_the_default_0_255_range(name):
+    explain = ATTRIBUTIONS[name]
+    model = make_tiny()
+    before = snapshot(model)
+    photo = np.random.default_rng(1).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    for given in (photo, torch.from_numpy(photo).permute(2, 0, 1), [photo]):
+        with pytest.raises(featvis.FeatvisValueError, match=r"seed_input.*input_range") as err:
+            explain(model, given)
+        assert "(0, 255)" in str(err.value) and "input_range=(0.0, 1.0)" in str(err.value)
+    explain(model, photo, input_range=(0.0, 1.0))  # the same image in the right range is taken
+    explain(model, photo * 255)
+    assert_untouched(model, before)
+
+
 @pytest.mark.parametrize("method", ["fourier", "pixel", "maco"])
 def test_an_all_black_seed_still_optimizes(method):
     model = make_tiny()
@@ -148,3 +182,64 @@ def test_layer_names_and_find_layer_idx_use_the_models_dtype_and_the_given_shape
     torch.manual_seed(0)
     fixed = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 2)).eval()  # 8x8 only
     assert featvis.find_layer_idx(fixed, "2", input_shape=(3, 8, 8)) == 2
+
+
+def _fixed_size_net() -> nn.Module:
+    """A model that takes 16 x 16 images only (a flattening head, like a ViT built for one size)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16 * 16, 4)).eval()
+
+
+def _resolve_in(prepared, layer):
+    with prepared:
+        return prepared.resolve(layer)
+
+
+def test_a_fixed_size_model_is_told_the_argument_that_sets_the_probe_size():
+    model = _fixed_size_net()
+    before = snapshot(model)
+    for call in (
+        lambda: featvis.layer_names(model),
+        lambda: featvis.find_layer_idx(model, "2"),
+        lambda: featvis.get_num_filters(model, "2"),
+    ):
+        with pytest.raises(featvis.ModelError, match=r"input_shape=") as err:
+            call()
+        assert "224" in str(err.value)
+    for call in (
+        lambda: featvis.visualize_activation(model, "2", 1, max_iter=1, input_range=(0.0, 1.0)),
+        lambda: _resolve_in(featvis.PreparedModel(model, input_range=(0.0, 1.0)), "2"),
+        lambda: featvis.metrics.randomization_check(model, lambda m: np.zeros((1, 4, 4)), layers=["2"]),
+    ):
+        with pytest.raises(featvis.ModelError, match=r"size=") as err:
+            call()
+        assert "224" in str(err.value)
+    with pytest.raises(featvis.ModelError, match=r"input_shape=") as err:
+        featvis.layer_names(model, input_shape=(3, 20, 20))
+    assert "20" in str(err.value)
+    # with the argument the hint names, each works
+    assert featvis.layer_names(model, input_shape=(3, 16, 16)) == ["0", "1", "2"]
+    assert featvis.find_layer_idx(model, "2", input_shape=(3, 16, 16)) == 2
+    assert featvis.get_num_filters(model, "2", input_shape=(3, 16, 16)) == 4
+    featvis.visualize_activation(model, "2", 1, max_iter=1, input_range=(0.0, 1.0), size=16)
+    featvis.metrics.randomization_check(model, lambda m: np.zeros((1, 4, 4)), layers=["2"], size=16)
+    assert_untouched(model, before)
+
+
+def test_layer_names_takes_a_prepared_model_so_a_model_of_several_inputs_can_be_probed():
+    class ImageAndMeta(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.meta = nn.Linear(2, 4)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, image, meta):
+            return self.fc(self.conv(image).mean(dim=(2, 3)) + self.meta(meta))
+
+    model = ImageAndMeta().eval()
+    before = snapshot(model)
+    with featvis.PreparedModel(model, inputs={"meta": torch.zeros(1, 2)}, input_range=(0.0, 1.0)) as prepared:
+        assert featvis.layer_names(prepared, input_shape=(3, 16, 16)) == ["conv", "meta", "fc"]
+        assert featvis.find_layer_idx(prepared, "fc") == 2
+    assert_untouched(model, before)

@@ -1,4 +1,6 @@
-"""Every ```python block of README.md runs as written.
+"""Every ```python block of README.md and of the documentation pages runs as written.
+
+(The two migration guides, whose blocks build on each other, run in order in tests/test_guides.py.)
 
 Each block runs in a fresh namespace in a fresh folder holding what a reader has
 at that point: `featvis` imported and, for the blocks that use it, `lite0` (the
@@ -18,14 +20,17 @@ import pytest
 import featvis
 import featvis.gallery
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDES = {"from-keras-vis.md", "from-lucent.md"}
+PAGES = [README] + [page for page in sorted((ROOT / "docs").glob("*.md")) if page.name not in GUIDES]
 STEPS = 2
 
 
-def python_blocks() -> list[tuple[int, str, str]]:
-    """(first line of code, the section heading, code) of each ```python block."""
+def python_blocks(page: Path = README) -> list[tuple[int, str, str]]:
+    """(first line of code, the section heading, code) of each ```python block of `page`."""
     blocks, heading, code, start = [], "", None, 0
-    for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
         if code is None and line.startswith("#"):
             heading = line.lstrip("#").strip()
         elif code is None and line.strip() == "```python":
@@ -38,7 +43,7 @@ def python_blocks() -> list[tuple[int, str, str]]:
     return blocks
 
 
-BLOCKS = python_blocks()
+BLOCKS = [(page.relative_to(ROOT).as_posix(), *block) for page in PAGES for block in python_blocks(page)]
 
 
 def _uses_lite0(code: str) -> bool:
@@ -83,19 +88,22 @@ def _write_keras_model(path: Path) -> None:
     model.save(path)
 
 
-def test_the_readme_has_its_python_blocks():
-    assert len(BLOCKS) >= 9
-    assert sum(_uses_lite0(code) for _, _, code in BLOCKS) >= 5
+def test_the_readme_and_the_pages_have_their_python_blocks():
+    assert len(python_blocks(README)) >= 3
+    assert len(BLOCKS) >= 20
+    assert sum(_uses_lite0(code) for _, _, _, code in BLOCKS) >= 5
 
 
 @pytest.mark.parametrize(
-    ("line", "heading", "code"),
+    ("page", "line", "heading", "code"),
     [
-        pytest.param(*block, marks=[pytest.mark.slow] if _uses_lite0(block[2]) else [], id=f"line{block[0]}")
+        pytest.param(
+            *block, marks=[pytest.mark.slow] if _uses_lite0(block[3]) else [], id=f"{block[0]}:{block[1]}"
+        )
         for block in BLOCKS
     ],
 )
-def test_readme_block_runs(line, heading, code, tmp_path, monkeypatch, request):
+def test_block_runs(page, line, heading, code, tmp_path, monkeypatch, request):
     import matplotlib.pyplot as plt
 
     monkeypatch.chdir(tmp_path)
@@ -123,6 +131,6 @@ def test_readme_block_runs(line, heading, code, tmp_path, monkeypatch, request):
     if re.search(r"\bcounter\b", code):
         namespace["counter"], namespace["img"] = request.getfixturevalue("counter")
     try:
-        exec(compile(code, f"{README.name}:{line} ({heading})", "exec"), namespace)
+        exec(compile(code, f"{page}:{line} ({heading})", "exec"), namespace)
     finally:
         plt.close("all")

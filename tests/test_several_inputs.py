@@ -158,6 +158,11 @@ def test_saliency_and_grad_cam_with_meta_fixed_point_at_what_the_unit_reads():
     fixed = dict(inputs={"meta": torch.tensor([[1.0, 0.0]])}, input_range=(0.0, 1.0))
     paths = featvis.visualize_saliency(model, "", 0, image, method="integrated_gradients", **fixed)[0]
     assert paths[2:6, 9:13].sum() / paths.sum() > 0.99  # rows of many images, each with the meta
+    # the score is quadratic along the path, so the rule is exact; the delta's scores see the meta too
+    _, delta = featvis.integrated_gradients(
+        model, featvis.ActivationMaximization("", 0), image, return_delta=True, **fixed
+    )
+    assert delta.shape == (1,) and abs(delta.item()) < 1e-5
     occluded = featvis.visualize_saliency(
         model, "", 0, image, method="occlusion", window=4, stride=2, **fixed
     )[0]

@@ -217,7 +217,7 @@ def test_gallery_rerun_with_other_units_merges_them(tmp_path):
         assert f'src="conv1/unit_{unit:04d}.png"' in page  # no PNG is orphaned
 
 
-def test_examples_cli_writes_a_page_per_layer(tmp_path):
+def test_examples_cli_writes_a_page_per_layer(tmp_path, capsys):
     from featvis.cli import main
 
     photos = tmp_path / "photos" / "class_a"
@@ -227,28 +227,31 @@ def test_examples_cli_writes_a_page_per_layer(tmp_path):
         Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photos / f"{i}.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     site = tmp_path / "site"
-    with pytest.warns(featvis.SkippedImagesWarning, match="broken.jpg"):
-        main(
-            [
-                "examples",
-                "--model",
-                "conftest:make_tiny",
-                "--preprocess",
-                "none",
-                "--layer",
-                "conv1",
-                "--layer",
-                "fc",
-                "--data",
-                str(tmp_path / "photos"),
-                "--size",
-                "32",
-                "--k",
-                "2",
-                "--out",
-                str(site),
-            ]
-        )
+    main(
+        [
+            "examples",
+            "--model",
+            "conftest:make_tiny",
+            "--preprocess",
+            "none",
+            "--layer",
+            "conv1",
+            "--layer",
+            "fc",
+            "--data",
+            str(tmp_path / "photos"),
+            "--size",
+            "32",
+            "--k",
+            "2",
+            "--out",
+            str(site),
+        ]
+    )
+    warned = [line for line in capsys.readouterr().err.splitlines() if "broken.jpg" in line]
+    assert len(warned) == 1 and warned[0].startswith("featvis: warning: dataset_examples: used 6 of 7"), (
+        warned
+    )
     page = (site / "examples_conv1.html").read_text()
     assert page.count("<details>") == 8 and "skipped 1" in page and "receptive field" in page
     assert "spatial maximum" in page

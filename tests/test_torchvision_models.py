@@ -65,3 +65,17 @@ def test_class_neuron_and_gradcam_run_and_leave_the_model_as_it_was(name, capsys
     assert saliency.shape == (1, SIZE, SIZE) and saliency.max() > 0
     assert neuron.shape == image.shape
     assert_untouched(model, before)
+
+
+def test_vit_with_torchvisions_all_zero_head_warns_that_its_maps_show_nothing():
+    torch.manual_seed(0)
+    model = torchvision_models().vit_b_16(image_size=SIZE)  # weights=None: the head starts at zero
+    before = snapshot(model)
+    photo = np.random.default_rng(0).random((SIZE, SIZE, 3)).astype(np.float32)
+    for explain in (featvis.visualize_cam, featvis.visualize_saliency):
+        with pytest.warns(featvis.FeatvisWarning) as records:
+            maps = explain(model, "heads.head", 3, photo, input_range=(0.0, 1.0))
+        assert maps.max() == maps.min()
+        said = [str(r.message) for r in records if "constant" in str(r.message)]
+        assert len(said) == 1 and "zero" in said[0], said
+    assert_untouched(model, before)

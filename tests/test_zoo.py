@@ -147,3 +147,12 @@ def test_importing_featvis_imports_neither_timm_nor_transformers():
     code = "import sys, featvis; print('timm' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_fixed_size_model_takes_photos_of_any_size_resized_as_its_processor_does(tmp_path):
+    vit = featvis.zoo.from_huggingface(_tiny_vit_folder(tmp_path))  # 32 x 32 only
+    photos = [np.zeros((50, 80, 3), np.uint8), np.full((90, 40, 3), 200, np.uint8)]
+    with vit.prepare() as prepared:
+        maps = featvis.visualize_cam(prepared, "", 0, photos)
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+    assert featvis.overlay(photos[0], maps[0]).shape == (50, 80, 3)

@@ -1,6 +1,6 @@
 """featvis: see what a unit, a channel or a class of a PyTorch vision model has learned.
 
-Example:
+Examples:
     >>> import featvis
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> image = featvis.visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess)

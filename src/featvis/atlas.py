@@ -11,7 +11,7 @@ cost more), writes each unit's PNG and record atomically as soon as its batch is
 and rank 0 writes the site after a barrier. A rerun skips the units already written;
 a rerun with other settings into the same folder is refused unless told to start over.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> featvis.atlas(lite0.model, "site/", layers=["_blocks.10"], preprocess=lite0.preprocess,
     ...               class_names=lite0.class_names)
@@ -32,22 +32,22 @@ import re
 import shutil
 import sys
 import time
+import warnings
 
 import numpy as np
 from PIL import Image
 import torch
 from torch import nn
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from .dataset_examples import dataset_examples, dataset_fingerprint, merge_examples
-from .datasource import ImageSource, image_source
+from .dataset_examples import SkippedImagesWarning, dataset_examples, dataset_fingerprint, merge_examples
+from .datasource import DataSummary, ImageSource, image_source
 from .errors import FeatvisValueError, bad_type, check_int
 from .image import atomic_write, save_image, stitch_images, to_array, to_pil
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis
-from .optimizer import Settings
+from .optimizer import Settings, show_progress
 from .prepared import CONVENTIONS, PreparedModel, image_size
 from .targets import LayerSpec, forward_hooks, run_model
 from .visualization import activations_reached, layer_batches, visualize_layer
@@ -62,7 +62,7 @@ def default_layers(model: nn.Module) -> list[str]:
     classifier): the children of the model's top-level `Sequential`/`ModuleList` containers, and
     its other top-level conv and linear modules, in definition order.
 
-    Example:
+    Examples:
         >>> default_layers(featvis.zoo.efficientnet_lite0().model)[:3]
         ['_conv_stem', '_blocks.0', '_blocks.1']
     """
@@ -92,7 +92,7 @@ class Batch:
 def plan(layer_units: dict[str, int], layer_costs: dict[str, float], batch_size: int) -> list[Batch]:
     """The fixed plan: each layer's units in near-equal batches of at most `batch_size`.
 
-    Example:
+    Examples:
         >>> [b.units for b in plan({"fc": 5}, {"fc": 1.0}, 2)]
         [(0, 1), (2, 3), (4,)]
     """
@@ -106,7 +106,7 @@ def plan(layer_units: dict[str, int], layer_costs: dict[str, float], batch_size:
 def shard(batches: Sequence[Batch], world_size: int) -> list[list[int]]:
     """Batch indices per rank: the costliest batch first to the least loaded rank (deterministic).
 
-    Example:
+    Examples:
         >>> shard([Batch("a", (0,), 3.0), Batch("a", (1,), 1.0), Batch("a", (2,), 1.0)], 2)
         [[0], [1, 2]]
     """
@@ -213,7 +213,7 @@ def atlas(
     With `data` (anything `featvis.dataset_examples` reads but a DataLoader: a folder, a
     list of paths, an array, a Dataset), every unit also gets its `examples` dataset
     examples (the images that drive it most, cropped to its receptive field), shown on
-    its card: one pass over the data, split over the ranks by a ``DistributedSampler``,
+    its card: one pass over the data, split over the ranks (every world_size-th item to a rank),
     the per-rank top-k merged with a collective (`merge_examples`).
 
     Units lie on each layer's unit axis (a conv's channels, the features of a transformer's
@@ -221,7 +221,7 @@ def atlas(
     their maximum over the tokens for the examples (whole images); `unit_axis` and
     ``token`` (e.g. ``token=0``, the class token) choose as in `featvis.visualize_activation`.
 
-    Example:
+    Examples:
         >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
         >>> featvis.atlas(vit, "vit-site/", ["encoder.layers.encoder_layer_5.mlp.0"], data="photos/")
     """
@@ -243,7 +243,7 @@ def atlas(
     prepared = PreparedModel(model, **conventions)
     try:
         with prepared:
-            prepared.probe(prepared.random_images(shape))  # at the atlas's size: some models take no other
+            prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
             chosen = [*(all_layers(prepared.model) if all_convolutions else default_layers(prepared.model))]
             chosen = list(layers) if layers is not None else chosen
             if not chosen or isinstance(layers, str):
@@ -308,9 +308,9 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
     """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them;
     `read`: `dataset_examples`'s unit_axis, token and inputs.
 
-    Every rank reads its share of the data (a DistributedSampler over `source`, the data's
+    Every rank reads its share of the data (every world_size-th item of `source`, the data's
     items), the shares' top-k are gathered and merged on every rank, and each rank writes every
-    world_size-th unit.
+    world_size-th unit. Rank 0 alone reports the items skipped, counted over all the shares.
     """
     missing = {
         layer: [
@@ -321,20 +321,25 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
     layers = [layer for layer, units in missing.items() if units]
     if not layers:
         return
-    sampler = DistributedSampler(source, num_replicas=world_size, rank=rank, shuffle=False)
-    mine = dataset_examples(
-        model,
-        layers,
-        data,
-        k=k,
-        input_range=prepared.input_range,
-        preprocess=prepared.preprocess,
-        channels=prepared.channels,
-        device=prepared.device,
-        progress=bool(progress) and rank == 0,
-        sampler=sampler,
-        **read,
-    )
+    # each item in one share (a DistributedSampler would pad the shares with repeated items, which
+    # the totals would count twice); a rank past the last item reads one again, left out of them
+    items = len(source)
+    share = list(range(rank, items, world_size)) or ([rank % items] if items else [])
+    with warnings.catch_warnings():  # this share's count of skipped items: the totals come below
+        warnings.filterwarnings("ignore", r"dataset_examples: used \d+ of", SkippedImagesWarning)
+        mine = dataset_examples(
+            model,
+            layers,
+            data,
+            k=k,
+            input_range=prepared.input_range,
+            preprocess=prepared.preprocess,
+            channels=prepared.channels,
+            device=prepared.device,
+            progress=show_progress(progress) and rank == 0,
+            sampler=share,
+            **read,
+        )
     shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
     gathered = [shares]
     if world_size > 1:
@@ -346,6 +351,9 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
         )
         for layer in layers
     }
+    summary = DataSummary.combined(part[layers[0]].summary for part in gathered[:items])
+    if rank == 0 and summary.skipped:
+        warnings.warn(f"dataset_examples: {summary}", SkippedImagesWarning, stacklevel=3)
     jobs = [(layer, unit) for layer in layers for unit in missing[layer]]
     for layer, unit in jobs[rank::world_size]:
         _save_examples(out, layer, unit, merged[layer])
@@ -419,7 +427,7 @@ def _check_manifest(out: Path, manifest: dict, restart: bool, *, write: bool) ->
         if differ:
             raise FeatvisValueError(
                 f"{out} holds an atlas made with other settings ({'; '.join(differ)}); "
-                "use another folder, or restart=True (--restart) to start over"
+                "use another folder, or restart=True to start over"
             )
         old["layers"] = {**old.get("layers", {}), **manifest["layers"]}
         manifest = old
@@ -431,7 +439,7 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
     """Optimize this rank's batches, skipping those already written; returns how many units were skipped."""
     quiet = dataclasses.replace(settings, progress=False)
     total = sum(int(c) for c in json.loads((out / MANIFEST).read_text())["layers"].values())
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
+    show = show_progress(progress) and rank == 0
     bar = tqdm(total=total, desc="atlas", unit="unit", disable=not show)
     skipped = 0
     (out / "timings").mkdir(parents=True, exist_ok=True)  # how long each batch took: not part of the atlas
@@ -528,7 +536,7 @@ def write_site(out: str | os.PathLike, *, title: str = "featvis atlas", class_na
     """(Re)write the static site over every unit written in `out`: an index with a row per layer and a
     search by unit number or class name, and a page per layer with a card per unit (lazy thumbnails).
 
-    Example:
+    Examples:
         >>> write_site("site/", class_names=lite0.class_names)
     """
     out = Path(out)

@@ -10,7 +10,7 @@ and normalized to [0, 1] on its own; with a loss that gives each image its own u
 over noisy copies and over flips and zooms. ``input_range=None`` takes tensors ready
 for the model.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> cam = featvis.visualize_cam(lite0.model, "_fc", 285, "cat.jpg", preprocess=lite0.preprocess)
     >>> featvis.save_image(featvis.overlay(cat, cam[0]), "cam.png")
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ from .image import to_unit_tensor
 from .losses import ActivationMaximization, Loss, LossContext, as_losses
 from .prepared import PreparedModel, preparing
 from .rng import Streams, derive_key, seed_or_fresh
-from .targets import LayerSpec
+from .targets import FeatvisWarning, LayerSpec
 
 CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | ContextMethod
 
@@ -71,6 +72,10 @@ CAM_METHODS: dict[str, CamMethod] = {
 }
 
 SALIENCY_METHODS = ("vanilla", "integrated_gradients", "occlusion")
+
+# Integrated Gradients' rules for the path integral, by Captum's names: Gauss-Legendre (the default,
+# Captum's too) and the midpoint Riemann sum (featvis's rule before it; Captum's method="riemann_middle").
+QUADRATURES = ("gausslegendre", "riemann_middle")
 
 # Vanilla saliency runs the fused copy (batch norms folded, channels-last) when its passes hold
 # at least this many pixels (images x height x width x noisy copies x views): building and
@@ -92,7 +97,7 @@ def register_cam(name: str, method: CamMethod) -> None:
     """Add a CAM method: a function (activations, gradients) -> map, both (N, C, H, W), map (N, H, W),
     or a `ContextMethod` (a function of a `CamContext`, for methods that run the model).
 
-    Example:
+    Examples:
         >>> register_cam("gradxact", lambda a, g: F.relu((a * g).sum(1)))
         >>> featvis.visualize_cam(model, "fc", 3, image, method="gradxact")
     """
@@ -159,7 +164,7 @@ def input_gradients(
 ) -> torch.Tensor:
     """d(-loss)/d(image) for each image, in the units of `input_range`, as (B, C, H, W), unnormalized.
 
-    Example:
+    Examples:
         >>> grads = input_gradients(net, ActivationMaximization("fc", 3), image, backprop_modifier="guided")
     """
     loss = as_losses(losses)
@@ -169,19 +174,55 @@ def input_gradients(
         return _gradients(prepared, loss, images, backprop_modifier=backprop_modifier)[0] / (high - low)
 
 
-def _normalize(maps: torch.Tensor, percentile: float | None = None) -> np.ndarray:
+def _normalize(maps: torch.Tensor, percentile: float | None = None, source: str | None = None) -> np.ndarray:
     """Each map scaled to [0, 1] by its min and max, or by its min and its `percentile`-th
-    percentile (the values above it clipped to 1: outliers no longer hide the rest)."""
+    percentile (the values above it clipped to 1: outliers no longer hide the rest).
+
+    With `source` (what the maps are made of, for the message), maps that are constant (all zero,
+    typically) are warned about once: they show nothing, and are returned as zeros."""
     if not torch.isfinite(maps).all():
         raise NonFiniteError("the map holds NaN or infinite values; the model's output is not finite here")
     flat = maps.flatten(1).float()
     low = flat.min(1, keepdim=True).values
+    if source is not None:
+        _warn_constant(flat, low, source)
     if percentile is None:
         high = flat.max(1, keepdim=True).values
     else:
         high = _quantile(flat, percentile / 100)
     scaled = ((flat - low) / (high - low).clamp(min=1e-12)).clamp(0, 1)
     return scaled.view_as(maps).cpu().numpy()
+
+
+GRADIENT = "the gradient of the target with respect to the input"
+SOURCES = {
+    "vanilla": GRADIENT,
+    "integrated_gradients": "the gradient of the target along the path from the baseline (Integrated Gradients)",
+    "occlusion": "the target's change when any part of the image is occluded",
+}
+CAM_SOURCE = (
+    "the class activation map (made of the gradient of the target with respect to the penultimate layer)"
+)
+GUIDED_CAM_SOURCE = (
+    "the guided gradient of the target with respect to the input times the class activation map"
+)
+
+
+def _warn_constant(flat: torch.Tensor, low: torch.Tensor, source: str) -> None:
+    """One `FeatvisWarning` when any of the (B, pixels) maps is constant: `source` is zero (or the same)
+    everywhere, so the target does not depend on the input."""
+    constant = (flat.max(1, keepdim=True).values == low)[:, 0]
+    count = int(constant.sum())
+    if count == 0:
+        return
+    value = float(low[constant][0])
+    warnings.warn(
+        f"{count} of {len(flat)} maps are constant ({value:.3g} everywhere) and show nothing: {source} "
+        f"is {'zero' if value == 0 else 'the same'} at every pixel, so the target does not depend on the "
+        "input (an all-zero head? a dead unit? check layer, filter_indices and the model's weights)",
+        FeatvisWarning,
+        stacklevel=4,
+    )
 
 
 def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
@@ -402,54 +443,108 @@ def integrated_gradients(
     seed_input,
     *,
     steps: int = 64,
+    quadrature: str = "gausslegendre",
     baseline=None,
     batch_size: int | None = None,
+    return_delta: bool = False,
     **conventions,
-) -> torch.Tensor:
-    """Integrated Gradients (Sundararajan et al. 2017): (input - baseline) times the mean gradient
-    of the score on `steps` points of the straight path (midpoint Riemann sum), as (B, C, H, W).
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Integrated Gradients (Sundararajan et al. 2017): (input - baseline) times the integral of the
+    score's gradient along the straight path from the baseline, as (B, C, H, W).
 
-    The attributions of an image sum to score(input) - score(baseline) (completeness, up to the
-    sum's error); the score is minus the losses, as in `input_gradients`. `baseline`: None is a
-    black image (the low end of `input_range`, before `preprocess`; zeros with
-    ``input_range=None``), a number a flat image, or an image (or batch) like `seed_input`.
-    `batch_size` path points run per forward and backward (None: 32, on the CPU
-    `fusion.chunk_rows`: 4 at 224 px, where Lite0's 64 steps of 4 images took 1.3 s against
-    2.4 s at 32).
+    The integral is a weighted sum of the gradient at `steps` points of the path: by default
+    Gauss-Legendre nodes and weights on [0, 1] (``quadrature="gausslegendre"``, Captum's
+    default), or the midpoint Riemann sum (``"riemann_middle"``, Captum's ``method="riemann_middle"``
+    and featvis's rule before Gauss-Legendre: to reproduce earlier maps). The attributions of an
+    image sum to score(input) - score(baseline) (completeness) up to the rule's error; the score
+    is minus the losses, as in `input_gradients`. ``return_delta=True`` also returns that error
+    per image, ``attributions.sum() - (score(input) - score(baseline))`` (B,), as Captum's
+    ``return_convergence_delta`` (two more forwards per image, without gradients; raise `steps`
+    when it is large against the score difference: the error falls with more steps but not
+    steadily on a network of ReLU6s, whose gradient jumps along the path). `baseline`: None is a black image (the low end of
+    `input_range`, before `preprocess`; zeros with ``input_range=None``), a number a flat image,
+    or an image (or batch) like `seed_input`. `batch_size` path points run per forward and
+    backward (None: 32, on the CPU `fusion.chunk_rows`: 4 at 224 px, where Lite0's 64 steps of 4
+    images took 1.3 s against 2.4 s at 32).
 
-    Example:
+    Examples:
         >>> attributions = integrated_gradients(net, ActivationMaximization("fc", 3), image, steps=64)
+        >>> coffee = skimage.data.coffee()  # 400 x 600 px, Lite0's espresso (967); black baseline
+        >>> espresso = ActivationMaximization("_fc", 967)
+        >>> attributions, delta = integrated_gradients(
+        ...     lite0.model, espresso, coffee, preprocess=lite0.preprocess, return_delta=True
+        ... )
+        >>> attributions.sum(), delta  # the logit rises by 1.959 from black: 3.9% short at 64 steps
+        (tensor(1.8838), tensor([-0.0755]))
+        >>> integrated_gradients(lite0.model, espresso, coffee, steps=256, preprocess=..., return_delta=True)[1]
+        tensor([-0.0304])
     """
     loss = as_losses(losses)
     check_int("steps", steps, 1)
+    _check_quadrature(quadrature)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
+    if not isinstance(return_delta, bool):
+        raise bad_type("return_delta", return_delta, "True or False")
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
-        return _integrated_gradients(
-            prepared, loss, images, _baseline(baseline, images, prepared), steps, batch_size
-        )
+        base = _baseline(baseline, images, prepared)
+        attributions = _integrated_gradients(prepared, loss, images, base, steps, batch_size, quadrature)
+        if not return_delta:
+            return attributions
+        score = _scorer(prepared, loss, images, fusion.chunk_rows(images, 32))
+        index = torch.arange(len(images), device=images.device)
+        difference = score(index).double() - score(index, base).double()
+        delta = attributions.flatten(1).double().sum(1) - difference
+        return attributions, delta.to(attributions.dtype)
 
 
-def _integrated_gradients(prepared, loss, images, base, steps, batch_size) -> torch.Tensor:
+def _check_quadrature(quadrature) -> None:
+    if quadrature not in QUADRATURES:
+        hint = close_matches(quadrature, QUADRATURES) if isinstance(quadrature, str) else ""
+        raise bad_value("quadrature", quadrature, f"one of {', '.join(QUADRATURES)}{hint}")
+
+
+def _path_rule(quadrature: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points of the path (fractions of the way from the baseline, in (0, 1)) and their weights
+    (summing to 1) of `quadrature` with `steps` points, in float64.
+
+    Examples:
+        >>> _path_rule("riemann_middle", 4)
+        (array([0.125, 0.375, 0.625, 0.875]), array([0.25, 0.25, 0.25, 0.25]))
+    """
+    _check_quadrature(quadrature)
+    if quadrature == "riemann_middle":
+        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1 / steps)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)  # on [-1, 1], weights summing to 2
+    return (nodes + 1) / 2, weights / 2
+
+
+def _integrated_gradients(
+    prepared, loss, images, base, steps, batch_size, quadrature="gausslegendre"
+) -> torch.Tensor:
     """The attributions: the path points of all images in chunks of `batch_size` rows, one forward
     and one backward per chunk through the fused runner, each row scored with its own image's
-    units; the gradients summed per image."""
-    alphas = (torch.arange(steps, device=images.device, dtype=images.dtype) + 0.5) / steps
+    units; the gradients weighted by the rule's weights and summed per image."""
+    nodes, weights = _path_rule(quadrature, steps)
+    alphas = torch.from_numpy(nodes).to(device=images.device, dtype=images.dtype)
+    weights = torch.from_numpy(weights).to(device=images.device, dtype=images.dtype)
     n = len(images)
     rows_image = torch.arange(n * steps, device=images.device) // steps
-    rows_alpha = alphas.repeat(n)
+    rows_alpha, rows_weight = alphas.repeat(n), weights.repeat(n)
     if batch_size is None:
         batch_size = fusion.chunk_rows(images, 32)
     prepared.probe(images)  # before resolving: a model of one input size is probed at that size
     terms, targets = _loss_terms(prepared, loss)
     total = torch.zeros_like(images)
+    shape = (-1, *[1] * (images.ndim - 1))
     for start in range(0, n * steps, batch_size):
         index = rows_image[start : start + batch_size]
-        alpha = rows_alpha[start : start + batch_size].view(-1, *[1] * (images.ndim - 1))
+        alpha = rows_alpha[start : start + batch_size].view(shape)
         path = base[index] + alpha * (images[index] - base[index])
-        total.index_add_(0, index, _path_gradients(prepared, terms, targets, images, index, path))
-    return (images - base) * total / steps
+        grads = _path_gradients(prepared, terms, targets, images, index, path)
+        total.index_add_(0, index, grads * rows_weight[start : start + batch_size].view(shape))
+    return (images - base) * total
 
 
 def _path_gradients(
@@ -507,7 +602,7 @@ def occlusion(
     `fusion.chunk_rows`, 4 rows at 224 px: Lite0, 4 images, 2 cores, 7.0 s against 12.9 s at
     256 rows; elsewhere as many rows as hold the pixels of 256 images of 224 x 224, at most 1024).
 
-    Example:
+    Examples:
         >>> drops = occlusion(net, ActivationMaximization("fc", 3), image, window=8, stride=4)
     """
     loss = as_losses(losses)
@@ -619,6 +714,7 @@ def visualize_saliency_with_losses(
     smooth_noise: float = 0.15,
     aug_smooth: bool = False,
     steps: int = 64,
+    quadrature: str = "gausslegendre",
     baseline=None,
     window: int = 16,
     stride: int = 8,
@@ -631,7 +727,7 @@ def visualize_saliency_with_losses(
     by `grad_modifier` (default ``"absolute"``; ``"negate"`` shows what lowers the score), normalized per image.
 
     `method`: ``"vanilla"`` (d(-loss)/d(input); guided or rectified with `backprop_modifier`),
-    ``"integrated_gradients"`` (`steps`, `baseline`: see `integrated_gradients`) or
+    ``"integrated_gradients"`` (`steps`, `quadrature`, `baseline`: see `integrated_gradients`) or
     ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`); `batch_size` rows per
     forward (None: on the CPU as many as hold 16 images of 112 px, `fusion.chunk_rows`;
     elsewhere 32 for Integrated Gradients, for occlusion 256 at 224 px, up to 1024 on smaller
@@ -642,7 +738,7 @@ def visualize_saliency_with_losses(
     min-max). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``. `conventions`:
     ``input_range`` (None: tensors fed to the model as given), ``preprocess``, ``channels``, ``device``.
 
-    Example:
+    Examples:
         >>> maps = visualize_saliency_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
     loss = as_losses(losses)
@@ -656,6 +752,7 @@ def visualize_saliency_with_losses(
     check_int("smooth_samples", smooth_samples, 0)
     check_number("smooth_noise", smooth_noise, minimum=0)
     check_int("steps", steps, 1)
+    _check_quadrature(quadrature)
     check_int("window", window, 1)
     check_int("stride", stride, 1)
     if batch_size is not None:
@@ -672,7 +769,7 @@ def visualize_saliency_with_losses(
 
         def attribute(x: torch.Tensor) -> torch.Tensor:
             if method == "integrated_gradients":
-                return _integrated_gradients(prepared, loss, x, base, steps, batch_size)
+                return _integrated_gradients(prepared, loss, x, base, steps, batch_size, quadrature)
             if method == "occlusion":
                 return _occlusion(prepared, loss, x, base, window, stride, batch_size)[:, None].expand_as(x)
             if backprop_modifier is None:  # plain gradients: through the fused runner if it pays
@@ -701,9 +798,10 @@ def visualize_saliency_with_losses(
             seed=seed,
             label="saliency",
         )
+    source = SOURCES[method]
     if keepdims:
-        return np.moveaxis(_normalize(grads, percentile), 1, -1)
-    return _normalize(grads.max(dim=1).values, percentile)
+        return np.moveaxis(_normalize(grads, percentile, source), 1, -1)
+    return _normalize(grads.max(dim=1).values, percentile, source)
 
 
 def visualize_saliency(
@@ -719,7 +817,7 @@ def visualize_saliency(
     """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad,
     Integrated Gradients and occlusion: see `visualize_saliency_with_losses`).
 
-    Example:
+    Examples:
         >>> vanilla = visualize_saliency(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> guided = visualize_saliency(lite0.model, "_fc", 285, cat, backprop_modifier="guided", preprocess=...)
         >>> smooth = visualize_saliency(lite0.model, "_fc", 285, cat, smooth_samples=20, preprocess=...)
@@ -934,7 +1032,7 @@ def visualize_cam_with_losses(
     (`featvis.fusion.chunk_rows`).
     ``smooth_samples > 0`` averages over noisy copies, ``aug_smooth=True`` over flips and zooms.
 
-    Example:
+    Examples:
         >>> cams = visualize_cam_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
     """
     loss = as_losses(losses)
@@ -960,7 +1058,7 @@ def visualize_cam_with_losses(
             seed=seed,
             label="cam",
         )
-    return _normalize(cam)
+    return _normalize(cam, source=CAM_SOURCE)
 
 
 def _last_attention_input(prepared: PreparedModel, target) -> str | None:
@@ -1063,7 +1161,7 @@ def visualize_cam(
     keyword arguments as in `visualize_cam_with_losses` (``penultimate_layer``,
     ``token_grid`` for transformers, ``method``, ...).
 
-    Example:
+    Examples:
         >>> cam = visualize_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> cam_pp = visualize_cam(lite0.model, "_fc", 285, cat, method="gradcam++", preprocess=...)
         >>> vit_cam = visualize_cam(vit, "heads.head", 3, image, penultimate_layer="encoder.layers.encoder_layer_11.ln_1")
@@ -1090,7 +1188,7 @@ def visualize_guided_cam(
     Returns |guided gradient x CAM|, max over channels (or per channel with
     ``keepdims=True``), normalized per image.
 
-    Example:
+    Examples:
         >>> maps = visualize_guided_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
     """
     loss = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
@@ -1102,14 +1200,14 @@ def visualize_guided_cam(
         guided = _gradients(prepared, loss, images, backprop_modifier="guided", model_space=True)[0]
     product = (guided * cam.to(guided.device)[:, None]).abs()
     if keepdims:
-        return np.moveaxis(_normalize(product), 1, -1)
-    return _normalize(product.max(dim=1).values)
+        return np.moveaxis(_normalize(product, source=GUIDED_CAM_SOURCE), 1, -1)
+    return _normalize(product.max(dim=1).values, source=GUIDED_CAM_SOURCE)
 
 
 def overlay(image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
     """Blend a [0, 1] heat map (resized to the image) over an image; returns (H, W, 3) uint8.
 
-    Example:
+    Examples:
         >>> featvis.save_image(overlay(cat, cam[0]), "cat_cam.png")
     """
     from matplotlib import colormaps

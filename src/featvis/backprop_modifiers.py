@@ -10,7 +10,7 @@ A modifier is a function ``rule(x, grad_output, local_grad) -> grad_input``, whe
 is the gradient of the score being maximized (minus the loss), so ``'guided'``
 keeps what increases the unit, as in Springenberg et al.
 
-Example:
+Examples:
     >>> with modify_backprop("guided"):
     ...     model(x)[0, 285].backward()
     >>> def my_rule(x, grad_output, local_grad):
@@ -61,7 +61,7 @@ def leaky(share: float, *, budget: float | None = None) -> BackpropRule:
     the class: on Lite0 a share of 0.15 (a sum of 5) gave images Lite0 itself reads 87% of,
     0.3 none; on Lite2 (43 ReLU6s), 0.1 already failed (benchmarks/RESULTS.md).
 
-    Example:
+    Examples:
         >>> featvis.visualize_activation(model, "fc", 285, backprop_modifier=leaky(0.02))
     """
     return LeakyRule(share, budget)
@@ -82,7 +82,7 @@ class LeakyRule:
     def share_for(self, count: int) -> float:
         """The share of each of `count` activations: `share`, or less where `budget` caps their sum.
 
-        Example:
+        Examples:
             >>> leaky(0.05, budget=1.65).share_for(33), leaky(0.05, budget=1.65).share_for(66)
             (0.05, 0.025)
         """
@@ -325,7 +325,7 @@ def skip_gradient(factor: float | None):
     ``branch + skip`` where the skip is a module's own input (``x + block(x)`` inside a block's
     forward, ResNet's ``out += identity``, a transformer's ``x + attention(x)``). None: unchanged.
 
-    Example:
+    Examples:
         >>> with skip_gradient(0.5):
         ...     model(x)[0, 285].backward()
     """

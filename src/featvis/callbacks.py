@@ -4,7 +4,7 @@ A featvis callback is any function ``f(step, terms, images)`` passed in ``callba
 one with an ``on_end()`` method is also told when the optimization ends (as keras-vis's
 ``OptimizerCallback.on_end``).
 
-Example:
+Examples:
     >>> featvis.visualize_activation(model, "fc", 3, callbacks=[Print(), GifGenerator("fc3.gif")])
 """
 
@@ -25,7 +25,7 @@ from .watch import GifRecorder
 class Print:
     """Print every loss term and the total every `every` steps (keras-vis's ``callbacks.Print``).
 
-    Example:
+    Examples:
         >>> featvis.visualize_activation(model, "fc", 3, callbacks=[Print(every=10)])
         step 1: ActivationMaximization=-0.41, TotalVariation=0.0003, total=-0.4097
     """
@@ -46,7 +46,7 @@ class GifGenerator(GifRecorder):
     """Record the images every `every` steps and write them as an animated GIF at `path` when the
     optimization ends (keras-vis's ``callbacks.GifGenerator``; ``.gif`` is added when missing).
 
-    Example:
+    Examples:
         >>> gif = GifGenerator("flamingo", every=4)
         >>> featvis.visualize_activation(model, "_fc", 130, callbacks=[gif])
         >>> gif.path

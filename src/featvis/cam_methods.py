@@ -11,7 +11,7 @@ Two kinds of method share one registry (`featvis.attention.CAM_METHODS`):
 
 Names follow pytorch-grad-cam, in lower case.
 
-Example:
+Examples:
     >>> cams = scorecam(ctx)                    # (N, h, w), not resized, not normalized
     >>> gradcam(activations, gradients).shape   # (N, h, w)
 """
@@ -53,7 +53,7 @@ class CamContext:
 class ContextMethod:
     """A CAM method that needs the model: ``function(ctx: CamContext) -> (N, h, w)``.
 
-    Example:
+    Examples:
         >>> register_cam("mean", ContextMethod(lambda ctx: ctx.activations.mean(1), gradients=False))
     """
 

@@ -1,6 +1,6 @@
 """The ``featvis`` command line.
 
-Example:
+Examples:
     $ featvis activation --layer _fc --filter flamingo --steps 256 --size 224 --seed 0 --out flamingo.png
 """
 
@@ -13,11 +13,14 @@ import importlib
 import importlib.util
 import os
 from pathlib import Path
+import re
 import sys
+import warnings
 
 import click
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import attention, backprop_modifiers, gallery, grad_modifiers, params, visualization, watch, zoo
 from .errors import FeatvisError, FeatvisValueError, bad_value, first_line
@@ -411,7 +414,98 @@ def with_common(function):
     return with_options(common_options)(command)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The library's names for arguments that a command's option sets under another name (the
+# option's own Python name); the others are the same in both (input_range, unit_axis, ...).
+LIBRARY_NAMES = {
+    "filter_indices": "filters",
+    "max_iter": "steps",
+    "lp_norm_weight": "lp_weight",
+    "smooth_samples": "smooth",
+    "penultimate_layer": "penultimate",
+    "seed_input": "image_path",
+    "num_workers": "workers",
+    "out_dir": "out",
+}
+
+# a Python name as a message writes it: `name=value`, `name=True` (a flag given), `name=` (the
+# argument itself) or a bare snake_case name; not in a quoted value ('fc', a repr, a path)
+_ARGUMENT = re.compile(
+    r"(?P<quoted>(?<!\w)'[^']*'|\"[^\"]*\")|(?<![\w.'\"/\\-])(?P<name>[a-z][a-z0-9_]*)"
+    r"(?:(?P<given>=True\b)|(?P<alone>=(?=[\s,;:)]|$))|(?P<value>=))?"
+)
+
+
+def option_names(command: click.Command) -> dict[str, str]:
+    """{Python argument name: the option that sets it} for a command's options.
+
+    Examples:
+        >>> option_names(cli.commands["activation"])["max_iter"]
+        '--steps'
+    """
+    options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    options.update({argument: options[name] for argument, name in LIBRARY_NAMES.items() if name in options})
+    return options
+
+
+def in_option_words(message: str, options: dict[str, str]) -> str:
+    """A library message as the command line says it: each Python argument it names
+    (``input_range=(5, 1)``, ``restart=True``, ``filter_indices``) as its option
+    (``--input-range=(5, 1)``, ``--restart``, ``--filter``). A name that is also a word
+    ("size", "model") counts only with its ``=``; a snake_case name also alone.
+
+    Examples:
+        >>> in_option_words("max_iter=0 is not allowed", {"max_iter": "--steps"})
+        '--steps=0 is not allowed'
+    """
+
+    def option(match: re.Match) -> str:
+        flag = None if match["quoted"] else options.get(match["name"])
+        if flag is None or not (match["given"] or match["alone"] or match["value"] or "_" in match["name"]):
+            return match[0]
+        return f"{flag}=" if match["value"] else flag
+
+    return _ARGUMENT.sub(option, message)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(options: dict[str, str]):
+    """Show each warning once, as one line on stderr (``featvis: warning: ...``) in the options'
+    words, with no source line; the command line's way, set for its commands only. Deprecation
+    warnings (of the libraries featvis calls, nothing a user of the command can act on) are not
+    shown unless ``-W`` or ``PYTHONWARNINGS`` asks for them, as Python does outside ``__main__``."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(in_option_words(str(message), options).split())
+        if text not in shown:
+            shown.add(text)
+            tqdm.write(f"featvis: warning: {text}", file=sys.stderr)  # clear of any progress bar
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        if not sys.warnoptions:
+            for category in (DeprecationWarning, PendingDeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+        yield
+
+
+class Command(click.Command):
+    """A featvis command: the library's errors and warnings reach the user naming its options."""
+
+    def invoke(self, ctx: click.Context):
+        options = option_names(self)
+        with warnings_as_lines(options):
+            try:
+                return super().invoke(ctx)
+            except FeatvisError as err:
+                raise click.ClickException(in_option_words(str(err), options)) from err
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featvis")
 def cli() -> None:
     """featvis: see what a unit, a channel or a class of a vision model has learned."""
@@ -536,7 +630,7 @@ def layer(
     """Visualize every unit of a layer, many per batch, as one labeled grid.
 
     \b
-    Example:
+    Examples:
       featvis layer --layer _blocks.10 --units 0,1,2,3 --steps 64 --out grid.png
     """
     check_output("--out", out)

@@ -18,7 +18,7 @@ their mean over the tokens, as `visualize_activation` optimizes them), or by one
 with ``token=`` (``token=0``: a ViT's class token); their examples are whole images, since
 after self-attention every token sees the whole image.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> ex = featvis.dataset_examples(lite0.model, "_blocks.10", "photos/", k=9, preprocess=lite0.preprocess)
     >>> ex.indices.shape, ex.values[0, 0] >= ex.values[0, 1]
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import hashlib
 import os
 from pathlib import Path
-import sys
 import time
 import warnings
 import weakref
@@ -53,6 +52,7 @@ from .errors import FeatvisValueError, bad_type, bad_value, check_int
 from .image import atomic_write, check_range
 from .inputs import ModelInputs
 from .losses import check_token, check_unit_axis, layer_key, resolve_axis, select_units
+from .optimizer import show_progress
 from .prepared import PreparedModel, prepare
 from .targets import FeatvisWarning, LayerSpec, OutputPick, check_output_pick, infer_channels, resolve_device
 
@@ -72,7 +72,7 @@ class ReceptiveField:
 
     Measured on the real network (the gradient's support), in model-input pixels.
 
-    Example:
+    Examples:
         >>> rf = ReceptiveField(size=(5, 5), stride=(1, 1), offset=(-2, -2))
         >>> rf.box(0, 0, (32, 32))       # (top, left, bottom, right), clipped, bottom/right exclusive
         (0, 0, 3, 3)
@@ -301,7 +301,7 @@ class DatasetExamples:
     to the number of images used). `seconds` times the pass (``"pass"``) and the
     receptive-field measurement (``"receptive_field"``).
 
-    Example:
+    Examples:
         >>> ex.values[ex.row(7)]           # unit 7's top activations
         >>> ex.images(7)                    # its top crops, (h, w, C) uint8 arrays
         >>> ex.sources(7, lowest=True)      # the files where it is lowest
@@ -352,11 +352,13 @@ class DatasetExamples:
         return [self.receptive_field.box(int(r), int(c), self.input_size) for r, c in positions[row]]
 
     def images(self, unit: int, lowest: bool = False, crop: bool = True) -> list[np.ndarray]:
-        """Unit `unit`'s examples as (h, w, C) uint8 arrays, as the model saw them, cropped to the receptive field.
+        """Unit `unit`'s examples: a list of (h, w, C) uint8 arrays, one per example (highest first;
+        lowest first with ``lowest=True``), as the model saw them, cropped to the receptive field.
 
-        ``crop=False`` gives the whole images. The images are read again from the data.
+        A list, not one array: crops clipped at an image's border are smaller. ``crop=False`` gives
+        the whole images. The images are read again from the data.
 
-        Example:
+        Examples:
             >>> featvis.save_image(featvis.stitch_images(ex.images(7), cols=3), "unit7.png")
         """
         row = self.row(unit)
@@ -395,7 +397,7 @@ def merge_examples(parts: Sequence[DatasetExamples], k: int | None = None) -> Da
     widest share kept), an item found by two shares counted once, ties broken by the
     item's position, so the result does not depend on how the data was split.
 
-    Example:
+    Examples:
         >>> merged = merge_examples([ex_rank0, ex_rank1], k=9)
     """
     if not parts or any(p.layer != parts[0].layer or p.units != parts[0].units for p in parts):
@@ -428,14 +430,7 @@ def merge_examples(parts: Sequence[DatasetExamples], k: int | None = None) -> Da
         [p.lowest_positions for p in parts],
         False,
     )
-    summary = DataSummary(
-        used=sum(p.summary.used for p in parts),
-        skipped=[item for p in parts for item in p.summary.skipped],
-        converted={
-            note: sum(p.summary.converted.get(note, 0) for p in parts)
-            for note in {n for p in parts for n in p.summary.converted}
-        },
-    )
+    summary = DataSummary.combined(p.summary for p in parts)
     return dataclasses.replace(
         parts[0],
         indices=top[0],
@@ -581,7 +576,7 @@ def dataset_examples(
     process of a distributed job ranks its share, and `merge_examples` joins the shares
     (as `featvis.atlas` does). Not with a DataLoader of your own, nor with `checkpoint`.
 
-    Example:
+    Examples:
         >>> ex = dataset_examples(lite0.model, "_fc", "photos/", k=4, preprocess=lite0.preprocess)
         >>> ex.sources(285)[0]
         'photos/cat.jpg'
@@ -708,7 +703,7 @@ def dataset_examples(
     input_size = (size, size) if size else None
     position = start
     batches_done = 0
-    show = progress if progress is not None else sys.stderr.isatty()
+    show = show_progress(progress)
     bar = tqdm(total=total, initial=start, unit="img", desc="dataset examples", disable=not show, leave=False)
 
     def save_checkpoint(complete: bool) -> None:

@@ -10,7 +10,7 @@ CMYK is converted to RGB. Images whose size differs from ``size`` have their
 shorter side resized to ``size`` (bilinear, antialiased) and are then cropped
 to ``size x size`` around their center, as ImageNet evaluation does.
 
-Example:
+Examples:
     >>> source = image_source("photos/", size=224)          # recursive, ImageFolder layouts too
     >>> len(source), source.describe(3)
     (120, 'photos/cat/1.jpg')
@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
@@ -54,7 +54,7 @@ def sample_photos() -> tuple[list[np.ndarray], list[str]]:
 
     Needs the ``photos`` extra: ``pip install "featvis[photos]"``.
 
-    Example:
+    Examples:
         >>> photos, names = sample_photos()
         >>> names[0], photos[0].shape
         ('chelsea', (300, 451, 3))
@@ -123,7 +123,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> tuple[torch.Tensor
 class DataSummary:
     """How many items a pass used, which it skipped (and why) and which it converted.
 
-    Example:
+    Examples:
         >>> print(result.summary)
         used 12 of 15 images; skipped 3: bad.jpg (truncated), ...; converted 2: 1 grayscale, 1 CMYK
     """
@@ -135,6 +135,25 @@ class DataSummary:
     @property
     def total(self) -> int:
         return self.used + len(self.skipped)
+
+    @classmethod
+    def combined(cls, parts: Iterable[DataSummary]) -> DataSummary:
+        """One summary of the shares of a pass (each item read by one share): the counts added.
+
+        Examples:
+            >>> print(DataSummary.combined([DataSummary(used=10), DataSummary(used=9, skipped=[("b.png", "?")])]))
+            used 19 of 20 images; skipped 1: b.png (?)
+        """
+        parts = list(parts)
+        converted: dict[str, int] = {}
+        for part in parts:
+            for note, count in part.converted.items():
+                converted[note] = converted.get(note, 0) + count
+        return cls(
+            used=sum(p.used for p in parts),
+            skipped=[item for p in parts for item in p.skipped],
+            converted=converted,
+        )
 
     def add(self, position: int, note: str, ok: bool, describe) -> None:
         if not ok:
@@ -288,7 +307,7 @@ def image_source(
     photographs are resized to `size` (224 when None); arrays, tensors and
     datasets keep their size unless `size` is given.
 
-    Example:
+    Examples:
         >>> len(image_source("photos/"))
         120
     """

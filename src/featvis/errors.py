@@ -1,6 +1,6 @@
 """The exceptions featvis raises: one family, each also a built-in type.
 
-Example:
+Examples:
     >>> try:
     ...     featvis.visualize_activation(model, "no_such_layer")
     ... except featvis.FeatvisError as err:
@@ -58,13 +58,25 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def close_matches(word: str, choices: Iterable[str], limit: int = 5) -> str:
-    """A short 'did you mean' clause for `word` among `choices` ('' when none are close)."""
+def close_matches(word: str, choices: Iterable[str], limit: int = 5, *, see: str | None = None) -> str:
+    """A short 'did you mean' clause for `word` among `choices`. When none are close: '', or with `see`
+    (where to find them all, e.g. ``"featvis.layer_names(model)"``) the first 10 choices instead.
+
+    Examples:
+        >>> close_matches("zzz", ["conv1", "fc"], see="featvis.layer_names(model)")
+        '; no close match among: conv1, fc'
+    """
     choices = list(choices)
     matches = difflib.get_close_matches(word, choices, n=limit, cutoff=0.5)
     if not matches:
         matches = [c for c in choices if word.lower() in c.lower()][:limit]
-    return f"; close matches: {', '.join(matches)}" if matches else ""
+    if matches:
+        return f"; close matches: {', '.join(matches)}"
+    if see is None or not choices:
+        return ""
+    if len(choices) <= 10:
+        return f"; no close match among: {', '.join(choices)}"
+    return f"; no close match; the first 10 of {len(choices)}: {', '.join(choices[:10])}, ... (see {see})"
 
 
 def choose(argument: str, given: object, table: dict):

@@ -18,7 +18,7 @@ objective reads, and modules run more than once, are left as they are.
 `optimize` runs the copy and the model on one random input first and uses the
 copy only when the targets' outputs agree (`tolerance`).
 
-Example:
+Examples:
     >>> x = lite0.preprocess(255 * torch.rand(1, 3, 224, 224))
     >>> with ModelGuard(lite0.model):
     ...     fast = fused_copy(lite0.model, x, probe(lite0.model, x).calls, keep={"_blocks.10"})
@@ -279,7 +279,7 @@ def fused_copies(
     shares their modules is not changed by them). The model must be in eval mode (see
     `targets.ModelGuard`).
 
-    Example:
+    Examples:
         >>> fast, *slower = fused_copies(model, x[:1], probe(model, x[:1]).calls, keep={"_blocks.10"})
     """
     if _has_hooks(model, own_hooks) or any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
@@ -299,7 +299,7 @@ def fused_copy(
 ) -> nn.Module | None:
     """The fastest of `fused_copies`, or None.
 
-    Example:
+    Examples:
         >>> fast = fused_copy(model, x[:1], probe(model, x[:1]).calls, keep={"_blocks.10"})
     """
     return next(fused_copies(model, example, calls, keep, own_hooks), None)
@@ -381,7 +381,7 @@ def choose_runner(
     copy ran 1.2x faster channels-last and the model itself 7% slower). True or
     False is obeyed as given.
 
-    Example:
+    Examples:
         >>> runner, capture, channels_last = choose_runner(model, x, seen, targets, guard, set(),
         ...                                                fuse=True, channels_last=None)
         >>> activations = capture.run(runner, x)

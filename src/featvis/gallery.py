@@ -8,7 +8,7 @@ that drive it least on demand, as Microscope does. A manifest (``gallery.json``)
 records the layers and units; a second run on the same folder adds its layers
 and units to the page instead of wiping what is there.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> write_gallery(lite0.model, ["_blocks.10"], "site/", preprocess=lite0.preprocess, max_iter=64)
     >>> write_gallery(lite0.model, ["_blocks.10"], "site/", units=[0, 1], data="photos/",
@@ -82,7 +82,7 @@ def write_gallery(
     the data serves all layers (images resized to `examples_size`, 224 for files).
     A rerun adds its layers and units to the page.
 
-    Example:
+    Examples:
         >>> write_gallery(model, ["_blocks.10", "_blocks.12"], "site", preprocess=lite0.preprocess)
         >>> write_gallery(model, ["_blocks.10"], "site", units=[5, 6], data="photos/")  # adds units 5, 6
     """
@@ -159,7 +159,7 @@ def write_examples(
     `featvis.dataset_examples` (``size``, ``reduce``, ``batch_size``, ...).
     Returns the pages' paths.
 
-    Example:
+    Examples:
         >>> write_examples(lite0.model, ["_blocks.10"], "photos/", "site", preprocess=lite0.preprocess)
         [PosixPath('site/examples__blocks.10.html')]
     """

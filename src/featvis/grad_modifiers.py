@@ -6,7 +6,7 @@ regularizers' own gradients are left alone, so ``'negate'`` lowers a regression
 output while total variation still keeps the image smooth (keras-vis modified
 both, which made ``'negate'`` maximize the regularizers as well).
 
-Example:
+Examples:
     >>> featvis.visualize_activation(model, "head", 0, grad_modifier="negate")  # decrease a regression output
     >>> featvis.visualize_activation(model, "head", 0, grad_modifier=lambda g: g * 2)
 """

@@ -1,6 +1,6 @@
 """Images in and out: tensors, numpy arrays, PIL images, grids, overlays, safe saving.
 
-Example:
+Examples:
     >>> array = to_array(images, input_range=(0, 255))     # (B, H, W, C) uint8
     >>> save_image(stitch_images(list(array), cols=4), "grid.png")
 """
@@ -59,6 +59,8 @@ def to_unit_tensor(
     Numpy arrays and tensors are read as values in `input_range`; files and PIL
     images as 8-bit pictures. A 3-D tensor whose last axis is 1, 3 or 4 and whose
     first axis is not is read as (H, W, C); other tensors are channels-first.
+    RGBA (4 channels where 3 are asked, an array, tensor, PIL image or file alike) is read as
+    its RGB: the alpha channel is dropped, as PIL's ``convert("RGB")`` does.
 
     Grayscale: a grayscale PIL image or file, or a 2-D (H, W) array or tensor, is one
     channel; where 3 channels are asked (``channels=3``) it is repeated into R = G = B.
@@ -82,10 +84,11 @@ def to_unit_tensor(
         tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
         return tensor.contiguous()
     tensor = _real_tensor(image, argument, "a path, PIL image, numpy array or tensor")
+    rgba = channels == 3 and tensor.ndim >= 3 and tensor.shape[-1] == 4
     if isinstance(image, np.ndarray):
         if (
             tensor.ndim in (3, 4)
-            and (channels is None or tensor.shape[-1] == channels)
+            and (channels is None or tensor.shape[-1] == channels or rgba)
             and tensor.shape[-3] != channels
         ):
             tensor = tensor.movedim(-1, -3)
@@ -98,6 +101,8 @@ def to_unit_tensor(
         tensor = tensor[None]
     if grayscale and channels == 3:  # as PIL's convert("RGB") does for a grayscale image
         tensor = tensor.expand(-1, 3, -1, -1)
+    if channels == 3 and tensor.ndim == 4 and tensor.shape[1] == 4:  # RGBA: alpha dropped, as convert("RGB")
+        tensor = tensor[:, :3]
     if tensor.ndim != 4 or tensor.shape[0] == 0 or min(tensor.shape[-2:]) < 1:
         raise bad_value(
             argument,
@@ -169,7 +174,7 @@ def to_unit_signal(
     returns results when axis 1 cannot be the channels; a list of them is a batch) as (N, C, *size)
     in [0, 1], values read in `input_range` (None: as given, model input).
 
-    Example:
+    Examples:
         >>> to_unit_signal(np.sin(np.linspace(0, 6.28, 128)), "seed_input", (-1.0, 1.0), 1, 1).shape
         torch.Size([1, 1, 128])
     """
@@ -198,7 +203,7 @@ def save_signal(
     """Plot a 1-D result, (L,) or (L, C) as featvis returns it (one line per channel), as a PNG
     (matplotlib), optionally with a [0, 1] `heatmap` (L,) (a saliency or CAM) shaded beneath.
 
-    Example:
+    Examples:
         >>> square = featvis.visualize_activation(waves, "head", 1, size=128, input_range=(-1.0, 1.0))
         >>> save_signal(square, "square.png")
     """
@@ -234,7 +239,7 @@ def volume_slices(volume: object, cols: int | None = None) -> np.ndarray:
     """A 3-D result (D, H, W) or (D, H, W, C) as one picture: its D slices tiled in a grid (labeled
     z=0, 1, ...; values other than uint8 scaled by the volume's min and max).
 
-    Example:
+    Examples:
         >>> volume_slices(featvis.visualize_activation(net3d, "fc", 0, size=(8, 16, 16))).shape
     """
     array = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume)
@@ -254,7 +259,7 @@ def volume_slices(volume: object, cols: int | None = None) -> np.ndarray:
 def save_volume(volume: object, path: str | os.PathLike, cols: int | None = None) -> Path:
     """Save a 3-D result as its slices tiled in one image (see `volume_slices`).
 
-    Example:
+    Examples:
         >>> save_volume(featvis.visualize_activation(net3d, "fc", 0, size=(8, 16, 16)), "slices.png")
     """
     return save_image(volume_slices(volume, cols), path)
@@ -263,7 +268,7 @@ def save_volume(volume: object, path: str | os.PathLike, cols: int | None = None
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(temporary_path)`` and move the file into place: never a half-written `path`.
 
-    Example:
+    Examples:
         >>> atomic_write(Path("notes.txt"), lambda tmp: Path(tmp).write_text("done"))
     """
     path = Path(path)
@@ -351,7 +356,7 @@ def save_image(image: object, path: str | os.PathLike, format: str | None = None
     can be channels, arrays channels-last. Anything else is a `FeatvisError`.
     Missing folders of `path` are created (the command line refuses them instead).
 
-    Example:
+    Examples:
         >>> save_image(featvis.visualize_activation(model, "_fc", 130), "flamingo.png")
         >>> save_image(result.images[0], "first.png")  # (C, H, W) tensor in [0, 1]
     """
@@ -370,7 +375,7 @@ def stitch_images(
 ) -> np.ndarray:
     """Tile (H, W, C) images into one grid image (keras-vis's ``stitch_images``), optionally labeled.
 
-    Example:
+    Examples:
         >>> grid = stitch_images(list(images), cols=4, labels=[str(u) for u in range(16)])
     """
     images = [np.asarray(to_pil(img).convert("RGB")) for img in images]
@@ -395,21 +400,27 @@ def stitch_images(
     return grid
 
 
-def check_seed_range(given: object, unit: torch.Tensor, input_range: tuple[float, float]) -> None:
-    """Refuse a float seed image in [0, 1] given with a wide `input_range` such as (0, 255): read that
-    way it is black, and the optimization would start from (and often stay) a black image."""
+def check_seed_range(
+    given: object, unit: torch.Tensor, input_range: tuple[float, float] | None, argument: str = "seed_input"
+) -> None:
+    """Refuse a float image in [0, 1] (or a list of them) given with a wide `input_range` such as
+    (0, 255): read that way it is black, and an optimization would start from (and often stay) a
+    black image, an attribution would explain a black image."""
     if input_range is None:
         return
     low, high = input_range
-    is_float = (isinstance(given, np.ndarray) and np.issubdtype(given.dtype, np.floating)) or (
-        isinstance(given, torch.Tensor) and given.is_floating_point()
+    parts = given if isinstance(given, list | tuple) and given else [given]
+    is_float = all(
+        (isinstance(part, np.ndarray) and np.issubdtype(part.dtype, np.floating))
+        or (isinstance(part, torch.Tensor) and part.is_floating_point())
+        for part in parts
     )
     if not is_float or high - low <= 2:
         return
     values = low + (high - low) * unit
     if float(values.max()) <= 1.0 and float(values.max()) > float(values.min()):
         raise FeatvisValueError(
-            f"seed_input holds floats in [0, 1] but input_range is {tuple(input_range)}, so it would be "
+            f"{argument} holds floats in [0, 1] but input_range is {tuple(input_range)}, so it would be "
             "read as an almost black image; pass input_range=(0.0, 1.0) (with a preprocess that "
             "expects it), or scale the image to the range (e.g. image * 255)"
         )

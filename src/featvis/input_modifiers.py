@@ -5,7 +5,7 @@ Each image of a batch draws its own transform. A built-in modifier is called as
 per image (so an image's transforms do not depend on the rest of its batch); a
 plain function ``f(images) -> images`` works too. They keep the image size unless their name says otherwise.
 
-Example:
+Examples:
     >>> modifiers = [Jitter(8), RandomAffine(scale=(0.9, 1.1), degrees=10), Noise(0.02)]
 """
 
@@ -24,7 +24,7 @@ from .rng import Streams
 class InputModifier:
     """Base class: implement ``__call__(images, streams)`` returning new images.
 
-    Example:
+    Examples:
         >>> class Darken(InputModifier):
         ...     def __call__(self, images, streams):
         ...         return images * streams.uniform(1, 1, 1, low=0.8, high=1.0).to(images.dtype)
@@ -45,7 +45,7 @@ def _pixels(amount: float, size: int) -> int:
 class Jitter(InputModifier):
     """Shift each image by a random offset up to `jitter` (pixels, or a fraction if < 1), wrapping.
 
-    Example:
+    Examples:
         >>> Jitter(16)       # up to 16 px
         >>> Jitter(0.05)     # up to 5% of the size
     """
@@ -72,7 +72,7 @@ class Jitter(InputModifier):
 class RandomAffine(InputModifier):
     """Per-image random scale, rotation (degrees) and translation (fraction), one resampling.
 
-    Example:
+    Examples:
         >>> RandomAffine(scale=(0.9, 1.1), degrees=10, translate=0.05)
     """
 
@@ -125,7 +125,7 @@ def _resample_window(images: torch.Tensor, side: torch.Tensor, streams: Streams)
 class RandomCrop(InputModifier):
     """Crop a random square part of each image (area fraction drawn from `area`) and resize it back.
 
-    Example:
+    Examples:
         >>> RandomCrop(area=(0.25, 1.0))
     """
 
@@ -144,7 +144,7 @@ class RandomZoom(InputModifier):
     the image side) resized to full size: below 1 zooms in on a random part, above 1 zooms out
     (the image reflected at its borders).
 
-    Example:
+    Examples:
         >>> RandomZoom(side=(0.3, 1.3))
     """
 
@@ -162,7 +162,7 @@ class RandomFlip(InputModifier):
     """Mirror each image left-right (a signal in time, a volume along its last axis) with probability
     `p` (each image draws its own).
 
-    Example:
+    Examples:
         >>> RandomFlip(0.5)
     """
 
@@ -179,7 +179,7 @@ class RandomFlip(InputModifier):
 class Pad(InputModifier):
     """Pad every image by `pad` pixels (this one grows the image), reflect or constant.
 
-    Example:
+    Examples:
         >>> Pad(16, mode="constant", value=0.5)
     """
 
@@ -196,7 +196,7 @@ class Pad(InputModifier):
 class Noise(InputModifier):
     """Add Gaussian noise of standard deviation `std` (image units, [0, 1]).
 
-    Example:
+    Examples:
         >>> Noise(0.02)
     """
 
@@ -216,7 +216,7 @@ def standard_transforms() -> list[InputModifier]:
     the steps it gave the class images that an independent network (EfficientNet-Lite2)
     recognizes best, at one view per step as at four.
 
-    Example:
+    Examples:
         >>> standard_transforms()[1]
         RandomZoom(side=(0.316, 1.3))
     """
@@ -228,7 +228,7 @@ def apply_modifiers(
 ) -> torch.Tensor:
     """Apply each modifier in turn: built-ins get the streams (one per image), plain functions only images.
 
-    Example:
+    Examples:
         >>> views = apply_modifiers(standard_transforms(), images, Streams(range(len(images))))
     """
     if len(streams) != images.shape[0]:

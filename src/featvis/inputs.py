@@ -10,7 +10,7 @@ its own parameterization and range. The image, the input that ``seed_input``, ``
 attribute to), is the one marked ``Optimized()`` without a shape, or the one a dict
 leaves out.
 
-Example:
+Examples:
     >>> meta = torch.tensor([[0.3, 1.0]])
     >>> image = featvis.visualize_activation(model, "head", 0, inputs={"meta": meta}, input_range=(0, 1))
     >>> both = featvis.visualize_activation(
@@ -42,7 +42,7 @@ class Optimized:
     one parameter per value, for vectors and small tensors). Without a shape it marks the image input,
     whose size, range and parameterization are the call's ``size``, ``input_range`` and ``method``.
 
-    Example:
+    Examples:
         >>> featvis.Optimized((2,), input_range=(-1.0, 1.0))   # a vector of two values in [-1, 1]
         >>> featvis.Optimized()                                # the image
     """
@@ -94,7 +94,7 @@ class ModelInputs:
     """How a model of several inputs is called: the image (fed by featvis as usual), fixed values,
     and the current values of the optimized inputs. Built by `featvis.prepared.PreparedModel`.
 
-    Example:
+    Examples:
         >>> spec = ModelInputs(model, {"meta": torch.tensor([[0.3, 1.0]])})
         >>> spec.image, list(spec.fixed)
         ('image', ['meta'])
@@ -203,7 +203,7 @@ class ModelInputs:
         """Raise, naming `inputs`, when any input besides the image is optimized (`why` says why
         only fixed ones are allowed here).
 
-        Example:
+        Examples:
             >>> ModelInputs(model, {"meta": torch.zeros(1, 2)}).refuse_optimized("dataset examples")
         """
         if self.optimized:

@@ -6,7 +6,7 @@ minus an activation, so maximizing a unit means minimizing it. Losses add,
 subtract and scale like numbers, and a plain function ``f(ctx) -> Tensor``
 works wherever a loss does.
 
-Example:
+Examples:
     >>> loss = channel("_blocks.10", 3) + 0.5 * TotalVariation() + 100 * diversity("_blocks.10")
     >>> [(term.name, weight) for term, weight in loss.terms]
     [('channel', 1.0), ('TotalVariation', 0.5), ('diversity', 100.0)]
@@ -70,7 +70,7 @@ class LossContext:
         """One value per row: per-row values pass through, per-image values are repeated for each
         row of their image, a scalar for every row.
 
-        Example:
+        Examples:
             >>> ctx.per_row(loss(ctx))  # the score of each masked copy, with its own image's unit
         """
         if values.ndim == 0:
@@ -106,7 +106,7 @@ def layer_key(layer: LayerSpec) -> object:
 class Loss:
     """Base class: subclass and implement `__call__(ctx)` returning per-image values.
 
-    Example:
+    Examples:
         >>> class Brightness(Loss):
         ...     name = "Brightness"
         ...     def __call__(self, ctx):
@@ -188,7 +188,7 @@ class WeightedSum(Loss):
 class FunctionLoss(Loss):
     """A plain function ``f(ctx) -> Tensor`` as a loss, reading the given layers.
 
-    Example:
+    Examples:
         >>> bright = FunctionLoss(lambda ctx: -ctx.images.mean(dim=(1, 2, 3)), name="bright")
     """
 
@@ -221,7 +221,7 @@ def as_loss(value: object, argument: str) -> Loss:
 def as_losses(losses: object) -> Loss:
     """A `Loss`, a callable, or a non-empty list of (loss, weight) pairs, as one `Loss`.
 
-    Example:
+    Examples:
         >>> as_losses([(ActivationMaximization("_fc", 130), 1.0), (TotalVariation(), 0.5)])
     """
     if isinstance(losses, Loss) or callable(losses):
@@ -261,7 +261,7 @@ def select_units(
     """Select units along `axis` (all with ``indices=None``; one position of the rest with `token`);
     returns (rows, k, ...).
 
-    Example:
+    Examples:
         >>> select_units(torch.zeros(2, 17, 96), [5], "blocks.1.mlp.0", axis=-1).shape
         torch.Size([2, 1, 17])
     """
@@ -373,7 +373,7 @@ class ActivationMaximization(_OneLayer):
     axes (space, tokens); `token` picks one position instead (``token=0``: a ViT's class
     token). `batch` restricts the loss to some images of the batch (others get 0).
 
-    Example:
+    Examples:
         >>> ActivationMaximization("_fc", [130, 285])  # one image: flamingo and cat together
         >>> ActivationMaximization("encoder.layers.encoder_layer_5.mlp.0", 7)  # MLP neuron 7
         >>> ActivationMaximization("encoder.layers.encoder_layer_5", 7, token=0)  # on the class token
@@ -421,7 +421,7 @@ class ActivationMaximization(_OneLayer):
 class UnitPerImage(_OneLayer):
     """Image i of the batch maximizes unit ``units[i]`` of one layer, in one vectorized term.
 
-    Example:
+    Examples:
         >>> UnitPerImage("_blocks.10", range(16))  # 16 channels, one per image
     """
 
@@ -462,7 +462,7 @@ class UnitPerImage(_OneLayer):
 def channel(layer: LayerSpec, index: int, *, batch: int | None = None) -> Loss:
     """Maximize one channel (conv) or unit (dense), averaged over space.
 
-    Example:
+    Examples:
         >>> channel("_blocks.10", 7)
     """
     loss = ActivationMaximization(layer, index, batch=batch)
@@ -473,7 +473,7 @@ def channel(layer: LayerSpec, index: int, *, batch: int | None = None) -> Loss:
 def class_logit(layer: LayerSpec, index: int, *, batch: int | None = None) -> Loss:
     """Maximize one class score (give the layer before any softmax, or featvis reads before it).
 
-    Example:
+    Examples:
         >>> class_logit("_fc", 130)
     """
     loss = ActivationMaximization(layer, index, batch=batch)
@@ -484,7 +484,7 @@ def class_logit(layer: LayerSpec, index: int, *, batch: int | None = None) -> Lo
 class neuron(_OneLayer):
     """Maximize one channel at one spatial position (the center by default).
 
-    Example:
+    Examples:
         >>> neuron("_blocks.10", 7, x=5, y=5)
     """
 
@@ -510,7 +510,7 @@ class neuron(_OneLayer):
 class direction(_OneLayer):
     """Maximize the projection of a layer's activations on a vector of its channel space.
 
-    Example:
+    Examples:
         >>> direction("_blocks.10", torch.randn(112))
     """
 
@@ -534,7 +534,7 @@ class direction(_OneLayer):
 class diversity(_OneLayer):
     """Penalize images of a batch whose layer activations look alike (Gram cosine similarity).
 
-    Example:
+    Examples:
         >>> channel("_blocks.10", 7) + 100 * diversity("_blocks.10")
     """
 

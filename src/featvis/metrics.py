@@ -9,7 +9,7 @@
 - `randomization_check` (Adebayo et al. 2018): maps of a copy of the model with
   re-initialized weights should differ from the trained model's (low rank correlation).
 
-Example:
+Examples:
     >>> cams = featvis.visualize_cam(lite0.model, "_fc", 285, cats, preprocess=lite0.preprocess)
     >>> curve = featvis.metrics.deletion(lite0.model, "_fc", 285, cats, cams, preprocess=lite0.preprocess)
     >>> curve.areas            # one area per image, lower is better
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from .errors import bad_type, bad_value, check_int
 from .losses import ActivationMaximization, as_losses
-from .prepared import PreparedModel, preparing
-from .targets import LayerSpec
+from .prepared import PreparedModel, input_size, preparing
+from .targets import LayerSpec, unwrap_compiled
 
 SCORES = ("probability", "logit")
 
@@ -66,7 +66,7 @@ def deletion(
     ``input_range=None``), ``"blur"`` (the image blurred, sigma 5 px) or a number in the
     input's units.
 
-    Example:
+    Examples:
         >>> deletion(model, "fc", 3, images, maps, steps=16).areas
     """
     return _curve(
@@ -91,7 +91,7 @@ def insertion(
     the blurred image), in `steps` equal steps. Higher area: the map found what matters.
     Arguments as for `deletion`.
 
-    Example:
+    Examples:
         >>> insertion(model, "fc", 3, images, maps, steps=16).areas
     """
     return _curve(
@@ -166,7 +166,7 @@ def _baseline(baseline, images: torch.Tensor, prepared: PreparedModel) -> torch.
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Images blurred by a Gaussian of `sigma` pixels (separable, reflected borders).
 
-    Example:
+    Examples:
         >>> gaussian_blur(torch.rand(1, 3, 32, 32), 2.0).shape
         torch.Size([1, 3, 32, 32])
     """
@@ -206,7 +206,7 @@ def pointing_game(maps, masks, *, tolerance: int = 0) -> np.ndarray:
     """For each map, whether its maximum lies on the object (`masks`, boolean (B, H, W) or (H, W)),
     within `tolerance` pixels (Zhang et al. 2016 use 15). Returns (B,) booleans.
 
-    Example:
+    Examples:
         >>> pointing_game(cams, object_masks).mean()    # the hit rate
     """
     maps_a, masks_a = _maps_and_masks(maps, masks)
@@ -224,7 +224,7 @@ def pointing_game(maps, masks, *, tolerance: int = 0) -> np.ndarray:
 def share_on(maps, masks) -> np.ndarray:
     """The share of each map's total on the object (`masks`, (B, H, W) or (H, W)); (B,) in [0, 1].
 
-    Example:
+    Examples:
         >>> share_on(cams, left_half)
     """
     maps_a, masks_a = _maps_and_masks(maps, masks)
@@ -235,7 +235,7 @@ def share_on(maps, masks) -> np.ndarray:
 def rank_correlation(a, b) -> np.ndarray:
     """Spearman rank correlation of each pair of maps (B, H, W) (or one pair (H, W)); (B,).
 
-    Example:
+    Examples:
         >>> rank_correlation(featvis_cams, other_cams).min()
     """
     a_t = torch.as_tensor(np.asarray(a, dtype=np.float64))
@@ -252,53 +252,118 @@ def rank_correlation(a, b) -> np.ndarray:
     return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp(min=1e-12)).numpy()
 
 
+class RandomizationStep(tuple):
+    """One step of `randomization_check`: unpacks as ``(label, correlations)``, and tells what it
+    randomized: `parameters` {qualified parameter name: element count}, `randomized` (their total).
+
+    Examples:
+        >>> for step in randomization_check(model, explain, layers=["fc", "layer4"]):
+        ...     print(step.label, step.correlations.mean(), step.randomized, list(step.parameters))
+    """
+
+    def __new__(cls, label: str, correlations: np.ndarray, parameters: dict[str, int]):
+        step = super().__new__(cls, (label, correlations))
+        step.parameters = parameters
+        return step
+
+    @property
+    def label(self) -> str:
+        return self[0]
+
+    @property
+    def correlations(self) -> np.ndarray:
+        return self[1]
+
+    @property
+    def randomized(self) -> int:
+        """How many parameter values this step re-initialized."""
+        return sum(self.parameters.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomizationStep(label={self.label!r}, correlations={self.correlations!r}, "
+            f"parameters={len(self.parameters)} tensors, {self.randomized} values)"
+        )
+
+
 def randomization_check(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     explain: Callable[[nn.Module], np.ndarray],
     *,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[LayerSpec] | None = None,
     seed: int = 0,
-) -> list[tuple[str, np.ndarray]]:
+    size: int | tuple[int, ...] | None = None,
+    **conventions,
+) -> list[RandomizationStep]:
     """The model-randomization sanity check (Adebayo et al. 2018) on a deep copy of `model`.
 
     ``explain(model) -> maps (B, H, W)`` is called on the trained copy, then after each
-    cascading re-initialization: the weights of `layers` (module names, randomized in the
-    order given, each step keeping the earlier ones random; None: every layer with weights at
-    once) replaced by Gaussian noise of each tensor's own mean and std, drawn from a generator
-    seeded with `seed` (torch's global generator untouched). Returns [(label, rank correlation
-    of each image's map with the trained one)]: near 0 is what a map that explains the model
-    shows; the user's `model` is never modified.
+    cascading re-initialization: every parameter of each of `layers`, nested ones included
+    (any layer spec featvis takes: a name, a block or container, ``name#k``, an int index,
+    a module of `model`, a Keras name; randomized in the order given, each step keeping the
+    earlier ones random; None: every parameter at once) replaced by Gaussian noise of each
+    tensor's own mean and std, drawn from a generator seeded with `seed` (torch's global
+    generator untouched). A layer with no parameters is an error. Returns one
+    `RandomizationStep` per step, ``(label, rank correlation of each image's map with the
+    trained one)`` with ``.parameters`` (the names and sizes of what it randomized): near 0 is
+    what a map that explains the model shows; the user's `model` is never modified.
 
-    Example:
+    `layers` are resolved on the model probed once on a random input of `size` (default 224 px)
+    with the model's conventions (``input_range=`` (default (0, 1) here), ``preprocess=``,
+    ``channels=``, ``inputs=``, ``output=``...).
+
+    Examples:
         >>> explain = lambda m: featvis.visualize_cam(m, "_fc", 285, cat, preprocess=lite0.preprocess)
         >>> randomization_check(lite0.model, explain)     # [("all", array([0.05]))]
+        >>> randomization_check(lite0.model, explain, layers=["_fc", "_blocks.15"])[1].randomized
+        605440
     """
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, nn.Module | PreparedModel):
         raise bad_type("model", model, "a torch.nn.Module")
     if not callable(explain):
         raise bad_type("explain", explain, "a function model -> maps (B, H, W)")
     check_int("seed", seed, 0)
-    modules = dict(model.named_modules())
-    if layers is not None:
-        unknown = [name for name in layers if name not in modules]
-        if isinstance(layers, str) or unknown:
-            raise bad_value("layers", layers, "a list of module names of the model (model.named_modules())")
-    copied = copy.deepcopy(model)
+    if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
+        raise bad_type("layers", layers, "a list of layers (names, ints or modules of the model), or None")
+    if layers is not None and not layers:
+        raise bad_value("layers", layers, "at least one layer, or None for every parameter at once")
+    original = model.model if isinstance(model, PreparedModel) else unwrap_compiled(model)
+    memo: dict[int, object] = {}
+    copied = copy.deepcopy(original, memo)  # before any guard: the copy keeps the model's own state
+    parameter_names = {id(p): name for name, p in copied.named_parameters()}
+    if layers is None:
+        if not parameter_names:
+            raise bad_value("model", type(original).__name__, "a model with parameters to randomize")
+        steps = [("all", list(copied.parameters()))]
+    else:
+        conventions.setdefault("input_range", (0.0, 1.0))  # only probed, on random images
+        steps = []
+        with preparing(model, **conventions) as prepared:
+            if size is not None:
+                prepared.probe_size(input_size(size, prepared.spatial_dims), "size")
+            for i, spec in enumerate(layers):
+                target = prepared.resolve(spec, f"layers[{i}]")
+                label = spec if isinstance(spec, str) else str(target)
+                parameters = list(memo[id(target.module)].parameters())
+                if not parameters:
+                    raise bad_value(
+                        f"layers[{i}]",
+                        spec,
+                        f"a layer with parameters to randomize: {label!r} ({type(target.module).__name__}) "
+                        "has no parameters, nested ones included",
+                    )
+                steps.append((label, parameters))
     trained = np.asarray(explain(copied))
     generator = torch.Generator().manual_seed(seed)
-    copied_modules = dict(copied.named_modules())
-    steps = [
-        ("all", [n for n, m in copied_modules.items() if any(True for _ in m.parameters(recurse=False))])
-    ]
-    if layers is not None:
-        steps = [(name, [name]) for name in layers]
     results = []
-    for label, names in steps:
+    for label, parameters in steps:
         with torch.no_grad():
-            for name in names:
-                for parameter in copied_modules[name].parameters(recurse=False):
-                    std = float(parameter.std()) if parameter.numel() > 1 else 1.0
-                    noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
-                    parameter.copy_((float(parameter.mean()) + std * noise).to(parameter))
-        results.append((label, rank_correlation(trained, np.asarray(explain(copied)))))
+            for parameter in parameters:
+                std = float(parameter.std()) if parameter.numel() > 1 else 1.0
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+                parameter.copy_((float(parameter.mean()) + std * noise).to(parameter))
+        randomized = {parameter_names[id(p)]: p.numel() for p in parameters}
+        results.append(
+            RandomizationStep(label, rank_correlation(trained, np.asarray(explain(copied))), randomized)
+        )
     return results

@@ -5,7 +5,7 @@ is a sum of per-image terms and Adam's state is per element, so every image
 steps as if it were alone. The forward pass stops as soon as every layer the
 loss reads has run, and the model's weights get no gradients.
 
-Example:
+Examples:
     >>> with PreparedModel(model) as prepared:
     ...     result = optimize(prepared, loss, FourierImage(1, 3, (224, 224)), Settings(max_iter=64), streams)
     >>> result.images.shape, list(result.history)
@@ -98,8 +98,8 @@ class Settings:
     off, so the images transfer better to other networks; None: plain gradients; see
     `featvis.backprop_modifiers.leaky`); `callbacks`: functions ``f(step, terms, images)`` (an ``on_end()``
     method of one is called when the optimization ends; see `featvis.callbacks`); `verbose`
-    prints every term at every step; `progress` shows a bar (None: on a terminal, for
-    64 steps or more); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
+    prints every term at every step; `progress` shows a bar (None: whenever stderr is a
+    terminal, `show_progress`); `autocast` (e.g. ``torch.bfloat16``) runs the model in reduced
     precision; `image_ema` (default 0.95) returns the moving average of the images over
     the second half of the steps (None: the last step's images); `betas`: Adam's
     (default (0.3, 0.999): little momentum, which our 128-step images need); `lr_schedule` multiplies
@@ -110,7 +110,7 @@ class Settings:
     gradients). The defaults are the "fast" of the `QUALITY` presets, which entry points
     take as ``quality=``.
 
-    Example:
+    Examples:
         >>> Settings(max_iter=64, views=2, method="pixel").learning_rate
         0.02
     """
@@ -170,7 +170,7 @@ class Settings:
 
         ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win.
 
-        Example:
+        Examples:
             >>> settings = Settings.take({"quality": "fast", "lr": 0.03})
             >>> settings.max_iter, settings.views, settings.lr
             (128, 1, 0.03)
@@ -179,7 +179,8 @@ class Settings:
         unknown = [k for k in options if k not in names and k not in allowed]
         if unknown:
             raise FeatvisTypeError(
-                f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], [*names, *allowed])}"
+                f"unexpected keyword argument {unknown[0]!r}"
+                f"{close_matches(unknown[0], [*names, *allowed], see='help(featvis.Settings)')}"
             )
         quality = options.pop("quality", "fast")
         if not isinstance(quality, str) or quality not in QUALITY:
@@ -219,7 +220,7 @@ def constant_lr(step: int, steps: int) -> float:
 def warmup_cosine_lr(step: int, steps: int, warmup: float = 0.1, floor: float = 0.05) -> float:
     """A linear warm-up over the first `warmup` of the steps, then a cosine decay to `floor`.
 
-    Example:
+    Examples:
         >>> [round(warmup_cosine_lr(s, 10), 2) for s in (0, 1, 5, 9)]
         [1.0, 1.0, 0.61, 0.08]
     """
@@ -261,6 +262,17 @@ def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
     return names
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Whether to show a progress bar: `progress` when given, else whenever stderr is a terminal,
+    so work of any length shows its progress there, and pipes, log files and notebooks get no bar.
+
+    Examples:
+        >>> show_progress(None) == sys.stderr.isatty(), show_progress(False)
+        (True, False)
+    """
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
 def optimize(
     prepared: PreparedModel,
     loss: Loss,
@@ -289,8 +301,8 @@ def optimize(
     terms = [(term, weight) for term, weight in loss.terms if weight != 0]
     names = _term_names(terms)
     progress = settings.progress
-    if progress is None:
-        progress = steps >= 64 and sys.stderr.isatty() and not settings.verbose
+    if progress is None:  # verbose prints a line per step instead
+        progress = show_progress(None) and not settings.verbose
     if len(streams) != param.batch:
         raise bad_value("streams", f"{len(streams)} streams", f"one per image ({param.batch})")
     rows = streams.per_view(views)
@@ -317,7 +329,8 @@ def optimize(
     optimizer = torch.optim.Adam(groups, betas=tuple(settings.betas), fused=fused_adam)
     rates = [group["lr"] for group in groups]
     lr_factor = settings.lr_factor
-    log = _StepLog(names)
+    layer_keys = [t.key for t in wanted]
+    log = _StepLog(names, [str(t) for t in wanted], settings.autocast is not None)
     transparency = None
     average = None  # of the images, when image_ema is set
     interrupted = False
@@ -384,7 +397,8 @@ def optimize(
             grads = [p.grad.neg_() for p in parameters if p.grad is not None]
             means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
             params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
-            log.add(step, means, torch.cat([finite, params_finite[None]]))
+            layers_finite = [activations[key].isfinite().all() for key in layer_keys]  # what the model gave
+            log.add(step, means, torch.stack([*finite, params_finite, *layers_finite]))
             for group, rate in zip(optimizer.param_groups, rates):
                 group["lr"] = rate * lr_factor(step, steps)
             optimizer.step()
@@ -443,8 +457,10 @@ _SYNC_EVERY = 16
 class _StepLog:
     """Per-step term means kept on the device and read back in blocks, checked for NaN/inf."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], layers: list[str] | None = None, autocast: bool = False):
         self.names = [*names, "total"]
+        self.layers = layers or []  # the layers the terms read, whose outputs are checked too
+        self.autocast = autocast
         self.history: dict[str, list[float]] = {name: [] for name in self.names}
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
@@ -460,16 +476,33 @@ class _StepLog:
         finite = torch.stack([ok for _, _, ok in self._pending]).tolist()
         self._pending.clear()
         for step, values, ok in zip(steps, rows, finite):
-            if not all(ok):
-                _raise_non_finite(step, self.names[:-1], values, ok)
+            if not all(ok) or not all(math.isfinite(v) for v in values):
+                _raise_non_finite(step, self.names[:-1], values, ok, self.layers, self.autocast)
             for name, value in zip(self.names, values):
                 self.history[name].append(value)
         return rows[-1]
 
 
-def _raise_non_finite(step: int, names: list[str], values: list[float], finite: list[bool]) -> None:
-    """Name the step and the first culprit: a term's value, a term's gradient, the model's gradient."""
-    bad_values = [n for n, v in zip([*names, "total"], values) if not torch.isfinite(torch.tensor(v))]
+def _raise_non_finite(
+    step: int,
+    names: list[str],
+    values: list[float],
+    finite: list[bool],
+    layers: Sequence[str] = (),
+    autocast: bool = False,
+) -> None:
+    """Name the step and the first culprit: the model's output on the image (where lowering lr cannot
+    help), a term's value, a term's gradient, the model's gradient, the image parameters' gradient.
+    `finite`: each term's gradient, the model's gradient, the parameters' gradient, each layer's output."""
+    bad_layers = [layer for layer, ok in zip(layers, finite[len(names) + 2 :]) if not ok]
+    if bad_layers:
+        image = "the starting image" if step == 0 else f"the image of step {step + 1}, in input_range"
+        raise NonFiniteError(
+            f"step {step + 1}: the output of layer(s) {', '.join(map(repr, bad_layers))} is NaN or infinite "
+            f"on {image}: the model outputs inf/nan on this input (not a divergence of the optimization); "
+            f"check the model, preprocess and input_range{' (and autocast=)' if autocast else ''}"
+        )
+    bad_values = [n for n, v in zip([*names, "total"], values) if not math.isfinite(v)]
     bad_grads = [n for n, ok in zip(names, finite) if not ok]
     if bad_values:
         where = f"term(s) {', '.join(bad_values)}"

@@ -6,7 +6,7 @@ Each has ``parameters()`` for the optimizer, ``__call__()`` returning images in
 it); `register` adds one. Random initial images are drawn from `featvis.rng.Streams`,
 one stream per image.
 
-Example:
+Examples:
     >>> param = FourierImage(batch=4, channels=3, size=(224, 224))
     >>> param().shape
     torch.Size([4, 3, 224, 224])
@@ -38,7 +38,7 @@ def natural_statistics() -> dict[str, np.ndarray]:
 class Parameterization:
     """Base: a batch of images made from trainable tensors.
 
-    Example:
+    Examples:
         >>> class Gray(Parameterization):
         ...     default_lr = 0.02
         ...     def __init__(self, batch, channels, size, *, init=None, streams=None, device=None):
@@ -85,7 +85,7 @@ def _color_matrix(channels: int, device: torch.device) -> torch.Tensor:
 class PixelImage(Parameterization):
     """One parameter per pixel, clipped to [0, 1] after each step (keras-vis's way).
 
-    Example:
+    Examples:
         >>> PixelImage(1, 3, (224, 224), streams=Streams([0]))
     """
 
@@ -141,7 +141,7 @@ class FourierImage(Parameterization):
     move first, which gives smoother, more natural images than pixels. `size` may have
     one axis (signals), two (images) or three (volumes): the FFT runs over all of them.
 
-    Example:
+    Examples:
         >>> FourierImage(1, 3, (224, 224), decay=1.0, decorrelate=True)
     """
 
@@ -196,7 +196,7 @@ class CoarseToFineImage(FourierImage):
     seeds, on a GPU), where a plain Fourier image with beta1 0.9 made 77% / 87%
     (benchmarks/RESULTS.md).
 
-    Example:
+    Examples:
         >>> CoarseToFineImage(1, 3, (224, 224), opening=0.5)
     """
 
@@ -238,7 +238,7 @@ class MacoImage(Parameterization):
     see ``scripts/estimate_natural_statistics.py``). The image is the inverse FFT,
     standardized per image, through a sigmoid.
 
-    Example:
+    Examples:
         >>> MacoImage(1, 3, (224, 224))
     """
 
@@ -283,7 +283,7 @@ METHODS: dict[str, type[Parameterization]] = {
 def register(name: str, factory: type[Parameterization]) -> None:
     """Add a named parameterization (it appears in ``method=`` and the CLI's ``--method`` choices).
 
-    Example:
+    Examples:
         >>> register("gray", Gray)
     """
     if not isinstance(name, str) or not name:
@@ -302,7 +302,7 @@ def default_lr(method: str | type[Parameterization]) -> float:
 def make_parameterization(method, batch, channels, size, *, init=None, streams=None, device=None):
     """Build the parameterization named `method` (see `METHODS`) or call a factory with the same arguments.
 
-    Example:
+    Examples:
         >>> make_parameterization("fourier", 2, 3, (64, 64), streams=Streams([0, 1])).spectrum.shape
         torch.Size([2, 3, 64, 33, 2])
     """
@@ -313,7 +313,7 @@ def method_factory(method: object) -> Callable[..., Parameterization]:
     """The parameterization `method` names in `METHODS`, or `method` itself when it is a factory;
     otherwise the standard error naming ``method``.
 
-    Example:
+    Examples:
         >>> method_factory("fourier")
         <class 'featvis.params.FourierImage'>
     """

@@ -8,7 +8,7 @@ layers, captures layer outputs with an early exit, and turns images in [0, 1] in
 model input (`input_range`, `preprocess`, the model's dtype). Every public function
 of featvis builds one for its call; a researcher can build one to share it.
 
-Example:
+Examples:
     >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
     ...     a = featvis.visualize_layer(prepared, "_blocks.10", range(16))
     ...     b = featvis.visualize_cam(prepared, "_fc", 285, cat)
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from . import fusion, targets
-from .errors import FeatvisTypeError, bad_type, bad_value, check_int, close_matches, is_int
-from .image import check_range, to_unit_signal, to_unit_tensor
+from .errors import FeatvisTypeError, FeatvisValueError, bad_type, bad_value, check_int, close_matches, is_int
+from .image import check_range, check_seed_range, resize, to_unit_signal, to_unit_tensor
 from .inputs import ModelInputs
 from .losses import check_unit_axis, layer_key, resolve_axis
 from .targets import Capture, FeatvisWarning, LayerSpec, ModelGuard, Probe, Target
@@ -54,9 +54,10 @@ class PreparedModel:
     A model whose output is not one tensor (a Hugging Face ``ModelOutput``, a dict, a tuple)
     is read through ``output=``: by default its ``logits`` field or first element; a field
     name, a tuple index or a function of the output picks another (`targets.select_output`).
-    ``size`` is the input size used where a call gives none (default 224 x 224 for images).
+    ``size`` is the model's own input size: images are made at it where a call gives no size (else
+    224 x 224), and photos given to it are resized to it.
 
-    Example:
+    Examples:
         >>> prepared = PreparedModel(model, input_range=(0.0, 1.0), channels=1)
         >>> prepared.layer_output("conv2", images).shape
         >>> prepared.close()   # the model is exactly as before
@@ -98,6 +99,7 @@ class PreparedModel:
         image = 0 if self.inputs is None else self.inputs.index
         self.channels = targets.infer_channels(self.model, image) if channels is None else channels
         check_int("channels", self.channels, 1)
+        check_preprocess_channels(preprocess, self.channels)
         self.spatial_dims = targets.infer_spatial_dims(self.model, image)
         self._size = None if size is None else input_size(size, self.spatial_dims)
         self.device = targets.resolve_device(device, self.model)
@@ -172,8 +174,12 @@ class PreparedModel:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,
         signals (N, C, L) or volumes (N, C, D, H, W) (see `featvis.image.to_unit_signal`).
+        Float images in [0, 1] under a wide `input_range` such as (0, 255) are refused (they would
+        read as almost black; see `featvis.image.check_seed_range`). A model prepared with its own
+        input size (``size=``, as zoo models are) gets its images resized to it, as its library's
+        preprocessing does.
 
-        Example:
+        Examples:
             >>> prepared.load_images(["cat.jpg", "dog.jpg"]).shape
         """
         if self.spatial_dims != 2:
@@ -181,10 +187,17 @@ class PreparedModel:
         elif isinstance(images, Sequence) and not isinstance(images, str | np.ndarray):
             if not images:
                 raise bad_value(argument, images, "at least one image")
-            loaded = torch.cat([to_unit_tensor(i, argument, self.input_range, self.channels) for i in images])
+            loaded = torch.cat(
+                [self._sized(to_unit_tensor(i, argument, self.input_range, self.channels)) for i in images]
+            )
         else:
             loaded = to_unit_tensor(images, argument, self.input_range, self.channels)
-        return loaded.to(self.device)
+        check_seed_range(images, loaded, self.input_range, argument)
+        return self._sized(loaded).to(self.device)
+
+    def _sized(self, images: torch.Tensor) -> torch.Tensor:
+        """Images resized to the model's own input size (`size`) when it came with one."""
+        return images if self._size is None else resize(images, self._size)
 
     def default_size(self) -> tuple[int, ...]:
         """The input size used when none is given: `size` when the model came with one (a zoo
@@ -202,7 +215,7 @@ class PreparedModel:
         """The optimized inputs' values in [0, 1] (see `featvis.inputs.Optimized`) for the next passes;
         ``{}`` puts them back at the middle of their ranges.
 
-        Example:
+        Examples:
             >>> prepared.set_inputs({"meta": torch.tensor([[1.0, 0.0]])})
         """
         if self.inputs is None:
@@ -222,17 +235,31 @@ class PreparedModel:
         """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
         return self.probe_input(self.model_input(images[:1])) if self._seen is None else self._seen
 
-    def probe_input(self, x: torch.Tensor) -> Probe:
-        """Like `probe`, on a model input as the model takes it (already preprocessed)."""
+    def probe_input(self, x: torch.Tensor, hint: str | None = None) -> Probe:
+        """Like `probe`, on a model input as the model takes it (already preprocessed); `hint` ends
+        the error of a model that raises (`targets.probe`)."""
         self.open()
         if self._seen is None:
-            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output)
+            self._seen = targets.probe(self.model, x[:1], self.inputs, self._guard.output, hint)
+        return self._seen
+
+    def probe_size(self, size: tuple[int, ...], argument: str = "size", default: bool = False) -> Probe:
+        """Like `probe`, on a random input of `size` (once: later calls reuse the probe); a model that
+        raises is told to give `argument` (``size`` or ``input_shape``), `default`: the size was not given.
+
+        Examples:
+            >>> prepared.probe_size((64, 64)).order[-1]
+        """
+        if self._seen is None:
+            x = self.model_input(self.random_images(size))
+            default = default and self._size is None  # a size= this was made with was given
+            self.probe_input(x, targets.size_hint(argument, tuple(x.shape), default))
         return self._seen
 
     @property
     def seen(self) -> Probe:
-        """The probe (on a 224 px random image when nothing was probed yet)."""
-        return self._seen if self._seen is not None else self.probe(self.random_images(self.default_size()))
+        """The probe (on a random image of `default_size` when nothing was probed yet)."""
+        return self._seen if self._seen is not None else self.probe_size(self.default_size(), default=True)
 
     def seen_modules(self) -> dict[nn.Module, str]:
         """Each module of the model and the name the probe's events give it."""
@@ -286,7 +313,7 @@ class PreparedModel:
     def layer_output(self, layer: LayerSpec, images: torch.Tensor) -> torch.Tensor:
         """The output of `layer` (channels first) for images in [0, 1], without gradients.
 
-        Example:
+        Examples:
             >>> prepared.layer_output("_blocks.10", images).shape
             torch.Size([4, 112, 14, 14])
         """
@@ -298,7 +325,7 @@ class PreparedModel:
     def unit_count(self, layer: LayerSpec, size: tuple[int, ...], unit_axis: int | None = None) -> int:
         """How many units `layer` has (along its unit axis, or `unit_axis`; 1 for one value per image).
 
-        Example:
+        Examples:
             >>> prepared.unit_count("encoder.layers.encoder_layer_5.mlp.0", (224, 224))
             3072
         """
@@ -333,7 +360,7 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
     """`model` itself when it is prepared already (its conventions win), else a new `PreparedModel`;
     and whether the caller owns it (and closes it).
 
-    Example:
+    Examples:
         >>> prepared, owned = prepare(model, input_range=(0, 255), preprocess=None)
     """
     unknown = [name for name in conventions if name not in CONVENTIONS]
@@ -351,7 +378,7 @@ def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedMo
 def preparing(model: nn.Module | PreparedModel, **conventions) -> Iterator[PreparedModel]:
     """`prepare` for the length of a block: a `PreparedModel` made here is closed when it ends.
 
-    Example:
+    Examples:
         >>> with preparing(model, input_range=(0, 255)) as prepared:
         ...     out = prepared.layer_output("fc", images)
     """
@@ -385,11 +412,31 @@ def _warn_unscaled(model: nn.Module, input_range, preprocess) -> None:
         )
 
 
+def check_preprocess_channels(preprocess: object, channels: int) -> None:
+    """Refuse a per-channel normalization (a preprocess with a ``mean`` of several values, as
+    `featvis.zoo.Normalize` and torchvision's ``Normalize``) of another number of channels than the
+    images have: ImageNet's 3 means would broadcast a gray image into 3 channels without a word.
+
+    Examples:
+        >>> check_preprocess_channels(featvis.zoo.Normalize(), 1)  # raises FeatvisValueError
+    """
+    mean = getattr(preprocess, "mean", None)
+    if isinstance(mean, torch.Tensor):
+        mean = mean.flatten().tolist()
+    if not isinstance(mean, Sequence) or isinstance(mean, str) or len(mean) in (1, channels):
+        return
+    raise FeatvisValueError(
+        f"channels={channels}, but preprocess= normalizes {len(mean)} channels (its mean has {len(mean)} "
+        f"values: {channels}-channel images would be broadcast into them); pass preprocess= for "
+        f"{channels} channel(s) or none, or channels={len(mean)}"
+    )
+
+
 def input_size(size: object, spatial_dims: int = 2, argument: str = "size") -> tuple[int, ...]:
     """An int (the same along every axis) or a tuple of one int per spatial axis of the model's input:
     (L,) for signals, (H, W) for images, (D, H, W) for volumes.
 
-    Example:
+    Examples:
         >>> input_size(128, 1), input_size((16, 32, 32), 3)
         ((128,), (16, 32, 32))
     """

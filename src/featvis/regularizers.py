@@ -3,7 +3,7 @@
 Both work on the image in [0, 1] before any transform and are normalized per
 pixel, so their weights do not depend on the image size.
 
-Example:
+Examples:
     >>> loss = ActivationMaximization("_fc", 130) + 0.5 * TotalVariation() + 0.1 * LpNorm(6)
 """
 
@@ -19,7 +19,7 @@ class TotalVariation(Loss):
     """Mean over pixels of (dx^2 + dy^2)^(beta/2): penalizes high-frequency noise (signals and volumes:
     the differences along each of their axes, see `total_variation_nd`).
 
-    Example:
+    Examples:
         >>> TotalVariation(beta=2)
     """
 
@@ -40,7 +40,7 @@ def total_variation_nd(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     """Per-image TV of signals (N, C, L) or volumes (N, C, D, H, W): the mean over positions of the
     squared differences to the next sample along each spatial axis, summed, to the power beta/2.
 
-    Example:
+    Examples:
         >>> total_variation_nd(torch.rand(2, 1, 128)).shape
         torch.Size([2])
     """
@@ -90,7 +90,7 @@ class _TotalVariation(torch.autograd.Function):
 class LpNorm(Loss):
     """(mean |x|^p)^(1/p) of the image mapped to [-1, 1]: keeps pixels off the extremes.
 
-    Example:
+    Examples:
         >>> LpNorm(p=6)
     """
 

@@ -10,7 +10,7 @@ hashes of (key, counter), vectorized over the batch on the images' device; large
 batch or on the batch size: a unit gets the same initial image and the same random
 transforms whether it runs alone or among 64 others.
 
-Example:
+Examples:
     >>> streams = Streams([derive_key(0, "fc#0", unit) for unit in (3, 5)])
     >>> streams.uniform(2).shape           # two numbers for each image
     torch.Size([2, 2])
@@ -58,7 +58,7 @@ def _splitmix(state: torch.Tensor) -> torch.Tensor:
 def derive_key(seed: int, *parts: object) -> int:
     """A 63-bit key from a seed and labels (the same on every machine and Python run).
 
-    Example:
+    Examples:
         >>> derive_key(0, "_fc#0", 130) == derive_key(0, "_fc#0", 130)
         True
     """
@@ -74,7 +74,7 @@ def fresh_seed() -> int:
 def seed_or_fresh(seed: int | None) -> int:
     """An entry point's `seed` argument checked (an int >= 0), or `fresh_seed()` for None.
 
-    Example:
+    Examples:
         >>> seed_or_fresh(7), seed_or_fresh(None) >= 0
         (7, True)
     """
@@ -84,7 +84,7 @@ def seed_or_fresh(seed: int | None) -> int:
 class Streams:
     """One random stream per image (row); each draw advances every stream by the same count.
 
-    Example:
+    Examples:
         >>> streams = Streams([1, 2, 3], device="cpu")
         >>> streams.normal(3, 8, 8).shape
         torch.Size([3, 3, 8, 8])

@@ -7,7 +7,7 @@ order they run in a forward pass (``0`` is the first, ``-1`` the last;
 is chosen by call with a ``#k`` suffix: ``"_blocks.1._swish#0"`` is its first
 call, ``"#1"`` the second; `layer_names` lists every call that way.
 
-Example:
+Examples:
     >>> featvis.layer_names(model, input_shape=(3, 224, 224))[:3]
     ['_conv_stem.static_padding', '_conv_stem', '_bn0']
     >>> featvis.find_layer_idx(model, "_fc", input_shape=(3, 224, 224))
@@ -63,7 +63,7 @@ class ModelGuard(contextlib.AbstractContextManager):
     Training flags, ``requires_grad`` flags and hooks are restored however the
     block ends (exceptions and Ctrl-C included).
 
-    Example:
+    Examples:
         >>> with ModelGuard(model) as guard:
         ...     guard.add_hook(model.fc.register_forward_hook(fn))
     """
@@ -125,7 +125,7 @@ def infer_channels(model: nn.Module, index: int = 0) -> int:
     """The input channel count read from the model: a Keras model's input shape (of input `index`),
     else the `in_channels` of its first convolution (in module order); 3 when neither tells.
 
-    Example:
+    Examples:
         >>> infer_channels(nn.Sequential(nn.Conv2d(1, 8, 3)))
         1
     """
@@ -141,7 +141,7 @@ def infer_spatial_dims(model: nn.Module, index: int = 0) -> int:
     `index`), else that of its first convolution (Conv1d: 1, signals; Conv2d: 2, images; Conv3d: 3,
     volumes); 2 when neither tells.
 
-    Example:
+    Examples:
         >>> infer_spatial_dims(nn.Sequential(nn.Conv1d(1, 8, 5)))
         1
     """
@@ -183,8 +183,25 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 
 
 MODEL_HINT = (
-    "check model, preprocess, input_range, channels and size (and inputs= for a model of several inputs)"
+    "check the model and preprocess=, input_range=, channels= and size= (and inputs= for a model of "
+    "several inputs)"
 )
+
+
+def size_hint(argument: str, shape: Sequence[int], default: bool) -> str:
+    """The hint of a probe that ran on a random input of `shape` (N, C, *size): the argument that sets
+    the size (``size`` or ``input_shape``), for a model that takes one input size only."""
+    size = " x ".join(map(str, shape[2:]))
+    example = (
+        f"input_shape=({shape[1]}, {', '.join(['64'] * (len(shape) - 2))})"
+        if argument == "input_shape"
+        else "size=64"
+    )
+    why = "the default, as none was given" if default else f"as {argument}= gave"
+    return (
+        f"it ran on a random {size} input ({why}): a model that takes one input size needs "
+        f"{argument}= with that size (e.g. {example}); also {MODEL_HINT}"
+    )
 
 
 class StopForward(Exception):
@@ -196,7 +213,7 @@ def forward_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None
     """`hook` as a forward hook on each of `modules` for the block, removed however it ends;
     a `StopForward` raised in the block ends it quietly.
 
-    Example:
+    Examples:
         >>> with forward_hooks([model.fc], lambda module, inputs, output: print(output.shape)):
         ...     model(x)
     """
@@ -330,7 +347,7 @@ def select_output(output: object, pick: OutputPick = None, name: str = "") -> to
     chooses another part: a field name (``"pooler_output"``), a tuple index, or a function
     of the output that returns a tensor.
 
-    Example:
+    Examples:
         >>> select_output({"logits": torch.ones(1, 3), "hidden": torch.zeros(1, 8)}).shape
         torch.Size([1, 3])
         >>> select_output((torch.ones(1, 3), torch.zeros(1, 8)), 1).shape
@@ -422,7 +439,7 @@ class Probe:
         channels are axis 1, the features of (N, tokens, features) outputs the last axis, and a
         block whose last layer is a Linear followed by a permute back to channels-first, axis 1.
 
-        Example:
+        Examples:
             >>> prepared.seen.unit_axis("encoder.layers.encoder_layer_5.mlp.0", 0, names_to_modules=...)
             -1
         """
@@ -503,13 +520,18 @@ def _tensor_or_none(output: object, name: str, pick: OutputPick) -> torch.Tensor
 
 
 def probe(
-    model: nn.Module, example: torch.Tensor, inputs: ModelInputs | None = None, output_pick: OutputPick = None
+    model: nn.Module,
+    example: torch.Tensor,
+    inputs: ModelInputs | None = None,
+    output_pick: OutputPick = None,
+    hint: str | None = None,
 ) -> Probe:
     """Run one forward pass (no gradients) and record which modules run, in order.
 
     The model must already be in the state featvis runs it in (see `ModelGuard`); `inputs`
     feeds a model of several inputs (see `run_model`); `output_pick` picks the model's output
-    tensor from a structured output (see `select_output`).
+    tensor from a structured output (see `select_output`); `hint` ends the error of a model
+    that raises (what to check; by default `MODEL_HINT`).
     """
     names = module_names(model)
     calls: dict[str, int] = {}
@@ -555,11 +577,11 @@ def probe(
         raise
     except Exception as err:
         if inputs is None:
-            given, hint = f"a (preprocessed) input of shape {tuple(example.shape)}", MODEL_HINT
+            given, hint = f"a (preprocessed) input of shape {tuple(example.shape)}", hint or MODEL_HINT
         else:
             given, hint = (
                 f"(preprocessed) inputs {inputs.describe(example)}",
-                "check model, inputs, preprocess, input_range, channels and size",
+                hint or "check the model and inputs=, preprocess=, input_range=, channels= and size=",
             )
         raise ModelError(f"model raised {type(err).__name__} on {given}: {err}; {hint}") from err
     order = [name if calls[name] == 1 else f"{name}#{call}" for name, call, _, leaf in events if leaf]
@@ -615,7 +637,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, seen: Probe, argument: str
         if name not in by_name:
             raise LayerNotFoundError(
                 f"{argument}={layer!r} is not a module of the model"
-                f"{close_matches(name, [n for n in by_name if n])}"
+                f"{close_matches(name, [n for n in by_name if n], see='featvis.layer_names(model)')}"
             )
 
     module = by_name[name]
@@ -657,23 +679,34 @@ def layer_names(model: nn.Module, input_shape: Sequence[int] | None = None) -> l
 
     A module that runs several times is listed once per call, as ``name#k``. Every
     name listed is accepted as a `layer`. `input_shape` defaults to (channels, 224, 224)
-    with the channel count read from the model's first convolution (3 if none).
+    with the channel count read from the model's first convolution (3 if none); a model that
+    takes one input size only needs it. `model` may be a `PreparedModel` (for a model of
+    several inputs, its ``inputs=`` feed the probe; one that has probed already keeps its probe,
+    and its ``channels`` win over `input_shape`'s).
 
-    Example:
+    Examples:
         >>> featvis.layer_names(model)[-1]
         '_fc'
+        >>> featvis.layer_names(vit_64px, input_shape=(3, 64, 64))
+        >>> featvis.layer_names(PreparedModel(two_inputs, inputs={"meta": meta}), input_shape=(3, 32, 32))
     """
+    from .prepared import PreparedModel
+
+    if isinstance(model, PreparedModel):
+        size = model.default_size() if input_shape is None else tuple(input_shape)[1:]
+        return model.probe_size(size, "input_shape", input_shape is None).order
     model = unwrap_compiled(model)
     shape = tuple(input_shape) if input_shape is not None else (infer_channels(model), 224, 224)
     with ModelGuard(model):
         example = torch.zeros((1, *shape), device=model_device(model), dtype=model_dtype(model))
-        return probe(model, example).order
+        return probe(model, example, hint=size_hint("input_shape", example.shape, input_shape is None)).order
 
 
 def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | None = None) -> int:
-    """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`).
+    """The int index of the layer called `name` (keras-vis's `utils.find_layer_idx`); `model` and
+    `input_shape` as in `layer_names`.
 
-    Example:
+    Examples:
         >>> featvis.find_layer_idx(model, "_fc")
         143
     """
@@ -684,14 +717,15 @@ def find_layer_idx(model: nn.Module, name: str, input_shape: Sequence[int] | Non
             raise LayerNotFoundError(
                 f"layer={name!r} runs {len(calls)} times in one forward pass; choose a call: {', '.join(calls)}"
             )
-        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{close_matches(name, order)}")
+        hint = close_matches(name, order, see="featvis.layer_names(model)")
+        raise LayerNotFoundError(f"layer={name!r} is not a leaf module that runs{hint}")
     return order.index(name)
 
 
 class Capture:
     """Forward hooks that collect target outputs and stop the pass once all have run.
 
-    Example:
+    Examples:
         >>> capture = Capture(targets, guard, pre_softmax=set())
         >>> activations = capture.run(model, x)
     """

@@ -7,7 +7,7 @@ token count and the input size (or checks one that is given), and `to_grid`
 turns a token output into an (N, features, rows, columns) map, dropping the
 leading tokens, so Grad-CAM and the other maps work on it as on a conv layer.
 
-Example:
+Examples:
     >>> token_grid(197, (224, 224))          # ViT-B/16: one class token, 14 x 14 patches
     ((14, 14), 1)
     >>> to_grid(torch.zeros(2, 197, 768), axis=-1, grid=(14, 14), extra=1).shape
@@ -51,7 +51,7 @@ def token_grid(
     Inferred: the fewest leading tokens (at most `MAX_EXTRA_TOKENS`) such that the rest
     make a grid with the aspect ratio of `image_size` (H, W). Given: checked to fit.
 
-    Example:
+    Examples:
         >>> token_grid(50, (32, 32))     # 1 class token + 7 x 7 patches
         ((7, 7), 1)
         >>> token_grid(5, (32, 32), (2, 2))
@@ -88,7 +88,7 @@ def token_grid(
 def to_grid(output: torch.Tensor, axis: int, grid: tuple[int, int], extra: int) -> torch.Tensor:
     """(N, tokens, features) (units on `axis`) -> (N, features, rows, columns), leading tokens dropped.
 
-    Example:
+    Examples:
         >>> to_grid(torch.zeros(1, 50, 64), axis=-1, grid=(7, 7), extra=1).shape
         torch.Size([1, 64, 7, 7])
     """

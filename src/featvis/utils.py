@@ -1,7 +1,7 @@
 """keras-vis's ``vis.utils.utils`` names: `get_num_filters`, `load_img`, `deprocess_input`,
 `lookup_imagenet_labels` (and `find_layer_idx`, `stitch_images` in `featvis` itself).
 
-Example:
+Examples:
     >>> from featvis.utils import get_num_filters, load_img, lookup_imagenet_labels
     >>> get_num_filters(model, "conv2")
     16
@@ -39,7 +39,7 @@ def get_num_filters(
     `input_shape` is one input without the batch, channels first ((3, 224, 224) by default,
     the channel count read from the model); `unit_axis` overrides the layer's own unit axis.
 
-    Example:
+    Examples:
         >>> get_num_filters(model, "conv2")                              # conv: axis 1
         16
         >>> get_num_filters(vit, "encoder.layers.encoder_layer_5.mlp.0")  # tokens: last axis
@@ -56,6 +56,7 @@ def get_num_filters(
                 raise bad_type("input_shape", input_shape, "(channels, *size) of ints, e.g. (3, 224, 224)")
             prepared.channels = int(input_shape[0])
             size = input_size(tuple(input_shape[1:]), len(input_shape) - 1, "input_shape")
+        prepared.probe_size(size, "input_shape", input_shape is None)  # a failure names input_shape=
         return prepared.unit_count(layer, size, unit_axis)
 
 
@@ -65,7 +66,7 @@ def load_img(
     """An image file as a uint8 array: (H, W, 3), or (H, W) with ``grayscale=True``; resized
     (bilinear) to `target_size` = (height, width) or an int when given (keras-vis's ``load_img``).
 
-    Example:
+    Examples:
         >>> cat = load_img("cat.jpg", target_size=(224, 224))
         >>> cat.shape, cat.dtype
         ((224, 224, 3), dtype('uint8'))
@@ -93,7 +94,7 @@ def deprocess_input(
     """Make any array displayable, as keras-vis's ``deprocess_input``: standardize it (mean 0, std 0.1),
     shift to 0.5, clip to [0, 1] and scale to `input_range` (a float array; uint8-ready for (0, 255)).
 
-    Example:
+    Examples:
         >>> grads = featvis.input_gradients(model, ActivationMaximization("fc", 3), image)[0]
         >>> featvis.save_image(deprocess_input(grads.permute(1, 2, 0)).astype("uint8"), "grads.png")
     """
@@ -117,7 +118,7 @@ def lookup_imagenet_labels(indices: int | Iterable[int]) -> str | list[str]:
     """ImageNet class names of class indices (keras-vis's ``lookup_imagenet_labels``): one name
     for an int, a list for a list.
 
-    Example:
+    Examples:
         >>> lookup_imagenet_labels(130)
         'flamingo'
         >>> lookup_imagenet_labels([285, 130])

@@ -3,7 +3,7 @@
 Each builds one `featvis.prepared.PreparedModel` for its call (or uses the one it is
 given), and shares its settings through `featvis.Settings`.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> flamingo = featvis.visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess)
     >>> flamingo.shape, flamingo.dtype
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 import dataclasses
-import sys
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from .losses import (
     as_losses,
     layer_key,
 )
-from .optimizer import Result, Settings, optimize
+from .optimizer import Result, Settings, optimize, show_progress
 from .params import make_parameterization
 from .prepared import CONVENTIONS, PreparedModel, input_size, preparing
 from .regularizers import LpNorm, TotalVariation
@@ -69,7 +68,7 @@ def visualize_activation_with_losses(
     returned in the result) fixes the initial images and every random transform; image
     i of the batch draws from the stream of (seed, i).
 
-    Example:
+    Examples:
         >>> losses = [(ActivationMaximization("_fc", 130), 1), (TotalVariation(), 0.5)]
         >>> image = visualize_activation_with_losses(model, losses, preprocess=lite0.preprocess)
     """
@@ -102,6 +101,7 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
         shape = tuple(init.shape[2:])
     else:
         shape = size_of(prepared, size)
+        prepared.probe_size(shape, "size", size is None)  # a model that takes one size is told size=
     streams = Streams(keys, prepared.device)
     param = make_parameterization(
         settings.method,
@@ -136,7 +136,7 @@ def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
     or the default (224 x 224 images, 128-sample signals, 32^3 volumes). A tuple's length sets
     the input's axes (a model that flattens images into a Conv1d takes ``size=(32, 32)``).
 
-    Example:
+    Examples:
         >>> size_of(PreparedModel(conv1d_net), 256)
         (256,)
     """
@@ -181,7 +181,7 @@ def visualize_activation(
     `visualize_activation_with_losses` (``seed_input``, ``size``, ``seed``,
     ``input_range``, ``preprocess``, ``max_iter``, ``method``, ``grad_modifier``, ...).
 
-    Example:
+    Examples:
         >>> image = visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess, seed=0)
         >>> count_up = visualize_activation(counter, "head", 0, input_range=(0.0, 1.0), size=32)
         >>> count_down = visualize_activation(counter, "head", 0, grad_modifier="negate", size=32)
@@ -195,7 +195,7 @@ def visualize_activation(
 def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
     """Images per batch: what fits (activation bytes x4 for backward), at most 64 on GPU, 4 on CPU.
 
-    Example:
+    Examples:
         >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
         ...     auto_batch_size(prepared, (224, 224))
         4
@@ -240,7 +240,7 @@ def visualize_layer(
     with every unit's image and the seed); after Ctrl-C, the images of the batches
     run so far (the last one as it was). `options` as in `visualize_activation_with_losses`.
 
-    Example:
+    Examples:
         >>> images = visualize_layer(lite0.model, "_blocks.10", units=range(16), preprocess=lite0.preprocess)
         >>> images.shape
         (16, 224, 224, 3)
@@ -253,7 +253,7 @@ def visualize_layer(
     with preparing(model, **conventions) as prepared:
         prepared.require_input_range("activation maximization")
         shape = size_of(prepared, size)
-        prepared.probe(prepared.random_images(shape))  # at the size it will run: some models take no other
+        prepared.probe_size(shape, "size", size is None)  # at the size it will run: some models take no other
         target = prepared.resolve(layer)
         units = list(range(prepared.unit_count(layer, shape, unit_axis)) if units is None else units)
         if not units:
@@ -262,8 +262,9 @@ def visualize_layer(
             batch_size = auto_batch_size(prepared, shape)
         check_int("batch_size", batch_size, 1)
         chunks = layer_batches(units, batch_size)
-        show = settings.progress if settings.progress is not None else len(chunks) > 1 and sys.stderr.isatty()
-        quiet = dataclasses.replace(settings, progress=False)
+        several = len(chunks) > 1  # a bar of the batches; of one batch, the bar of its steps
+        quiet = dataclasses.replace(settings, progress=False) if several else settings
+        show = several and show_progress(settings.progress)
         results = []
         for chunk in tqdm(chunks, desc=f"layer {layer}", disable=not show):
             objective = UnitPerImage(layer, chunk, unit_axis=unit_axis, token=token)
@@ -281,7 +282,7 @@ def visualize_layer(
 def layer_batches(units: Sequence[int], batch_size: int) -> list[list[int]]:
     """The fewest batches of at most `batch_size` units, their sizes differing by at most one.
 
-    Example:
+    Examples:
         >>> [len(batch) for batch in layer_batches(range(112), 64)]
         [56, 56]
     """
@@ -308,7 +309,7 @@ def activations_reached(
     axes (or at one `token`). `conventions`: ``input_range``, ``preprocess``,
     ``channels``, ``device``, ``inputs`` as elsewhere.
 
-    Example:
+    Examples:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
     """
     with preparing(model, **conventions) as prepared:

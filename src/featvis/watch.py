@@ -1,6 +1,6 @@
 """Watching an optimization: a GIF of the images and a plot of every loss term.
 
-Example:
+Examples:
     >>> gif = GifRecorder(every=4)
     >>> result = featvis.visualize_activation(model, "_fc", 130, callbacks=[gif], return_result=True)
     >>> gif.save("flamingo.gif")
@@ -22,7 +22,7 @@ from .image import atomic_write, stitch_images, to_array, to_pil
 class GifRecorder:
     """A callback that keeps one frame every `every` steps (the whole batch tiled in one frame).
 
-    Example:
+    Examples:
         >>> gif = GifRecorder(every=2)
         >>> featvis.visualize_activation(model, "fc", 0, callbacks=[gif]); gif.save("run.gif")
     """
@@ -61,7 +61,7 @@ class GifRecorder:
 def history_figure(history: Mapping[str, Sequence[float]], *, title: str | None = None):
     """A matplotlib figure with every loss term against the step (one line per term).
 
-    Example:
+    Examples:
         >>> figure = history_figure(result.history)   # shows itself in Jupyter
     """
     from matplotlib.figure import Figure
@@ -87,7 +87,7 @@ def plot_history(
 ) -> Path:
     """Save `history_figure` as a PNG, atomically.
 
-    Example:
+    Examples:
         >>> plot_history(result.history, "losses.png")
     """
     figure = history_figure(history, title=title)

