@@ -589,9 +589,10 @@ def check_visualize_cam(bundle, case, state):
 
 def check_integrated_gradients(bundle, case, state):
     """Completeness from featvis's default baseline (black), else from gray, with 32, 128, 512 or 2048
-    steps (the fewest that reach it; GoogLeNet's random network needs 2048). Each is near-singular for some random networks: black for MobileViT's
-    and MobileNetV4's, whose scores are steep on dark images (3.7-3.9% off at 1024 steps; gray: 0.0-0.2%
-    at 32), gray for MaxViT's, CoAtNet's and GhostNet's (9-52% off at 256 steps; black: 0.0-0.4% at 64)."""
+    steps of featvis's default rule (Gauss-Legendre; the fewest steps that reach it), measured here
+    from the model's own scores; featvis's ``return_delta`` must tell the same error. Each baseline
+    is near-singular for some random networks: black for MobileViT's and MobileNetV4's, whose
+    scores are steep on dark images, gray for MaxViT's, CoAtNet's and GhostNet's."""
     photo = state["photos"][:1]
     with prepare(bundle, case) as prepared:
         unit = _unit(state, prepared)
@@ -606,10 +607,15 @@ def check_integrated_gradients(bundle, case, state):
             deltas[name] = float(scores[0].flatten()[unit] - scores[1].flatten()[unit])
         for steps in IG_STEPS:
             for name, given in BASELINES:
-                attributions = featvis.integrated_gradients(
-                    prepared, loss, photo, steps=steps, baseline=given
+                attributions, told = featvis.integrated_gradients(
+                    prepared, loss, photo, steps=steps, baseline=given, return_delta=True
                 )
-                errors[name] = abs(float(attributions.sum()) - deltas[name]) / max(abs(deltas[name]), 1e-12)
+                off = float(attributions.sum()) - deltas[name]
+                if abs(float(told[0]) - off) > 1e-3 * abs(deltas[name]) + 1e-6:
+                    raise CheckFailed(
+                        f"featvis's delta {float(told[0]):.4g} is not the error measured, {off:.4g}"
+                    )
+                errors[name] = abs(off) / max(abs(deltas[name]), 1e-12)
                 if errors[name] <= IG_TOLERANCE:
                     return f"{errors[name]:.2%} off at {steps} steps from {name}"
         tried = [
@@ -731,7 +737,8 @@ def markdown(report: dict) -> str:
         "- `visualize_cam`: Grad-CAM with the automatic layer choice gives a finite, non-constant map of the",
         "  input's size (for transformers, on their patch-token grid);",
         "- `integrated_gradients`: the attributions sum to score(photo) - score(baseline) within "
-        f"{IG_TOLERANCE:.0%} ({' / '.join(map(str, IG_STEPS))} steps, the fewest that reach it), from",
+        f"{IG_TOLERANCE:.0%} ({' / '.join(map(str, IG_STEPS))} Gauss-Legendre steps, the fewest that reach",
+        "  it; `return_delta` tells the same error), from",
         "  featvis's default black baseline, else from gray (each is near-singular for some random networks:",
         "  black for MobileViT's and MobileNetV4's, gray for MaxViT's, CoAtNet's and GhostNet's);",
         "- `dataset_examples`: the middle block's two units rank four photographs;",
