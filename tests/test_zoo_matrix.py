@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 import re
+import sys
 
 import pytest
 
@@ -20,6 +21,7 @@ pytest.importorskip("transformers")
 def _matrix():
     spec = importlib.util.spec_from_file_location("zoo_matrix", ROOT / "benchmarks" / "zoo_matrix.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["zoo_matrix"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
