@@ -246,3 +246,19 @@ def test_a_block_that_outputs_a_tuple_is_passed_over_by_the_automatic_layer_and_
     np.testing.assert_array_equal(cam(), cam(penultimate_layer="stage.conv"))
     with pytest.raises(featvis.FeatvisValueError, match=r"one tensor \('stage' gives a tuple"):
         cam(penultimate_layer="stage")
+
+
+def test_a_prepared_model_reused_at_another_image_size_still_finds_the_map():
+    """One PreparedModel first drew a square 32 px image, then explains a 48 x 24 photo: the CAM
+    layer is chosen from the photo's own layer shapes, not the square image's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    ).eval()
+    before = snapshot(model)
+    photo = torch.rand(1, 3, 48, 24)
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        featvis.visualize_activation(prepared, "4", 0, size=32, max_iter=2, seed=0)
+        maps = featvis.visualize_cam(prepared, "4", 0, photo)
+    assert maps.shape == (1, 48, 24) and maps.max() > 0
+    assert_untouched(model, before)

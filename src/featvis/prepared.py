@@ -232,8 +232,12 @@ class PreparedModel:
 
     # -- probing and layers -----------------------------------------------------------------
     def probe(self, images: torch.Tensor) -> Probe:
-        """Probe the model once (on the first image of `images`, in [0, 1]); later calls reuse it."""
-        return self.probe_input(self.model_input(images[:1])) if self._seen is None else self._seen
+        """Probe the model on the first image of `images` (in [0, 1]); later calls reuse the probe
+        while the images keep its size, and probe again at another size (the layer shapes change)."""
+        x = self.model_input(images[:1])
+        if self._seen is not None and self._seen.input_shape not in (None, tuple(x.shape)):
+            self._seen = None
+        return self.probe_input(x)
 
     def probe_input(self, x: torch.Tensor, hint: str | None = None) -> Probe:
         """Like `probe`, on a model input as the model takes it (already preprocessed); `hint` ends

@@ -425,6 +425,7 @@ class Probe:
     structured: set[str] = field(
         default_factory=set
     )  # 'name#call' whose output is a tuple, dict or ModelOutput
+    input_shape: tuple[int, ...] | None = None  # the shape of the (first) model input probed
 
     def _end(self, name: str, call: int) -> int | None:
         """The index of the event of call `call` of module `name` (None when it never ran)."""
@@ -593,6 +594,7 @@ def probe(
         attention_modules=attention_modules,
         starts=starts,
         structured=structured,
+        input_shape=tuple(example.shape) if isinstance(example, torch.Tensor) else None,
     )
 
 
