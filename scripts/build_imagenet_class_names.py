@@ -1,4 +1,4 @@
-"""Build the ImageNet class names featvis ships in src/featvis/data/imagenet_classes.json.
+"""Build the ImageNet class names featvis ships in src/featvis/assets/imagenet_classes.json.
 
 Run: python scripts/build_imagenet_class_names.py
 
@@ -23,7 +23,7 @@ from importlib import resources
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "src/featvis/data/imagenet_classes.json"
+OUT = Path(__file__).resolve().parents[1] / "src/featvis/assets/imagenet_classes.json"
 
 SHORT_NAMES = {
     134: "crane (bird)",

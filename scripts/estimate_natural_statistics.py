@@ -1,4 +1,4 @@
-"""Estimate the natural-image statistics featvis ships in src/featvis/data/natural_stats.npz.
+"""Estimate the natural-image statistics featvis ships in src/featvis/assets/natural_stats.npz.
 
 Run: python scripts/estimate_natural_statistics.py
 
@@ -55,7 +55,7 @@ def main() -> None:
     spectra = [np.abs(np.fft.rfft2(c.transpose(2, 0, 1), norm="ortho")) for c in all_crops]
     magnitude = np.mean(spectra, axis=0)
 
-    out = Path(__file__).resolve().parents[1] / "src/featvis/data/natural_stats.npz"
+    out = Path(__file__).resolve().parents[1] / "src/featvis/assets/natural_stats.npz"
     np.savez_compressed(out, color_sqrt=sqrt.astype(np.float32), magnitude=magnitude.astype(np.float32))
     print(f"{len(all_crops)} crops from {len(photos)} photographs -> {out}")
     print("color_sqrt:\n", np.round(sqrt, 3))

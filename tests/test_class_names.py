@@ -35,7 +35,7 @@ def test_shipped_names_are_what_the_build_script_makes():
     import runpy
 
     build = runpy.run_path(str(ROOT / "scripts/build_imagenet_class_names.py"))["build"]
-    shipped = json.loads((ROOT / "src/featvis/data/imagenet_classes.json").read_text(encoding="utf-8"))
+    shipped = json.loads((ROOT / "src/featvis/assets/imagenet_classes.json").read_text(encoding="utf-8"))
     assert build() == shipped
 
 

@@ -6,26 +6,9 @@ Examples:
     >>> image = featvis.visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess)
 """
 
-from . import (
-    backprop_modifiers,
-    callbacks,
-    fusion,
-    grad_modifiers,
-    input_modifiers,
-    inputs,
-    losses,
-    metrics,
-    params,
-    prepared,
-    regularizers,
-    rng,
-    targets,
-    tokens,
-    utils,
-    zoo,
-)
-from .atlas import atlas
-from .attention import (
+from featvis import rng
+from featvis.attribution import metrics
+from featvis.attribution.attention import (
     input_gradients,
     integrated_gradients,
     occlusion,
@@ -36,33 +19,46 @@ from .attention import (
     visualize_saliency,
     visualize_saliency_with_losses,
 )
-from .callbacks import GifGenerator, Print
-from .dataset_examples import DatasetExamples, SkippedImagesWarning, dataset_examples
-from .errors import (
+from featvis.compat import paths, utils
+from featvis.compat.utils import deprocess_input, get_num_filters, load_img, lookup_imagenet_labels
+from featvis.data.examples import DatasetExamples, SkippedImagesWarning, dataset_examples
+from featvis.errors import (
     FeatvisError,
     FeatvisTypeError,
     FeatvisValueError,
+    FeatvisWarning,
     LayerNotFoundError,
     ModelError,
     NonFiniteError,
 )
-from .image import save_image, save_signal, save_volume, stitch_images
-from .input_modifiers import InputModifier, Jitter
-from .inputs import Optimized
-from .losses import ActivationMaximization, Loss, UnitPerImage
-from .optimizer import Result, Settings
-from .prepared import PreparedModel
-from .regularizers import LpNorm, TotalVariation
-from .targets import FeatvisWarning, find_layer_idx, layer_names
-from .utils import deprocess_input, get_num_filters, load_img, lookup_imagenet_labels
-from .visualization import (
+from featvis.image import save_image, save_signal, save_volume, stitch_images
+from featvis.model import fusion, inputs, prepared, targets, tokens, zoo
+from featvis.model.inputs import Optimized
+from featvis.model.prepared import PreparedModel, find_layer_idx, layer_names
+from featvis.optvis import (
+    backprop_modifiers,
+    callbacks,
+    grad_modifiers,
+    input_modifiers,
+    losses,
+    params,
+    regularizers,
+)
+from featvis.optvis.callbacks import GifGenerator, Print
+from featvis.optvis.input_modifiers import InputModifier, Jitter
+from featvis.optvis.losses import ActivationMaximization, Loss, UnitPerImage
+from featvis.optvis.optimizer import Result, Settings
+from featvis.optvis.regularizers import LpNorm, TotalVariation
+from featvis.optvis.visualization import (
     activations_reached,
     visualize_activation,
     visualize_activation_with_losses,
     visualize_layer,
 )
+from featvis.site.atlas import atlas
+from featvis.version import __version__ as __version__
 
-__version__ = "0.1.0"
+paths.install()  # featvis.losses, featvis.attention, ...: the paths before the packages
 
 __all__ = [
     "ActivationMaximization",

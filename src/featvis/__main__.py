@@ -1,5 +1,5 @@
 """``python -m featvis`` (what ``torchrun -m featvis atlas ...`` runs): the command line."""
 
-from .cli import main
+from featvis.cli.main import main
 
 main()

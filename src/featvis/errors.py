@@ -115,3 +115,7 @@ def check_number(
     if not math.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum):
         raise bad_value(argument, value, allowed)
     return float(value)
+
+
+class FeatvisWarning(UserWarning):
+    """Something featvis did for you that you may want to know about."""

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 import torch
 import torch.nn.functional as F
 
-from .errors import FeatvisValueError, bad_type, bad_value
+from featvis.errors import FeatvisValueError, bad_type, bad_value
 
 
 def is_integer_range(input_range: tuple[float, float]) -> bool:

@@ -27,7 +27,7 @@ import secrets
 
 import torch
 
-from .errors import check_int
+from featvis.errors import check_int
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9

@@ -1,0 +1,326 @@
+"""The high-level entry points, each a thin wrapper over `visualize_activation_with_losses`.
+
+Each builds one `featvis.prepared.PreparedModel` for its call (or uses the one it is
+given), and shares its settings through `featvis.Settings`.
+
+Examples:
+    >>> lite0 = featvis.zoo.efficientnet_lite0()
+    >>> flamingo = featvis.visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess)
+    >>> flamingo.shape, flamingo.dtype
+    ((224, 224, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from featvis.errors import bad_type, bad_value, check_int, check_number
+from featvis.image import check_seed_range, resize, to_array, to_unit_tensor
+from featvis.model.prepared import CONVENTIONS, PreparedModel, input_size, preparing
+from featvis.model.targets import LayerSpec
+from featvis.optvis.losses import (
+    ActivationMaximization,
+    Loss,
+    LossContext,
+    UnitPerImage,
+    WeightedSum,
+    as_losses,
+    layer_key,
+)
+from featvis.optvis.optimizer import Result, Settings, optimize, show_progress
+from featvis.optvis.params import make_parameterization
+from featvis.optvis.regularizers import LpNorm, TotalVariation
+from featvis.rng import Streams, derive_key, seed_or_fresh
+
+DEFAULT_TV_WEIGHT = 1.0
+
+
+def visualize_activation_with_losses(
+    model: nn.Module | PreparedModel,
+    losses: Loss | Sequence[tuple[Loss, float]],
+    *,
+    seed_input: object = None,
+    size: int | tuple[int, ...] | None = None,
+    batch_size: int = 1,
+    seed: int | None = None,
+    return_result: bool = False,
+    **options,
+) -> np.ndarray | Result:
+    """Minimize a weighted sum of losses over an input image (keras-vis's research entry point).
+
+    Returns the image as (H, W, C) in `input_range` (uint8 when both ends are ints),
+    or (B, H, W, C) when ``batch_size > 1``; ``return_result=True`` returns the
+    full `Result` (images in [0, 1], loss history, transparency map, the seed used).
+    `options` are the model's conventions (``input_range=(0, 255)``, ``preprocess``,
+    ``channels`` (default: read from the model's first convolution), ``device``,
+    ``fuse=True``, ``channels_last=None``, ``inputs`` for a model of several inputs (fixed
+    values and inputs optimized along, see `featvis.inputs`; the result's ``inputs`` holds
+    the optimized ones): see `featvis.prepared.PreparedModel`) and the
+    optimization's (``max_iter``, ``views``, ``lr``, ``method``, ``input_modifiers``,
+    ``grad_modifier``, ``backprop_modifier``, ``callbacks``, ``verbose``, ``progress``,
+    ``autocast``, ``image_ema``: see `featvis.Settings`). `seed` (None: a fresh one,
+    returned in the result) fixes the initial images and every random transform; image
+    i of the batch draws from the stream of (seed, i).
+
+    Examples:
+        >>> losses = [(ActivationMaximization("_fc", 130), 1), (TotalVariation(), 0.5)]
+        >>> image = visualize_activation_with_losses(model, losses, preprocess=lite0.preprocess)
+    """
+    loss = as_losses(losses)
+    check_int("batch_size", batch_size, 1)
+    seed = seed_or_fresh(seed)
+    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
+    settings = Settings.take(options)
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("activation maximization")
+        keys = [derive_key(seed, "image", index) for index in range(batch_size)]
+        return _run(prepared, loss, settings, keys, seed, seed_input, size, return_result)
+
+
+def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) -> np.ndarray | Result:
+    """Optimize one batch (one image per key) on a prepared model; the array or the `Result`."""
+    batch_size = len(keys)
+    init = None
+    if seed_input is not None:
+        if prepared.spatial_dims == 2:
+            init = to_unit_tensor(seed_input, "seed_input", prepared.input_range, prepared.channels)
+            check_seed_range(seed_input, init, prepared.input_range)
+        else:
+            init = prepared.load_images(seed_input).cpu()
+        if init.shape[0] not in (1, batch_size):
+            raise bad_value("seed_input", f"a batch of {init.shape[0]}", f"1 or {batch_size} images")
+        if size is not None:
+            init = resize(init, input_size(size, prepared.spatial_dims))
+        init = init.expand(batch_size, *init.shape[1:]).to(prepared.device)
+        shape = tuple(init.shape[2:])
+    else:
+        shape = size_of(prepared, size)
+        prepared.probe_size(shape, "size", size is None)  # a model that takes one size is told size=
+    streams = Streams(keys, prepared.device)
+    param = make_parameterization(
+        settings.method,
+        batch_size,
+        prepared.channels,
+        shape,
+        init=init,
+        streams=streams,
+        device=prepared.device,
+    )
+    optimized = prepared.inputs.optimized if prepared.inputs is not None else {}
+    others = {  # a model's other optimized inputs: their own parameterizations and draws
+        name: make_parameterization(
+            spec.method,
+            batch_size,
+            spec.shape[0],
+            spec.shape[1:],
+            streams=Streams([derive_key(key, "input", name) for key in keys], prepared.device),
+            device=prepared.device,
+        )
+        for name, spec in optimized.items()
+    }
+    result = optimize(prepared, loss, param, settings, streams, seed=seed, others=others)
+    if return_result:
+        return result
+    array = to_array(result.images, prepared.input_range)
+    return array[0] if batch_size == 1 else array
+
+
+def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
+    """The input size for `prepared`'s model: `size` checked (an int, or one int per spatial axis),
+    or the default (224 x 224 images, 128-sample signals, 32^3 volumes). A tuple's length sets
+    the input's axes (a model that flattens images into a Conv1d takes ``size=(32, 32)``).
+
+    Examples:
+        >>> size_of(PreparedModel(conv1d_net), 256)
+        (256,)
+    """
+    if size is None:
+        return prepared.default_size()
+    if isinstance(size, Sequence) and not isinstance(size, str) and 1 <= len(size) <= 3:
+        prepared.spatial_dims = len(size)  # a size's axes say what the model takes
+    return input_size(size, prepared.spatial_dims)
+
+
+def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:
+    for name, weight in zip(
+        ("act_max_weight", "tv_weight", "lp_norm_weight"), (act_max_weight, tv_weight, lp_norm_weight)
+    ):
+        check_number(name, weight, minimum=0)
+    return WeightedSum(
+        [(objective, act_max_weight), (TotalVariation(), tv_weight), (LpNorm(6), lp_norm_weight)]
+    )
+
+
+def visualize_activation(
+    model: nn.Module | PreparedModel,
+    layer: LayerSpec,
+    filter_indices: int | Sequence[int] | None = None,
+    *,
+    act_max_weight: float = 1.0,
+    tv_weight: float = DEFAULT_TV_WEIGHT,
+    lp_norm_weight: float = 0.0,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    **kwargs,
+) -> np.ndarray | Result:
+    """Generate the input that maximizes the chosen units of `layer` (keras-vis's main API).
+
+    `filter_indices`: a unit/channel index, a list (one image maximizing them
+    together), or None (all units). Units lie on the layer's unit axis: axis 1 of conv
+    and dense outputs, the last axis of (N, tokens, features) outputs (a ViT's MLP or
+    block); ``unit_axis`` overrides it, ``verbose=True`` prints it. A unit is averaged
+    over tokens (or space); ``token=0`` takes one token (a ViT's class token). The loss is ``act_max_weight *
+    ActivationMaximization + tv_weight * TotalVariation + lp_norm_weight * LpNorm``;
+    a weight of 0 switches a term off. Other keyword arguments are those of
+    `visualize_activation_with_losses` (``seed_input``, ``size``, ``seed``,
+    ``input_range``, ``preprocess``, ``max_iter``, ``method``, ``grad_modifier``, ...).
+
+    Examples:
+        >>> image = visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess, seed=0)
+        >>> count_up = visualize_activation(counter, "head", 0, input_range=(0.0, 1.0), size=32)
+        >>> count_down = visualize_activation(counter, "head", 0, grad_modifier="negate", size=32)
+        >>> neuron = visualize_activation(vit, "encoder.layers.encoder_layer_5.mlp.0", 7, verbose=True)
+    """
+    objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
+    loss = _regularized(objective, act_max_weight, tv_weight, lp_norm_weight)
+    return visualize_activation_with_losses(model, loss, **kwargs)
+
+
+def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
+    """Images per batch: what fits (activation bytes x4 for backward), at most 64 on GPU, 4 on CPU.
+
+    Examples:
+        >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
+        ...     auto_batch_size(prepared, (224, 224))
+        4
+    """
+    per_image = prepared.activation_bytes(shape)
+    if prepared.device.type == "cuda":
+        budget, most = torch.cuda.mem_get_info(prepared.device)[0] * 0.5, 64
+    else:
+        budget, most = 2 * 2**30, 4  # on CPUs, per-image time grows past a few images (cache)
+    return int(max(1, min(most, budget // max(1, 4 * per_image))))
+
+
+def visualize_layer(
+    model: nn.Module | PreparedModel,
+    layer: LayerSpec,
+    units: Sequence[int] | None = None,
+    *,
+    batch_size: int | None = None,
+    act_max_weight: float = 1.0,
+    tv_weight: float = DEFAULT_TV_WEIGHT,
+    lp_norm_weight: float = 0.0,
+    size: int | tuple[int, ...] | None = None,
+    seed: int | None = None,
+    return_result: bool = False,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    **options,
+) -> np.ndarray | Result:
+    """One image per unit of `layer` (all units by default), many units per batch.
+
+    Units lie on the layer's unit axis (see `visualize_activation`; `unit_axis` and
+    `token` as there).
+
+    Each image of a batch maximizes its own unit with its own random transforms, and
+    a unit's random draws depend only on (seed, layer, unit), not on its batch.
+    `batch_size` (at most this many images per batch) defaults to what fits in
+    memory; the units are split into batches of near-equal size (`layer_batches`),
+    so no batch runs nearly empty. The batches are a plan of the units and
+    `batch_size` alone (never of free memory), so give `batch_size` to get the same
+    images on any machine. The model is prepared (probed, folded, checked)
+    once for all batches. Returns (N, H, W, C) (``return_result=True``: a `Result`
+    with every unit's image and the seed); after Ctrl-C, the images of the batches
+    run so far (the last one as it was). `options` as in `visualize_activation_with_losses`.
+
+    Examples:
+        >>> images = visualize_layer(lite0.model, "_blocks.10", units=range(16), preprocess=lite0.preprocess)
+        >>> images.shape
+        (16, 224, 224, 3)
+    """
+    seed = seed_or_fresh(seed)
+    if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
+        raise bad_type("units", units, "a list of unit indices or None")
+    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
+    settings = Settings.take(options)
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("activation maximization")
+        shape = size_of(prepared, size)
+        prepared.probe_size(shape, "size", size is None)  # at the size it will run: some models take no other
+        target = prepared.resolve(layer)
+        units = list(range(prepared.unit_count(layer, shape, unit_axis)) if units is None else units)
+        if not units:
+            raise bad_value("units", units, "at least one unit index")
+        if batch_size is None:
+            batch_size = auto_batch_size(prepared, shape)
+        check_int("batch_size", batch_size, 1)
+        chunks = layer_batches(units, batch_size)
+        several = len(chunks) > 1  # a bar of the batches; of one batch, the bar of its steps
+        quiet = dataclasses.replace(settings, progress=False) if several else settings
+        show = several and show_progress(settings.progress)
+        results = []
+        for chunk in tqdm(chunks, desc=f"layer {layer}", disable=not show):
+            objective = UnitPerImage(layer, chunk, unit_axis=unit_axis, token=token)
+            loss = _regularized(objective, act_max_weight, tv_weight, lp_norm_weight)
+            keys = [derive_key(seed, target.key, unit) for unit in chunk]
+            results.append(_run(prepared, loss, quiet, keys, seed, None, shape, True))
+            if results[-1].interrupted:  # Ctrl-C: keep what is done, start no further batch
+                break
+    images = torch.cat([r.images for r in results])
+    if return_result:
+        return Result(images=images, interrupted=results[-1].interrupted, seed=seed)
+    return to_array(images, prepared.input_range)
+
+
+def layer_batches(units: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The fewest batches of at most `batch_size` units, their sizes differing by at most one.
+
+    Examples:
+        >>> [len(batch) for batch in layer_batches(range(112), 64)]
+        [56, 56]
+    """
+    units = list(units)
+    count = -(-len(units) // batch_size)
+    size, extra = divmod(len(units), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [units[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
+def activations_reached(
+    model: nn.Module | PreparedModel,
+    layer: LayerSpec,
+    units: Sequence[int],
+    images: np.ndarray,
+    *,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    **conventions,
+) -> np.ndarray:
+    """The mean activation of ``units[i]`` on ``images[i]``, with no random transform.
+
+    Units on the layer's unit axis (`unit_axis` overrides it), averaged over the other
+    axes (or at one `token`). `conventions`: ``input_range``, ``preprocess``,
+    ``channels``, ``device``, ``inputs`` as elsewhere.
+
+    Examples:
+        >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
+    """
+    with preparing(model, **conventions) as prepared:
+        batch = prepared.load_images(np.asarray(images), "images")
+        units = list(units)
+        if len(units) != batch.shape[0]:
+            raise bad_value("units", units, f"one unit per image ({batch.shape[0]})")
+        out = prepared.layer_output(layer, batch)
+        target = prepared.resolve(layer)
+        loss = UnitPerImage(layer, units, unit_axis=unit_axis, token=token)
+        ctx = LossContext(
+            images=batch, views=1, activations={target.key: out}, targets={layer_key(layer): target}
+        )
+        return (-loss(ctx)).cpu().numpy()

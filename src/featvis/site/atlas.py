@@ -1,0 +1,633 @@
+"""An atlas of a whole model: every unit's optimized image in one browsable site, resumable,
+sharded over processes, GPUs and machines with torchrun.
+
+The work is a fixed *plan*: the layers' units cut into batches of `batch_size`
+(`featvis.visualization.layer_batches`), which depends only on the model and the
+settings, never on the world size. Each batch is optimized with the batched engine
+(each unit's random draws keyed by (seed, layer, unit)), so a unit's files are the same
+whatever the number of processes. Under torchrun every rank takes whole batches, a
+share balanced by estimated cost (multiply-accumulates up to the layer, deeper layers
+cost more), writes each unit's PNG and record atomically as soon as its batch is done,
+and rank 0 writes the site after a barrier. A rerun skips the units already written;
+a rerun with other settings into the same folder is refused unless told to start over.
+
+Examples:
+    >>> lite0 = featvis.zoo.efficientnet_lite0()
+    >>> featvis.atlas(lite0.model, "site/", layers=["_blocks.10"], preprocess=lite0.preprocess,
+    ...               class_names=lite0.class_names)
+    $ torchrun --nproc-per-node 4 -m featvis atlas --out site/        # the whole of Lite0, 4 GPUs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+from dataclasses import dataclass
+import hashlib
+import html
+import json
+import os
+from pathlib import Path
+import re
+import shutil
+import sys
+import time
+import warnings
+
+import numpy as np
+from PIL import Image
+import torch
+from torch import nn
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from featvis.data.examples import SkippedImagesWarning, dataset_examples, dataset_fingerprint, merge_examples
+from featvis.data.sources import DataSummary, ImageSource, image_source
+from featvis.errors import FeatvisValueError, bad_type, check_int
+from featvis.image import atomic_write, save_image, stitch_images, to_array, to_pil
+from featvis.model.inputs import ModelInputs
+from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size
+from featvis.model.targets import LayerSpec, forward_hooks, run_model
+from featvis.optvis.losses import check_token, check_unit_axis
+from featvis.optvis.optimizer import Settings, show_progress
+from featvis.optvis.visualization import activations_reached, layer_batches, visualize_layer
+from featvis.version import __version__
+
+MANIFEST = "atlas.json"
+THUMBNAIL = 96
+UNIT_RECORD = re.compile(r"unit_\d+\.json")  # a unit's record (not its examples' record)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Every block's output, plus the convolutions and linear layers between blocks (stem, head,
+    classifier): the children of the model's top-level `Sequential`/`ModuleList` containers, and
+    its other top-level conv and linear modules, in definition order.
+
+    Examples:
+        >>> default_layers(featvis.zoo.efficientnet_lite0().model)[:3]
+        ['_conv_stem', '_blocks.0', '_blocks.1']
+    """
+    layers = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential | nn.ModuleList):
+            layers += [f"{name}.{inner}" for inner, _ in child.named_children()]
+        elif isinstance(child, nn.modules.conv._ConvNd | nn.Linear):
+            layers.append(name)
+    return layers
+
+
+def all_layers(model: nn.Module) -> list[str]:
+    """Every convolution and linear layer of the model (``featvis atlas --all``)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of the plan: units of one layer, and its estimated cost."""
+
+    layer: str
+    units: tuple[int, ...]
+    cost: float
+
+
+def plan(layer_units: dict[str, int], layer_costs: dict[str, float], batch_size: int) -> list[Batch]:
+    """The fixed plan: each layer's units in near-equal batches of at most `batch_size`.
+
+    Examples:
+        >>> [b.units for b in plan({"fc": 5}, {"fc": 1.0}, 2)]
+        [(0, 1), (2, 3), (4,)]
+    """
+    return [
+        Batch(layer, tuple(units), layer_costs[layer] * len(units))
+        for layer, count in layer_units.items()
+        for units in layer_batches(range(count), batch_size)
+    ]
+
+
+def shard(batches: Sequence[Batch], world_size: int) -> list[list[int]]:
+    """Batch indices per rank: the costliest batch first to the least loaded rank (deterministic).
+
+    Examples:
+        >>> shard([Batch("a", (0,), 3.0), Batch("a", (1,), 1.0), Batch("a", (2,), 1.0)], 2)
+        [[0], [1, 2]]
+    """
+    loads, shares = [0.0] * world_size, [[] for _ in range(world_size)]
+    for index in sorted(range(len(batches)), key=lambda i: (-batches[i].cost, i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[rank] += batches[index].cost
+        shares[rank].append(index)
+    return [sorted(share) for share in shares]
+
+
+def layer_costs(prepared: PreparedModel, layers: Sequence[str], size: tuple[int, int]) -> dict[str, float]:
+    """Estimated cost of one step of one unit of each layer: multiply-accumulates of the forward up to
+    the layer, plus the image's own work (parameterization, transforms, regularizers) as pixels x 1000."""
+    macs: list[tuple[str, float]] = []  # cumulative, in the order the leaf modules run
+    total = 0.0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.modules.conv._ConvNd) and isinstance(output, torch.Tensor):
+            per_output = module.in_channels // module.groups * int(np.prod(module.kernel_size))
+            total += output[0].numel() * per_output
+        elif isinstance(module, nn.Linear) and isinstance(output, torch.Tensor):
+            total += output[0].numel() * module.in_features
+        macs.append((names[module], total))
+
+    names = {m: n for n, m in prepared.model.named_modules()}
+    with forward_hooks(names, count), torch.no_grad():
+        run_model(prepared.model, prepared.model_input(prepared.random_images(size)), prepared.inputs)
+    reached = {}
+    for name, value in macs:  # the first call of each module that finishes
+        reached.setdefault(name, value)
+    own = size[0] * size[1] * 1000.0
+    return {layer: reached.get(prepared.resolve(layer).name, total) + own for layer in layers}
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's parameter and buffer names, shapes and values."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        values = tensor.detach().float().flatten().cpu()
+        digest.update(values[:: max(1, values.numel() // 4096)].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _slug(layer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer) or "output"
+
+
+def _unit_stem(out: Path, layer: str, unit: int) -> Path:
+    return out / "units" / _slug(layer) / f"unit_{unit:05d}"
+
+
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call started the process group), from torchrun's environment."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def atlas(
+    model: nn.Module,
+    out: str | os.PathLike,
+    layers: Sequence[LayerSpec] | None = None,
+    *,
+    all_convolutions: bool = False,
+    class_names: Sequence[str] | None = None,
+    size: int | tuple[int, int] = 128,
+    batch_size: int | None = None,
+    seed: int = 0,
+    restart: bool = False,
+    title: str = "featvis atlas",
+    progress: bool | None = None,
+    data: object = None,
+    examples: int = 9,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    **options,
+) -> Path:
+    """Visualize every unit of `layers` (default `default_layers`; ``all_convolutions=True``: every conv
+    and linear layer) into a static site in `out`; returns the index page's path.
+
+    Resumable (units already written are skipped), and sharded when run under torchrun
+    (``torch.distributed`` set up from its environment: gloo on CPUs, NCCL on GPUs with one
+    GPU per rank). `batch_size` (default 4 on the CPU, 32 on a GPU) fixes the plan of
+    batches: the same command gives the same files for any number of processes (at the same
+    number of threads per process). `class_names` label the units of the layer with as many
+    units (the classifier) and make them searchable. `options`: the model's conventions
+    (``preprocess``, ``input_range``, ``channels``, ``device``) and `featvis.Settings`
+    (``max_iter``, ``views``, ...). A rerun with other settings is an error naming what
+    differs, unless ``restart=True`` (which deletes the folder's atlas first).
+
+    With `data` (anything `featvis.dataset_examples` reads but a DataLoader: a folder, a
+    list of paths, an array, a Dataset), every unit also gets its `examples` dataset
+    examples (the images that drive it most, cropped to its receptive field), shown on
+    its card: one pass over the data, split over the ranks (every world_size-th item to a rank),
+    the per-rank top-k merged with a collective (`merge_examples`).
+
+    Units lie on each layer's unit axis (a conv's channels, the features of a transformer's
+    (N, tokens, features) outputs), averaged over the tokens when optimized and ranked by
+    their maximum over the tokens for the examples (whole images); `unit_axis` and
+    ``token`` (e.g. ``token=0``, the class token) choose as in `featvis.visualize_activation`.
+
+    Examples:
+        >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
+        >>> featvis.atlas(vit, "vit-site/", ["encoder.layers.encoder_layer_5.mlp.0"], data="photos/")
+    """
+    if not isinstance(model, nn.Module):
+        raise bad_type("model", model, "a torch.nn.Module")
+    out = Path(out)
+    shape = image_size(size)
+    check_int("seed", seed, 0)
+    axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
+    rank, world_size, started = _distributed()
+    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
+    if data is not None and conventions.get("inputs") is not None:
+        ModelInputs(model, conventions["inputs"]).refuse_optimized(
+            "with data=, the dataset examples feed every image of data with the same values of the other inputs"
+        )
+    if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
+        conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    settings = Settings.take(options)
+    prepared = PreparedModel(model, **conventions)
+    try:
+        with prepared:
+            prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
+            chosen = [*(all_layers(prepared.model) if all_convolutions else default_layers(prepared.model))]
+            chosen = list(layers) if layers is not None else chosen
+            if not chosen or isinstance(layers, str):
+                raise bad_type("layers", layers, "a non-empty list of layer names")
+            names = [_layer_name(prepared, layer) for layer in chosen]
+            if batch_size is None:
+                batch_size = 32 if prepared.device.type == "cuda" else 4
+            check_int("batch_size", batch_size, 1)
+            counts = {
+                name: prepared.unit_count(layer, shape, axis["unit_axis"])
+                for name, layer in zip(names, chosen)
+            }
+            manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
+            manifest["settings"].update({k: v for k, v in axis.items() if v is not None})
+            source = None
+            if data is not None:
+                check_int("examples", examples, 1)
+                source = image_source(data, channels=prepared.channels)
+                if not isinstance(source, ImageSource):
+                    raise bad_type(
+                        "data", data, "a folder, a list of paths, an array or a Dataset (not a DataLoader)"
+                    )
+                manifest["settings"]["examples"] = {"k": examples, **dataset_fingerprint(source)}
+            if rank == 0:
+                _check_manifest(out, manifest, restart, write=True)
+            _barrier(world_size)
+            if rank != 0:
+                _check_manifest(out, manifest, False, write=False)
+            if source is not None:
+                read = {**axis, "inputs": conventions.get("inputs")}
+                _write_examples(
+                    model, prepared, out, counts, data, source, examples, rank, world_size, progress, read
+                )
+            work = plan(counts, layer_costs(prepared, names, shape), batch_size)
+            mine = shard(work, world_size)[rank]
+            started_at = time.perf_counter()
+            done_before = _run_share(
+                prepared,
+                settings,
+                out,
+                [work[i] for i in mine],
+                shape,
+                seed,
+                rank,
+                world_size,
+                progress,
+                axis,
+            )
+            _barrier(world_size)
+            if rank == 0:
+                elapsed = time.perf_counter() - started_at
+                _report(out, work, done_before, elapsed, world_size)
+                write_site(out, title=title, class_names=class_names)
+            _barrier(world_size)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return out / "index.html"
+
+
+def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress, read) -> None:
+    """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them;
+    `read`: `dataset_examples`'s unit_axis, token and inputs.
+
+    Every rank reads its share of the data (every world_size-th item of `source`, the data's
+    items), the shares' top-k are gathered and merged on every rank, and each rank writes every
+    world_size-th unit. Rank 0 alone reports the items skipped, counted over all the shares.
+    """
+    missing = {
+        layer: [
+            u for u in range(count) if not _unit_stem(out, layer, u).with_suffix(".examples.json").exists()
+        ]
+        for layer, count in counts.items()
+    }
+    layers = [layer for layer, units in missing.items() if units]
+    if not layers:
+        return
+    # each item in one share (a DistributedSampler would pad the shares with repeated items, which
+    # the totals would count twice); a rank past the last item reads one again, left out of them
+    items = len(source)
+    share = list(range(rank, items, world_size)) or ([rank % items] if items else [])
+    with warnings.catch_warnings():  # this share's count of skipped items: the totals come below
+        warnings.filterwarnings("ignore", r"dataset_examples: used \d+ of", SkippedImagesWarning)
+        mine = dataset_examples(
+            model,
+            layers,
+            data,
+            k=k,
+            input_range=prepared.input_range,
+            preprocess=prepared.preprocess,
+            channels=prepared.channels,
+            device=prepared.device,
+            progress=show_progress(progress) and rank == 0,
+            sampler=share,
+            **read,
+        )
+    shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
+    gathered = [shares]
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, shares)
+    merged = {
+        layer: dataclasses.replace(
+            merge_examples([part[layer] for part in gathered], k), _source=mine[layer]._source
+        )
+        for layer in layers
+    }
+    summary = DataSummary.combined(part[layers[0]].summary for part in gathered[:items])
+    if rank == 0 and summary.skipped:
+        warnings.warn(f"dataset_examples: {summary}", SkippedImagesWarning, stacklevel=3)
+    jobs = [(layer, unit) for layer in layers for unit in missing[layer]]
+    for layer, unit in jobs[rank::world_size]:
+        _save_examples(out, layer, unit, merged[layer])
+
+
+def _save_examples(out: Path, layer: str, unit: int, examples) -> None:
+    side = 64
+    crops = [
+        np.asarray(to_pil(crop).resize((side, side), Image.Resampling.LANCZOS))
+        for crop in examples.images(unit)
+    ]
+    stem = _unit_stem(out, layer, unit)
+    cols = max(1, int(np.ceil(np.sqrt(len(crops)))))
+    save_image(stitch_images(crops, cols=cols), stem.with_name(stem.name + ".examples.png"))
+    row = examples.row(unit)
+    record = {
+        "sources": examples.sources(unit),
+        "values": [float(f"{v:.6g}") for v in examples.values[row]],
+    }
+    atomic_write(stem.with_suffix(".examples.json"), lambda tmp: Path(tmp).write_text(json.dumps(record)))
+
+
+def _manifest(prepared, settings, counts, shape, batch_size, seed) -> dict:
+    def describe(value):
+        return value if isinstance(value, int | float | str | bool | type(None)) else repr(value)
+
+    return {
+        "featvis": __version__,
+        "model": fingerprint(prepared.model),
+        "settings": {
+            **{k: describe(v) for k, v in settings.__dict__.items() if k not in ("callbacks", "progress")},
+            "size": list(shape),
+            "batch_size": batch_size,
+            "seed": seed,
+            "input_range": list(prepared.input_range),
+            "preprocess": repr(prepared.preprocess),
+            "channels": prepared.channels,
+        },
+        "layers": counts,
+    }
+
+
+def _layer_name(prepared: PreparedModel, layer: LayerSpec) -> str:
+    """The layer's name as the atlas files it: 'name', or 'name#k' for a module run several times."""
+    target = prepared.resolve(layer)
+    return target.name if prepared.seen.calls[target.name] == 1 else target.key
+
+
+def _check_manifest(out: Path, manifest: dict, restart: bool, *, write: bool) -> None:
+    """Write the manifest of a new atlas; for an existing one, refuse other settings (or start over)."""
+    path = out / MANIFEST
+    if path.exists() and restart:
+        for folder in ("units", "timings"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+        path.unlink()
+    if path.exists():
+        old = json.loads(path.read_text())
+        differ = [
+            f"{key}: {old.get(group, {}).get(key)!r} -> {value!r}"
+            for group in ("settings",)
+            for key, value in manifest[group].items()
+            if old.get(group, {}).get(key) != value
+        ]
+        differ += [
+            f"{key}: {old.get(key)!r} -> {manifest[key]!r}"
+            for key in ("featvis", "model")
+            if old.get(key) != manifest[key]
+        ]
+        if differ:
+            raise FeatvisValueError(
+                f"{out} holds an atlas made with other settings ({'; '.join(differ)}); "
+                "use another folder, or restart=True to start over"
+            )
+        old["layers"] = {**old.get("layers", {}), **manifest["layers"]}
+        manifest = old
+    if write:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+
+
+def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, progress, axis) -> int:
+    """Optimize this rank's batches, skipping those already written; returns how many units were skipped."""
+    quiet = dataclasses.replace(settings, progress=False)
+    total = sum(int(c) for c in json.loads((out / MANIFEST).read_text())["layers"].values())
+    show = show_progress(progress) and rank == 0
+    bar = tqdm(total=total, desc="atlas", unit="unit", disable=not show)
+    skipped = 0
+    (out / "timings").mkdir(parents=True, exist_ok=True)  # how long each batch took: not part of the atlas
+    log = (out / "timings" / f"rank{rank}-{os.getpid()}.jsonl").open("a")
+    for batch in batches:
+        stems = [_unit_stem(out, batch.layer, unit) for unit in batch.units]
+        if all(stem.with_suffix(".json").exists() for stem in stems):
+            skipped += len(stems)
+            continue
+        start = time.perf_counter()
+        result = visualize_layer(
+            prepared,
+            batch.layer,
+            list(batch.units),
+            batch_size=len(batch.units),
+            size=shape,
+            seed=seed,
+            return_result=True,
+            **axis,
+            **{k: v for k, v in quiet.__dict__.items()},
+        )
+        images = to_array(result.images, prepared.input_range)
+        reached = activations_reached(prepared, batch.layer, list(batch.units), images, **axis)
+        for stem, unit, image, value in zip(stems, batch.units, images, reached):
+            save_image(image, stem.with_suffix(".png"))
+            save_image(_thumbnail(image), stem.with_name(stem.name + ".thumb.png"))
+            record = {"layer": batch.layer, "unit": unit, "activation": float(value)}
+            atomic_write(stem.with_suffix(".json"), lambda tmp, r=record: Path(tmp).write_text(json.dumps(r)))
+        seconds = time.perf_counter() - start
+        log.write(
+            json.dumps({"layer": batch.layer, "units": len(batch.units), "seconds": seconds, "rank": rank})
+        )
+        log.write("\n")
+        log.flush()
+        if show:
+            bar.n = _count_done(out)
+            bar.refresh()
+    bar.close()
+    log.close()
+    return skipped
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    pil = to_pil(image)
+    pil.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
+    return np.asarray(pil)
+
+
+def _count_done(out: Path) -> int:
+    units = out / "units"
+    return (
+        sum(1 for folder in units.iterdir() for f in folder.iterdir() if UNIT_RECORD.fullmatch(f.name))
+        if units.exists()
+        else 0
+    )
+
+
+def _records(out: Path) -> dict[str, list[dict]]:
+    """Every written unit's record, per layer, in unit order."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    found: dict[str, list[dict]] = {}
+    for layer in manifest["layers"]:
+        folder = out / "units" / _slug(layer)
+        files = (
+            sorted(f for f in folder.glob("unit_*.json") if UNIT_RECORD.fullmatch(f.name))
+            if folder.exists()
+            else []
+        )
+        found[layer] = [json.loads(f.read_text()) for f in files]
+    return found
+
+
+def _report(out, work, skipped, elapsed, world_size) -> None:
+    """Print units per minute of this run (wall clock) and per layer (of the processes' time, every run)."""
+    made = sum(len(b.units) for b in work) - skipped
+    lines = [
+        f"atlas: {made} units made, {skipped} already there, {elapsed:.1f} s on {world_size} process(es)"
+    ]
+    if made and elapsed > 0:
+        lines.append(f"  this run: {60 * made / elapsed:.1f} units per minute")
+    per_layer: dict[str, list[float]] = {}
+    for log in sorted((out / "timings").glob("*.jsonl")):
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            totals = per_layer.setdefault(entry["layer"], [0, 0.0])
+            totals[0] += entry["units"]
+            totals[1] += entry["seconds"]
+    for layer, (units, seconds) in per_layer.items():
+        lines.append(f"  {layer}: {units} units, {60 * units / seconds:.1f} units per process-minute")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def write_site(out: str | os.PathLike, *, title: str = "featvis atlas", class_names=None) -> Path:
+    """(Re)write the static site over every unit written in `out`: an index with a row per layer and a
+    search by unit number or class name, and a page per layer with a card per unit (lazy thumbnails).
+
+    Examples:
+        >>> write_site("site/", class_names=lite0.class_names)
+    """
+    out = Path(out)
+    records = _records(out)
+    entries, rows = [], []
+    for layer, units in records.items():
+        page = f"layer_{_slug(layer)}.html"
+        labels = class_names if class_names is not None and len(class_names) == len(units) else None
+        cards = []
+        for e in units:
+            stem = f"units/{_slug(layer)}/unit_{e['unit']:05d}"
+            label = str(labels[e["unit"]]) if labels is not None else ""
+            entries.append(
+                {
+                    "layer": layer,
+                    "unit": e["unit"],
+                    "label": label,
+                    "thumb": f"{stem}.thumb.png",
+                    "page": page,
+                }
+            )
+            examples = ""
+            if (out / f"{stem}.examples.png").exists():
+                examples = (
+                    f'<img src="{stem}.examples.png" loading="lazy" width="{THUMBNAIL}" height="{THUMBNAIL}" '
+                    f'alt="dataset examples of unit {e["unit"]}" title="dataset examples">'
+                )
+            cards.append(
+                f'<a class="card" href="{stem}.png" data-unit="{e["unit"]}" data-label="{html.escape(label.lower())}">'
+                f'<img src="{stem}.thumb.png" loading="lazy" width="{THUMBNAIL}" height="{THUMBNAIL}" alt="unit {e["unit"]}">'
+                f"{examples}<span>{e['unit']}{' ' + html.escape(label) if label else ''} · {e['activation']:.3g}</span></a>"
+            )
+        _write_page(out / page, f"{title}: {layer}", _layer_body(layer, len(units), cards))
+        strip = "".join(
+            f'<img src="units/{_slug(layer)}/unit_{e["unit"]:05d}.thumb.png" loading="lazy" '
+            f'width="48" height="48" alt="unit {e["unit"]}">'
+            for e in units[:16]
+        )
+        rows.append(
+            f'<tr><td><a href="{page}">{html.escape(layer)}</a></td><td>{len(units)}</td>'
+            f'<td class="strip">{strip}</td></tr>'
+        )
+    body = f"""<h1>{html.escape(title)}</h1>
+<input id="search" placeholder="unit number or class name" autofocus>
+<div id="results"></div>
+<table><tr><th>layer</th><th>units</th><th>first units</th></tr>
+{"".join(rows)}
+</table>
+<script>
+const units = {json.dumps(entries)};
+document.getElementById("search").addEventListener("input", event => {{
+  const q = event.target.value.trim().toLowerCase();
+  const found = q === "" ? [] : units.filter(u => String(u.unit) === q || (u.label && u.label.toLowerCase().includes(q)));
+  document.getElementById("results").innerHTML = found.slice(0, 200).map(u =>
+    `<a class="card" href="${{u.page}}#unit-${{u.unit}}"><img src="${{u.thumb}}" loading="lazy" width="{THUMBNAIL}" height="{THUMBNAIL}">` +
+    `<span>${{u.layer}} ${{u.unit}} ${{u.label}}</span></a>`).join("");
+}});
+</script>"""
+    return _write_page(out / "index.html", title, body)
+
+
+def _layer_body(layer: str, count: int, cards: list[str]) -> str:
+    return f"""<p><a href="index.html">index</a></p><h1>{html.escape(layer)} <small>{count} units</small></h1>
+<input id="filter" placeholder="unit number or class name">
+<div class="grid">{"".join(cards)}</div>
+<script>
+document.querySelectorAll(".card").forEach(c => c.id = "unit-" + c.dataset.unit);
+document.getElementById("filter").addEventListener("input", event => {{
+  const q = event.target.value.trim().toLowerCase();
+  document.querySelectorAll(".card").forEach(c => {{
+    c.style.display = q === "" || c.dataset.unit === q || c.dataset.label.includes(q) ? "" : "none";
+  }});
+}});
+</script>"""
+
+
+def _write_page(path: Path, title: str, body: str) -> Path:
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; background: #fafafa; }}
+small {{ font-weight: normal; color: #666; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }}
+.strip {{ white-space: nowrap; }} .strip img {{ margin-right: 2px; }}
+.grid, #results {{ display: flex; flex-wrap: wrap; gap: 6px; margin: 8px 0; }}
+.card {{ display: flex; flex-direction: column; align-items: center; width: {THUMBNAIL + 8}px;
+  text-decoration: none; color: #333; font-size: 11px; }}
+.card img {{ border: 1px solid #ccc; }}
+input {{ font-size: 1em; padding: 4px; width: 20em; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
