@@ -38,11 +38,21 @@ def test_a_unit_index_equal_to_the_unit_count_is_refused_by_name(tiny):
     assert_untouched(tiny, before)
 
 
-def test_a_neuron_at_row_and_column_zero_is_allowed(tiny):
+def test_a_neuron_at_row_and_column_zero_is_allowed_and_rises():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Identity()).eval()
+    before = snapshot(model)
     image = featvis.visualize_activation_with_losses(
-        tiny, neuron("act2", 3, x=0, y=0), size=16, input_range=(0, 1), max_iter=2, seed=0
+        model, neuron("1", 2, x=0, y=0), size=16, input_range=(0, 1), max_iter=16, seed=0, input_modifiers=[]
     )
-    assert image.shape == (16, 16, 3)
+    with torch.no_grad():
+        drawn, gray = (
+            model(picture.permute(2, 0, 1)[None].float() / 255)[0, 2]
+            for picture in (torch.from_numpy(image), torch.full((16, 16, 3), 128))
+        )
+    assert drawn[0, 0] > gray[0, 0] + 0.2  # the corner neuron rose
+    assert drawn[0, 0] > drawn[8, 8]  # more than one far from it: the position was read
+    assert_untouched(model, before)
 
 
 def test_the_default_sizes_of_images_signals_and_volumes():
