@@ -95,7 +95,11 @@ def hidden_options() -> list[str]:
     for space in spaces:
         for attr in getattr(space, "__all__", None) or [n for n in dir(space) if not n.startswith("_")]:
             obj = getattr(space, attr, None)
-            if not callable(obj) or not getattr(obj, "__module__", "").startswith("featvis") or id(obj) in seen:
+            if (
+                not callable(obj)
+                or not getattr(obj, "__module__", "").startswith("featvis")
+                or id(obj) in seen
+            ):
                 continue
             seen.add(id(obj))
             try:
@@ -108,7 +112,9 @@ def hidden_options() -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--top", type=int, default=5)
     args = parser.parse_args()
     files = sorted(SOURCE.rglob("*.py"))
@@ -130,12 +136,17 @@ def main() -> None:
         "lines": lines,
         "longest_functions": lengths[: args.top],
         "hidden_options": hidden_options(),
-        "import_circles": circles({m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}),
+        "import_circles": circles(
+            {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+        ),
     }
     print(json.dumps(report))
     print(f"\n{report['modules']} modules in {len(packages)} packages, {lines} lines")
     print("longest functions: " + ", ".join(f"{name} ({n})" for name, n in report["longest_functions"]))
-    print(f"{len(report['hidden_options'])} public signatures with **options: " + ", ".join(report["hidden_options"]))
+    print(
+        f"{len(report['hidden_options'])} public signatures with **options: "
+        + ", ".join(report["hidden_options"])
+    )
     print(f"{len(report['import_circles'])} import circles: {report['import_circles']}")
 
 

@@ -9,7 +9,7 @@
 #   bash benchmarks/mutation.sh --score            # only print the score of what has run
 #
 # What is mutated and which tests run: [tool.mutmut] in pyproject.toml (targets, losses,
-# optimizer, backprop_modifiers, grad_modifiers, attention, fusion, prepared, cam_methods,
+# optimizer, backprop_modifiers, grad_modifiers, attention, fusion, prepared, units, cam_methods,
 # rng, params; the quick suite,
 # `-m "not slow and not awaiting_fix"`). mutmut maps each mutated function to the tests
 # that call it and runs only those for its mutants, JOBS at a time (default: the CPU count),

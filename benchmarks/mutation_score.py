@@ -55,7 +55,8 @@ def main() -> None:
     args = parser.parse_args()
     equivalent = load_equivalent(args.equivalent)
     rows, survivors, to_run = [], [], []
-    for meta in sorted((ROOT / "mutants/src/featvis").glob("*.py.meta")):
+    tree = ROOT / "mutants/src/featvis"
+    for meta in sorted(tree.rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if args.sample is not None:
             names = sorted(codes)
@@ -70,7 +71,7 @@ def main() -> None:
             counts[status] += 1
             if status in ("survived", "no tests", "suspicious"):
                 survivors.append((name, status))
-        module = meta.name.removesuffix(".py.meta")
+        module = meta.relative_to(tree).as_posix().removesuffix(".py.meta").replace("/", ".")
         judged = sum(counts.values()) - counts["equivalent"] - counts["not run"]
         killed = sum(counts[s] for s in KILLED)
         rows.append((module, killed, judged, counts))
@@ -79,17 +80,17 @@ def main() -> None:
         return
     if args.sample is not None:
         print(f"random sample: {args.sample:.0%} of each module's mutants (seed {args.seed})")
-    print(f"{'module':20s} {'killed':>7s} {'judged':>7s} {'score':>7s}  other")
+    print(f"{'module':28s} {'killed':>7s} {'judged':>7s} {'score':>7s}  other")
     total_killed = total = 0
     for module, killed, judged, counts in rows:
         total_killed, total = total_killed + killed, total + judged
         other = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in KILLED)
         score = f"{killed / judged:.1%}" if judged else "-"
-        print(f"{module:20s} {killed:7d} {judged:7d} {score:>7s}  {other}")
+        print(f"{module:28s} {killed:7d} {judged:7d} {score:>7s}  {other}")
     if total:
         low, high = wilson(total_killed, total)
         print(
-            f"{'all':20s} {total_killed:7d} {total:7d} {total_killed / total:7.1%}  (95%: {low:.1%}-{high:.1%})"
+            f"{'all':28s} {total_killed:7d} {total:7d} {total_killed / total:7.1%}  (95%: {low:.1%}-{high:.1%})"
         )
     print(f"\nsurviving ({len(survivors)}):")
     for name, status in survivors:
