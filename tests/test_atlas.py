@@ -327,6 +327,7 @@ def test_default_layers_are_block_outputs_stem_head_and_classifier():
     assert layers == ["_conv_stem", *[f"_blocks.{i}" for i in range(16)], "_conv_head", "_fc"]
     with featvis.PreparedModel(lite) as prepared:
         assert sum(prepared.unit_count(layer, (64, 64)) for layer in layers) == 4120
+        assert default_layers(prepared) == layers
 
 
 @pytest.mark.slow

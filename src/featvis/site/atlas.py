@@ -57,7 +57,12 @@ THUMBNAIL = 96
 UNIT_RECORD = re.compile(r"unit_\d+\.json")  # a unit's record (not its examples' record)
 
 
-def default_layers(model: nn.Module) -> list[str]:
+def _module(model: nn.Module | PreparedModel) -> nn.Module:
+    """The user's module: `model` itself, or the one a `PreparedModel` holds."""
+    return model.model if isinstance(model, PreparedModel) else model
+
+
+def default_layers(model: nn.Module | PreparedModel) -> list[str]:
     """Every block's output, plus the convolutions and linear layers between blocks (stem, head,
     classifier): the children of the model's top-level `Sequential`/`ModuleList` containers, and
     its other top-level conv and linear modules, in definition order.
@@ -67,7 +72,7 @@ def default_layers(model: nn.Module) -> list[str]:
         ['_conv_stem', '_blocks.0', '_blocks.1']
     """
     layers = []
-    for name, child in model.named_children():
+    for name, child in _module(model).named_children():
         if isinstance(child, nn.Sequential | nn.ModuleList):
             layers += [f"{name}.{inner}" for inner, _ in child.named_children()]
         elif isinstance(child, nn.modules.conv._ConvNd | nn.Linear):
@@ -75,9 +80,15 @@ def default_layers(model: nn.Module) -> list[str]:
     return layers
 
 
-def all_layers(model: nn.Module) -> list[str]:
-    """Every convolution and linear layer of the model (``featvis atlas --all``)."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+def all_layers(model: nn.Module | PreparedModel) -> list[str]:
+    """Every convolution and linear layer of the model (``featvis atlas --all``).
+
+    Examples:
+        >>> all_layers(featvis.zoo.efficientnet_lite0().model)[:2]
+        ['_conv_stem', '_blocks.0._depthwise_conv']
+    """
+    modules = _module(model).named_modules()
+    return [name for name, m in modules if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
 
 
 @dataclass(frozen=True)
@@ -147,10 +158,15 @@ def layer_costs(prepared: PreparedModel, layers: Sequence[str], size: tuple[int,
     return {layer: reached.get(prepared.resolve(layer).name, total) + own for layer in layers}
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's parameter and buffer names, shapes and values."""
+def fingerprint(model: nn.Module | PreparedModel) -> str:
+    """A short hash of the model's parameter and buffer names, shapes and values.
+
+    Examples:
+        >>> fingerprint(model) == fingerprint(featvis.PreparedModel(model))
+        True
+    """
     digest = hashlib.blake2b(digest_size=8)
-    for name, tensor in model.state_dict().items():
+    for name, tensor in _module(model).state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         values = tensor.detach().float().flatten().cpu()
@@ -254,7 +270,7 @@ def atlas(
                     "other inputs"
                 )
             prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
-            chosen = [*(all_layers(prepared.model) if all_convolutions else default_layers(prepared.model))]
+            chosen = all_layers(prepared) if all_convolutions else default_layers(prepared)
             chosen = list(layers) if layers is not None else chosen
             if not chosen or isinstance(layers, str):
                 raise bad_type("layers", layers, "a non-empty list of layer names")
