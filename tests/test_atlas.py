@@ -327,6 +327,7 @@ def test_default_layers_are_block_outputs_stem_head_and_classifier():
     assert layers == ["_conv_stem", *[f"_blocks.{i}" for i in range(16)], "_conv_head", "_fc"]
     with featvis.PreparedModel(lite) as prepared:
         assert sum(prepared.unit_count(layer, (64, 64)) for layer in layers) == 4120
+        assert default_layers(prepared) == layers
 
 
 @pytest.mark.slow
@@ -372,3 +373,36 @@ def test_the_site_opens_in_a_browser_with_every_visible_image_loaded(one_process
         if page == "index.html":
             assert results == 4  # unit 2 of stem, blocks.0, blocks.1 and fc
         probe.unlink()
+
+
+def test_an_atlas_of_a_prepared_model_is_the_atlas_of_the_model_with_its_conventions(tmp_path):
+    """Every unit's image, record and dataset examples, and the manifest, are the same files."""
+    namespace: dict = {}
+    exec(TOY, namespace)  # noqa: S102 - the toy model of these tests
+    model = namespace["make"]()
+    before = snapshot(model)
+    conventions = dict(input_range=(0.0, 1.0), preprocess=featvis.zoo.Normalize())
+    photos = np.random.default_rng(0).uniform(0, 1, (5, 12, 12, 3)).astype(np.float32)
+    run = dict(size=16, batch_size=4, data=photos, examples=2, max_iter=3, views=1, progress=False)
+    featvis.atlas(model, tmp_path / "model", ["blocks.0", "fc"], **run, **conventions)
+    assert_untouched(model, before)
+    with featvis.PreparedModel(model, **conventions) as prepared:
+        featvis.atlas(prepared, tmp_path / "prepared", ["blocks.0", "fc"], **run)
+    assert_untouched(model, before)
+
+    def files(site: Path) -> dict[str, bytes]:
+        return {
+            str(f.relative_to(site)): f.read_bytes()
+            for f in sorted((site / "units").rglob("*"))
+            if f.is_file()
+        }
+
+    made = files(tmp_path / "model")
+    assert len([name for name in made if name.endswith(".examples.png")]) == 6 + 3
+    assert files(tmp_path / "prepared") == made
+    manifest = json.loads((tmp_path / "model" / "atlas.json").read_text())
+    assert json.loads((tmp_path / "prepared" / "atlas.json").read_text()) == manifest
+    assert (
+        manifest["settings"]["input_range"] == [0.0, 1.0]
+        and "Normalize" in manifest["settings"]["preprocess"]
+    )

@@ -495,3 +495,42 @@ def test_a_layer_that_does_not_depend_on_the_image_gives_whole_images_with_a_war
     with pytest.warns(featvis.FeatvisWarning, match="'pos' does not depend on the input image"):
         ex = featvis.dataset_examples(model, "pos", torch.rand(4, 3, 16, 16), k=2, input_range=(0.0, 1.0))
     assert ex.receptive_field is None and ex.boxes(0) == [(0, 0, 16, 16)] * 2
+
+
+def test_a_prepared_model_with_its_conventions_gives_what_the_model_with_them_gives():
+    """Given a PreparedModel, the pass uses its preprocess, input range, channels and device: the
+    examples (values, crops, receptive fields) are those of the model given with the same conventions."""
+    model = make_tiny()
+    before = snapshot(model)
+    conventions = dict(input_range=(-1.0, 1.0), preprocess=featvis.zoo.Normalize())
+    images = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1  # in (-1, 1)
+    for data in (images, DataLoader(TensorDataset(images), batch_size=5)):
+        plain = featvis.dataset_examples(model, ["conv1", "fc"], data, k=3, **conventions)
+        assert_untouched(model, before)
+        with featvis.PreparedModel(model, **conventions) as prepared:
+            shared = featvis.dataset_examples(prepared, ["conv1", "fc"], data, k=3)
+        assert_untouched(model, before)
+        for layer in ("conv1", "fc"):
+            np.testing.assert_array_equal(shared[layer].indices, plain[layer].indices)
+            np.testing.assert_array_equal(shared[layer].values, plain[layer].values)
+            np.testing.assert_array_equal(shared[layer].lowest_indices, plain[layer].lowest_indices)
+        assert (
+            shared["conv1"].receptive_field
+            == plain["conv1"].receptive_field
+            == ReceptiveField((3, 3), (1, 1), (-1, -1))
+        )
+        np.testing.assert_array_equal(shared["conv1"].images(2)[0], plain["conv1"].images(2)[0])
+    raw = featvis.dataset_examples(model, "fc", images, k=3, input_range=(-1.0, 1.0))  # no preprocess
+    assert not np.array_equal(raw.values, plain["fc"].values)  # the conventions count
+
+
+def test_a_prepared_model_that_feeds_tensors_as_given_is_refused_naming_input_range():
+    model = make_tiny()
+    with featvis.PreparedModel(model, input_range=None) as prepared:
+        with pytest.raises(featvis.FeatvisValueError, match=r"input_range=None.*dataset examples"):
+            featvis.dataset_examples(prepared, "fc", torch.rand(4, 3, 8, 8))
+    with pytest.raises(
+        featvis.FeatvisTypeError,
+        match=r"model has type str, expected a torch.nn.Module or a featvis.PreparedModel",
+    ):
+        featvis.dataset_examples("model.pt", "fc", torch.rand(4, 3, 8, 8))

@@ -90,6 +90,115 @@ def test_a_prepared_model_serves_many_calls_and_restores_the_model_on_close(coun
     assert repr(prepared).endswith("device=cpu, closed)")
 
 
+@pytest.fixture
+def built(monkeypatch):
+    """Count the `PreparedModel` objects made (by featvis or by the test itself)."""
+    count = {"prepared": 0}
+    init = featvis.PreparedModel.__init__
+
+    def counting_init(self, *args, **kwargs):
+        count["prepared"] += 1
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(featvis.PreparedModel, "__init__", counting_init)
+    return count
+
+
+PHOTOS = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+QUICK = dict(max_iter=2, views=1, seed=0, progress=False)
+
+
+def _explain(net: nn.Module) -> np.ndarray:
+    """A map of a model without featvis: conv2's first channel on a fixed input."""
+    with torch.no_grad():
+        x = torch.linspace(0, 1, 3 * 8 * 8).view(1, 3, 8, 8)
+        return net.conv2(net.act1(net.conv1(x)))[:, 0].numpy()
+
+
+WHOLE_CALLS = {
+    "dataset_examples": lambda m, out: featvis.dataset_examples(m, ["conv1", "conv2"], PHOTOS, k=2),
+    "write_examples": lambda m, out: featvis.gallery.write_examples(m, ["conv2"], PHOTOS, out, k=2),
+    "write_gallery": lambda m, out: featvis.gallery.write_gallery(
+        m, ["conv1", "conv2"], out, units=[0, 1], size=16, data=PHOTOS, k=2, **QUICK
+    ),
+    "atlas": lambda m, out: featvis.site.atlas.atlas(
+        m, out, ["conv2", "fc"], size=16, batch_size=8, data=PHOTOS, examples=2, **QUICK
+    ),
+    "deletion": lambda m, out: featvis.metrics.deletion(
+        m, "fc", 3, PHOTOS[:2], np.ones((2, 16, 16)), steps=4
+    ),
+    "insertion": lambda m, out: featvis.metrics.insertion(
+        m, "fc", 3, PHOTOS[:2], np.ones((2, 16, 16)), steps=4
+    ),
+    "randomization_check": lambda m, out: featvis.metrics.randomization_check(
+        m, _explain, layers=["conv2", 0], size=16
+    ),
+    "get_num_filters": lambda m, out: featvis.get_num_filters(m, "conv2", input_shape=(3, 16, 16)),
+    "layer_names": lambda m, out: featvis.layer_names(m, input_shape=(3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("call", list(WHOLE_CALLS))
+def test_a_whole_call_builds_one_prepared_model_and_none_when_given_one(call, built, tmp_path):
+    model = make_tiny()
+    before = snapshot(model)
+    WHOLE_CALLS[call](model, tmp_path / "module")
+    assert built["prepared"] == 1  # the atlas, the gallery, the metrics: one for all their parts
+    assert_untouched(model, before)
+    with featvis.PreparedModel(model) as prepared:
+        WHOLE_CALLS[call](prepared, tmp_path / "prepared")
+    assert built["prepared"] == 2  # the test's own: the call made none
+    assert_untouched(model, before)
+
+
+class SharedConv(nn.Module):
+    """One conv applied twice (``conv#0``, ``conv#1``), inside a block, then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.conv(self.block(x))).mean(dim=(2, 3)))
+
+
+def test_randomization_check_takes_calls_and_ints_on_a_model_or_a_prepared_model():
+    torch.manual_seed(0)
+    model = SharedConv().eval()
+    before = snapshot(model)
+
+    def explain(net):
+        return net.block[0].weight.detach()[:, :, 0, 0].numpy()[None]
+
+    def check(given):
+        call, block = featvis.metrics.randomization_check(given, explain, layers=["conv#1", "block"], size=16)
+        assert call.label == "conv#1" and set(call.parameters) == {"conv.weight", "conv.bias"}
+        assert set(block.parameters) == {"block.0.weight", "block.0.bias"}  # nested in the block
+        assert block.correlations[0] < 0.9 <= call.correlations[0]  # explain reads block.0 only
+        (last,) = featvis.metrics.randomization_check(given, explain, layers=[-1], size=16)
+        assert last.label == "fc" and last.randomized == 8
+
+    check(model)
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        check(prepared)
+    assert_untouched(model, before)
+
+
+def test_the_cam_command_with_metrics_builds_one_prepared_model(built, tmp_path, capsys):
+    from PIL import Image
+
+    from featvis.cli import main
+
+    image = tmp_path / "in.png"
+    Image.fromarray(PHOTOS[0]).save(image)
+    args = ["cam", "--model", "conftest:make_tiny", "--preprocess", "none", "--layer", "fc", "--filter", "2"]
+    main([*args, "--image", str(image), "--size", "16", "--metrics", "--out", str(tmp_path / "map.png")])
+    assert "deletion area:" in capsys.readouterr().out
+    assert built["prepared"] == 1  # the map, its deletion and its insertion
+
+
 ENTRY_POINTS = {
     "visualize_activation": lambda m, img: featvis.visualize_activation(m, "conv2", 1, **FAST),
     "visualize_activation_with_losses": lambda m, img: featvis.visualize_activation_with_losses(

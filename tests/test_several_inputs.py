@@ -342,3 +342,17 @@ def test_dataset_examples_of_a_two_input_model_rank_the_images_with_the_fixed_in
 def test_a_two_input_model_called_without_inputs_says_to_give_them():
     with pytest.raises(featvis.ModelError, match=r"meta.*inputs= for a model of several inputs"):
         featvis.visualize_saliency(ImageAndMeta(), "head", 0, torch.rand(1, 3, 8, 8), input_range=(0.0, 1.0))
+
+
+def test_layer_names_probes_a_model_of_several_inputs_given_inputs():
+    model = Outer().eval()
+    before = snapshot(model)
+    assert featvis.layer_names(model, inputs={"meta": META}) == ["body.conv", "body.head"]
+    assert featvis.layer_names(model, (3, 8, 8), inputs={"meta": META}) == ["body.conv", "body.head"]
+    with featvis.PreparedModel(model, inputs={"meta": META}) as prepared:
+        assert featvis.find_layer_idx(prepared, "body.head") == 1
+    with pytest.raises(featvis.ModelError, match=r"meta.*inputs= for a model of several inputs"):
+        featvis.layer_names(model)
+    with pytest.raises(featvis.FeatvisValueError, match=r"inputs.*'size'"):
+        featvis.layer_names(model, inputs={"size": META})
+    assert_untouched(model, before)

@@ -8,7 +8,7 @@ from torch import nn
 import featvis
 
 from conftest import assert_untouched, snapshot
-from toy_models import train_wave_net, waves
+from toy_models import WaveNet, train_wave_net, waves
 
 SIGNAL = dict(input_range=(-1.0, 1.0))
 QUIET = dict(SIGNAL, progress=False)
@@ -146,3 +146,23 @@ def test_fourier_parameterization_of_signals_and_volumes_inverts_a_seed():
         seed = 0.2 + 0.6 * torch.rand(1, 2, *size)
         param = featvis.params.FourierImage(1, 2, size, init=seed)
         torch.testing.assert_close(param(), seed, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_names_of_a_signal_net_and_a_volume_net_every_one_a_layer():
+    signal_net = WaveNet().eval()  # untrained: only its layers count here
+    volume_net = Volume().eval()
+    before = snapshot(signal_net), snapshot(volume_net)
+    names = ["features.0", "features.1", "features.2", "features.3"]
+    assert featvis.layer_names(signal_net) == [*names, "head"]  # probed on 128-sample signals
+    assert featvis.layer_names(signal_net, input_shape=(1, 40)) == [*names, "head"]
+    assert featvis.layer_names(volume_net) == [*names, "fc"]  # on 32^3 volumes
+    assert featvis.layer_names(volume_net, (2, 4, 6, 8)) == [*names, "fc"]
+    assert featvis.find_layer_idx(volume_net, "fc", (2, 4, 6, 8)) == 4
+    assert featvis.get_num_filters(signal_net, -2, input_shape=(1, 40)) == 16  # an int from the listing
+    with pytest.raises(featvis.ModelError, match=r"input_shape=") as err:
+        featvis.layer_names(signal_net, input_shape=(1, 8, 8))  # an image's shape for a signal net
+    assert "8 x 8" in str(err.value)
+    with pytest.raises(featvis.FeatvisValueError, match=r"input_shape=\(2, 0, 4\).*positive ints"):
+        featvis.layer_names(volume_net, (2, 0, 4))
+    assert_untouched(signal_net, before[0])
+    assert_untouched(volume_net, before[1])

@@ -17,7 +17,7 @@ from featvis.backprop_modifiers import modify_backprop
 from featvis.params import Parameterization
 
 from conftest import assert_untouched, snapshot
-from toy_models import digits_data, train_digits_cnn, train_digits_vit
+from toy_models import ViTBlock, digits_data, train_digits_cnn, train_digits_vit
 
 MODEL = dict(channels=1, input_range=(0.0, 1.0))
 DIGIT = dict(MODEL, size=16, progress=False)
@@ -310,3 +310,40 @@ def test_the_unit_axis_follows_the_module_that_set_the_units(layer, axis, units)
         prepared.probe(prepared.random_images((16, 16)))
         assert prepared.resolve(layer).unit_axis == axis
         assert prepared.unit_count(layer, (16, 16)) == units
+
+
+class FixedTokens(nn.Module):
+    """4 x 4 patches of a 16 x 16 gray image with position embeddings for exactly 16 tokens: it takes
+    that one input size only."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(1, 8, 4, stride=4)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 16, 8))
+        self.block = ViTBlock(8, 2, 16)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return self.head(self.block(tokens).mean(1))
+
+
+def test_layer_names_of_a_transformer_of_one_input_size_names_input_shape():
+    torch.manual_seed(0)
+    model = FixedTokens().eval()
+    before = snapshot(model)
+    with pytest.raises(featvis.ModelError, match=r"224 x 224 input .*needs input_shape= with that size"):
+        featvis.layer_names(model)  # probed at the default 224 x 224: 3136 tokens, not 16
+    names = featvis.layer_names(model, input_shape=(1, 16, 16))
+    assert names == [
+        "patch_embed",
+        "block.norm1",
+        "block.norm2",
+        "block.mlp.0",
+        "block.mlp.1",
+        "block.mlp.2",
+        "head",
+    ]
+    index = featvis.find_layer_idx(model, "block.mlp.0", input_shape=(1, 16, 16))
+    assert featvis.get_num_filters(model, index, input_shape=(1, 16, 16)) == 16  # the MLP's features
+    assert_untouched(model, before)

@@ -319,7 +319,7 @@ def randomization_check(
         605440
     """
     if not isinstance(model, nn.Module | PreparedModel):
-        raise bad_type("model", model, "a torch.nn.Module")
+        raise bad_type("model", model, "a torch.nn.Module or a featvis.PreparedModel")
     if not callable(explain):
         raise bad_type("explain", explain, "a function model -> maps (B, H, W)")
     check_int("seed", seed, 0)
@@ -353,7 +353,7 @@ def randomization_check(
                         "has no parameters, nested ones included",
                     )
                 steps.append((label, parameters))
-    trained = np.asarray(explain(copied))
+    trained = np.array(explain(copied), copy=True)  # a map may be a view of a weight randomized below
     generator = torch.Generator().manual_seed(seed)
     results = []
     for label, parameters in steps:

@@ -26,6 +26,7 @@ from featvis.attribution import attention
 from featvis.errors import FeatvisError, FeatvisValueError, bad_value, first_line
 from featvis.image import resize, save_image, stitch_images, to_array, to_unit_tensor
 from featvis.model import zoo
+from featvis.model.prepared import preparing
 from featvis.optvis import backprop_modifiers, grad_modifiers, params, visualization, watch
 from featvis.optvis.optimizer import QUALITY, Settings
 from featvis.site import gallery
@@ -880,14 +881,15 @@ def cam(
     indices = parse_filters(filters, loaded)
     cam_of = attention.visualize_guided_cam if guided else attention.visualize_cam
     options = {} if guided else {"method": method, "aug_smooth": aug_smooth, "seed": common.seed}
-    heatmap = cam_of(loaded.model, layer, indices, image, penultimate_layer=penultimate, **options, **api)[0]
-    _attention_output(photo, heatmap, out, overlay_it)
-    if show_metrics:
-        from featvis.attribution import metrics
+    with preparing(loaded.model, **api) as prepared:  # one for the map and its metrics
+        heatmap = cam_of(prepared, layer, indices, image, penultimate_layer=penultimate, **options)[0]
+        _attention_output(photo, heatmap, out, overlay_it)
+        if show_metrics:
+            from featvis.attribution import metrics
 
-        for name, better in (("deletion", "lower"), ("insertion", "higher")):
-            curve = getattr(metrics, name)(loaded.model, layer, indices, image, heatmap, steps=16, **api)
-            click.echo(f"{name} area: {curve.areas[0]:.4f} ({better} is better)")
+            for name, better in (("deletion", "lower"), ("insertion", "higher")):
+                curve = getattr(metrics, name)(prepared, layer, indices, image, heatmap, steps=16)
+                click.echo(f"{name} area: {curve.areas[0]:.4f} ({better} is better)")
 
 
 @cli.command(

@@ -20,13 +20,14 @@ from PIL import Image
 import torch
 from torch import nn
 
-from featvis.errors import bad_type, bad_value
+from featvis.errors import bad_type, bad_value, is_int
 from featvis.image import check_range
+from featvis.model.prepared import PreparedModel, image_size, input_size, preparing
 from featvis.model.targets import LayerSpec
 
 
 def get_num_filters(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     layer: LayerSpec,
     *,
     input_shape: Sequence[int] | None = None,
@@ -45,16 +46,17 @@ def get_num_filters(
         >>> get_num_filters(vit, "encoder.layers.encoder_layer_5.mlp.0")  # tokens: last axis
         3072
     """
-    from featvis.model.prepared import PreparedModel, input_size
-
     conventions.setdefault("input_range", (0.0, 1.0))
-    with PreparedModel(model, **conventions) as prepared:
+    if input_shape is not None:
+        if isinstance(input_shape, str) or not isinstance(input_shape, Sequence) or len(input_shape) < 2:
+            raise bad_type("input_shape", input_shape, "(channels, *size) of ints, e.g. (3, 224, 224)")
+        if not is_int(input_shape[0]) or input_shape[0] < 1:
+            raise bad_value("input_shape", input_shape, "(channels, *size) with channels an int >= 1")
+        conventions["channels"] = int(input_shape[0])
+    with preparing(model, **conventions) as prepared:
         if input_shape is None:
             size = prepared.default_size()
         else:
-            if isinstance(input_shape, str) or not isinstance(input_shape, Sequence) or len(input_shape) < 2:
-                raise bad_type("input_shape", input_shape, "(channels, *size) of ints, e.g. (3, 224, 224)")
-            prepared.channels = int(input_shape[0])
             size = input_size(tuple(input_shape[1:]), len(input_shape) - 1, "input_shape")
         prepared.probe_size(size, "input_shape", input_shape is None)  # a failure names input_shape=
         return prepared.unit_count(layer, size, unit_axis)
@@ -71,8 +73,6 @@ def load_img(
         >>> cat.shape, cat.dtype
         ((224, 224, 3), dtype('uint8'))
     """
-    from featvis.model.prepared import image_size
-
     if not isinstance(path, str | os.PathLike):
         raise bad_type("path", path, "a file path (str or os.PathLike)")
     if not os.path.isfile(path):

@@ -30,7 +30,6 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 import hashlib
@@ -48,11 +47,10 @@ from tqdm.auto import tqdm
 
 from featvis.data.sources import DataSummary, ImageSource, array_item, collate, image_source
 from featvis.errors import FeatvisValueError, FeatvisWarning, bad_type, bad_value, check_int
-from featvis.image import atomic_write, check_range
+from featvis.image import atomic_write
 from featvis.model import fusion
-from featvis.model.inputs import ModelInputs
-from featvis.model.prepared import PreparedModel, prepare
-from featvis.model.targets import LayerSpec, OutputPick, check_output_pick, infer_channels, resolve_device
+from featvis.model.prepared import PreparedModel, preparing
+from featvis.model.targets import LayerSpec, OutputPick
 from featvis.model.units import check_token, check_unit_axis, layer_key, resolve_axis, select_units
 from featvis.optvis.optimizer import show_progress
 
@@ -94,37 +92,26 @@ class ReceptiveField:
         )
 
 
-class _LayerReader(contextlib.AbstractContextManager):
-    """A pass's view of its `PreparedModel`: the layers resolved once, their capture, one layer alone.
-
-    Inside the block the model is in eval mode with frozen weights; on exit the
-    prepared model is closed when the pass made it (the model exactly as it was).
-    """
+class _LayerReader:
+    """A pass's view of its `PreparedModel`: the layers resolved once, their capture, one layer alone."""
 
     def __init__(
         self,
         prepared: PreparedModel,
-        owned: bool,
         layers: Sequence[LayerSpec],
         example: torch.Tensor,
         unit_axis: int | None = None,
         token: int | None = None,
     ):
-        self.prepared, self._owned = prepared, owned
+        self.prepared = prepared
         self.model = prepared.model
         self.layers, self.unit_axis, self.token = list(layers), unit_axis, token
-        try:
-            prepared.probe_input(example)
-            resolved = prepared.resolve_all(layers)
-            self.targets = [resolved[layer_key(layer)] for layer in layers]
-            # the fused copy where it agrees with the model (its convolutions apply their activations)
-            self._runner, self._capture, self._channels_last = prepared.runner(
-                self.targets, example.shape[1:]
-            )
-            self.device = example.device
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        prepared.probe_input(example)
+        resolved = prepared.resolve_all(layers)
+        self.targets = [resolved[layer_key(layer)] for layer in layers]
+        # the fused copy where it agrees with the model (its convolutions apply their activations)
+        self._runner, self._capture, self._channels_last = prepared.runner(self.targets, example.shape[1:])
+        self.device = example.device
 
     @property
     def names(self) -> list[str]:
@@ -157,10 +144,6 @@ class _LayerReader(contextlib.AbstractContextManager):
         axis = resolve_axis(out, self.unit_axis, self.targets[index], layer)
         return select_units(out, None, layer, axis, self.token)
 
-    def __exit__(self, *exc) -> None:
-        if self._owned:
-            self.prepared.close()
-
 
 def _support_box(grad: torch.Tensor) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right) of the nonzero pixels of (B, C, H, W) gradients, or None."""
@@ -172,7 +155,7 @@ def _support_box(grad: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def _measure_receptive_field(
-    reader: _LayerReader, index: int, to_model: Callable, channels: int, image_size: tuple[int, int]
+    reader: _LayerReader, index: int, image_size: tuple[int, int]
 ) -> ReceptiveField | None:
     """The receptive field of layer `index` from the gradient's support at two output positions.
 
@@ -189,9 +172,9 @@ def _measure_receptive_field(
     for scale in (1, 2, 4):
         h, w = height * scale, width * scale
         count = max(2, _FIELD_IMAGES // scale**2)  # about the same pixels at every scale
-        images = torch.rand(count, channels, h, w, generator=generator).to(reader.device)
+        images = torch.rand(count, reader.prepared.channels, h, w, generator=generator).to(reader.device)
         with torch.no_grad():
-            x = to_model(images)
+            x = reader.prepared.model_input(images)
         x = x.detach().clone().requires_grad_(True)  # no gradient through preprocess (its caches)
         with torch.enable_grad():
             try:
@@ -202,7 +185,7 @@ def _measure_receptive_field(
                         f"dataset_examples: could not measure the receptive field of layer "
                         f"{reader.names[index]!r} ({type(err).__name__}: {err}); its examples are whole images",
                         FeatvisWarning,
-                        stacklevel=3,
+                        stacklevel=5,
                     )
                 break
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] <= 1:
@@ -212,7 +195,7 @@ def _measure_receptive_field(
                     f"dataset_examples: layer {reader.names[index]!r} does not depend on the input image, "
                     "so every image drives its units alike; its examples are whole images",
                     FeatvisWarning,
-                    stacklevel=3,
+                    stacklevel=5,
                 )
                 return None
             oh, ow = out.shape[-2:]
@@ -247,12 +230,12 @@ def _measure_receptive_field(
 _FIELDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer, size, ...): field}
 
 
-def _receptive_field(reader, index, to_model, channels, image_size) -> ReceptiveField | None:
+def _receptive_field(reader: _LayerReader, index: int, image_size: tuple[int, int]) -> ReceptiveField | None:
     """`_measure_receptive_field`, measured once per model, layer, input size and channel count."""
     fields = _FIELDS.setdefault(reader.model, {})
-    key = (reader.names[index], tuple(image_size), channels, str(reader.device))
+    key = (reader.names[index], tuple(image_size), reader.prepared.channels, str(reader.device))
     if key not in fields:
-        fields[key] = _measure_receptive_field(reader, index, to_model, channels, image_size)
+        fields[key] = _measure_receptive_field(reader, index, image_size)
     return fields[key]
 
 
@@ -517,7 +500,7 @@ def _to_nchw(batch: object, channels: int) -> torch.Tensor:
 
 
 def dataset_examples(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     layer: LayerSpec | Sequence[LayerSpec],
     data: object = None,
     units: Sequence[int] | None = None,
@@ -570,7 +553,9 @@ def dataset_examples(
     A model of several inputs takes `inputs=` as in `visualize_activation`, the others than the
     image fixed tensors (one example, fed beside every image of `data`). A model with a structured
     output (a Hugging Face ``ModelOutput``) is read through `output=` as everywhere (see
-    `PreparedModel`), so a zoo bundle's ``**bundle.conventions`` fit.
+    `PreparedModel`), so a zoo bundle's ``**bundle.conventions`` fit. `model` may be a
+    `PreparedModel`, shared with other calls: its conventions (``input_range``, ``preprocess``,
+    ``channels``, ``device``, ``inputs``, ``output``) are used, and those given here are not.
 
     `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
     process of a distributed job ranks its share, and `merge_examples` joins the shares
@@ -583,21 +568,18 @@ def dataset_examples(
         >>> vit_ex = dataset_examples(vit, "encoder.layers.encoder_layer_5.mlp.0", "photos/", units=[7])
         >>> vit_ex.values.shape                    # neuron 7 of the MLP (features axis), top 9
         (1, 9)
+        >>> with featvis.PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
+        ...     ex = dataset_examples(prepared, "_blocks.10", "photos/")
+        ...     image = featvis.visualize_layer(prepared, "_blocks.10", ex.units[:4])
     """
-    if not isinstance(model, nn.Module):
-        raise bad_type("model", model, "a torch.nn.Module")
+    if not isinstance(model, nn.Module | PreparedModel):
+        raise bad_type("model", model, "a torch.nn.Module or a featvis.PreparedModel")
     several = isinstance(layer, list | tuple)
     layers = list(layer) if several else [layer]
     if not layers:
         raise bad_value("layer", layer, "a layer or a non-empty list of layers")
     check_int("k", k, 1)
     check_int("batch_size", batch_size, 1)
-    given = None if inputs is None else ModelInputs(model, inputs)
-    if given is not None:
-        given.refuse_optimized("dataset examples rank the images of data and optimize nothing")
-    if channels is None:  # as PreparedModel: the model's first convolution tells, else 3
-        channels = infer_channels(model, 0 if given is None else given.index)
-    check_int("channels", channels, 1)
     check_int("checkpoint_every", checkpoint_every, 1)
     if size is not None:
         check_int("size", size, 1)
@@ -613,25 +595,68 @@ def dataset_examples(
         units = [check_int("units", u, 0) for u in units]
         if not units:
             raise bad_value("units", units, "at least one unit index")
-    input_range = check_range(input_range)
-    low, high = input_range
-    target_device = resolve_device(device, model)
-    output = check_output_pick(output)
     conventions = dict(
         input_range=input_range,
         preprocess=preprocess,
         channels=channels,
-        device=target_device,
+        device=device,
         inputs=inputs,
         output=output,
     )
+    with preparing(model, **conventions) as prepared:
+        prepared.require_input_range("dataset examples (data is read in it)")
+        if prepared.inputs is not None:
+            prepared.inputs.refuse_optimized("dataset examples rank the images of data and optimize nothing")
+        return _examples(
+            prepared,
+            layers,
+            several,
+            data,
+            units,
+            k,
+            reduce=reduce,
+            size=size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            sampler=sampler,
+            unit_axis=unit_axis,
+            token=token,
+        )
+
+
+def _examples(
+    prepared: PreparedModel,
+    layers: list[LayerSpec],
+    several: bool,
+    data: object,
+    units: list[int] | None,
+    k: int,
+    *,
+    reduce: str,
+    size: int | None,
+    batch_size: int,
+    num_workers: int | None,
+    progress: bool | None,
+    checkpoint: str | os.PathLike | None,
+    checkpoint_every: int,
+    sampler: Sampler | None,
+    unit_axis: int | None,
+    token: int | None,
+) -> DatasetExamples | dict[str, DatasetExamples]:
+    """`dataset_examples` on its prepared model, the arguments checked: the pass, then the results."""
+    channels, input_range, target_device = prepared.channels, prepared.input_range, prepared.device
     fixed = (
         {}
-        if given is None
+        if prepared.inputs is None
         else {  # in the checkpoint's settings: shape and sum of each value
-            name: [list(value.shape), float(value.double().sum())] for name, value in given.fixed.items()
+            name: [list(value.shape), float(value.double().sum())]
+            for name, value in prepared.inputs.fixed.items()
         }
     )
+    output = prepared.output
 
     source = image_source(data, channels=channels, size=size, input_range=input_range)
     own_loader = isinstance(source, ImageSource)
@@ -689,11 +714,6 @@ def dataset_examples(
             converted=dict(state["summary"]["converted"]),
         )
     describe = source.describe
-
-    def to_model(images: torch.Tensor) -> torch.Tensor:
-        x = low + (high - low) * images if own_loader else images
-        return preprocess(x) if preprocess is not None else x
-
     interrupted = False
     reader = None
     tops: list[_RunningTopK] = []
@@ -746,10 +766,10 @@ def dataset_examples(
                     continue
             if len(images):
                 images = images.to(target_device, non_blocking=True)
-                with torch.no_grad():
-                    x = to_model(images)  # outside inference mode: a preprocess may cache tensors
+                with torch.no_grad():  # outside inference mode: a preprocess may cache tensors
+                    x = prepared.model_input(images, in_range=not own_loader)
                 if reader is None:
-                    reader = _LayerReader(*prepare(model, **conventions), layers, x[:1], unit_axis, token)
+                    reader = _LayerReader(prepared, layers, x[:1], unit_axis, token)
                     input_size = tuple(images.shape[-2:])
                 with torch.inference_mode():
                     outputs = reader.read(x)
@@ -770,41 +790,33 @@ def dataset_examples(
                 save_checkpoint(False)
     except KeyboardInterrupt:
         interrupted = True
-    except BaseException:
-        if reader is not None:  # the model raised (or the data did): leave the model as it was
-            reader.__exit__(None, None, None)
-        raise
     finally:
         bar.close()
     seconds = {"pass": time.perf_counter() - started}
-    try:
-        if reader is None and state:  # a finished pass resumed: rebuild the state from the checkpoint
-            example = _first_image(source, own_loader, channels, target_device)
-            with torch.no_grad():
-                x = to_model(example)
-            reader = _LayerReader(*prepare(model, **conventions), layers, x, unit_axis, token)
-            input_size = tuple(state["input_size"])
-            with torch.inference_mode():
-                outputs = reader.read(x)
-            _start_state(outputs, units, k, target_device, tops, lows, chosen, spatial, reader)
-            _restore(state, tops, lows)
-        if reader is None:
-            raise FeatvisValueError(f"data: none of the {summary.total} items could be used ({summary})")
-        save_checkpoint(not interrupted)
-        fields = []
-        started = time.perf_counter()
-        for index in range(len(layers)):
-            rf = None
-            if spatial[index] is not None and len(spatial[index]) == 2:
-                rf = _receptive_field(reader, index, to_model, channels, input_size)
-            fields.append(rf)
-        seconds["receptive_field"] = time.perf_counter() - started
-        names = reader.names
-    finally:
-        if reader is not None:
-            reader.__exit__(None, None, None)
+    if reader is None and state:  # a finished pass resumed: rebuild the state from the checkpoint
+        example = _first_image(source, own_loader, channels, target_device)
+        with torch.no_grad():
+            x = prepared.model_input(example, in_range=not own_loader)
+        reader = _LayerReader(prepared, layers, x, unit_axis, token)
+        input_size = tuple(state["input_size"])
+        with torch.inference_mode():
+            outputs = reader.read(x)
+        _start_state(outputs, units, k, target_device, tops, lows, chosen, spatial, reader)
+        _restore(state, tops, lows)
+    if reader is None:
+        raise FeatvisValueError(f"data: none of the {summary.total} items could be used ({summary})")
+    save_checkpoint(not interrupted)
+    fields = []
+    started = time.perf_counter()
+    for index in range(len(layers)):
+        rf = None
+        if spatial[index] is not None and len(spatial[index]) == 2:
+            rf = _receptive_field(reader, index, input_size)
+        fields.append(rf)
+    seconds["receptive_field"] = time.perf_counter() - started
+    names = reader.names
     if summary.skipped:
-        warnings.warn(f"dataset_examples: {summary}", SkippedImagesWarning, stacklevel=2)
+        warnings.warn(f"dataset_examples: {summary}", SkippedImagesWarning, stacklevel=3)
     results = {}
     for index, spec in enumerate(layers):
         key = spec if isinstance(spec, str) else names[index]
@@ -848,7 +860,7 @@ def _batches(loader: DataLoader, summary: DataSummary):
                     f"dataset_examples: the data loader failed {failures} batches in a row; the pass "
                     f"stops there with what it has ({err})",
                     SkippedImagesWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 return
             yield None

@@ -157,14 +157,26 @@ class PreparedModel:
         )
 
     # -- input conventions ----------------------------------------------------------------
-    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def output(self) -> targets.OutputPick:
+        """Which part of a structured model output is read (``output=``; None: the logits or first element)."""
+        return self._guard.output
+
+    def model_input(self, images: torch.Tensor, *, in_range: bool = False) -> torch.Tensor:
         """Images in [0, 1] as the model takes them: scaled to `input_range`, preprocessed, in its dtype.
 
-        With ``input_range=None`` images are model input already (e.g. ImageNet-normalized
-        tensors, as Captum and pytorch-grad-cam take them) and only the dtype changes.
+        ``in_range=True``: the images are in `input_range` already (as a user's DataLoader gives
+        them) and are only preprocessed. With ``input_range=None`` images are model input already
+        (e.g. ImageNet-normalized tensors, as Captum and pytorch-grad-cam take them) and only the
+        dtype changes.
+
+        Examples:
+            >>> prepared.model_input(torch.rand(2, 3, 224, 224)).shape
+            torch.Size([2, 3, 224, 224])
+            >>> prepared.model_input(batch_in_0_255, in_range=True)
         """
         x = images
-        if self.input_range is not None:
+        if self.input_range is not None and not in_range:
             low, high = self.input_range
             x = low + (high - low) * images
         if self.preprocess is not None:
@@ -208,6 +220,21 @@ class PreparedModel:
     def _sized(self, images: torch.Tensor) -> torch.Tensor:
         """Images resized to the model's own input size (`size`) when it came with one."""
         return images if self._size is None else resize(images, self._size)
+
+    def size_for(self, size: object, argument: str = "size") -> tuple[int, ...]:
+        """The input size of a call: `size` checked (an int, or one int per spatial axis), or
+        `default_size` for None. A tuple's length sets the input's axes from then on (a model that
+        flattens images into a Conv1d takes ``size=(32, 32)``).
+
+        Examples:
+            >>> PreparedModel(conv1d_net).size_for(256)
+            (256,)
+        """
+        if size is None:
+            return self.default_size()
+        if isinstance(size, Sequence) and not isinstance(size, str) and 1 <= len(size) <= 3:
+            self.spatial_dims = len(size)
+        return input_size(size, self.spatial_dims, argument)
 
     def default_size(self) -> tuple[int, ...]:
         """The input size used when none is given: `size` when the model came with one (a zoo
@@ -348,8 +375,29 @@ class PreparedModel:
             return 1
         return int(out.shape[resolve_axis(out, check_unit_axis(unit_axis), self.resolve(layer), layer)])
 
+    def observe(
+        self, size: tuple[int, ...], hook: Callable, modules: Iterable[nn.Module] | None = None
+    ) -> None:
+        """One forward of a random image of `size` without gradients, with ``hook(module, inputs,
+        output)`` on `modules` (default: the leaf modules that run), in the order they finish.
+
+        Examples:
+            >>> prepared.observe((224, 224), lambda module, inputs, output: print(type(module).__name__))
+        """
+        images = self.random_images(size)
+        self.probe(images)
+        if modules is None:
+            by_name = {name: module for module, name in self.seen_modules().items()}
+            modules = [by_name[targets.split_call(label)[0]] for label in dict.fromkeys(self.seen.order)]
+        with targets.forward_hooks(modules, hook), torch.no_grad():
+            targets.run_model(self.model, self.model_input(images), self.inputs)
+
     def activation_bytes(self, size: tuple[int, ...]) -> int:
-        """Bytes of all leaf outputs of one image of `size` (a bound on what a batch needs)."""
+        """Bytes of all leaf outputs of one image of `size` (a bound on what a batch needs).
+
+        Examples:
+            >>> prepared.activation_bytes((224, 224))
+        """
         total = 0
 
         def count(module, inputs, output):
@@ -357,12 +405,7 @@ class PreparedModel:
             if isinstance(output, torch.Tensor):
                 total += output.numel() * output.element_size()
 
-        images = self.random_images(size)
-        self.probe(images)
-        by_name = {name: module for module, name in self.seen_modules().items()}
-        leaves = [by_name[targets.split_call(label)[0]] for label in dict.fromkeys(self.seen.order)]
-        with targets.forward_hooks(leaves, count), torch.no_grad():
-            targets.run_model(self.model, self.model_input(images), self.inputs)
+        self.observe(size, count)
         return total
 
 

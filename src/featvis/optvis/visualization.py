@@ -132,19 +132,14 @@ def _run(prepared, loss, settings, keys, seed, seed_input, size, return_result) 
 
 
 def size_of(prepared: PreparedModel, size: object) -> tuple[int, ...]:
-    """The input size for `prepared`'s model: `size` checked (an int, or one int per spatial axis),
-    or the default (224 x 224 images, 128-sample signals, 32^3 volumes). A tuple's length sets
-    the input's axes (a model that flattens images into a Conv1d takes ``size=(32, 32)``).
+    """The input size for `prepared`'s model: `PreparedModel.size_for` (`size` checked, or the
+    default: 224 x 224 images, 128-sample signals, 32^3 volumes; a tuple's length sets the input's axes).
 
     Examples:
         >>> size_of(PreparedModel(conv1d_net), 256)
         (256,)
     """
-    if size is None:
-        return prepared.default_size()
-    if isinstance(size, Sequence) and not isinstance(size, str) and 1 <= len(size) <= 3:
-        prepared.spatial_dims = len(size)  # a size's axes say what the model takes
-    return input_size(size, prepared.spatial_dims)
+    return prepared.size_for(size)
 
 
 def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> Loss:

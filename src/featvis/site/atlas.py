@@ -45,9 +45,8 @@ from featvis.data.examples import SkippedImagesWarning, dataset_examples, datase
 from featvis.data.sources import DataSummary, ImageSource, image_source
 from featvis.errors import FeatvisValueError, bad_type, check_int
 from featvis.image import atomic_write, save_image, stitch_images, to_array, to_pil
-from featvis.model.inputs import ModelInputs
-from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size
-from featvis.model.targets import LayerSpec, forward_hooks, run_model
+from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size, preparing
+from featvis.model.targets import LayerSpec
 from featvis.optvis.losses import check_token, check_unit_axis
 from featvis.optvis.optimizer import Settings, show_progress
 from featvis.optvis.visualization import activations_reached, layer_batches, visualize_layer
@@ -58,7 +57,12 @@ THUMBNAIL = 96
 UNIT_RECORD = re.compile(r"unit_\d+\.json")  # a unit's record (not its examples' record)
 
 
-def default_layers(model: nn.Module) -> list[str]:
+def _module(model: nn.Module | PreparedModel) -> nn.Module:
+    """The user's module: `model` itself, or the one a `PreparedModel` holds."""
+    return model.model if isinstance(model, PreparedModel) else model
+
+
+def default_layers(model: nn.Module | PreparedModel) -> list[str]:
     """Every block's output, plus the convolutions and linear layers between blocks (stem, head,
     classifier): the children of the model's top-level `Sequential`/`ModuleList` containers, and
     its other top-level conv and linear modules, in definition order.
@@ -68,7 +72,7 @@ def default_layers(model: nn.Module) -> list[str]:
         ['_conv_stem', '_blocks.0', '_blocks.1']
     """
     layers = []
-    for name, child in model.named_children():
+    for name, child in _module(model).named_children():
         if isinstance(child, nn.Sequential | nn.ModuleList):
             layers += [f"{name}.{inner}" for inner, _ in child.named_children()]
         elif isinstance(child, nn.modules.conv._ConvNd | nn.Linear):
@@ -76,9 +80,15 @@ def default_layers(model: nn.Module) -> list[str]:
     return layers
 
 
-def all_layers(model: nn.Module) -> list[str]:
-    """Every convolution and linear layer of the model (``featvis atlas --all``)."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+def all_layers(model: nn.Module | PreparedModel) -> list[str]:
+    """Every convolution and linear layer of the model (``featvis atlas --all``).
+
+    Examples:
+        >>> all_layers(featvis.zoo.efficientnet_lite0().model)[:2]
+        ['_conv_stem', '_blocks.0._depthwise_conv']
+    """
+    modules = _module(model).named_modules()
+    return [name for name, m in modules if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,13 @@ def shard(batches: Sequence[Batch], world_size: int) -> list[list[int]]:
 
 def layer_costs(prepared: PreparedModel, layers: Sequence[str], size: tuple[int, int]) -> dict[str, float]:
     """Estimated cost of one step of one unit of each layer: multiply-accumulates of the forward up to
-    the layer, plus the image's own work (parameterization, transforms, regularizers) as pixels x 1000."""
-    macs: list[tuple[str, float]] = []  # cumulative, in the order the leaf modules run
+    the layer, plus the image's own work (parameterization, transforms, regularizers) as pixels x 1000.
+
+    Examples:
+        >>> with PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        ...     layer_costs(prepared, ["conv1", "fc"], (64, 64))
+    """
+    macs: list[tuple[str, float]] = []  # cumulative, in the order the modules finish
     total = 0.0
 
     def count(module, inputs, output):
@@ -134,9 +149,8 @@ def layer_costs(prepared: PreparedModel, layers: Sequence[str], size: tuple[int,
             total += output[0].numel() * module.in_features
         macs.append((names[module], total))
 
-    names = {m: n for n, m in prepared.model.named_modules()}
-    with forward_hooks(names, count), torch.no_grad():
-        run_model(prepared.model, prepared.model_input(prepared.random_images(size)), prepared.inputs)
+    names = prepared.seen_modules()
+    prepared.observe(size, count, names)
     reached = {}
     for name, value in macs:  # the first call of each module that finishes
         reached.setdefault(name, value)
@@ -144,10 +158,15 @@ def layer_costs(prepared: PreparedModel, layers: Sequence[str], size: tuple[int,
     return {layer: reached.get(prepared.resolve(layer).name, total) + own for layer in layers}
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's parameter and buffer names, shapes and values."""
+def fingerprint(model: nn.Module | PreparedModel) -> str:
+    """A short hash of the model's parameter and buffer names, shapes and values.
+
+    Examples:
+        >>> fingerprint(model) == fingerprint(featvis.PreparedModel(model))
+        True
+    """
     digest = hashlib.blake2b(digest_size=8)
-    for name, tensor in model.state_dict().items():
+    for name, tensor in _module(model).state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         values = tensor.detach().float().flatten().cpu()
@@ -180,7 +199,7 @@ def _barrier(world_size: int) -> None:
 
 
 def atlas(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     out: str | os.PathLike,
     layers: Sequence[LayerSpec] | None = None,
     *,
@@ -222,30 +241,36 @@ def atlas(
     their maximum over the tokens for the examples (whole images); `unit_axis` and
     ``token`` (e.g. ``token=0``, the class token) choose as in `featvis.visualize_activation`.
 
+    `model` may be a `PreparedModel` (its conventions are used, those in `options` are not); the
+    whole atlas, its dataset examples included, runs through one prepared model.
+
     Examples:
         >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
         >>> featvis.atlas(vit, "vit-site/", ["encoder.layers.encoder_layer_5.mlp.0"], data="photos/")
+        >>> with featvis.PreparedModel(model, preprocess=featvis.zoo.Normalize()) as prepared:
+        ...     featvis.atlas(prepared, "site/", ["conv1"], data="photos/")
     """
-    if not isinstance(model, nn.Module):
-        raise bad_type("model", model, "a torch.nn.Module")
+    if not isinstance(model, nn.Module | PreparedModel):
+        raise bad_type("model", model, "a torch.nn.Module or a featvis.PreparedModel")
     out = Path(out)
     shape = image_size(size)
     check_int("seed", seed, 0)
     axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
-    if data is not None and conventions.get("inputs") is not None:
-        ModelInputs(model, conventions["inputs"]).refuse_optimized(
-            "with data=, the dataset examples feed every image of data with the same values of the other inputs"
-        )
     if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     settings = Settings.take(options)
-    prepared = PreparedModel(model, **conventions)
     try:
-        with prepared:
+        with preparing(model, **conventions) as prepared:
+            prepared.require_input_range("an atlas")
+            if data is not None and prepared.inputs is not None:
+                prepared.inputs.refuse_optimized(
+                    "with data=, the dataset examples feed every image of data with the same values of the "
+                    "other inputs"
+                )
             prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
-            chosen = [*(all_layers(prepared.model) if all_convolutions else default_layers(prepared.model))]
+            chosen = all_layers(prepared) if all_convolutions else default_layers(prepared)
             chosen = list(layers) if layers is not None else chosen
             if not chosen or isinstance(layers, str):
                 raise bad_type("layers", layers, "a non-empty list of layer names")
@@ -274,9 +299,8 @@ def atlas(
             if rank != 0:
                 _check_manifest(out, manifest, False, write=False)
             if source is not None:
-                read = {**axis, "inputs": conventions.get("inputs")}
                 _write_examples(
-                    model, prepared, out, counts, data, source, examples, rank, world_size, progress, read
+                    prepared, out, counts, data, source, examples, rank, world_size, progress, axis
                 )
             work = plan(counts, layer_costs(prepared, names, shape), batch_size)
             mine = shard(work, world_size)[rank]
@@ -305,9 +329,9 @@ def atlas(
     return out / "index.html"
 
 
-def _write_examples(model, prepared, out, counts, data, source, k, rank, world_size, progress, read) -> None:
-    """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them;
-    `read`: `dataset_examples`'s unit_axis, token and inputs.
+def _write_examples(prepared, out, counts, data, source, k, rank, world_size, progress, axis) -> None:
+    """Each unit's dataset examples (`unit_XXXXX.examples.png` and `.json`), for units that lack them,
+    through the atlas's prepared model; `axis`: `dataset_examples`'s unit_axis and token.
 
     Every rank reads its share of the data (every world_size-th item of `source`, the data's
     items), the shares' top-k are gathered and merged on every rank, and each rank writes every
@@ -329,17 +353,13 @@ def _write_examples(model, prepared, out, counts, data, source, k, rank, world_s
     with warnings.catch_warnings():  # this share's count of skipped items: the totals come below
         warnings.filterwarnings("ignore", r"dataset_examples: used \d+ of", SkippedImagesWarning)
         mine = dataset_examples(
-            model,
+            prepared,
             layers,
             data,
             k=k,
-            input_range=prepared.input_range,
-            preprocess=prepared.preprocess,
-            channels=prepared.channels,
-            device=prepared.device,
             progress=show_progress(progress) and rank == 0,
             sampler=share,
-            **read,
+            **axis,
         )
     shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
     gathered = [shares]

@@ -29,6 +29,7 @@ from torch import nn
 from featvis.data.examples import DatasetExamples, dataset_examples
 from featvis.errors import bad_type
 from featvis.image import atomic_write, save_image
+from featvis.model.prepared import CONVENTIONS, PreparedModel, preparing
 from featvis.optvis.visualization import activations_reached, visualize_layer
 
 MANIFEST = "gallery.json"
@@ -59,7 +60,7 @@ def _write_examples_of(ex: DatasetExamples, out: Path, folder: str, unit: int) -
 
 
 def write_gallery(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     layers: Sequence[str],
     out_dir: str | Path,
     *,
@@ -80,7 +81,10 @@ def write_gallery(
     With `data` (anything `featvis.dataset_examples` takes), each unit also shows
     its top-`k` dataset crops, and its bottom-`k` behind a click; one pass over
     the data serves all layers (images resized to `examples_size`, 224 for files).
-    A rerun adds its layers and units to the page.
+    A rerun adds its layers and units to the page. Other keyword arguments are the model's
+    conventions (``channels``, ``device``, ``fuse``, ...) and `featvis.Settings`; `model` may be a
+    `PreparedModel` (its conventions are used, those given here are not). The whole gallery, its
+    dataset examples included, runs through one prepared model.
 
     Examples:
         >>> write_gallery(model, ["_blocks.10", "_blocks.12"], "site", preprocess=lite0.preprocess)
@@ -90,58 +94,43 @@ def write_gallery(
     out = Path(out_dir)  # created by the first file written, so a failed run leaves nothing
     manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"layers": {}}
-    examples = {}  # {layer: DatasetExamples}
-    if data is not None:
-        examples = dataset_examples(
-            model,
-            layers,
-            data,
-            units,
-            k,
-            input_range=input_range,
-            preprocess=preprocess,
-            size=examples_size,
-            device=kwargs.get("device"),
-        )
-    for layer in layers:
-        images = visualize_layer(
-            model,
-            layer,
-            units,
-            preprocess=preprocess,
-            input_range=input_range,
-            size=size,
-            max_iter=max_iter,
-            seed=seed,
-            **kwargs,
-        )
-        chosen = list(units) if units is not None else list(range(len(images)))
-        reached = activations_reached(
-            model, layer, chosen, images, input_range=input_range, preprocess=preprocess
-        )
-        folder = _slug(layer)
-        known = {e["unit"]: e for e in manifest["layers"].get(layer, {}).get("units", [])}
-        for unit, image, value in zip(chosen, images, reached):
-            name = f"{folder}/unit_{unit:04d}.png"
-            save_image(image, out / name)
-            entry = {"unit": unit, "image": name, "activation": float(value)}
-            if layer in examples:
-                entry.update(_write_examples_of(examples[layer], out, folder, unit))
-                entry["reduce"] = examples[layer].reduce
-            known[unit] = entry  # a rerun adds units and replaces those it redid
-        manifest["layers"][layer] = {
-            "units": [known[u] for u in sorted(known)],
-            "steps": max_iter,
-            "size": size,
-        }
-        atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    conventions = {name: kwargs.pop(name) for name in CONVENTIONS if name in kwargs}
+    axis = {name: kwargs[name] for name in ("unit_axis", "token") if name in kwargs}
+    with preparing(model, input_range=input_range, preprocess=preprocess, **conventions) as prepared:
+        examples = {}  # {layer: DatasetExamples}
+        if data is not None:
+            examples = dataset_examples(prepared, layers, data, units, k, size=examples_size)
+        for layer in layers:
+            images = visualize_layer(
+                prepared, layer, units, size=size, max_iter=max_iter, seed=seed, **kwargs
+            )
+            chosen = list(units) if units is not None else list(range(len(images)))
+            reached = activations_reached(prepared, layer, chosen, images, **axis)
+            _add_layer(manifest, out, layer, chosen, images, reached, examples.get(layer), max_iter, size)
+            atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     index = out / "index.html"
     page = _render(manifest, title)
     return atomic_write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
+def _add_layer(manifest, out, layer, chosen, images, reached, examples, max_iter, size) -> None:
+    """Write one layer's unit images (and its dataset examples, when there are) and enter them in
+    `manifest`: a rerun adds units and replaces those it redid."""
+    folder = _slug(layer)
+    known = {e["unit"]: e for e in manifest["layers"].get(layer, {}).get("units", [])}
+    for unit, image, value in zip(chosen, images, reached):
+        name = f"{folder}/unit_{unit:04d}.png"
+        save_image(image, out / name)
+        entry = {"unit": unit, "image": name, "activation": float(value)}
+        if examples is not None:
+            entry.update(_write_examples_of(examples, out, folder, unit))
+            entry["reduce"] = examples.reduce
+        known[unit] = entry
+    manifest["layers"][layer] = {"units": [known[u] for u in sorted(known)], "steps": max_iter, "size": size}
+
+
 def write_examples(
-    model: nn.Module,
+    model: nn.Module | PreparedModel,
     layers: Sequence[str],
     data: object,
     out_dir: str | Path,
@@ -156,8 +145,8 @@ def write_examples(
     """One page per layer (``examples_<layer>.html``) of every unit's top and bottom dataset crops.
 
     One pass over `data` serves all layers; other keyword arguments go to
-    `featvis.dataset_examples` (``size``, ``reduce``, ``batch_size``, ...).
-    Returns the pages' paths.
+    `featvis.dataset_examples` (``size``, ``reduce``, ``batch_size``, ...), and `model` may be a
+    `PreparedModel` as there. Returns the pages' paths.
 
     Examples:
         >>> write_examples(lite0.model, ["_blocks.10"], "photos/", "site", preprocess=lite0.preprocess)
