@@ -55,6 +55,7 @@ from featvis.optvis.visualization import (
     visualize_activation_with_losses,
     visualize_layer,
 )
+from featvis.site.activation_atlas import activation_atlas
 from featvis.site.atlas import atlas
 from featvis.version import __version__ as __version__
 
@@ -83,6 +84,7 @@ __all__ = [
     "SkippedImagesWarning",
     "TotalVariation",
     "UnitPerImage",
+    "activation_atlas",
     "activations_reached",
     "atlas",
     "backprop_modifiers",

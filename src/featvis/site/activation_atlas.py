@@ -97,6 +97,7 @@ class AtlasCell:
     mean: torch.Tensor
     classes: list[tuple[int, str, float]] = field(default_factory=list)
     examples: list[int] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +121,7 @@ class _Samples:
     images: torch.Tensor  # (S,) data position of the image each came from
     classes: torch.Tensor  # (S, k) the image's top-k predicted classes
     attribution: torch.Tensor  # (S, k) activation . d logit / d activation, at the sample's position
+    size: int  # the side of the data's images
 
 
 def activation_atlas(
@@ -134,7 +136,7 @@ def activation_atlas(
     layout: str = "auto",
     top_classes: int = 3,
     class_names: Sequence[str] | None = None,
-    icon_size: int = 64,
+    icon_size: int | None = None,
     max_iter: int = 128,
     batch_size: int = 16,
     data_size: int | None = None,
@@ -155,7 +157,7 @@ def activation_atlas(
     components), or ``"auto"`` (UMAP when installed, else PCA with a warning that says so).
     Cells with at least `min_count` samples are drawn: their average vector as a
     `DirectionPerImage` objective, `batch_size` cells per call, `max_iter` steps at
-    `icon_size` px. `data` is what `featvis.dataset_examples` takes (a folder, paths, an
+    `icon_size` px (default: the data's image size). `data` is what `featvis.dataset_examples` takes (a folder, paths, an
     array, a Dataset; None: scikit-image's photographs), read at `data_size` px (default 224).
     With `out`, the cells' images are written there chunk by chunk (a rerun skips what is
     done; under torchrun each rank draws its share) and rank 0 writes ``atlas.png`` and
@@ -169,7 +171,8 @@ def activation_atlas(
     check_int("samples", samples, 1)
     check_int("min_count", min_count, 1)
     check_int("top_classes", top_classes, 1)
-    check_int("icon_size", icon_size, 8)
+    if icon_size is not None:
+        check_int("icon_size", icon_size, 1)
     check_int("max_iter", max_iter, 1)
     check_int("batch_size", batch_size, 1)
     check_int("data_batch_size", data_batch_size, 1)
@@ -180,11 +183,12 @@ def activation_atlas(
     try:
         with preparing(model, **conventions) as prepared:
             prepared.require_input_range("the activation atlas")
-            name = prepared.resolve(layer).name
             source = image_source(
                 data, channels=prepared.channels, size=data_size, input_range=prepared.input_range or (0, 1)
             )
             found = _sample(prepared, layer, source, samples, top_classes, data_batch_size, seed)
+            name = prepared.resolve(layer).name
+            icon_size = found.size if icon_size is None else icon_size
             coordinates, used = _layout(found.vectors, layout, seed)
             cells = _cells(found, coordinates, grid, min_count, class_names)
             icons = _render(
@@ -222,15 +226,15 @@ def _sample(prepared, layer, source, samples, top_classes, batch_size, seed) -> 
         if isinstance(source, DataLoader)
         else DataLoader(source, batch_size=batch_size, collate_fn=collate)
     )
-    target = prepared.resolve(layer)
     vectors, images, classes, attribution = [], [], [], []
+    side = 0
     for batch in loader:
         pictures, positions = batch[0], batch[1]
         if not len(pictures):
             continue
-        pictures = pictures.to(prepared.device)
+        pictures, side = pictures.to(prepared.device), int(pictures.shape[-1])
         prepared.probe(pictures)
-        output = prepared.resolve("")
+        target, output = prepared.resolve(layer), prepared.resolve("")
         capture = prepared.capture([target, output])
         with torch.enable_grad():
             x = prepared.model_input(pictures).requires_grad_(True)
@@ -263,7 +267,7 @@ def _sample(prepared, layer, source, samples, top_classes, batch_size, seed) -> 
             attribution.append(torch.stack([(picked * g).sum(1) for g in gains], 1).cpu())
     if not vectors:
         raise bad_value("data", "no usable image", "at least one image the model can read")
-    return _Samples(torch.cat(vectors), torch.cat(images), torch.cat(classes), torch.cat(attribution))
+    return _Samples(torch.cat(vectors), torch.cat(images), torch.cat(classes), torch.cat(attribution), side)
 
 
 def _position(seed: int, image: int, draw: int, shape) -> tuple[int, int]:
@@ -332,6 +336,7 @@ def _cells(
                 mean=found.vectors[members].mean(0),
                 classes=[(c, n, round(g, 4)) for (c, g), n in zip(best, names)],
                 examples=[int(images[i]) for i in np.argsort(-counts, kind="stable")[:4]],
+                sources=found.images[members].tolist(),
             )
         )
     return cells
