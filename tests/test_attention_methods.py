@@ -411,7 +411,11 @@ BAD_CALLS = [
     (featvis.visualize_cam, {"method": "scorecam", "batch_size": 0}, "batch_size"),
     (featvis.visualize_cam, {"smooth_samples": -1}, "smooth_samples"),
     (featvis.visualize_cam, {"aug_smooth": "yes"}, "aug_smooth"),
-    (featvis.visualize_saliency, {"method": "smoothgrads"}, "method='smoothgrads'.*close matches: smoothgrad"),
+    (
+        featvis.visualize_saliency,
+        {"method": "smoothgrads"},
+        "method='smoothgrads'.*close matches: smoothgrad",
+    ),
     (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 0}, "steps"),
     (
         featvis.visualize_saliency,

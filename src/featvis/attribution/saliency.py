@@ -477,9 +477,12 @@ def visualize_saliency_with_losses(
     """Saliency of a weighted sum of losses: the score's (minus the losses') attribution per pixel, modified
     by `grad_modifier` (default ``"absolute"``; ``"negate"`` shows what lowers the score), normalized per image.
 
-    `method`: ``"vanilla"`` (d(-loss)/d(input); guided or rectified with `backprop_modifier`),
-    ``"integrated_gradients"`` (`steps`, `quadrature`, `baseline`: see `integrated_gradients`) or
-    ``"occlusion"`` (`window`, `stride`, `baseline`: see `occlusion`); `batch_size` rows per
+    `method`: a name in `SALIENCY_METHODS`, built with the options here that its class takes:
+    ``"vanilla"`` (`Gradients`: d(-loss)/d(input); guided or rectified with `backprop_modifier`),
+    ``"smoothgrad"`` (`SmoothGrad`, with `seed`), ``"integrated_gradients"``
+    (`IntegratedGradients`: `steps`, `quadrature`, `baseline`, see `integrated_gradients`) or
+    ``"occlusion"`` (`Occlusion`: `window`, `stride`, `baseline`, see `occlusion`); or a
+    `SaliencyMethod` object with its own options (``IntegratedGradients(steps=128)``). `batch_size` rows per
     forward (None: on the CPU as many as hold 16 images of 112 px, `fusion.chunk_rows`;
     elsewhere 32 for Integrated Gradients, for occlusion 256 at 224 px, up to 1024 on smaller
     images). Gradient maps keep the max over channels, attributions their sum. ``smooth_samples > 0`` averages the map over

@@ -112,8 +112,8 @@ class ModelGuard(contextlib.AbstractContextManager):
             yield
         finally:
             for handle in handles:
-                handle.remove()
-                self._handles.remove(handle)
+                handle.remove()  # a second removal (after the guard's exit) does nothing
+            self._handles = [h for h in self._handles if all(h is not handle for handle in handles)]
 
     def hook_ids(self) -> set[int]:
         """The ids of the hooks added through `add_hook` and not yet removed (featvis's own)."""
