@@ -198,7 +198,11 @@ def _eigencam(ctx: CamContext) -> torch.Tensor:
 
 
 class GradCam(CamMethod):
-    """Grad-CAM (`gradcam`)."""
+    """Grad-CAM (`gradcam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=GradCam())  # or method="gradcam"
+    """
 
     name = "gradcam"
 
@@ -207,7 +211,11 @@ class GradCam(CamMethod):
 
 
 class GradCamPlusPlus(CamMethod):
-    """Grad-CAM++ (`gradcam_plus_plus`)."""
+    """Grad-CAM++ (`gradcam_plus_plus`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=GradCamPlusPlus())  # or method="gradcam++"
+    """
 
     name = "gradcam++"
 
@@ -216,7 +224,11 @@ class GradCamPlusPlus(CamMethod):
 
 
 class XGradCam(CamMethod):
-    """XGrad-CAM (`xgradcam`)."""
+    """XGrad-CAM (`xgradcam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=XGradCam())  # or method="xgradcam"
+    """
 
     name = "xgradcam"
 
@@ -225,7 +237,11 @@ class XGradCam(CamMethod):
 
 
 class LayerCam(CamMethod):
-    """Layer-CAM (`layercam`)."""
+    """Layer-CAM (`layercam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=LayerCam())  # or method="layercam"
+    """
 
     name = "layercam"
 
@@ -234,7 +250,11 @@ class LayerCam(CamMethod):
 
 
 class HiResCam(CamMethod):
-    """HiRes-CAM (`hirescam`)."""
+    """HiRes-CAM (`hirescam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=HiResCam())  # or method="hirescam"
+    """
 
     name = "hirescam"
 
@@ -285,7 +305,11 @@ class AblationCam(CamMethod):
 
 
 class EigenCam(CamMethod):
-    """Eigen-CAM (`_eigencam`): class-agnostic, no gradient."""
+    """Eigen-CAM (`_eigencam`): class-agnostic, no gradient.
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=EigenCam())  # or method="eigencam"
+    """
 
     name = "eigencam"
     needs = frozenset()

@@ -853,6 +853,7 @@ Examples:
   featvis saliency --image cat.jpg --filter 285 --out map.png
   featvis saliency --image cat.jpg --filter "Egyptian cat" --smooth 20 --out smooth.png
   featvis saliency --image cat.jpg --filter 285 --backprop-modifier guided --no-overlay --out guided.png
+  featvis saliency --image cat.jpg --filter 285 --method integrated_gradients --option steps=32 --out ig.png
 """
 )
 @click.option("--smooth", type=int, default=0, show_default=True, help="SmoothGrad samples (0: vanilla).")
