@@ -427,10 +427,10 @@ def test_occlusion_works_on_a_model_that_takes_one_input_size():
 
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 12544])
 def test_the_display_percentile_is_torch_quantile_from_the_top_values(n):
-    from featvis.attention import _quantile
+    from featvis.attribution.scoring import quantile
 
     x = torch.randn(3, n, generator=torch.Generator().manual_seed(n))
     for q in (0.0, 0.5, 0.9, 0.99, 0.995, 1.0):
         torch.testing.assert_close(
-            _quantile(x, q), torch.quantile(x, q, dim=1, keepdim=True), rtol=1e-5, atol=1e-6
+            quantile(x, q), torch.quantile(x, q, dim=1, keepdim=True), rtol=1e-5, atol=1e-6
         )

@@ -203,7 +203,7 @@ def test_vanilla_saliency_is_the_input_gradient_through_the_fused_copy_or_the_mo
     model.zero_grad(set_to_none=True)
     before = snapshot(model)
     for pixels in (10**9, 0):  # the model as it is, then the fused copy
-        monkeypatch.setattr(featvis.attention, "FUSED_VANILLA_PIXELS", pixels)
+        monkeypatch.setattr(featvis.attribution.saliency, "FUSED_VANILLA_PIXELS", pixels)
         got = featvis.visualize_saliency(model, "fc", 4, images, percentile=None)
         np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"threshold {pixels}")
         assert_untouched(model, before)
@@ -411,7 +411,11 @@ BAD_CALLS = [
     (featvis.visualize_cam, {"method": "scorecam", "batch_size": 0}, "batch_size"),
     (featvis.visualize_cam, {"smooth_samples": -1}, "smooth_samples"),
     (featvis.visualize_cam, {"aug_smooth": "yes"}, "aug_smooth"),
-    (featvis.visualize_saliency, {"method": "smoothgrad"}, "method='smoothgrad'"),
+    (
+        featvis.visualize_saliency,
+        {"method": "smoothgrads"},
+        "method='smoothgrads'.*close matches: smoothgrad",
+    ),
     (featvis.visualize_saliency, {"method": "integrated_gradients", "steps": 0}, "steps"),
     (
         featvis.visualize_saliency,
@@ -462,14 +466,14 @@ def test_register_cam_accepts_a_context_method():
     from featvis.cam_methods import ContextMethod
 
     model = make_tiny()
-    CAM_METHODS["test_mean"] = ContextMethod(lambda ctx: ctx.activations.mean(1))
+    CAM_METHODS.register("test_mean", ContextMethod(lambda ctx: ctx.activations.mean(1)))
     try:
         cam = featvis.visualize_cam(
             copy.deepcopy(model), "fc", 3, _images(1)[0], method="test_mean", penultimate_layer="act2"
         )
         assert cam.shape == (1, 32, 32)
     finally:
-        del CAM_METHODS["test_mean"]
+        CAM_METHODS.unregister("test_mean")
 
 
 def test_deletion_and_insertion_curves_follow_the_map_order():

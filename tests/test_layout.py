@@ -21,6 +21,7 @@ NAMES = (Path(__file__).with_name("public_names.txt")).read_text().split()
 ROOMS = [
     "version",
     "errors",
+    "registry",
     "rng",
     "image",
     "model",

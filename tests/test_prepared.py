@@ -322,7 +322,7 @@ def test_registries_are_the_one_place_to_add_a_method():
         image = featvis.visualize_activation(make_tiny(), "conv2", 1, method="gray-test", **FAST)
         assert image.shape == (16, 16, 3)
     finally:
-        del featvis.params.METHODS["gray-test"]
+        featvis.params.METHODS.unregister("gray-test")
     featvis.attention.register_cam("gradxact-test", lambda a, g: torch.relu((a * g).sum(1)))
     try:
         image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
@@ -331,7 +331,7 @@ def test_registries_are_the_one_place_to_add_a_method():
         )
         assert cam.shape == (1, 32, 32) and cam.max() == pytest.approx(1.0)
     finally:
-        del featvis.attention.CAM_METHODS["gradxact-test"]
+        featvis.attention.CAM_METHODS.unregister("gradxact-test")
 
 
 def test_an_unknown_option_is_named_with_its_close_matches():

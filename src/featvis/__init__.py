@@ -7,10 +7,10 @@ Examples:
 """
 
 from featvis import rng
-from featvis.attribution import metrics
-from featvis.attribution.attention import (
+from featvis.attribution import (
     input_gradients,
     integrated_gradients,
+    metrics,
     occlusion,
     overlay,
     visualize_cam,

@@ -34,6 +34,13 @@ class LayerNotFoundError(FeatvisValueError, KeyError):
         return str(self.args[0])
 
 
+class UnknownNameError(FeatvisValueError, KeyError):
+    """A name that a registry (`featvis.registry.Registry`) does not hold: a method, a modifier, a preset."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class NonFiniteError(FeatvisError, FloatingPointError):
     """A loss or gradient became NaN or infinite during an optimization."""
 

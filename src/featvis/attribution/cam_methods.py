@@ -1,19 +1,18 @@
 """The CAM family: how a layer's activations become a class activation map.
 
-Two kinds of method share one registry (`featvis.attention.CAM_METHODS`):
-
-- a plain function ``(activations, gradients) -> map``, both (N, C, h, w), map (N, h, w):
-  Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiRes-CAM;
-- a `ContextMethod`, called with a `CamContext` that can also score masked images or
-  ablated activations with the model: Score-CAM, Ablation-CAM, and Eigen-CAM (which
-  needs no gradient). Their model runs are batched (many masks per forward, in chunks
-  of ``ctx.batch_size`` rows), without gradients, and stop at the score's layer.
-
-Names follow pytorch-grad-cam, in lower case.
+Each method is a `CamMethod` object (see `featvis.attribution.cam`) that says what it needs:
+Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM and HiRes-CAM weigh the activations by the score's
+gradient (their formulas are the plain functions ``(activations, gradients) -> map`` below);
+Score-CAM and Ablation-CAM score masked images or ablated activations with the model (batched,
+many masks per forward in chunks of ``ctx.batch_size`` rows, without gradients, stopped at the
+score's layer); Eigen-CAM needs no gradient. `CAM_METHODS` names them (as pytorch-grad-cam does,
+in lower case) for ``visualize_cam(..., method="name")`` and ``featvis cam --method``;
+`register_cam` adds one: a `CamMethod` class or object, or a plain function
+``(activations, gradients) -> map`` as tf-keras-vis takes.
 
 Examples:
-    >>> cams = scorecam(ctx)                    # (N, h, w), not resized, not normalized
-    >>> gradcam(activations, gradients).shape   # (N, h, w)
+    >>> cams = ScoreCam(batch_size=32).attribute(prepared, loss, images)  # (N, H, W), not normalized
+    >>> gradcam(activations, gradients).shape                            # (N, h, w)
 """
 
 from __future__ import annotations
@@ -24,34 +23,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class CamContext:
-    """What a `ContextMethod` sees.
-
-    `activations` and `gradients` (None when the method asks for none) are the layer's
-    (N, C, h, w) output and the score's gradient w.r.t. it, in float32; `images` the
-    batch (N, C, H, W) as featvis holds it. ``score(index)`` scores rows that are copies of
-    images ``index`` (a (R,) tensor of image indices, any number of rows per image): one
-    score per row (the quantity the map explains, with each image's own units when the loss
-    gives each image its own, as `UnitPerImage` does), without gradients;
-    ``score(index, masks=masks)`` the same with the model input multiplied by `masks`
-    (R, 1, H, W). ``score_ablated(index, scale, fill=None)`` runs image `index` with the layer's
-    output multiplied channel-wise by each row of `scale` (K, C), the removed part replaced by
-    `fill` (C,) when given, and returns K scores. Both run at most `batch_size` rows per forward.
-    """
-
-    activations: torch.Tensor
-    gradients: torch.Tensor | None
-    images: torch.Tensor
-    score: Callable[..., torch.Tensor]
-    score_ablated: Callable[..., torch.Tensor]
-    batch_size: int
+from featvis.attribution.cam import CamContext, CamMethod
+from featvis.errors import bad_type, check_int
+from featvis.model import fusion
+from featvis.registry import Registry
 
 
 @dataclass(frozen=True)
-class ContextMethod:
-    """A CAM method that needs the model: ``function(ctx: CamContext) -> (N, h, w)``.
+class ContextMethod(CamMethod):
+    """A CAM method made of a function of the `CamContext`: ``function(ctx) -> (N, h, w)``, with the
+    score's gradient in ``ctx.gradients`` when ``gradients=True``.
 
     Examples:
         >>> register_cam("mean", ContextMethod(lambda ctx: ctx.activations.mean(1), gradients=False))
@@ -60,8 +41,27 @@ class ContextMethod:
     function: Callable[[CamContext], torch.Tensor]
     gradients: bool = False
 
-    def __call__(self, ctx: CamContext) -> torch.Tensor:
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({"gradients"}) if self.gradients else frozenset()
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
         return self.function(ctx)
+
+
+@dataclass(frozen=True)
+class FunctionCam(CamMethod):
+    """A CAM method made of a plain function ``(activations, gradients) -> map``, both (N, C, h, w),
+    map (N, h, w): what a plain function registered or passed as ``method=`` becomes.
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=FunctionCam(lambda a, g: (a * g).sum(1).relu()))
+    """
+
+    function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return self.function(ctx.activations, ctx.gradients)
 
 
 def _space(activations: torch.Tensor) -> tuple[int, ...]:
@@ -197,6 +197,189 @@ def _eigencam(ctx: CamContext) -> torch.Tensor:
     return F.relu(projection).view(n, *acts.shape[2:])
 
 
-scorecam = ContextMethod(_scorecam)
-ablationcam = ContextMethod(_ablationcam)
-eigencam = ContextMethod(_eigencam)
+class GradCam(CamMethod):
+    """Grad-CAM (`gradcam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=GradCam())  # or method="gradcam"
+    """
+
+    name = "gradcam"
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return gradcam(ctx.activations, ctx.gradients)
+
+
+class GradCamPlusPlus(CamMethod):
+    """Grad-CAM++ (`gradcam_plus_plus`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=GradCamPlusPlus())  # or method="gradcam++"
+    """
+
+    name = "gradcam++"
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return gradcam_plus_plus(ctx.activations, ctx.gradients)
+
+
+class XGradCam(CamMethod):
+    """XGrad-CAM (`xgradcam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=XGradCam())  # or method="xgradcam"
+    """
+
+    name = "xgradcam"
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return xgradcam(ctx.activations, ctx.gradients)
+
+
+class LayerCam(CamMethod):
+    """Layer-CAM (`layercam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=LayerCam())  # or method="layercam"
+    """
+
+    name = "layercam"
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return layercam(ctx.activations, ctx.gradients)
+
+
+class HiResCam(CamMethod):
+    """HiRes-CAM (`hirescam`).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=HiResCam())  # or method="hirescam"
+    """
+
+    name = "hirescam"
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return hirescam(ctx.activations, ctx.gradients)
+
+
+class ScoreCam(CamMethod):
+    """Score-CAM (`_scorecam`): no gradient; `batch_size` masked images per forward (None: on the CPU
+    as many as hold 16 images of 112 px, `fusion.chunk_rows`, its fastest there; elsewhere 64).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, images, method=ScoreCam(batch_size=32))
+    """
+
+    name = "scorecam"
+    needs = frozenset()
+
+    def __init__(self, batch_size: int | None = None):
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+
+    def rows_per_forward(self, images: torch.Tensor) -> int:
+        return self.batch_size if self.batch_size is not None else fusion.chunk_rows(images, 64)
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return _scorecam(ctx)
+
+
+class AblationCam(CamMethod):
+    """Ablation-CAM (`_ablationcam`): no gradient; the layer's own (N, C, *spatial) output, ablated
+    channel by channel, `batch_size` ablations per forward (None: 64).
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, images, method=AblationCam(batch_size=16))
+    """
+
+    name = "ablationcam"
+    needs = frozenset({"channels"})
+
+    def __init__(self, batch_size: int | None = None):
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+
+    def rows_per_forward(self, images: torch.Tensor) -> int:
+        return self.batch_size if self.batch_size is not None else 64
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return _ablationcam(ctx)
+
+
+class EigenCam(CamMethod):
+    """Eigen-CAM (`_eigencam`): class-agnostic, no gradient.
+
+    Examples:
+        >>> featvis.visualize_cam(model, "fc", 3, image, method=EigenCam())  # or method="eigencam"
+    """
+
+    name = "eigencam"
+    needs = frozenset()
+
+    def map(self, ctx: CamContext) -> torch.Tensor:
+        return _eigencam(ctx)
+
+
+scorecam = ScoreCam()
+ablationcam = AblationCam()
+eigencam = EigenCam()
+
+
+def _check_cam_method(method: object) -> object:
+    if not callable(method):
+        raise bad_type(
+            "method", method, "a CamMethod class or object, or a function (activations, gradients) -> map"
+        )
+    return method
+
+
+CAM_METHODS: Registry[object] = Registry(
+    "CAM method",
+    "method",
+    {
+        "gradcam": GradCam,
+        "gradcam++": GradCamPlusPlus,
+        "xgradcam": XGradCam,
+        "layercam": LayerCam,
+        "hirescam": HiResCam,
+        "scorecam": ScoreCam,
+        "ablationcam": AblationCam,
+        "eigencam": EigenCam,
+    },
+    convert=_check_cam_method,
+)
+"""The CAM methods by name: `CamMethod` classes (built without options), `CamMethod` objects, or
+plain functions ``(activations, gradients) -> map``; `register_cam` adds one."""
+
+
+def register_cam(name: str, method: object = None, *, replace: bool = False) -> object:
+    """Add a CAM method under `name`, for ``visualize_cam(..., method=name)`` and ``featvis cam
+    --method name``: a `CamMethod` subclass or object, a `ContextMethod`, or a plain function
+    ``(activations, gradients) -> map``, both (N, C, H, W), map (N, H, W). Without `method`, a
+    decorator. A name registered already is an error unless ``replace=True``.
+
+    Examples:
+        >>> register_cam("gradxact", lambda a, g: F.relu((a * g).sum(1)))
+        >>> featvis.visualize_cam(model, "fc", 3, image, method="gradxact")
+        >>> @register_cam("energy")
+        ... class Energy(CamMethod):
+        ...     def map(self, ctx):
+        ...         return (ctx.activations * ctx.gradients.square()).sum(1)
+    """
+    return CAM_METHODS.register(name, method, replace=replace)
+
+
+def as_cam_method(method: object) -> CamMethod:
+    """The `CamMethod` object `method` stands for: a registered name, a `CamMethod` class (built
+    without options) or object, or a plain function ``(activations, gradients) -> map``.
+
+    Examples:
+        >>> as_cam_method("scorecam")
+        <featvis.attribution.cam_methods.ScoreCam object at ...>
+    """
+    entry = CAM_METHODS[method] if isinstance(method, str) else method
+    if isinstance(entry, type) and issubclass(entry, CamMethod):
+        return entry()
+    if isinstance(entry, CamMethod):
+        return entry
+    if callable(entry):
+        return FunctionCam(entry)
+    raise bad_type("method", method, f"one of {', '.join(CAM_METHODS)}, a CamMethod or a function")

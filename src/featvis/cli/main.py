@@ -6,6 +6,7 @@ Examples:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 from dataclasses import dataclass
 import functools
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from featvis.attribution import attention
-from featvis.errors import FeatvisError, FeatvisValueError, bad_value, first_line
+import featvis.attribution as attribution
+from featvis.errors import FeatvisError, FeatvisValueError, bad_value, close_matches, first_line
 from featvis.image import resize, save_image, stitch_images, to_array, to_unit_tensor
 from featvis.model import zoo
 from featvis.model.prepared import preparing
@@ -379,6 +380,60 @@ attention_options = [
     click.option("--overlay/--no-overlay", "overlay_it", default=True, help="Blend the map over the image."),
     click.option("--out", type=click.Path(dir_okay=False), required=True, help=OUT_HELP),
 ]
+
+
+def method_options(registry) -> list:
+    """`--method`, checked against `registry` once the model is loaded (its module may register a
+    method of its own), and the method's own `--option NAME=VALUE`s."""
+    return [
+        click.option(
+            "--method",
+            default=registry.names()[0],
+            show_default=True,
+            help=f"One of {', '.join(registry)}, or a method the --model module registers.",
+        ),
+        click.option(
+            "--option",
+            "method_option",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="An option of the method's class (repeat), e.g. --option steps=32; VALUE is a "
+            "Python literal or a word.",
+        ),
+    ]
+
+
+def parse_method_options(texts: tuple[str, ...]) -> dict:
+    """``NAME=VALUE`` strings as keyword options: each VALUE a Python literal (32, 0.5, None, True,
+    'text') or else the word itself."""
+    options = {}
+    for text in texts:
+        name, equals, value = text.partition("=")
+        if not equals or not name.strip().isidentifier():
+            raise bad_value("--option", text, "NAME=VALUE, e.g. steps=32")
+        try:
+            options[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[name.strip()] = value.strip()
+    return options
+
+
+def registered_method(registry, name: str, texts: tuple[str, ...]):
+    """`--method`'s name, or with `--option`s the object its class builds with them; checked against
+    `registry` now, after the model's module ran (a method it registers counts)."""
+    if name not in registry:
+        raise bad_value(
+            "--method",
+            name,
+            f"one of {', '.join(registry)} (or a method the --model module registers)"
+            f"{close_matches(name, registry)}",
+        )
+    options = parse_method_options(texts)
+    if not options:
+        return name
+    if not isinstance(registry[name], type):
+        raise bad_value("--option", texts[0], f"none for --method {name!r} (it is registered as an object)")
+    return registry.create(name, options)
 
 
 unit_options = [
@@ -784,7 +839,7 @@ def examples(
 def _attention_output(photo, heatmap, out, overlay_it):
     """The map at the photo's own size, over the photo or alone."""
     if overlay_it:
-        picture = attention.overlay(photo, heatmap)  # resizes the map to the photo
+        picture = attribution.overlay(photo, heatmap)  # resizes the map to the photo
     else:
         heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
         heat = resize(heat, tuple(photo.shape[:2]))[0, 0].clamp(0, 1).numpy()
@@ -799,12 +854,14 @@ Examples:
   featvis saliency --image cat.jpg --filter 285 --out map.png
   featvis saliency --image cat.jpg --filter "Egyptian cat" --smooth 20 --out smooth.png
   featvis saliency --image cat.jpg --filter 285 --backprop-modifier guided --no-overlay --out guided.png
+  featvis saliency --image cat.jpg --filter 285 --method integrated_gradients --option steps=32 --out ig.png
 """
 )
 @click.option("--smooth", type=int, default=0, show_default=True, help="SmoothGrad samples (0: vanilla).")
 @click.option(
     "--backprop-modifier", type=click.Choice(list(backprop_modifiers.BACKPROP_MODIFIERS)), default=None
 )
+@with_options(method_options(attribution.SALIENCY_METHODS))
 @with_options(attention_options)
 @with_common
 def saliency(
@@ -813,6 +870,8 @@ def saliency(
     filters,
     smooth,
     backprop_modifier,
+    method,
+    method_option,
     size,
     overlay_it,
     out,
@@ -823,11 +882,15 @@ def saliency(
     photo, image = _photo_and_model_image(image_path, size, common.channels)
     loaded, api = common.load()
     indices = parse_filters(filters, loaded)
-    heatmap = attention.visualize_saliency(
+    if method_option and backprop_modifier is not None:  # the method object takes it
+        method_option = (*method_option, f"backprop_modifier={backprop_modifier!r}")
+        backprop_modifier = None
+    heatmap = attribution.visualize_saliency(
         loaded.model,
         layer,
         indices,
         image,
+        method=registered_method(attribution.SALIENCY_METHODS, method, method_option),
         smooth_samples=smooth,
         backprop_modifier=backprop_modifier,
         seed=common.seed,
@@ -847,9 +910,7 @@ Examples:
 """
 )
 @click.option("--penultimate", default=None, help="Layer whose activations are weighted (default: found).")
-@click.option(
-    "--method", type=click.Choice(list(attention.CAM_METHODS)), default="gradcam", show_default=True
-)
+@with_options(method_options(attribution.CAM_METHODS))
 @click.option("--guided", is_flag=True, help="Guided Grad-CAM: guided backprop times the CAM.")
 @click.option("--aug-smooth", is_flag=True, help="Average the map over flips and zooms of the image.")
 @click.option(
@@ -866,6 +927,7 @@ def cam(
     filters,
     penultimate,
     method,
+    method_option,
     guided,
     aug_smooth,
     show_metrics,
@@ -879,8 +941,11 @@ def cam(
     photo, image = _photo_and_model_image(image_path, size, common.channels)
     loaded, api = common.load()
     indices = parse_filters(filters, loaded)
-    cam_of = attention.visualize_guided_cam if guided else attention.visualize_cam
-    options = {} if guided else {"method": method, "aug_smooth": aug_smooth, "seed": common.seed}
+    cam_of = attribution.visualize_guided_cam if guided else attribution.visualize_cam
+    options = {}
+    if not guided:
+        method = registered_method(attribution.CAM_METHODS, method, method_option)
+        options = {"method": method, "aug_smooth": aug_smooth, "seed": common.seed}
     with preparing(loaded.model, **api) as prepared:  # one for the map and its metrics
         heatmap = cam_of(prepared, layer, indices, image, penultimate_layer=penultimate, **options)[0]
         _attention_output(photo, heatmap, out, overlay_it)

@@ -30,7 +30,7 @@ OLD_PATHS = {
     "callbacks": "featvis.optvis.callbacks",
     "watch": "featvis.optvis.watch",
     "visualization": "featvis.optvis.visualization",
-    "attention": "featvis.attribution.attention",
+    "attention": "featvis.attribution",
     "cam_methods": "featvis.attribution.cam_methods",
     "metrics": "featvis.attribution.metrics",
     "datasource": "featvis.data.sources",

@@ -331,6 +331,21 @@ class PreparedModel:
             self._captures[key] = Capture(wanted, self._guard, self._pre_softmax(wanted))
         return self._captures[key]
 
+    def hooks(
+        self,
+        forward: Iterable[tuple[nn.Module, Callable]] = (),
+        pre: Iterable[tuple[nn.Module, Callable]] = (),
+    ) -> contextlib.AbstractContextManager[None]:
+        """Forward hooks and pre-hooks, (module, hook) pairs, for a block, through the model's guard:
+        removed when the block ends, and by `close` whatever happens (`targets.ModelGuard.hooks`).
+
+        Examples:
+            >>> with prepared.hooks(forward=[(model.fc, lambda module, inputs, output: output * 2)]):
+            ...     doubled = prepared.model(x)
+        """
+        self.open()
+        return self._guard.hooks(forward, pre)
+
     def runner(self, wanted: Sequence[Target], image_shape: Sequence[int]) -> tuple[nn.Module, Capture, bool]:
         """The module to run for `wanted` (the fused copy where it agrees with the model), its capture,
         and whether to feed it channels-last input; chosen once per set of targets and image size."""

@@ -88,6 +88,33 @@ class ModelGuard(contextlib.AbstractContextManager):
     def add_hook(self, handle) -> None:
         self._handles.append(handle)
 
+    @contextlib.contextmanager
+    def hooks(
+        self,
+        forward: Iterable[tuple[nn.Module, Callable]] = (),
+        pre: Iterable[tuple[nn.Module, Callable]] = (),
+    ) -> Iterator[None]:
+        """Forward hooks and forward pre-hooks, each a (module, hook) pair, for the block. They are
+        the guard's: removed when the block ends and, whatever happens, when the guard exits.
+
+        Examples:
+            >>> with guard.hooks(forward=[(model.fc, lambda module, inputs, output: output * 2)]):
+            ...     doubled = model(x)
+        """
+        handles = []
+        try:
+            for module, hook in forward:
+                handles.append(module.register_forward_hook(hook))
+                self.add_hook(handles[-1])
+            for module, hook in pre:
+                handles.append(module.register_forward_pre_hook(hook))
+                self.add_hook(handles[-1])
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()  # a second removal (after the guard's exit) does nothing
+            self._handles = [h for h in self._handles if all(h is not handle for handle in handles)]
+
     def hook_ids(self) -> set[int]:
         """The ids of the hooks added through `add_hook` and not yet removed (featvis's own)."""
         return {handle.id for handle in self._handles}

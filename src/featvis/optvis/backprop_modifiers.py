@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from featvis.errors import bad_value, check_number, choose
+from featvis.errors import bad_value, check_number
+from featvis.registry import Registry
 
 BackpropRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -109,18 +110,17 @@ LEAKY = leaky(0.05, budget=0.05 * 33)
 """The ``"leaky"`` rule: 0.05 at each of up to 33 activations (EfficientNet-Lite0's ReLU6s), less
 at each of more."""
 
-BACKPROP_MODIFIERS: dict[str, BackpropRule] = {
-    "guided": guided,
-    "relu": rectified,
-    "rectified": rectified,
-    "deconv": rectified,
-    "leaky": LEAKY,
-}
+BACKPROP_MODIFIERS: Registry[BackpropRule] = Registry(
+    "backprop modifier",
+    "backprop_modifier",
+    {"guided": guided, "relu": rectified, "rectified": rectified, "deconv": rectified, "leaky": LEAKY},
+)
+"""The named backprop rules; ``BACKPROP_MODIFIERS.register("name", rule)`` adds one."""
 
 
 def get(modifier: str | BackpropRule | None) -> BackpropRule | None:
     """Resolve a name or callable to a backprop rule (None means plain gradients)."""
-    return choose("backprop_modifier", modifier, BACKPROP_MODIFIERS)
+    return BACKPROP_MODIFIERS.resolve(modifier)
 
 
 def _clamp(ctx, x: torch.Tensor, upper: float | None, inplace: bool) -> torch.Tensor:

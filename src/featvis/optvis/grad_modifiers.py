@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from featvis.errors import choose
+from featvis.registry import Registry
 
 GradModifier = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,15 +49,14 @@ def small_values(grads: torch.Tensor) -> torch.Tensor:
     return absolute(invert(grads))
 
 
-GRAD_MODIFIERS: dict[str, GradModifier] = {
-    "negate": negate,
-    "absolute": absolute,
-    "invert": invert,
-    "relu": relu,
-    "small_values": small_values,
-}
+GRAD_MODIFIERS: Registry[GradModifier] = Registry(
+    "grad modifier",
+    "grad_modifier",
+    {"negate": negate, "absolute": absolute, "invert": invert, "relu": relu, "small_values": small_values},
+)
+"""The named grad modifiers; ``GRAD_MODIFIERS.register("name", f)`` adds one (and to the CLI's choices)."""
 
 
 def get(modifier: str | GradModifier | None) -> GradModifier | None:
     """Resolve a name or callable to a grad modifier (None means none)."""
-    return choose("grad_modifier", modifier, GRAD_MODIFIERS)
+    return GRAD_MODIFIERS.resolve(modifier)

@@ -41,6 +41,7 @@ from featvis.optvis import backprop_modifiers, grad_modifiers
 from featvis.optvis.input_modifiers import InputModifier, apply_modifiers, standard_transforms
 from featvis.optvis.losses import Loss, LossContext
 from featvis.optvis.params import Parameterization, default_lr, method_factory
+from featvis.registry import Registry
 from featvis.rng import Streams
 
 Callback = Callable[[int, dict[str, float], torch.Tensor], None]
@@ -231,15 +232,37 @@ def warmup_cosine_lr(step: int, steps: int, warmup: float = 0.1, floor: float = 
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_lr, "cosine": warmup_cosine_lr}
+SCHEDULES: Registry[Callable[[int, int], float]] = Registry(
+    "learning-rate schedule", "lr_schedule", {"constant": constant_lr, "cosine": warmup_cosine_lr}
+)
+"""The named learning-rate schedules ``f(step, steps) -> factor``; `SCHEDULES.register` adds one."""
+
+
+def _check_preset(preset: object) -> dict:
+    """A quality preset: a dict of `Settings` options, checked by building the settings it makes."""
+    if not isinstance(preset, dict):
+        raise bad_type("preset", preset, "a dict of Settings options, e.g. {'max_iter': 64}")
+    unknown = [name for name in preset if name not in Settings.names()]
+    if unknown:
+        raise FeatvisTypeError(
+            f"unexpected Settings option {unknown[0]!r} in the preset"
+            f"{close_matches(unknown[0], Settings.names(), see='help(featvis.Settings)')}"
+        )
+    Settings(**preset)
+    return preset
 
 
 _FOURIER_ADAM = dict(method="fourier", image_ema=0.9, betas=(0.9, 0.999))  # the 0.1 recipe's
-QUALITY: dict[str, dict] = {
-    "preview": dict(max_iter=32, views=1, backprop_modifier=None, **_FOURIER_ADAM),
-    "fast": {},  # the defaults of Settings: 128 x 1 coarse-to-fine steps, beta1 0.3, "leaky"
-    "best": dict(max_iter=128, views=4, **_FOURIER_ADAM),  # 0.1's default with the "leaky" modifier
-}
+QUALITY: Registry[dict] = Registry(
+    "quality preset",
+    "quality",
+    {
+        "preview": dict(max_iter=32, views=1, backprop_modifier=None, **_FOURIER_ADAM),
+        "fast": {},  # the defaults of Settings: 128 x 1 coarse-to-fine steps, beta1 0.3, "leaky"
+        "best": dict(max_iter=128, views=4, **_FOURIER_ADAM),  # 0.1's default with the "leaky" modifier
+    },
+    convert=_check_preset,
+)
 """Named presets of `Settings` (``quality=`` in every activation-maximization entry point).
 
 Forward+backward passes per image and what EfficientNet-Lite2 recognized of Lite0's 20

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featvis.errors import bad_type, bad_value, check_number, choose
+from featvis.errors import bad_type, bad_value, check_number
+from featvis.registry import Registry
 from featvis.rng import Streams, derive_key, fresh_seed
 
 
@@ -272,25 +273,33 @@ class MacoImage(Parameterization):
         return torch.sigmoid((spatial - mean) / (std + 1e-8) * 1.5 + torch.logit(torch.tensor(0.45)))
 
 
-METHODS: dict[str, type[Parameterization]] = {
-    "pixel": PixelImage,
-    "fourier": FourierImage,
-    "coarse_to_fine": CoarseToFineImage,
-    "maco": MacoImage,
-}
+def _check_factory(factory: object) -> Callable[..., Parameterization]:
+    if not callable(factory):
+        raise bad_type("factory", factory, "a Parameterization class or factory")
+    return factory
 
 
-def register(name: str, factory: type[Parameterization]) -> None:
-    """Add a named parameterization (it appears in ``method=`` and the CLI's ``--method`` choices).
+METHODS: Registry[Callable[..., Parameterization]] = Registry(
+    "parameterization",
+    "method",
+    {"pixel": PixelImage, "fourier": FourierImage, "coarse_to_fine": CoarseToFineImage, "maco": MacoImage},
+    convert=_check_factory,
+)
+"""The named parameterizations (``method=``; the CLI's ``--method`` choices)."""
+
+
+def register(
+    name: str, factory: Callable[..., Parameterization] | None = None, *, replace: bool = False
+) -> Callable[..., Parameterization]:
+    """Add a named parameterization (it appears in ``method=`` and the CLI's ``--method`` choices);
+    without `factory`, a class decorator. A name registered already is an error unless ``replace=True``.
 
     Examples:
         >>> register("gray", Gray)
+        >>> @register("gray2")
+        ... class Gray2(PixelImage): ...
     """
-    if not isinstance(name, str) or not name:
-        raise bad_type("name", name, "a non-empty str")
-    if not callable(factory):
-        raise bad_type("factory", factory, "a Parameterization class or factory")
-    METHODS[name] = factory
+    return METHODS.register(name, factory, replace=replace)
 
 
 def default_lr(method: str | type[Parameterization]) -> float:
@@ -317,7 +326,7 @@ def method_factory(method: object) -> Callable[..., Parameterization]:
         >>> method_factory("fourier")
         <class 'featvis.params.FourierImage'>
     """
-    factory = choose("method", method, METHODS) if isinstance(method, str) else method
+    factory = METHODS.resolve(method)
     if not callable(factory):
         raise bad_type("method", method, f"one of {', '.join(METHODS)} or a callable")
     return factory
