@@ -31,6 +31,7 @@ from featvis.model.prepared import preparing
 from featvis.optvis import backprop_modifiers, grad_modifiers, params, visualization, watch
 from featvis.optvis.optimizer import QUALITY, Settings
 from featvis.site import gallery
+from featvis.site.activation_atlas import LAYOUTS
 
 EPILOG_ACTIVATION = """\b
 Examples:
@@ -1024,6 +1025,63 @@ def atlas_command(
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
         click.echo(f"wrote {index}")
+
+
+@cli.command(
+    name="activation-atlas",
+    epilog="""\b
+Examples:
+  featvis activation-atlas --layer _blocks.15 --out atlas15/                  # scikit-image's photos
+  featvis activation-atlas --layer _blocks.15 --data photos/ --grid 20 --icon-size 96 --out atlas15/
+  torchrun --nproc-per-node 2 -m featvis activation-atlas --layer _blocks.15 --out atlas15/
+""",
+)
+@click.option("--layer", required=True, help="The layer whose activations are laid out.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True),
+    default=None,
+    help="Folder of images (default: scikit-image's photographs, the photos extra).",
+)
+@click.option("--data-size", type=int, default=None, help="Side the data's images are read at (default 224).")
+@click.option("--grid", type=int, default=16, show_default=True, help="Cells per side of the map.")
+@click.option("--samples", type=int, default=4, show_default=True, help="Positions sampled per image.")
+@click.option("--min-count", type=int, default=3, show_default=True, help="Samples a cell needs to be drawn.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True)
+@click.option("--icon-size", type=int, default=None, help="Side of each cell's image (default: the data's).")
+@click.option("--steps", type=int, default=128, show_default=True, help="Optimization steps per cell.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Cells drawn per call.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Folder of the picture and page."
+)
+@with_common
+def activation_atlas_command(
+    layer, data, data_size, grid, samples, min_count, layout, icon_size, steps, batch_size, out, common
+):
+    """Lay out a layer's activations over a dataset on a grid and draw every cell (Carter et al. 2019)."""
+    from featvis.site.activation_atlas import activation_atlas
+
+    check_output("--out", out, folder=True)
+    loaded, api = common.load()
+    result = activation_atlas(
+        loaded.model,
+        layer,
+        data,
+        out=out,
+        data_size=data_size,
+        grid=grid,
+        samples=samples,
+        min_count=min_count,
+        layout=layout,
+        icon_size=icon_size,
+        max_iter=steps,
+        batch_size=batch_size,
+        class_names=loaded.class_names,
+        seed=common.seed if common.seed is not None else 0,
+        **api,
+    )
+    if result.page is not None:
+        click.echo(f"wrote {result.page} ({len(result.cells)} cells, laid out by {result.layout})")
 
 
 def _photo_and_model_image(image_path, size: str, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
