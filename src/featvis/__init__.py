@@ -57,6 +57,7 @@ from featvis.optvis.visualization import (
 )
 from featvis.site.activation_atlas import activation_atlas
 from featvis.site.atlas import atlas
+from featvis.site.building_blocks import building_blocks
 from featvis.version import __version__ as __version__
 
 paths.install()  # featvis.losses, featvis.attention, ...: the paths before the packages
@@ -88,6 +89,7 @@ __all__ = [
     "activations_reached",
     "atlas",
     "backprop_modifiers",
+    "building_blocks",
     "callbacks",
     "deprocess_input",
     "dataset_examples",
