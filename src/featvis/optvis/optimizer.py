@@ -94,6 +94,20 @@ class Result:
         return buffer.getvalue()
 
 
+class FromQuality:
+    """The default of an option that the ``quality=`` preset sets: the preset's value (see `QUALITY`).
+
+    Examples:
+        >>> featvis.visualize_activation(model, "fc", 3, quality="best")  # max_iter, views, ... of "best"
+    """
+
+    def __repr__(self) -> str:
+        return "<the quality's>"
+
+
+FROM_QUALITY = FromQuality()
+
+
 @dataclass(frozen=True)
 class Settings:
     """How an activation maximization runs: the options every entry point shares, declared once.
@@ -176,7 +190,8 @@ class Settings:
     def take(cls, options: dict, allowed: Sequence[str] = ()) -> Settings:
         """Settings from keyword options (removing them); any other option not in `allowed` is an error.
 
-        ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win.
+        ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win, except
+        those left at `FROM_QUALITY` (the entry points' default of every option a preset sets).
 
         Examples:
             >>> settings = Settings.take({"quality": "fast", "lr": 0.03})
@@ -194,6 +209,7 @@ class Settings:
         if not isinstance(quality, str) or quality not in QUALITY:
             raise bad_value("quality", quality, f"one of {', '.join(map(repr, QUALITY))}")
         given = {k: options.pop(k) for k in list(options) if k in cls.names()}
+        given = {k: value for k, value in given.items() if value is not FROM_QUALITY}
         return cls(**{**QUALITY[quality], **given})
 
     @property
