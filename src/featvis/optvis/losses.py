@@ -272,16 +272,32 @@ def _units_line(loss, chosen: str, targets: dict, shapes: dict) -> str:
 
 
 class _OneLayer(Loss):
-    """A loss that reads one layer, `self.layer`."""
+    """A loss that reads one layer, `self.layer`: its units on `unit_axis` (None: the layer's unit
+    axis), averaged over the other axes or at one `token`."""
+
+    unit_axis: int | None = None
+    token: int | None = None
 
     def layers(self) -> tuple[LayerSpec, ...]:
         return (self.layer,)
 
-    def _chosen(self, ctx: LossContext, indices, unit_axis: int | None = None, token: int | None = None):
-        """The layer's units `indices` (None: all) on axis 1 (and one position with `token`)."""
+    @property
+    def channel_axis(self) -> int | None:
+        """keras-vis's name of `unit_axis`."""
+        return self.unit_axis
+
+    def _place_units(self, unit_axis: int | None, token: int | None, channel_axis: int | None) -> None:
+        """Check and keep where the units lie (`channel_axis`: keras-vis's name of `unit_axis`)."""
+        if unit_axis is not None and channel_axis is not None and unit_axis != channel_axis:
+            raise bad_value("channel_axis", channel_axis, f"None or the same axis as unit_axis={unit_axis}")
+        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
+        self.token = check_token(token)
+
+    def _chosen(self, ctx: LossContext, indices: list[int] | None) -> torch.Tensor:
+        """The layer's units `indices` (None: all) on the unit axis (at one position with `token`)."""
         raw = ctx.activation(self.layer)
-        axis = resolve_axis(raw, unit_axis, ctx.target(self.layer), self.layer)
-        return select_units(raw, indices, self.layer, axis, token)
+        axis = resolve_axis(raw, self.unit_axis, ctx.target(self.layer), self.layer)
+        return select_units(raw, indices, self.layer, axis, self.token)
 
 
 class ActivationMaximization(_OneLayer):
@@ -315,15 +331,7 @@ class ActivationMaximization(_OneLayer):
         self.layer = layer
         self.filter_indices = _check_indices(filter_indices, "filter_indices")
         self.batch = _check_indices(batch, "batch")
-        if unit_axis is not None and channel_axis is not None and unit_axis != channel_axis:
-            raise bad_value("channel_axis", channel_axis, f"None or the same axis as unit_axis={unit_axis}")
-        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
-        self.token = check_token(token)
-
-    @property
-    def channel_axis(self) -> int | None:
-        """keras-vis's name of `unit_axis`."""
-        return self.unit_axis
+        self._place_units(unit_axis, token, channel_axis)
 
     def units_line(self, targets: dict, shapes: dict) -> str:
         """One line for verbose output: the layer, its output shape and the axis its units lie on."""
@@ -331,7 +339,7 @@ class ActivationMaximization(_OneLayer):
         return _units_line(self, chosen, targets, shapes)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        values = -self._chosen(ctx, self.filter_indices, self.unit_axis, self.token).flatten(1).mean(1)
+        values = -self._chosen(ctx, self.filter_indices).flatten(1).mean(1)
         if self.batch is None:
             return values
         keep = torch.zeros(ctx.batch_size, dtype=values.dtype, device=values.device)
@@ -359,8 +367,7 @@ class UnitPerImage(_OneLayer):
     ):
         self.layer = layer
         self.units = _check_indices(list(units), "units")
-        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
-        self.token = check_token(token)
+        self._place_units(unit_axis, token, channel_axis)
         self._units_on: torch.Tensor | None = None
 
     def units_line(self, targets: dict, shapes: dict) -> str:
@@ -368,7 +375,7 @@ class UnitPerImage(_OneLayer):
         return _units_line(self, f"one unit per image {self.units}", targets, shapes)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = self._chosen(ctx, None, self.unit_axis, self.token)
+        act = self._chosen(ctx, None)
         if max(self.units) >= act.shape[1]:
             raise bad_value("units", self.units, f"indices in [0, {act.shape[1] - 1}]")
         if len(self.units) != ctx.batch_size:
