@@ -27,6 +27,7 @@ ROOMS = [
     "optvis",
     "attribution",
     "data",
+    "concepts",
     "site",
     "compat",
     "cli",
