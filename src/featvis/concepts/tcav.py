@@ -67,7 +67,11 @@ class CAV:
         return self.vector.numpy().astype(dtype or np.float32)
 
     def objective(self, **options) -> Direction:
-        """A `featvis.losses.Direction` that grows the concept (`options`: ``cossim_pow``, ``x``, ...)."""
+        """A `featvis.losses.Direction` that grows the concept (`options`: ``cossim_pow``, ``x``, ...).
+
+        Examples:
+            >>> image = featvis.visualize_activation_with_losses(model, stripes.objective(cossim_pow=2))
+        """
         return Direction(self.layer, self.vector, **options)
 
 
