@@ -435,8 +435,120 @@ class neuron(_OneLayer):
         return -act[:, y, x]
 
 
-class direction(_OneLayer):
-    """Maximize the projection of a layer's activations on a vector of its channel space.
+def _direction_vector(vector: object) -> torch.Tensor:
+    """One finite non-zero vector, unit norm: a tensor, an array, a list of numbers, or an object with a
+    ``vector`` attribute (a `featvis.concepts.CAV`)."""
+    vector = getattr(vector, "vector", vector)
+    try:
+        vector = torch.as_tensor(vector, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise bad_type(
+            "vector", vector, "a vector of the layer's channel space (tensor, array, list)"
+        ) from err
+    if sum(size > 1 for size in vector.shape) > 1:
+        raise bad_value(
+            "vector",
+            f"a tensor of shape {tuple(vector.shape)}",
+            "one vector (for a (k, channels) set of directions, one Direction per row)",
+        )
+    vector = vector.flatten()
+    if vector.numel() == 0 or vector.norm() == 0 or not torch.isfinite(vector).all():
+        raise bad_value("vector", "a zero or non-finite vector", "a finite non-zero vector")
+    return vector / vector.norm()
+
+
+def _position(argument: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise bad_type(argument, value, "an int position >= 0 or None")
+    if value < 0:
+        raise bad_value(argument, value, "an int position >= 0 or None")
+    return int(value)
+
+
+class Direction(_OneLayer):
+    """Grow a direction of a layer's channel space: Lucid's direction objective with cosine weighting.
+
+    At each position the activation vector ``a`` (its channels) scores ``(a . v) * max(cos(a, v),
+    0.1) ** cossim_pow`` with ``v`` the unit `vector`: the projection on the direction times its cosine
+    similarity to a power, so the image grows the direction itself rather than the magnitude of its
+    largest unit (``cossim_pow=0``: the bare projection, `direction`). The score is averaged over the
+    positions (space, tokens), or read at one: ``x`` (and ``y`` for a (N, C, H, W) output). `batch`
+    restricts the loss to some images of the batch (others get 0). `vector` may be a tensor, an array,
+    a list, a row of `featvis.concepts.activation_directions`'s ``vectors`` or a `featvis.concepts.CAV`.
+
+    Examples:
+        >>> Direction("_blocks.10", torch.randn(112), cossim_pow=2)
+        >>> Direction("_blocks.10", cav, x=7, y=7)  # a concept activation vector, at the center
+        >>> [Direction("_blocks.10", v) for v in directions.vectors]  # one objective per direction
+    """
+
+    name = "Direction"
+    EPS = 1e-4  # Lucid's: keeps the cosine finite at a zero activation
+
+    def __init__(
+        self,
+        layer: LayerSpec,
+        vector: object,
+        cossim_pow: float = 1.0,
+        batch: int | Sequence[int] | None = None,
+        x: int | None = None,
+        y: int | None = None,
+    ):
+        self.layer = layer
+        self.vector = _direction_vector(vector)
+        if isinstance(cossim_pow, bool) or not isinstance(cossim_pow, numbers.Real):
+            raise bad_type("cossim_pow", cossim_pow, "a finite number >= 0")
+        if not math.isfinite(cossim_pow) or cossim_pow < 0:
+            raise bad_value("cossim_pow", cossim_pow, "a finite number >= 0")
+        self.cossim_pow = float(cossim_pow)
+        self.batch = _check_indices(batch, "batch")
+        self.x, self.y = _position("x", x), _position("y", y)
+        if self.y is not None and self.x is None:
+            raise bad_value("x", None, "a position with y (x alone for a 1-D map, x and y for a 2-D one)")
+
+    def _at_position(self, act: torch.Tensor) -> torch.Tensor:
+        """(rows, C, ...) -> (rows, C, positions): all of them, or the one at x (, y)."""
+        if self.x is None:
+            return act.flatten(2) if act.ndim > 2 else act[..., None]
+        spatial = tuple(act.shape[2:])
+        wanted = (self.x,) if self.y is None else (self.y, self.x)
+        if len(spatial) != len(wanted):
+            given = "x" if self.y is None else "x, y"
+            raise bad_value(
+                given,
+                wanted[::-1],
+                f"{len(spatial)} coordinate(s) for layer {self.layer!r}, whose output per unit is "
+                f"{spatial or 'one value'} (x for (N, C, L), x and y for (N, C, H, W))",
+            )
+        if any(not 0 <= w < s for w, s in zip(wanted, spatial, strict=True)):
+            raise bad_value(
+                "x, y" if self.y is not None else "x", wanted[::-1], f"a position inside {spatial}"
+            )
+        return act[(slice(None), slice(None), *wanted)][..., None]
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        act = self._chosen(ctx, None)
+        if act.shape[1] != self.vector.numel():
+            raise bad_value("vector", f"length {self.vector.numel()}", f"length {act.shape[1]}")
+        act = self._at_position(act)
+        vector = self.vector.to(act.device, act.dtype).view(1, -1, 1)
+        dot = (act * vector).sum(1)  # (rows, positions)
+        if self.cossim_pow > 0:
+            cosine = dot / (act.norm(dim=1) + self.EPS)  # the vector has unit norm
+            dot = dot * cosine.clamp(min=0.1) ** self.cossim_pow
+        values = -dot.mean(1)
+        if self.batch is None:
+            return values
+        keep = torch.zeros(ctx.batch_size, dtype=values.dtype, device=values.device)
+        keep[self.batch] = 1
+        return values * keep[ctx.image_of_row()]
+
+
+class direction(Direction):
+    """Maximize the projection of a layer's activations on a vector of its channel space: `Direction`
+    with ``cossim_pow=0`` by default, averaged over positions.
 
     Examples:
         >>> direction("_blocks.10", torch.randn(112))
@@ -444,19 +556,16 @@ class direction(_OneLayer):
 
     name = "direction"
 
-    def __init__(self, layer: LayerSpec, vector: torch.Tensor | Sequence[float]):
-        self.layer = layer
-        vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
-        if vector.norm() == 0 or not torch.isfinite(vector).all():
-            raise bad_value("vector", "a zero or non-finite vector", "a finite non-zero vector")
-        self.vector = vector / vector.norm()
-
-    def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = self._chosen(ctx, None)
-        if act.shape[1] != self.vector.numel():
-            raise bad_value("vector", f"length {self.vector.numel()}", f"length {act.shape[1]}")
-        vector = self.vector.to(act.device, act.dtype).view(1, -1, *([1] * (act.ndim - 2)))
-        return -(act * vector).sum(1).flatten(1).mean(1)
+    def __init__(
+        self,
+        layer: LayerSpec,
+        vector: object,
+        cossim_pow: float = 0.0,
+        batch: int | Sequence[int] | None = None,
+        x: int | None = None,
+        y: int | None = None,
+    ):
+        super().__init__(layer, vector, cossim_pow, batch, x, y)
 
 
 class diversity(_OneLayer):
