@@ -143,6 +143,24 @@ def test_callbacks_receive_step_terms_and_image(tiny):
     assert seen[0][2] == (1, 3, 32, 32)
 
 
+@pytest.mark.parametrize("method", ["pixel", "fourier"])
+def test_callbacks_see_the_images_each_step_scored_before_its_update(tiny, method):
+    start = np.full((32, 32, 3), 0.25, np.float32)
+    seen = []
+    featvis.visualize_activation(
+        tiny,
+        "fc",
+        0,
+        seed_input=start,
+        method=method,
+        input_range=(0.0, 1.0),
+        callbacks=[lambda s, t, images: seen.append(images.clone())],
+        **{**FAST, "max_iter": 3},
+    )
+    assert torch.allclose(seen[0], torch.full((1, 3, 32, 32), 0.25), atol=1e-5)  # the start, not moved
+    assert not torch.equal(seen[0], seen[1])
+
+
 def test_seed_input_is_the_starting_point(tiny):
     seed = np.full((32, 32, 3), 200, np.uint8)
     image = featvis.visualize_activation(

@@ -28,6 +28,7 @@ ROOMS = [
     "optvis",
     "attribution",
     "data",
+    "concepts",
     "site",
     "compat",
     "cli",

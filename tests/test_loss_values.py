@@ -254,3 +254,10 @@ def test_units_of_token_outputs_are_averaged_over_the_tokens():
     assert history["UnitPerImage"] == pytest.approx(per_image.mean().item(), rel=1e-4)
     # one value per image, not one per token: the total is the term's, not 9 times it
     assert history["total"] == pytest.approx(per_image.mean().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("make", [ActivationMaximization, UnitPerImage])
+def test_a_unit_axis_and_a_different_channel_axis_are_refused_and_channel_axis_reads_back(make):
+    with pytest.raises(featvis.FeatvisValueError, match="^channel_axis=2"):
+        make("fc", [0], unit_axis=1, channel_axis=2)
+    assert make("fc", [0], channel_axis=-1).channel_axis == make("fc", [0], unit_axis=-1).unit_axis == -1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +12,9 @@ import torch
 import featvis
 from featvis.cli import main
 from featvis.errors import FeatvisTypeError, FeatvisValueError
-from featvis.optimizer import QUALITY, Settings, warmup_cosine_lr
+from featvis.optimizer import FROM_QUALITY, QUALITY, Settings, warmup_cosine_lr
 from featvis.params import CoarseToFineImage, FourierImage
+from featvis.prepared import CONVENTIONS
 
 from conftest import assert_untouched, snapshot
 
@@ -61,6 +65,21 @@ def test_an_unknown_preset_is_refused_naming_the_presets_and_the_model_is_untouc
     with pytest.raises(FeatvisValueError, match="quality.*'preview', 'fast', 'best'"):
         featvis.visualize_activation(tiny, "fc", 1, quality=quality, size=32, input_range=(0, 1))
     assert_untouched(tiny, before)
+
+
+@pytest.mark.parametrize(
+    "function",
+    [featvis.visualize_activation, featvis.visualize_activation_with_losses, featvis.visualize_layer],
+)
+def test_help_shows_every_option_and_a_preset_fills_only_the_options_not_given(function):
+    parameters = inspect.signature(function).parameters
+    assert not [p for p in parameters.values() if p.kind is p.VAR_KEYWORD]
+    assert {*Settings.names(), *CONVENTIONS, "quality"} <= set(parameters)
+    preset = {name for options in QUALITY.values() for name in options}
+    for field in dataclasses.fields(Settings):
+        expected = FROM_QUALITY if field.name in preset else field.default
+        assert parameters[field.name].default == expected, field.name
+    assert "max_iter: 'int | FromQuality' = <the quality's>" in str(inspect.signature(function))
 
 
 def test_a_misspelled_quality_keyword_suggests_it(tiny):
@@ -182,6 +201,13 @@ def test_betas_may_be_zero_no_momentum():
 def test_bad_coarse_to_fine_options_are_refused_by_name(option):
     with pytest.raises((FeatvisValueError, FeatvisTypeError), match=rf"\b{next(iter(option))}\b"):
         CoarseToFineImage(1, 3, (32, 32), **option)
+
+
+def test_coarse_to_fine_takes_fourier_arguments_by_name_and_names_a_misspelled_one():
+    assert "decay" in inspect.signature(CoarseToFineImage).parameters
+    assert CoarseToFineImage(1, 3, (8, 8), decorrelate=False).color.equal(torch.eye(3))
+    with pytest.raises(FeatvisTypeError, match="'openning'; close matches: opening"):
+        CoarseToFineImage(1, 3, (8, 8), openning=0.3)
 
 
 def _moving(param: CoarseToFineImage, step: int, steps: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ Examples:
     >>> image = featvis.visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess)
 """
 
-from featvis import rng
+from featvis import concepts, rng
 from featvis.attribution import (
     input_gradients,
     integrated_gradients,
@@ -91,6 +91,7 @@ __all__ = [
     "backprop_modifiers",
     "building_blocks",
     "callbacks",
+    "concepts",
     "deprocess_input",
     "dataset_examples",
     "find_layer_idx",

@@ -9,10 +9,15 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 import difflib
+import functools
+import inspect
 import math
 import numbers
+from typing import TypeVar
+
+Function = TypeVar("Function", bound=Callable)
 
 
 class FeatvisError(Exception):
@@ -84,6 +89,35 @@ def close_matches(word: str, choices: Iterable[str], limit: int = 5, *, see: str
     if len(choices) <= 10:
         return f"; no close match among: {', '.join(choices)}"
     return f"; no close match; the first 10 of {len(choices)}: {', '.join(choices[:10])}, ... (see {see})"
+
+
+def known_keywords(function: Function) -> Function:
+    """Refuse a keyword argument `function` does not take with featvis's error, naming its close matches
+    (Python's own TypeError names no alternative); the signature `help()` shows is the function's.
+
+    Examples:
+        >>> @known_keywords
+        ... def render(*, max_iter: int = 128): ...
+        >>> render(max_iters=3)
+        FeatvisTypeError: unexpected keyword argument 'max_iters'; close matches: max_iter
+    """
+    taken = [
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    see = f"help({function.__module__}.{function.__qualname__})"
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        for name in kwargs:
+            if name not in taken:
+                raise FeatvisTypeError(
+                    f"unexpected keyword argument {name!r}{close_matches(name, taken, see=see)}"
+                )
+        return function(*args, **kwargs)
+
+    return checked
 
 
 def choose(argument: str, given: object, table: dict):

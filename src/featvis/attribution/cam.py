@@ -231,10 +231,17 @@ def _ablated_scorer(
     return score_ablated
 
 
-def _layer_gradients(prepared: PreparedModel, loss: Loss, images: torch.Tensor, layer: LayerSpec):
+def layer_gradients(
+    prepared: PreparedModel, loss: Loss, images: torch.Tensor, layer: LayerSpec
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output of `layer` (channels first, float32) and the score's gradient w.r.t. it (None when the
     score does not depend on it). The layers before run without a graph: the backward pass starts at
-    `layer`, not at the images, which is what makes a CAM cheaper than a saliency map."""
+    `layer`, not at the images, which is what makes a CAM cheaper than a saliency map (and TCAV's
+    directional derivatives cheap).
+
+    Examples:
+        >>> acts, grads = layer_gradients(prepared, UnitPerImage("_fc", [285]), images, "_blocks.10")
+    """
     terms = [(t, w) for t, w in loss.terms if w != 0]
     prepared.probe(images)
     targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
@@ -331,7 +338,7 @@ def cam_map(
         candidates = _auto_penultimates(prepared, loss, images, token_grid)
     for tried, penultimate in enumerate(candidates):
         if needs_gradients or penultimate_layer is None:
-            acts, grads = _layer_gradients(prepared, loss, images, penultimate)
+            acts, grads = layer_gradients(prepared, loss, images, penultimate)
         else:
             prepared.probe(images)
             prepared.resolve(penultimate, "penultimate_layer")

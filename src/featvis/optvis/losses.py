@@ -272,16 +272,32 @@ def _units_line(loss, chosen: str, targets: dict, shapes: dict) -> str:
 
 
 class _OneLayer(Loss):
-    """A loss that reads one layer, `self.layer`."""
+    """A loss that reads one layer, `self.layer`: its units on `unit_axis` (None: the layer's unit
+    axis), averaged over the other axes or at one `token`."""
+
+    unit_axis: int | None = None
+    token: int | None = None
 
     def layers(self) -> tuple[LayerSpec, ...]:
         return (self.layer,)
 
-    def _chosen(self, ctx: LossContext, indices, unit_axis: int | None = None, token: int | None = None):
-        """The layer's units `indices` (None: all) on axis 1 (and one position with `token`)."""
+    @property
+    def channel_axis(self) -> int | None:
+        """keras-vis's name of `unit_axis`."""
+        return self.unit_axis
+
+    def _place_units(self, unit_axis: int | None, token: int | None, channel_axis: int | None) -> None:
+        """Check and keep where the units lie (`channel_axis`: keras-vis's name of `unit_axis`)."""
+        if unit_axis is not None and channel_axis is not None and unit_axis != channel_axis:
+            raise bad_value("channel_axis", channel_axis, f"None or the same axis as unit_axis={unit_axis}")
+        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
+        self.token = check_token(token)
+
+    def _chosen(self, ctx: LossContext, indices: list[int] | None) -> torch.Tensor:
+        """The layer's units `indices` (None: all) on the unit axis (at one position with `token`)."""
         raw = ctx.activation(self.layer)
-        axis = resolve_axis(raw, unit_axis, ctx.target(self.layer), self.layer)
-        return select_units(raw, indices, self.layer, axis, token)
+        axis = resolve_axis(raw, self.unit_axis, ctx.target(self.layer), self.layer)
+        return select_units(raw, indices, self.layer, axis, self.token)
 
 
 class ActivationMaximization(_OneLayer):
@@ -315,15 +331,7 @@ class ActivationMaximization(_OneLayer):
         self.layer = layer
         self.filter_indices = _check_indices(filter_indices, "filter_indices")
         self.batch = _check_indices(batch, "batch")
-        if unit_axis is not None and channel_axis is not None and unit_axis != channel_axis:
-            raise bad_value("channel_axis", channel_axis, f"None or the same axis as unit_axis={unit_axis}")
-        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
-        self.token = check_token(token)
-
-    @property
-    def channel_axis(self) -> int | None:
-        """keras-vis's name of `unit_axis`."""
-        return self.unit_axis
+        self._place_units(unit_axis, token, channel_axis)
 
     def units_line(self, targets: dict, shapes: dict) -> str:
         """One line for verbose output: the layer, its output shape and the axis its units lie on."""
@@ -331,7 +339,7 @@ class ActivationMaximization(_OneLayer):
         return _units_line(self, chosen, targets, shapes)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        values = -self._chosen(ctx, self.filter_indices, self.unit_axis, self.token).flatten(1).mean(1)
+        values = -self._chosen(ctx, self.filter_indices).flatten(1).mean(1)
         if self.batch is None:
             return values
         keep = torch.zeros(ctx.batch_size, dtype=values.dtype, device=values.device)
@@ -359,8 +367,7 @@ class UnitPerImage(_OneLayer):
     ):
         self.layer = layer
         self.units = _check_indices(list(units), "units")
-        self.unit_axis = check_unit_axis(unit_axis if unit_axis is not None else channel_axis)
-        self.token = check_token(token)
+        self._place_units(unit_axis, token, channel_axis)
         self._units_on: torch.Tensor | None = None
 
     def units_line(self, targets: dict, shapes: dict) -> str:
@@ -368,7 +375,7 @@ class UnitPerImage(_OneLayer):
         return _units_line(self, f"one unit per image {self.units}", targets, shapes)
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = self._chosen(ctx, None, self.unit_axis, self.token)
+        act = self._chosen(ctx, None)
         if max(self.units) >= act.shape[1]:
             raise bad_value("units", self.units, f"indices in [0, {act.shape[1] - 1}]")
         if len(self.units) != ctx.batch_size:
@@ -428,8 +435,120 @@ class neuron(_OneLayer):
         return -act[:, y, x]
 
 
-class direction(_OneLayer):
-    """Maximize the projection of a layer's activations on a vector of its channel space.
+def _direction_vector(vector: object) -> torch.Tensor:
+    """One finite non-zero vector, unit norm: a tensor, an array, a list of numbers, or an object with a
+    ``vector`` attribute (a `featvis.concepts.CAV`)."""
+    vector = getattr(vector, "vector", vector)
+    try:
+        vector = torch.as_tensor(vector, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise bad_type(
+            "vector", vector, "a vector of the layer's channel space (tensor, array, list)"
+        ) from err
+    if sum(size > 1 for size in vector.shape) > 1:
+        raise bad_value(
+            "vector",
+            f"a tensor of shape {tuple(vector.shape)}",
+            "one vector (for a (k, channels) set of directions, one Direction per row)",
+        )
+    vector = vector.flatten()
+    if vector.numel() == 0 or vector.norm() == 0 or not torch.isfinite(vector).all():
+        raise bad_value("vector", "a zero or non-finite vector", "a finite non-zero vector")
+    return vector / vector.norm()
+
+
+def _position(argument: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise bad_type(argument, value, "an int position >= 0 or None")
+    if value < 0:
+        raise bad_value(argument, value, "an int position >= 0 or None")
+    return int(value)
+
+
+class Direction(_OneLayer):
+    """Grow a direction of a layer's channel space: Lucid's direction objective with cosine weighting.
+
+    At each position the activation vector ``a`` (its channels) scores ``(a . v) * max(cos(a, v),
+    0.1) ** cossim_pow`` with ``v`` the unit `vector`: the projection on the direction times its cosine
+    similarity to a power, so the image grows the direction itself rather than the magnitude of its
+    largest unit (``cossim_pow=0``: the bare projection, `direction`). The score is averaged over the
+    positions (space, tokens), or read at one: ``x`` (and ``y`` for a (N, C, H, W) output). `batch`
+    restricts the loss to some images of the batch (others get 0). `vector` may be a tensor, an array,
+    a list, a row of `featvis.concepts.activation_directions`'s ``vectors`` or a `featvis.concepts.CAV`.
+
+    Examples:
+        >>> Direction("_blocks.10", torch.randn(112), cossim_pow=2)
+        >>> Direction("_blocks.10", cav, x=7, y=7)  # a concept activation vector, at the center
+        >>> [Direction("_blocks.10", v) for v in directions.vectors]  # one objective per direction
+    """
+
+    name = "Direction"
+    EPS = 1e-4  # Lucid's: keeps the cosine finite at a zero activation
+
+    def __init__(
+        self,
+        layer: LayerSpec,
+        vector: object,
+        cossim_pow: float = 1.0,
+        batch: int | Sequence[int] | None = None,
+        x: int | None = None,
+        y: int | None = None,
+    ):
+        self.layer = layer
+        self.vector = _direction_vector(vector)
+        if isinstance(cossim_pow, bool) or not isinstance(cossim_pow, numbers.Real):
+            raise bad_type("cossim_pow", cossim_pow, "a finite number >= 0")
+        if not math.isfinite(cossim_pow) or cossim_pow < 0:
+            raise bad_value("cossim_pow", cossim_pow, "a finite number >= 0")
+        self.cossim_pow = float(cossim_pow)
+        self.batch = _check_indices(batch, "batch")
+        self.x, self.y = _position("x", x), _position("y", y)
+        if self.y is not None and self.x is None:
+            raise bad_value("x", None, "a position with y (x alone for a 1-D map, x and y for a 2-D one)")
+
+    def _at_position(self, act: torch.Tensor) -> torch.Tensor:
+        """(rows, C, ...) -> (rows, C, positions): all of them, or the one at x (, y)."""
+        if self.x is None:
+            return act.flatten(2) if act.ndim > 2 else act[..., None]
+        spatial = tuple(act.shape[2:])
+        wanted = (self.x,) if self.y is None else (self.y, self.x)
+        if len(spatial) != len(wanted):
+            given = "x" if self.y is None else "x, y"
+            raise bad_value(
+                given,
+                wanted[::-1],
+                f"{len(spatial)} coordinate(s) for layer {self.layer!r}, whose output per unit is "
+                f"{spatial or 'one value'} (x for (N, C, L), x and y for (N, C, H, W))",
+            )
+        if any(not 0 <= w < s for w, s in zip(wanted, spatial, strict=True)):
+            raise bad_value(
+                "x, y" if self.y is not None else "x", wanted[::-1], f"a position inside {spatial}"
+            )
+        return act[(slice(None), slice(None), *wanted)][..., None]
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        act = self._chosen(ctx, None)
+        if act.shape[1] != self.vector.numel():
+            raise bad_value("vector", f"length {self.vector.numel()}", f"length {act.shape[1]}")
+        act = self._at_position(act)
+        vector = self.vector.to(act.device, act.dtype).view(1, -1, 1)
+        dot = (act * vector).sum(1)  # (rows, positions)
+        if self.cossim_pow > 0:
+            cosine = dot / (act.norm(dim=1) + self.EPS)  # the vector has unit norm
+            dot = dot * cosine.clamp(min=0.1) ** self.cossim_pow
+        values = -dot.mean(1)
+        if self.batch is None:
+            return values
+        keep = torch.zeros(ctx.batch_size, dtype=values.dtype, device=values.device)
+        keep[self.batch] = 1
+        return values * keep[ctx.image_of_row()]
+
+
+class direction(Direction):
+    """Maximize the projection of a layer's activations on a vector of its channel space: `Direction`
+    with ``cossim_pow=0`` by default, averaged over positions.
 
     Examples:
         >>> direction("_blocks.10", torch.randn(112))
@@ -437,19 +556,16 @@ class direction(_OneLayer):
 
     name = "direction"
 
-    def __init__(self, layer: LayerSpec, vector: torch.Tensor | Sequence[float]):
-        self.layer = layer
-        vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
-        if vector.norm() == 0 or not torch.isfinite(vector).all():
-            raise bad_value("vector", "a zero or non-finite vector", "a finite non-zero vector")
-        self.vector = vector / vector.norm()
-
-    def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = self._chosen(ctx, None)
-        if act.shape[1] != self.vector.numel():
-            raise bad_value("vector", f"length {self.vector.numel()}", f"length {act.shape[1]}")
-        vector = self.vector.to(act.device, act.dtype).view(1, -1, *([1] * (act.ndim - 2)))
-        return -(act * vector).sum(1).flatten(1).mean(1)
+    def __init__(
+        self,
+        layer: LayerSpec,
+        vector: object,
+        cossim_pow: float = 0.0,
+        batch: int | Sequence[int] | None = None,
+        x: int | None = None,
+        y: int | None = None,
+    ):
+        super().__init__(layer, vector, cossim_pow, batch, x, y)
 
 
 class diversity(_OneLayer):

@@ -22,7 +22,6 @@ import sys
 import warnings
 
 import torch
-from tqdm.auto import tqdm
 
 from featvis.errors import (
     FeatvisTypeError,
@@ -38,6 +37,15 @@ from featvis.errors import (
 from featvis.image import stitch_images, to_array, to_pil
 from featvis.model.prepared import PreparedModel
 from featvis.optvis import backprop_modifiers, grad_modifiers
+from featvis.optvis.callbacks import (
+    FunctionCallback,
+    ImageAverage,
+    ProgressBar,
+    StepCallback,
+    Stepped,
+    Transparency,
+    VerbosePrint,
+)
 from featvis.optvis.input_modifiers import InputModifier, apply_modifiers, standard_transforms
 from featvis.optvis.losses import Loss, LossContext
 from featvis.optvis.params import Parameterization, default_lr, method_factory
@@ -85,6 +93,20 @@ class Result:
         buffer = io.BytesIO()
         to_pil(frames[0] if len(frames) == 1 else stitch_images(frames)).save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+class FromQuality:
+    """The default of an option that the ``quality=`` preset sets: the preset's value (see `QUALITY`).
+
+    Examples:
+        >>> featvis.visualize_activation(model, "fc", 3, quality="best")  # max_iter, views, ... of "best"
+    """
+
+    def __repr__(self) -> str:
+        return "<the quality's>"
+
+
+FROM_QUALITY = FromQuality()
 
 
 @dataclass(frozen=True)
@@ -169,7 +191,8 @@ class Settings:
     def take(cls, options: dict, allowed: Sequence[str] = ()) -> Settings:
         """Settings from keyword options (removing them); any other option not in `allowed` is an error.
 
-        ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win.
+        ``quality`` (a name in `QUALITY`) picks a preset; options given beside it win, except
+        those left at `FROM_QUALITY` (the entry points' default of every option a preset sets).
 
         Examples:
             >>> settings = Settings.take({"quality": "fast", "lr": 0.03})
@@ -187,6 +210,7 @@ class Settings:
         if not isinstance(quality, str) or quality not in QUALITY:
             raise bad_value("quality", quality, f"one of {', '.join(map(repr, QUALITY))}")
         given = {k: options.pop(k) for k in list(options) if k in cls.names()}
+        given = {k: value for k, value in given.items() if value is not FROM_QUALITY}
         return cls(**{**QUALITY[quality], **given})
 
     @property
@@ -276,9 +300,9 @@ The time grows with the passes: on 2 CPU cores a 224 px class image takes about 
 """
 
 
-def _term_names(terms: Sequence[tuple[Loss, float]]) -> list[str]:
+def _term_names(terms: Sequence[Loss]) -> list[str]:
     names: list[str] = []
-    for term, _ in terms:
+    for term in terms:
         name = term.name
         count = sum(1 for n in names if n == name or n.startswith(f"{name}["))
         names.append(name if count == 0 else f"{name}[{count}]")
@@ -314,131 +338,32 @@ def optimize(
     and without transforms. The model runs as `prepared` chose: the fused copy where its
     outputs agree with the model's, channels-last input where that helps (see
     `featvis.fusion.choose_runner`), the forward pass stopped after the last layer the
-    loss reads.
+    loss reads. Each step is `Optimization.step`; what else happens at a step (the image
+    average, the transparency map, the verbose print, the progress bar, ``callbacks``) is
+    a `featvis.callbacks.StepCallback`. Ctrl-C ends the steps and returns the images so far.
     """
-    steps, views = settings.max_iter, settings.views
-    grad_fn = grad_modifiers.get(settings.grad_modifier)
-    rule = backprop_modifiers.get(settings.backprop_modifier)
-    transforms = settings.transforms
-    callbacks = list(settings.callbacks or ())
-    terms = [(term, weight) for term, weight in loss.terms if weight != 0]
-    names = _term_names(terms)
-    progress = settings.progress
-    if progress is None:  # verbose prints a line per step instead
-        progress = show_progress(None) and not settings.verbose
-    if len(streams) != param.batch:
-        raise bad_value("streams", f"{len(streams)} streams", f"one per image ({param.batch})")
-    rows = streams.per_view(views)
-
-    others = others or {}
-    made = (param, *others.values())  # every parameterization the steps move
-    with torch.no_grad():
-        first = param()[:1]
-        prepared.set_inputs({name: other()[:1] for name, other in others.items()})
-    prepared.probe(first)
-    targets = prepared.resolve_all(layer for term, _ in terms for layer in term.layers())
-    wanted = list(targets.values())
-    runner, capture, channels_last = (
-        prepared.runner(wanted, first.shape[1:]) if wanted else (None, None, False)
-    )
-
-    # one fused kernel per step on a GPU rather than a handful over the whole spectrum
-    groups = [{"params": list(param.parameters()), "lr": settings.learning_rate}] + [
-        {"params": list(other.parameters()), "lr": default_lr(prepared.inputs.optimized[name].method)}
-        for name, other in others.items()
+    run = Optimization(prepared, loss, param, settings, streams, others or {})
+    average = ImageAverage(settings.image_ema) if settings.image_ema is not None else None
+    transparency = Transparency()
+    show = settings.progress
+    if show is None:  # verbose prints a line per step instead
+        show = show_progress(None) and not settings.verbose
+    bar = ProgressBar(settings.max_iter, show)
+    callbacks: list[StepCallback] = [
+        *([average] if average is not None else []),
+        transparency,
+        *([VerbosePrint(settings.max_iter, run.terms, run.targets)] if settings.verbose else []),
+        *(FunctionCallback(function) for function in settings.callbacks or ()),
+        bar,
     ]
-    parameters = [p for group in groups for p in group["params"]]
-    fused_adam = all(p.is_cuda and p.is_floating_point() for p in parameters) or None
-    optimizer = torch.optim.Adam(groups, betas=tuple(settings.betas), fused=fused_adam)
-    rates = [group["lr"] for group in groups]
-    lr_factor = settings.lr_factor
-    layer_keys = [t.key for t in wanted]
-    log = _StepLog(names, [str(t) for t in wanted], settings.autocast is not None)
-    transparency = None
-    average = None  # of the images, when image_ema is set
     interrupted = False
-    bar = tqdm(total=steps, disable=not progress, desc="featvis", leave=False)
     try:
-        for step in range(steps):
-            for each in made:
-                each.at_step(step, steps)
-            images = param()
-            images.retain_grad()
-            if settings.image_ema is not None and step >= steps // 2:
-                current = images.detach()
-                average = (
-                    current.clone() if average is None else average.lerp_(current, 1 - settings.image_ema)
-                )
-            # the model path gets its own node, so a grad modifier changes only the
-            # gradient that comes through the model, not the regularizers' own
-            through_model = images.view_as(images)
-            finite = torch.ones(len(terms) + 1, dtype=torch.bool, device=images.device)
-            _watch_gradient(through_model, finite, len(terms))
-            extra = {}  # a model's other optimized inputs, each its own node (a pixel one is the leaf)
-            for name, other in others.items():
-                value = other()
-                extra[name] = value.view_as(value)
-            for node in (through_model, *extra.values()):
-                if grad_fn is not None:  # backward runs on the score (-loss): flip in and out
-                    node.register_hook(lambda g: -grad_fn(-g))
-            batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
-            prepared.set_inputs(
-                {name: value.repeat_interleave(views, dim=0) for name, value in extra.items()}
-            )
-            x = prepared.model_input(apply_modifiers(transforms, batch, rows))
-            if channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with (
-                backprop_modifiers.modify_backprop(rule),
-                backprop_modifiers.skip_gradient(settings.skip_gradient),
-            ):
-                with torch.autocast(
-                    x.device.type, dtype=settings.autocast, enabled=settings.autocast is not None
-                ):
-                    activations = capture.run(runner, x) if wanted else {}
-                activations = {key: value.float() for key, value in activations.items()}
-                if settings.verbose and step == 0:  # where each term's units lie, once
-                    shapes = {key: tuple(value.shape) for key, value in activations.items()}
-                    for term, _ in terms:
-                        if hasattr(term, "units_line"):
-                            print(term.units_line(targets, shapes))
-                values = []
-                for index, (term, _) in enumerate(terms):  # each term its own view: its gradient is watched
-                    own = images.view_as(images)
-                    _watch_gradient(own, finite, index)
-                    ctx = LossContext(images=own, views=views, activations=activations, targets=targets)
-                    values.append(ctx.per_image(term(ctx)))
-                total = sum(weight * value for (_, weight), value in zip(terms, values)).sum()
-                optimizer.zero_grad(set_to_none=True)
-                if not total.requires_grad:
-                    raise FeatvisValueError(
-                        "losses do not depend on the input image; check the layers and "
-                        "filter_indices they read"
-                    )
-                # backward of the score, so backprop modifiers see the gradient of what is maximized
-                (-total).backward()
-            grads = [p.grad.neg_() for p in parameters if p.grad is not None]
-            means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
-            params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
-            layers_finite = [activations[key].isfinite().all() for key in layer_keys]  # what the model gave
-            log.add(step, means, torch.stack([*finite, params_finite, *layers_finite]))
-            for group, rate in zip(optimizer.param_groups, rates):
-                group["lr"] = rate * lr_factor(step, steps)
-            optimizer.step()
-            for each in made:
-                each.project()
-            magnitude = images.grad.detach().abs().mean(1)
-            transparency = magnitude if transparency is None else transparency + magnitude
-            if settings.verbose or callbacks or (step + 1) % _SYNC_EVERY == 0 or step == steps - 1:
-                latest = log.flush()  # one device sync per block of steps, or per step when watched
-                if settings.verbose:
-                    terms_text = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, latest))
-                    print(f"step {step + 1}/{steps}  {terms_text}  total {latest[-1]:.4g}")
-                for callback in callbacks:
-                    callback(step, dict(zip([*names, "total"], latest)), images.detach())
-            bar.update(1)
+        for step in range(settings.max_iter):
+            stepped = run.step(step)
+            for callback in callbacks:
+                callback.on_step(stepped)
     except KeyboardInterrupt:
-        log.flush()
+        run.log.flush()
         interrupted = True
         warnings.warn(
             "interrupted: returning the images as they were at the last step",
@@ -449,20 +374,173 @@ def optimize(
         bar.close()
         prepared.set_inputs({})
     for callback in callbacks:  # keras-vis's on_end: e.g. GifGenerator writes its file
-        on_end = getattr(callback, "on_end", None)
-        if callable(on_end):
-            on_end()
-    with torch.no_grad():
-        final = param().detach() if average is None else average
-        inputs = {name: prepared.inputs.scaled(name, other()) for name, other in others.items()}
+        callback.on_end()
+    images, inputs = run.outcome()
     return Result(
-        images=final,
-        history=log.history,
-        transparency=transparency,
+        images=images if average is None or average.images is None else average.images,
+        history=run.log.history,
+        transparency=transparency.total,
         interrupted=interrupted,
         seed=seed,
         inputs=inputs,
     )
+
+
+class Optimization:
+    """One optimization's working state (the model's runner, Adam, the step log); `step` makes a step.
+
+    Examples:
+        >>> run = Optimization(prepared, loss, FourierImage(1, 3, (224, 224)), Settings(), streams, {})
+        >>> run.step(0).terms
+        {'ActivationMaximization': -0.41, 'TotalVariation': 0.0003, 'total': -0.4097}
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedModel,
+        loss: Loss,
+        param: Parameterization,
+        settings: Settings,
+        streams: Streams,
+        others: dict[str, Parameterization],
+    ):
+        if len(streams) != param.batch:
+            raise bad_value("streams", f"{len(streams)} streams", f"one per image ({param.batch})")
+        self.prepared, self.param, self.others, self.settings = prepared, param, others, settings
+        self.steps, self.views = settings.max_iter, settings.views
+        self.grad_fn = grad_modifiers.get(settings.grad_modifier)
+        self.rule = backprop_modifiers.get(settings.backprop_modifier)
+        self.transforms = settings.transforms
+        self.weighted = [(term, weight) for term, weight in loss.terms if weight != 0]
+        self.terms = [term for term, _ in self.weighted]
+        self.rows = streams.per_view(self.views)
+        self.made = (param, *others.values())  # every parameterization the steps move
+        with torch.no_grad():
+            first = param()[:1]
+            prepared.set_inputs({name: other()[:1] for name, other in others.items()})
+        prepared.probe(first)
+        self.targets = prepared.resolve_all(layer for term in self.terms for layer in term.layers())
+        wanted = list(self.targets.values())
+        self.runner, self.capture, self.channels_last = (
+            prepared.runner(wanted, first.shape[1:]) if wanted else (None, None, False)
+        )
+        self.layer_keys = [target.key for target in wanted]
+        self.optimizer, self.rates = self._adam()
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.log = _StepLog(_term_names(self.terms), [str(t) for t in wanted], settings.autocast is not None)
+
+    def _adam(self) -> tuple[torch.optim.Adam, list[float]]:
+        """Adam over the images' parameters and each other input's, each at its own rate."""
+        groups = [{"params": list(self.param.parameters()), "lr": self.settings.learning_rate}] + [
+            {
+                "params": list(other.parameters()),
+                "lr": default_lr(self.prepared.inputs.optimized[name].method),
+            }
+            for name, other in self.others.items()
+        ]
+        parameters = [p for group in groups for p in group["params"]]
+        # one fused kernel per step on a GPU rather than a handful over the whole spectrum
+        fused = all(p.is_cuda and p.is_floating_point() for p in parameters) or None
+        optimizer = torch.optim.Adam(groups, betas=tuple(self.settings.betas), fused=fused)
+        return optimizer, [group["lr"] for group in groups]
+
+    def step(self, step: int) -> Stepped:
+        """One step on the batch: render the images, run the model on their views, score the loss,
+        backward (through the grad and backprop modifiers), update the parameters; the non-finite
+        checks run on the device and are read back every few steps (or when a callback reads
+        `Stepped.terms`)."""
+        for each in self.made:
+            each.at_step(step, self.steps)
+        images = self.param()
+        images.retain_grad()
+        finite = torch.ones(len(self.terms) + 1, dtype=torch.bool, device=images.device)
+        with (
+            backprop_modifiers.modify_backprop(self.rule),
+            backprop_modifiers.skip_gradient(self.settings.skip_gradient),
+        ):
+            activations = self._forward(images, finite)
+            values = self._loss_values(images, activations, finite)
+            total = sum(weight * value for (_, weight), value in zip(self.weighted, values)).sum()
+            self._backward(total)
+        grads = [p.grad.neg_() for p in self.parameters if p.grad is not None]
+        means = torch.stack([v.detach().mean() for v in values] + [total.detach() / images.shape[0]])
+        params_finite = torch.stack([g.isfinite().all() for g in grads]).all()
+        layers_finite = [activations[key].isfinite().all() for key in self.layer_keys]  # what the model gave
+        self.log.add(step, means, torch.stack([*finite, params_finite, *layers_finite]))
+        scored = images.detach().clone()  # a pixel image is its parameter, which the update moves
+        self._update(step)
+        if (step + 1) % _SYNC_EVERY == 0 or step == self.steps - 1:
+            self.log.flush()  # one device sync per block of steps
+        return Stepped(
+            step=step,
+            steps=self.steps,
+            images=scored,
+            image_gradient=images.grad.detach().abs().mean(1),
+            activations=activations,
+            read_terms=lambda: dict(zip(self.log.names, self.log.flush())),
+        )
+
+    def _forward(self, images: torch.Tensor, finite: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs of the layers the loss reads, on the transformed views of `images` (float32)."""
+        # the model path gets its own node, so a grad modifier changes only the
+        # gradient that comes through the model, not the regularizers' own
+        through_model = images.view_as(images)
+        _watch_gradient(through_model, finite, len(self.terms))
+        extra = {}  # a model's other optimized inputs, each its own node (a pixel one is the leaf)
+        for name, other in self.others.items():
+            value = other()
+            extra[name] = value.view_as(value)
+        if self.grad_fn is not None:  # backward runs on the score (-loss): flip in and out
+            for node in (through_model, *extra.values()):
+                node.register_hook(lambda g: -self.grad_fn(-g))
+        views = self.views
+        batch = through_model.repeat_interleave(views, dim=0) if views > 1 else through_model
+        self.prepared.set_inputs(
+            {name: value.repeat_interleave(views, dim=0) for name, value in extra.items()}
+        )
+        x = self.prepared.model_input(apply_modifiers(self.transforms, batch, self.rows))
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = self.settings.autocast
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            activations = self.capture.run(self.runner, x) if self.layer_keys else {}
+        return {key: value.float() for key, value in activations.items()}
+
+    def _loss_values(
+        self, images: torch.Tensor, activations: dict[str, torch.Tensor], finite: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Each term's per-image values; each term reads its own view of `images`, whose gradient is watched."""
+        values = []
+        for index, term in enumerate(self.terms):
+            own = images.view_as(images)
+            _watch_gradient(own, finite, index)
+            ctx = LossContext(images=own, views=self.views, activations=activations, targets=self.targets)
+            values.append(ctx.per_image(term(ctx)))
+        return values
+
+    def _backward(self, total: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if not total.requires_grad:
+            raise FeatvisValueError(
+                "losses do not depend on the input image; check the layers and filter_indices they read"
+            )
+        # backward of the score, so backprop modifiers see the gradient of what is maximized
+        (-total).backward()
+
+    def _update(self, step: int) -> None:
+        """Adam's step at this step's learning rate, then each parameterization's projection."""
+        for group, rate in zip(self.optimizer.param_groups, self.rates):
+            group["lr"] = rate * self.settings.lr_factor(step, self.steps)
+        self.optimizer.step()
+        for each in self.made:
+            each.project()
+
+    def outcome(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The images as they are now, and the other optimized inputs scaled to their ranges."""
+        with torch.no_grad():
+            images = self.param().detach()
+            inputs = {name: self.prepared.inputs.scaled(name, other()) for name, other in self.others.items()}
+        return images, inputs
 
 
 def _watch_gradient(node: torch.Tensor, finite: torch.Tensor, index: int) -> None:

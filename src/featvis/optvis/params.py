@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featvis.errors import bad_type, bad_value, check_number
+from featvis.errors import bad_type, bad_value, check_number, known_keywords
 from featvis.registry import Registry
 from featvis.rng import Streams, derive_key, fresh_seed
 
@@ -195,14 +195,39 @@ class CoarseToFineImage(FourierImage):
     first. With Adam's beta1 at 0.3 and the image average at 0.95, Lite2 recognized 90%
     (top-5 94.6%) of Lite0's 20 benchmark class images made in 128 one-view steps (12
     seeds, on a GPU), where a plain Fourier image with beta1 0.9 made 77% / 87%
-    (benchmarks/RESULTS.md).
+    (benchmarks/RESULTS.md). The other arguments are `FourierImage`'s.
 
     Examples:
         >>> CoarseToFineImage(1, 3, (224, 224), opening=0.5)
     """
 
-    def __init__(self, batch, channels, size, *, opening: float = 0.5, start: float = 0.1, **kwargs):
-        super().__init__(batch, channels, size, **kwargs)
+    @known_keywords
+    def __init__(
+        self,
+        batch,
+        channels,
+        size,
+        *,
+        opening: float = 0.5,
+        start: float = 0.1,
+        decay: float = 1.0,
+        decorrelate: bool = True,
+        init=None,
+        streams=None,
+        device=None,
+        sd: float = 0.01,
+    ):
+        super().__init__(
+            batch,
+            channels,
+            size,
+            decay=decay,
+            decorrelate=decorrelate,
+            init=init,
+            streams=streams,
+            device=device,
+            sd=sd,
+        )
         check_number("opening", opening, minimum=0)
         check_number("start", start, minimum=0)
         self.radius = (_frequencies(size, self.spectrum.device) / (0.5 * len(size) ** 0.5))[..., None]

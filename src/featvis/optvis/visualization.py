@@ -12,7 +12,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import dataclasses
 
 import numpy as np
@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from featvis.errors import bad_type, bad_value, check_int, check_number
+from featvis.errors import bad_type, bad_value, check_int, check_number, known_keywords
 from featvis.image import check_seed_range, resize, to_array, to_unit_tensor
-from featvis.model.prepared import CONVENTIONS, PreparedModel, input_size, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.prepared import PreparedModel, input_size, preparing
+from featvis.model.targets import LayerSpec, OutputPick
+from featvis.optvis.input_modifiers import InputModifier
 from featvis.optvis.losses import (
     ActivationMaximization,
     Loss,
@@ -33,7 +34,15 @@ from featvis.optvis.losses import (
     as_losses,
     layer_key,
 )
-from featvis.optvis.optimizer import Result, Settings, optimize, show_progress
+from featvis.optvis.optimizer import (
+    FROM_QUALITY,
+    Callback,
+    FromQuality,
+    Result,
+    Settings,
+    optimize,
+    show_progress,
+)
 from featvis.optvis.params import make_parameterization
 from featvis.optvis.regularizers import LpNorm, TotalVariation
 from featvis.rng import Streams, derive_key, seed_or_fresh
@@ -41,6 +50,7 @@ from featvis.rng import Streams, derive_key, seed_or_fresh
 DEFAULT_TV_WEIGHT = 1.0
 
 
+@known_keywords
 def visualize_activation_with_losses(
     model: nn.Module | PreparedModel,
     losses: Loss | Sequence[tuple[Loss, float]],
@@ -50,33 +60,91 @@ def visualize_activation_with_losses(
     batch_size: int = 1,
     seed: int | None = None,
     return_result: bool = False,
-    **options,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
+    quality: str = "fast",
+    max_iter: int | FromQuality = FROM_QUALITY,
+    views: int | FromQuality = FROM_QUALITY,
+    lr: float | None = None,
+    method: str | Callable | FromQuality = FROM_QUALITY,
+    input_modifiers: Sequence[InputModifier | Callable] | None = None,
+    grad_modifier: str | Callable | None = None,
+    backprop_modifier: str | Callable | None | FromQuality = FROM_QUALITY,
+    callbacks: Sequence[Callback] | None = None,
+    verbose: bool = False,
+    progress: bool | None = None,
+    autocast: torch.dtype | None = None,
+    image_ema: float | None | FromQuality = FROM_QUALITY,
+    lr_schedule: str | Callable[[int, int], float] | None = None,
+    betas: tuple[float, float] | FromQuality = FROM_QUALITY,
+    skip_gradient: float | None = None,
 ) -> np.ndarray | Result:
     """Minimize a weighted sum of losses over an input image (keras-vis's research entry point).
 
     Returns the image as (H, W, C) in `input_range` (uint8 when both ends are ints),
     or (B, H, W, C) when ``batch_size > 1``; ``return_result=True`` returns the
     full `Result` (images in [0, 1], loss history, transparency map, the seed used).
-    `options` are the model's conventions (``input_range=(0, 255)``, ``preprocess``,
-    ``channels`` (default: read from the model's first convolution), ``device``,
-    ``fuse=True``, ``channels_last=None``, ``inputs`` for a model of several inputs (fixed
-    values and inputs optimized along, see `featvis.inputs`; the result's ``inputs`` holds
-    the optimized ones): see `featvis.prepared.PreparedModel`) and the
-    optimization's (``max_iter``, ``views``, ``lr``, ``method``, ``input_modifiers``,
-    ``grad_modifier``, ``backprop_modifier``, ``callbacks``, ``verbose``, ``progress``,
-    ``autocast``, ``image_ema``: see `featvis.Settings`). `seed` (None: a fresh one,
-    returned in the result) fixes the initial images and every random transform; image
-    i of the batch draws from the stream of (seed, i).
+    `seed` (None: a fresh one, returned in the result) fixes the initial images and every
+    random transform; image i of the batch draws from the stream of (seed, i).
+
+    The model's conventions, `input_range` to `output`, are `featvis.prepared.PreparedModel`'s
+    (`channels` by default read from the model's first convolution; `inputs` for a model of
+    several inputs: fixed values and inputs optimized along, see `featvis.inputs`, whose
+    optimized values the result's ``inputs`` holds); a model prepared already keeps its own.
+    The optimization's settings, `quality` to `skip_gradient`, are `featvis.Settings`'s: a
+    ``quality=`` preset (`featvis.optimizer.QUALITY`) sets `max_iter`, `views`, `method`,
+    `backprop_modifier`, `image_ema` and `betas` where they are not given.
 
     Examples:
         >>> losses = [(ActivationMaximization("_fc", 130), 1), (TotalVariation(), 0.5)]
         >>> image = visualize_activation_with_losses(model, losses, preprocess=lite0.preprocess)
     """
     loss = as_losses(losses)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
+    settings = Settings.take(
+        dict(
+            quality=quality,
+            max_iter=max_iter,
+            views=views,
+            lr=lr,
+            method=method,
+            input_modifiers=input_modifiers,
+            grad_modifier=grad_modifier,
+            backprop_modifier=backprop_modifier,
+            callbacks=callbacks,
+            verbose=verbose,
+            progress=progress,
+            autocast=autocast,
+            image_ema=image_ema,
+            lr_schedule=lr_schedule,
+            betas=betas,
+            skip_gradient=skip_gradient,
+        )
+    )
+    return _with_losses(model, loss, conventions, settings, seed_input, size, batch_size, seed, return_result)
+
+
+def _with_losses(
+    model, loss, conventions, settings, seed_input, size, batch_size, seed, return_result
+) -> np.ndarray | Result:
+    """`visualize_activation_with_losses` once its options are checked: one batch on a prepared model."""
     check_int("batch_size", batch_size, 1)
     seed = seed_or_fresh(seed)
-    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
-    settings = Settings.take(options)
     with preparing(model, **conventions) as prepared:
         prepared.require_input_range("activation maximization")
         keys = [derive_key(seed, "image", index) for index in range(batch_size)]
@@ -152,6 +220,7 @@ def _regularized(objective: Loss, act_max_weight, tv_weight, lp_norm_weight) -> 
     )
 
 
+@known_keywords
 def visualize_activation(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -162,7 +231,35 @@ def visualize_activation(
     lp_norm_weight: float = 0.0,
     unit_axis: int | None = None,
     token: int | None = None,
-    **kwargs,
+    seed_input: object = None,
+    size: int | tuple[int, ...] | None = None,
+    batch_size: int = 1,
+    seed: int | None = None,
+    return_result: bool = False,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
+    quality: str = "fast",
+    max_iter: int | FromQuality = FROM_QUALITY,
+    views: int | FromQuality = FROM_QUALITY,
+    lr: float | None = None,
+    method: str | Callable | FromQuality = FROM_QUALITY,
+    input_modifiers: Sequence[InputModifier | Callable] | None = None,
+    grad_modifier: str | Callable | None = None,
+    backprop_modifier: str | Callable | None | FromQuality = FROM_QUALITY,
+    callbacks: Sequence[Callback] | None = None,
+    verbose: bool = False,
+    progress: bool | None = None,
+    autocast: torch.dtype | None = None,
+    image_ema: float | None | FromQuality = FROM_QUALITY,
+    lr_schedule: str | Callable[[int, int], float] | None = None,
+    betas: tuple[float, float] | FromQuality = FROM_QUALITY,
+    skip_gradient: float | None = None,
 ) -> np.ndarray | Result:
     """Generate the input that maximizes the chosen units of `layer` (keras-vis's main API).
 
@@ -172,9 +269,8 @@ def visualize_activation(
     block); ``unit_axis`` overrides it, ``verbose=True`` prints it. A unit is averaged
     over tokens (or space); ``token=0`` takes one token (a ViT's class token). The loss is ``act_max_weight *
     ActivationMaximization + tv_weight * TotalVariation + lp_norm_weight * LpNorm``;
-    a weight of 0 switches a term off. Other keyword arguments are those of
-    `visualize_activation_with_losses` (``seed_input``, ``size``, ``seed``,
-    ``input_range``, ``preprocess``, ``max_iter``, ``method``, ``grad_modifier``, ...).
+    a weight of 0 switches a term off. The other arguments, `seed_input` on, are those of
+    `visualize_activation_with_losses`.
 
     Examples:
         >>> image = visualize_activation(lite0.model, "_fc", 130, preprocess=lite0.preprocess, seed=0)
@@ -184,7 +280,37 @@ def visualize_activation(
     """
     objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
     loss = _regularized(objective, act_max_weight, tv_weight, lp_norm_weight)
-    return visualize_activation_with_losses(model, loss, **kwargs)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
+    settings = Settings.take(
+        dict(
+            quality=quality,
+            max_iter=max_iter,
+            views=views,
+            lr=lr,
+            method=method,
+            input_modifiers=input_modifiers,
+            grad_modifier=grad_modifier,
+            backprop_modifier=backprop_modifier,
+            callbacks=callbacks,
+            verbose=verbose,
+            progress=progress,
+            autocast=autocast,
+            image_ema=image_ema,
+            lr_schedule=lr_schedule,
+            betas=betas,
+            skip_gradient=skip_gradient,
+        )
+    )
+    return _with_losses(model, loss, conventions, settings, seed_input, size, batch_size, seed, return_result)
 
 
 def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
@@ -203,6 +329,7 @@ def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
     return int(max(1, min(most, budget // max(1, 4 * per_image))))
 
 
+@known_keywords
 def visualize_layer(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -217,7 +344,30 @@ def visualize_layer(
     return_result: bool = False,
     unit_axis: int | None = None,
     token: int | None = None,
-    **options,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
+    quality: str = "fast",
+    max_iter: int | FromQuality = FROM_QUALITY,
+    views: int | FromQuality = FROM_QUALITY,
+    lr: float | None = None,
+    method: str | Callable | FromQuality = FROM_QUALITY,
+    input_modifiers: Sequence[InputModifier | Callable] | None = None,
+    grad_modifier: str | Callable | None = None,
+    backprop_modifier: str | Callable | None | FromQuality = FROM_QUALITY,
+    callbacks: Sequence[Callback] | None = None,
+    verbose: bool = False,
+    progress: bool | None = None,
+    autocast: torch.dtype | None = None,
+    image_ema: float | None | FromQuality = FROM_QUALITY,
+    lr_schedule: str | Callable[[int, int], float] | None = None,
+    betas: tuple[float, float] | FromQuality = FROM_QUALITY,
+    skip_gradient: float | None = None,
 ) -> np.ndarray | Result:
     """One image per unit of `layer` (all units by default), many units per batch.
 
@@ -233,7 +383,8 @@ def visualize_layer(
     images on any machine. The model is prepared (probed, folded, checked)
     once for all batches. Returns (N, H, W, C) (``return_result=True``: a `Result`
     with every unit's image and the seed); after Ctrl-C, the images of the batches
-    run so far (the last one as it was). `options` as in `visualize_activation_with_losses`.
+    run so far (the last one as it was). The model's conventions and the optimization's
+    settings, `input_range` on, as in `visualize_activation_with_losses`.
 
     Examples:
         >>> images = visualize_layer(lite0.model, "_blocks.10", units=range(16), preprocess=lite0.preprocess)
@@ -243,8 +394,36 @@ def visualize_layer(
     seed = seed_or_fresh(seed)
     if units is not None and (isinstance(units, str) or not isinstance(units, Iterable)):
         raise bad_type("units", units, "a list of unit indices or None")
-    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
-    settings = Settings.take(options)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
+    settings = Settings.take(
+        dict(
+            quality=quality,
+            max_iter=max_iter,
+            views=views,
+            lr=lr,
+            method=method,
+            input_modifiers=input_modifiers,
+            grad_modifier=grad_modifier,
+            backprop_modifier=backprop_modifier,
+            callbacks=callbacks,
+            verbose=verbose,
+            progress=progress,
+            autocast=autocast,
+            image_ema=image_ema,
+            lr_schedule=lr_schedule,
+            betas=betas,
+            skip_gradient=skip_gradient,
+        )
+    )
     with preparing(model, **conventions) as prepared:
         prepared.require_input_range("activation maximization")
         shape = size_of(prepared, size)
@@ -288,6 +467,7 @@ def layer_batches(units: Sequence[int], batch_size: int) -> list[list[int]]:
     return [units[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
+@known_keywords
 def activations_reached(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -296,17 +476,34 @@ def activations_reached(
     *,
     unit_axis: int | None = None,
     token: int | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> np.ndarray:
     """The mean activation of ``units[i]`` on ``images[i]``, with no random transform.
 
     Units on the layer's unit axis (`unit_axis` overrides it), averaged over the other
-    axes (or at one `token`). `conventions`: ``input_range``, ``preprocess``,
-    ``channels``, ``device``, ``inputs`` as elsewhere.
+    axes (or at one `token`). The model's conventions, `input_range` on, as in
+    `visualize_activation_with_losses`.
 
     Examples:
         >>> activations_reached(model, "_blocks.10", range(16), images, preprocess=lite0.preprocess)
     """
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         batch = prepared.load_images(np.asarray(images), "images")
         units = list(units)
