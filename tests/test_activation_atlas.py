@@ -211,3 +211,20 @@ def test_the_command_line_writes_the_picture_and_the_page(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "cells, laid out by pca" in said
     assert (tmp_path / "atlas" / "atlas.png").exists() and (tmp_path / "atlas" / "index.html").exists()
+
+
+def test_direction_per_image_gives_each_image_its_own_directions_value():
+    """The atlas's batched objective: image i's value is `Direction`'s value for vectors[i]."""
+    from test_directions import loss_values
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU()).eval()
+    images, vectors = torch.rand(3, 3, 12, 12), torch.randn(3, 6)
+    together = loss_values(model, featvis.losses.DirectionPerImage("1", vectors, cossim_pow=2), images)
+    alone = [
+        loss_values(model, featvis.losses.Direction("1", v, cossim_pow=2), images)[i]
+        for i, v in enumerate(vectors)
+    ]
+    torch.testing.assert_close(together, torch.stack(alone))
+    with pytest.raises(featvis.FeatvisValueError, match="vectors"):
+        loss_values(model, featvis.losses.DirectionPerImage("1", vectors[:2]), images)

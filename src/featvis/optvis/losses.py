@@ -546,6 +546,47 @@ class Direction(_OneLayer):
         return values * keep[ctx.image_of_row()]
 
 
+class DirectionPerImage(Direction):
+    """Image i of the batch grows direction ``vectors[i]``, as `Direction` scores one, in one
+    vectorized term (the activation atlas draws all its cells this way, a batch at a time).
+
+    Examples:
+        >>> DirectionPerImage("_blocks.15", torch.randn(16, 192))  # 16 directions, one per image
+    """
+
+    name = "DirectionPerImage"
+
+    def __init__(
+        self,
+        layer: LayerSpec,
+        vectors: object,
+        cossim_pow: float = 1.0,
+        x: int | None = None,
+        y: int | None = None,
+    ):
+        try:
+            rows = [_direction_vector(vector) for vector in vectors]
+        except TypeError as err:
+            raise bad_type("vectors", vectors, "a (images, channels) tensor or a list of vectors") from err
+        if not rows or len({row.numel() for row in rows}) != 1:
+            raise bad_value("vectors", f"{len(rows)} vectors", "at least one, all of one length")
+        super().__init__(layer, rows[0], cossim_pow, None, x, y)
+        self.vectors = torch.stack(rows)
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        act = self._chosen(ctx, None)
+        if act.shape[1] != self.vectors.shape[1]:
+            raise bad_value("vectors", f"rows of length {self.vectors.shape[1]}", f"length {act.shape[1]}")
+        if len(self.vectors) != ctx.batch_size:
+            raise bad_value("vectors", f"{len(self.vectors)} directions", f"one per image ({ctx.batch_size})")
+        act = self._at_position(act)
+        vectors = self.vectors.to(act.device, act.dtype)[ctx.image_of_row()][..., None]
+        dot = (act * vectors).sum(1)
+        if self.cossim_pow > 0:
+            dot = dot * (dot / (act.norm(dim=1) + self.EPS)).clamp(min=0.1) ** self.cossim_pow
+        return -dot.mean(1)
+
+
 class direction(Direction):
     """Maximize the projection of a layer's activations on a vector of its channel space: `Direction`
     with ``cossim_pow=0`` by default, averaged over positions.

@@ -38,51 +38,13 @@ from featvis.errors import FeatvisWarning, bad_value, check_int
 from featvis.image import atomic_write, save_image, to_array
 from featvis.model.prepared import PreparedModel, preparing
 from featvis.model.targets import LayerSpec
-from featvis.optvis.losses import LossContext, _OneLayer
+from featvis.optvis.losses import DirectionPerImage
 from featvis.optvis.regularizers import TotalVariation
 from featvis.optvis.visualization import visualize_activation_with_losses
 from featvis.rng import derive_key
 from featvis.site.atlas import _barrier, _distributed
 
 LAYOUTS = ("auto", "umap", "pca")
-
-
-class DirectionPerImage(_OneLayer):
-    """Image i of the batch grows direction ``vectors[i]`` of a layer's activation space: the
-    projection on it times its cosine similarity to the power `cossim_pow` (Lucid's
-    ``direction_cossim``), averaged over positions, in one vectorized term.
-
-    Examples:
-        >>> DirectionPerImage("_blocks.15", torch.randn(16, 192))  # 16 directions, one per image
-    """
-
-    name = "DirectionPerImage"
-
-    def __init__(self, layer: LayerSpec, vectors: torch.Tensor, cossim_pow: float = 1.0):
-        vectors = torch.as_tensor(vectors, dtype=torch.float32)
-        if vectors.ndim != 2 or not torch.isfinite(vectors).all() or (vectors.norm(dim=1) == 0).any():
-            raise bad_value(
-                "vectors", f"shape {tuple(vectors.shape)}", "(images, channels), finite, non-zero rows"
-            )
-        self.layer, self.vectors, self.cossim_pow = (
-            layer,
-            vectors / vectors.norm(dim=1, keepdim=True),
-            cossim_pow,
-        )
-
-    def __call__(self, ctx: LossContext) -> torch.Tensor:
-        act = self._chosen(ctx, None)  # (rows, C, ...)
-        if act.shape[1] != self.vectors.shape[1]:
-            raise bad_value("vectors", f"rows of length {self.vectors.shape[1]}", f"length {act.shape[1]}")
-        if len(self.vectors) != ctx.batch_size:
-            raise bad_value("vectors", f"{len(self.vectors)} directions", f"one per image ({ctx.batch_size})")
-        vectors = self.vectors.to(act.device, act.dtype)[ctx.image_of_row()]
-        vectors = vectors.view(*vectors.shape, *([1] * (act.ndim - 2)))
-        projection = (act * vectors).sum(1)
-        if self.cossim_pow:
-            cosine = projection / (act.norm(dim=1) + 1e-6)
-            projection = projection * cosine.clamp(min=0.1) ** self.cossim_pow
-        return -projection.flatten(1).mean(1) if projection.ndim > 1 else -projection
 
 
 @dataclass

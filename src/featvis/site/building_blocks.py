@@ -30,9 +30,9 @@ from featvis.errors import bad_value, check_int
 from featvis.image import to_array
 from featvis.model.prepared import PreparedModel, preparing
 from featvis.model.targets import LayerSpec
+from featvis.optvis.losses import DirectionPerImage
 from featvis.optvis.regularizers import TotalVariation
 from featvis.optvis.visualization import visualize_activation_with_losses
-from featvis.site.activation_atlas import DirectionPerImage
 
 
 @dataclass
