@@ -151,3 +151,28 @@ def test_bad_input_is_named_and_the_model_is_untouched(args, options, error, nam
     with pytest.raises(error, match=named):
         featvis.circuits(model, *args, **{**COMMON, **options})
     assert_untouched(model, before)
+
+
+class PaddedConv(nn.Conv2d):
+    """A conv with its padding as a child module, as EfficientNet-Lite's Conv2dStaticSamePadding."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.ZeroPad2d(1)
+
+    def forward(self, x):
+        return super().forward(self.static_padding(x))
+
+
+def test_a_conv_with_its_own_padding_module_and_a_kernel_summed_over_space():
+    """conv2 is 3x3 with its padding as a child; its weights on units 3 and 5 sum to +2 and -1.5."""
+    model = wired()
+    model.conv2 = PaddedConv(8, 4, 3)
+    with torch.no_grad():
+        model.conv2.weight.zero_()
+        model.conv2.weight[0, 3] = 2.0 / 9
+        model.conv2.weight[0, 5] = torch.tensor([[-1.5, 0, 0], [0, 0, 0], [0, 0, 0]])
+    found = featvis.circuits(model.eval(), "conv2", 0, "act1", k=2, **COMMON)
+    assert names_and_signs(found) == [(3, 1), (5, -1)]
+    assert [c.contribution for c in found] == pytest.approx([2.0, -1.5])
+    assert found[0].method == "weights (between taken as the identity)"  # the padding is the conv's own

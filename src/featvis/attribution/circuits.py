@@ -235,7 +235,9 @@ def _weight_path(prepared, target: Target, earlier: Target, outputs, unit: int) 
     stop = [i for i, (name, call, _, leaf) in enumerate(events) if (name, call) == (target.name, target.call)]
     if not ends or not stop or stop[0] < ends[0]:
         return None
+    inside = set(module.modules())  # the weighted module's own children (a static padding) run in it
     between = [names.get(name) for name, _, _, leaf in events[ends[0] + 1 : stop[0]] if leaf]
+    between = [m for m in between if m not in inside]
     if not all(isinstance(m, _ELEMENTWISE) or _fixed_norm(m) for m in between):
         return None
     with torch.no_grad():
