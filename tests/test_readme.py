@@ -136,6 +136,8 @@ def test_block_runs(page, line, heading, code, tmp_path, monkeypatch, request):
         exec(compile(code, f"{page}:{line} ({heading})", "exec"), namespace)
     finally:
         plt.close("all")
+    from PIL import Image  # also where no photo was written above (a block of its own pictures)
+
     for written in _written_pictures(code):  # what the block says it makes is there, and is a picture
         with Image.open(tmp_path / written) as picture:
             pixels = np.asarray(picture.convert("RGB"))

@@ -19,6 +19,7 @@ from featvis.attribution import (
     visualize_saliency,
     visualize_saliency_with_losses,
 )
+from featvis.attribution.circuits import Contribution, Contributions, circuits, contributions
 from featvis.compat import paths, utils
 from featvis.compat.utils import deprocess_input, get_num_filters, load_img, lookup_imagenet_labels
 from featvis.data.examples import DatasetExamples, SkippedImagesWarning, dataset_examples
@@ -46,6 +47,7 @@ from featvis.optvis import (
 )
 from featvis.optvis.callbacks import GifGenerator, Print
 from featvis.optvis.input_modifiers import InputModifier, Jitter
+from featvis.optvis.inversion import ActivationMatch, Caricature, invert
 from featvis.optvis.losses import ActivationMaximization, Loss, UnitPerImage
 from featvis.optvis.optimizer import Result, Settings
 from featvis.optvis.regularizers import LpNorm, TotalVariation
@@ -63,7 +65,11 @@ from featvis.version import __version__ as __version__
 paths.install()  # featvis.losses, featvis.attention, ...: the paths before the packages
 
 __all__ = [
+    "ActivationMatch",
     "ActivationMaximization",
+    "Caricature",
+    "Contribution",
+    "Contributions",
     "DatasetExamples",
     "FeatvisError",
     "FeatvisTypeError",
@@ -91,7 +97,9 @@ __all__ = [
     "backprop_modifiers",
     "building_blocks",
     "callbacks",
+    "circuits",
     "concepts",
+    "contributions",
     "deprocess_input",
     "dataset_examples",
     "find_layer_idx",
@@ -102,6 +110,7 @@ __all__ = [
     "input_modifiers",
     "inputs",
     "integrated_gradients",
+    "invert",
     "layer_names",
     "load_img",
     "lookup_imagenet_labels",
