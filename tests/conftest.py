@@ -115,3 +115,17 @@ def assert_untouched(model: nn.Module, before: dict) -> None:
     assert after["training"] == before["training"]
     assert after["requires_grad"] == before["requires_grad"]
     assert after["hooks"] == before["hooks"]
+
+
+def loss_values(model: nn.Module, loss, images: torch.Tensor) -> torch.Tensor:
+    """The loss's per-image values on `images`, as an optimization would see them at one step."""
+    from featvis.model.prepared import preparing
+    from featvis.optvis.losses import LossContext
+
+    with preparing(model, input_range=(0, 1)) as prepared:
+        prepared.probe(images)
+        targets = prepared.resolve_all(loss.layers())
+        activations = prepared.capture(list(targets.values())).run(
+            prepared.model, prepared.model_input(images)
+        )
+        return loss(LossContext(images=images, views=1, activations=activations, targets=targets))

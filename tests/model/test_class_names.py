@@ -9,7 +9,7 @@ import torch
 import featvis
 from featvis import zoo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_short_names_are_the_standard_ones():

@@ -242,7 +242,7 @@ def _featvis(args: list[str], terminal: bool) -> tuple[int, str]:
     import struct
     import termios
 
-    tests = Path(__file__).resolve().parent
+    tests = Path(__file__).resolve().parents[1]  # conftest.py, for the models the commands load
     command = [sys.executable, "-m", "featvis", *args]
     env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}
     if not terminal:

@@ -13,23 +13,12 @@ import torch.nn.functional as F
 
 import featvis
 from featvis.concepts import CAV, activation_directions, cav, tcav
-from featvis.losses import Direction, LossContext, channel, direction
+from featvis.losses import Direction, channel, direction
 from featvis.model.prepared import PreparedModel, preparing
 
-from conftest import assert_untouched, snapshot
+from conftest import assert_untouched, loss_values, snapshot
 
 UNIT = dict(input_range=(0, 1))
-
-
-def loss_values(model: nn.Module, loss, images: torch.Tensor) -> torch.Tensor:
-    """The loss's per-image values on `images`, as an optimization would see them at one step."""
-    with preparing(model, **UNIT) as prepared:
-        prepared.probe(images)
-        targets = prepared.resolve_all(loss.layers())
-        activations = prepared.capture(list(targets.values())).run(
-            prepared.model, prepared.model_input(images)
-        )
-        return loss(LossContext(images=images, views=1, activations=activations, targets=targets))
 
 
 # -- the Direction objective -------------------------------------------------------------------------

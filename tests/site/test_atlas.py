@@ -332,9 +332,9 @@ def test_default_layers_are_block_outputs_stem_head_and_classifier():
 
 @pytest.mark.slow
 def test_the_site_opens_in_a_browser_with_every_visible_image_loaded(one_process_site, tmp_path):
-    from test_toolkit import CHROMIUM_FLAGS, _chromium
+    from browser import CHROMIUM_FLAGS, chromium
 
-    chromium = _chromium()
+    browser = chromium()
     report = (
         "<script>window.addEventListener('load', () => setTimeout(() => {"
         "SEARCH;"
@@ -356,7 +356,7 @@ def test_the_site_opens_in_a_browser_with_every_visible_image_loaded(one_process
         )
         dom = subprocess.run(
             [
-                chromium,
+                browser,
                 *CHROMIUM_FLAGS,
                 f"--user-data-dir={tmp_path / 'profile'}",
                 "--virtual-time-budget=5000",

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 import re
-import shutil
 import subprocess
 
+from browser import CHROMIUM_FLAGS, chromium
 import numpy as np
 from PIL import Image
 import pytest
@@ -77,35 +77,6 @@ def test_result_repr_is_short_and_says_what_is_inside():
     assert "interrupted=False" in text and "tensor(" not in text
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium")
-    if found:
-        return found
-    # the test set-up installs Debian's chromium when it is missing (root, Debian)
-    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "chromium"],
-        check=False,
-        capture_output=True,
-        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
-    found = shutil.which("chromium")
-    if not found:
-        pytest.fail("Debian's chromium is needed for the gallery test and could not be installed")
-    return found
-
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
 def test_gallery_thumbnails_all_load_in_a_browser_and_reruns_add_layers(tmp_path):
     model = make_tiny()
     site = tmp_path / "site"
@@ -126,11 +97,11 @@ def test_gallery_thumbnails_all_load_in_a_browser_and_reruns_add_layers(tmp_path
             "});</script></body>",
         )
     )
-    chromium = _chromium()
+    browser = chromium()
     profile = tmp_path / "profile"
     dom = subprocess.run(
         [
-            chromium,
+            browser,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
             "--virtual-time-budget=5000",
@@ -148,7 +119,7 @@ def test_gallery_thumbnails_all_load_in_a_browser_and_reruns_add_layers(tmp_path
     shot = tmp_path / "shot.png"
     subprocess.run(
         [
-            chromium,
+            browser,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
             f"--screenshot={shot}",

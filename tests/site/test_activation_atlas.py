@@ -21,7 +21,7 @@ from featvis.site import activation_atlas as module
 
 from conftest import assert_untouched, snapshot
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class DigitsMLP(nn.Module):
@@ -174,7 +174,7 @@ featvis.activation_atlas(model, "hidden", images[:200], out=sys.argv[1], input_r
 @pytest.mark.slow
 def test_torchrun_shards_the_cells_and_writes_the_same_files(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(tests=str(ROOT / "tests")))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
@@ -215,7 +215,7 @@ def test_the_command_line_writes_the_picture_and_the_page(tmp_path, capsys):
 
 def test_direction_per_image_gives_each_image_its_own_directions_value():
     """The atlas's batched objective: image i's value is `Direction`'s value for vectors[i]."""
-    from test_directions import loss_values
+    from conftest import loss_values
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU()).eval()

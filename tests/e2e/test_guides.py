@@ -10,7 +10,7 @@ import torch
 
 import featvis
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "from-keras-vis.md"
 LUCENT_GUIDE = ROOT / "docs" / "from-lucent.md"
 

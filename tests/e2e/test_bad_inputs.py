@@ -196,7 +196,7 @@ def _cases():
     add("path", "load_img", path="no_such_file.png")
     add("every", "print", every=0)
     add("path", "gif", path=3)
-    # several inputs (issue 18) on a one-input model, forward(x): tests/test_several_inputs.py has more
+    # several inputs (issue 18) on a one-input model, forward(x): tests/model/test_several_inputs.py has more
     for given in [
         {"image": torch.zeros(1, 3, 16, 16)},
         {"x": torch.zeros(1, 3, 16, 16)},

@@ -1,6 +1,6 @@
 """Every ```python block of README.md and of the documentation pages runs as written.
 
-(The two migration guides, whose blocks build on each other, run in order in tests/test_guides.py.)
+(The two migration guides, whose blocks build on each other, run in order in tests/e2e/test_guides.py.)
 
 Each block runs in a fresh namespace in a fresh folder holding what a reader has
 at that point: `featvis` imported and, for the blocks that use it, `lite0` (the
@@ -21,7 +21,7 @@ import pytest
 import featvis
 import featvis.gallery
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 GUIDES = {"from-keras-vis.md", "from-lucent.md"}
 PAGES = [README] + [page for page in sorted((ROOT / "docs").glob("*.md")) if page.name not in GUIDES]
