@@ -151,7 +151,7 @@ def join(rank: int, world_size: int) -> Group:
             else:
                 continue  # a dead group's generation: join the new one
             break
-    store = dist.PrefixStore(f"featvis/{generation}/", job_store)
+    store = dist.PrefixStore(f"featvis/{generation}", job_store)  # keys "featvis/<generation>/..."
     return Group(store, job_store, rank, world_size, timeout)
 
 
