@@ -327,3 +327,49 @@ def test_the_data_pass_resumes_from_each_ranks_checkpoint_after_a_kill(folder, t
     assert len(examples) == 6
     for path in examples:
         assert (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes() == path.read_bytes()
+
+
+def test_a_small_memory_gives_smaller_batches_and_the_same_images(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    import featvis
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3)).eval()
+    options = dict(size=16, max_iter=3, views=1, input_range=(0.0, 1.0), progress=False)
+    monkeypatch.delenv("FEATVIS_MEMORY", raising=False)
+    featvis.atlas(model, tmp_path / "roomy", ["0", "2"], **options)
+    monkeypatch.setenv("FEATVIS_MEMORY", "64K")  # about 12 KB of activations per image: one at a time
+    featvis.atlas(model, tmp_path / "tight", ["0", "2"], **options)
+
+    def batch_size(site: Path) -> int:
+        return json.loads((site / "atlas.json").read_text())["settings"]["batch_size"]
+
+    assert (batch_size(tmp_path / "roomy"), batch_size(tmp_path / "tight")) == (4, 1)
+    pictures = sorted((tmp_path / "roomy").glob("units/*/unit_?????.png"))
+    assert len(pictures) == 6 + 5
+    for picture in pictures:
+        tight = tmp_path / "tight" / picture.relative_to(tmp_path / "roomy")
+        a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in (picture, tight))
+        assert np.abs(a - b).max() <= 1, picture  # the same image, up to the batch's float rounding
+    monkeypatch.setenv("FEATVIS_MEMORY", "lots")
+    with pytest.raises(featvis.FeatvisValueError, match="FEATVIS_MEMORY='lots'"):
+        featvis.atlas(model, tmp_path / "bad", ["0"], **options)
+
+
+def test_a_bad_timeout_is_an_error_naming_it(monkeypatch):
+    from featvis.site.group import TIMEOUT_ENV, timeout_seconds
+
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(featvis_error(), match="FEATVIS_ATLAS_TIMEOUT='soon'"):
+        timeout_seconds()
+    monkeypatch.setenv(TIMEOUT_ENV, "2.5")
+    assert timeout_seconds() == 2.5
+
+
+def featvis_error():
+    import featvis
+
+    return featvis.FeatvisError

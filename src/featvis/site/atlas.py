@@ -50,7 +50,7 @@ from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size, prepa
 from featvis.model.targets import LayerSpec
 from featvis.optvis.losses import check_token, check_unit_axis
 from featvis.optvis.optimizer import Settings, show_progress
-from featvis.optvis.visualization import activations_reached, layer_batches, visualize_layer
+from featvis.optvis.visualization import activations_reached, auto_batch_size, layer_batches, visualize_layer
 from featvis.site.group import EarlierFailure, Group, GroupTimeout, PeerFailed, PeerLost, join
 from featvis.version import __version__
 
@@ -314,8 +314,12 @@ def atlas(
             if not chosen or isinstance(layers, str):
                 raise bad_type("layers", layers, "a non-empty list of layer names")
             names = [_layer_name(prepared, layer) for layer in chosen]
-            if batch_size is None:
-                batch_size = 32 if prepared.device.type == "cuda" else 4
+            chosen_batch = batch_size is None
+            if chosen_batch:  # what the memory allows, at most 32 on a GPU, 4 on the CPU; an atlas's own
+                batch_size = _existing_batch_size(out, restart) or min(
+                    32 if prepared.device.type == "cuda" else 4,
+                    auto_batch_size(prepared, shape, settings.views),
+                )
             check_int("batch_size", batch_size, 1)
             counts = {
                 name: prepared.unit_count(layer, shape, axis["unit_axis"])
@@ -337,6 +341,9 @@ def atlas(
                 _remove_partial_files(out)
             _barrier(world_size, "the manifest")
             if rank != 0:
+                if chosen_batch:  # rank 0's choice: one plan for every rank
+                    batch_size = json.loads((out / MANIFEST).read_text())["settings"]["batch_size"]
+                    manifest["settings"]["batch_size"] = batch_size
                 _check_manifest(out, manifest, False, write=False)
             if source is not None:
                 _write_examples(
@@ -370,6 +377,14 @@ def atlas(
     finally:
         _end_group(started, failure)
     return out / "index.html"
+
+
+def _existing_batch_size(out: Path, restart: bool) -> int | None:
+    """The batch size of the atlas already in `out` (a rerun keeps its plan), if any."""
+    path = out / MANIFEST
+    if restart or not path.exists():
+        return None
+    return json.loads(path.read_text()).get("settings", {}).get("batch_size")
 
 
 def _remove_partial_files(out: Path) -> None:
