@@ -12,6 +12,14 @@ It also reports how evenly `featvis.atlas.shard` splits the whole plan over N
 processes (the slowest rank's share of the estimated cost): N processes finish in
 about (that share) x (one process's time).
 
+``--model resnet50`` (torchvision's ResNet-50, random weights; torchvision imported through
+the tests' shim for the CPU build of torch) plans its default layers (conv1, the 16
+bottlenecks, fc: the plan's per-layer cost and unit count are printed), samples
+``--layers`` (default conv1, layer1.0, layer3.0, fc) and extrapolates as above; with
+``--measure-ranks 2 3`` it then runs the same slice (``--slice-layers``, at ``--slice-steps``)
+under ``torchrun --nproc-per-node R`` for each R and reports each rank's measured time (the
+sum of its batches' seconds in ``timings/``): the measured balance of the shards.
+
 Prints JSON and a short table.
 """
 
@@ -19,6 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -38,9 +50,16 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=featvis.Settings.views)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--worlds", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument("--model", choices=["lite0", "resnet50"], default="lite0")
+    parser.add_argument("--measure-ranks", type=int, nargs="*", default=[], help="e.g. 2 3 (CPU)")
+    parser.add_argument("--slice-layers", nargs="*", default=["conv1", "layer1.0"])
+    parser.add_argument("--slice-steps", type=int, default=4)
+    parser.add_argument("--slice-size", type=int, default=64)
     args = parser.parse_args()
+    if args.model == "resnet50" and args.layers == parser.get_default("layers"):
+        args.layers = ["conv1", "layer1.0", "layer3.0", "fc"]
     device = torch.device(args.device)
-    lite0 = featvis.zoo.efficientnet_lite0()
+    lite0 = featvis.zoo.efficientnet_lite0() if args.model == "lite0" else _resnet50()
     model = lite0.model.to(device)
     batch = args.batch_size or (32 if device.type == "cuda" else 4)
     units = max(args.units, batch) if device.type == "cuda" else args.units
@@ -93,17 +112,97 @@ def main() -> None:
         "whole_atlas_extrapolated_s": whole,
         "slowest_rank_share": balance,
     }
+    result["model"] = args.model
+    result["plan"] = {layer: {"units": counts[layer], "cost": costs[layer]} for layer in layers}
+    if args.measure_ranks:
+        result["measured_ranks"] = _measure(args)
     print(json.dumps(result, indent=2))
+    print(f"\n{'layer':14s} {'units':>6s} {'cost (MMAC+px)':>15s}")
+    for layer in layers:
+        print(f"{layer:14s} {counts[layer]:6d} {costs[layer] / 1e6:15.1f}")
     print(f"\n{'layer':14s} {'s/unit':>8s} {'units/min':>10s}")
     for layer, seconds in per_unit.items():
         print(f"{layer:14s} {seconds:8.2f} {60 / seconds:10.1f}")
     print(
-        f"whole Lite0 atlas ({sum(counts.values())} units): {whole / 60:.1f} min on one process (extrapolated)"
+        f"whole {args.model} atlas ({sum(counts.values())} units): {whole / 60:.1f} min on one process (extrapolated)"
     )
     for world, share in balance.items():
         print(
             f"  {world} processes: slowest share {share:.3f} -> {whole * share / 60:.1f} min ({1 / share:.2f}x)"
         )
+
+
+class _Bundle:
+    def __init__(self, model, preprocess):
+        self.model, self.preprocess = model, preprocess
+
+
+RESNET = """
+import sys
+
+import torch
+
+sys.path.insert(0, {tests!r})
+from torchvision_models import allow_torchvision_import
+
+allow_torchvision_import()
+import torchvision
+
+
+def make():
+    torch.manual_seed(0)
+    return torchvision.models.resnet50(weights=None).eval()
+"""
+
+
+def _resnet50() -> _Bundle:
+    """torchvision's ResNet-50 with random weights (seed 0), through the tests' shim for CPU torch."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    namespace: dict = {}
+    exec(RESNET.format(tests=tests), namespace)  # noqa: S102 - the same code the measured runs import
+    return _Bundle(namespace["make"](), featvis.zoo.Normalize())
+
+
+def _measure(args) -> dict:
+    """Each rank's time (sum of its batches' seconds) for the same slice under torchrun, per world size."""
+    folder = Path(tempfile.mkdtemp(prefix="atlas-ranks-"))
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    (folder / "bench_resnet.py").write_text(RESNET.format(tests=tests))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
+    }
+    measured = {}
+    for world in args.measure_ranks:
+        out = folder / f"ranks{world}"
+        command = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc-per-node",
+            str(world),
+        ]
+        command += ["-m", "featvis", "atlas", "--model", "bench_resnet:make", "--preprocess", "imagenet"]
+        command += [arg for layer in args.slice_layers for arg in ("--layer", layer)]
+        command += ["--steps", str(args.slice_steps), "--views", "1", "--size", str(args.slice_size)]
+        command += ["--batch-size", "4", "--out", str(out)]
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=3600)
+        wall = time.perf_counter() - start
+        per_rank: dict[int, float] = {}
+        units: dict[int, int] = {}
+        for log in out.glob("timings/*.jsonl"):
+            for entry in map(json.loads, log.read_text().splitlines()):
+                per_rank[entry["rank"]] = per_rank.get(entry["rank"], 0.0) + entry["seconds"]
+                units[entry["rank"]] = units.get(entry["rank"], 0) + entry["units"]
+        times = [per_rank.get(r, 0.0) for r in range(world)]
+        measured[world] = {
+            "wall_s": wall,
+            "rank_seconds": times,
+            "rank_units": [units.get(r, 0) for r in range(world)],
+            "slowest_over_mean": max(times) / (sum(times) / world),
+        }
+    return measured
 
 
 def _some_units(model, out, layer, units, options):

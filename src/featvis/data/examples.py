@@ -469,6 +469,11 @@ def dataset_fingerprint(source: object) -> dict:
     return {"count": len(dataset) if hasattr(dataset, "__len__") else -1, "paths": ""}
 
 
+def _digest(order: list[int]) -> str:
+    """A short hash of a sampler's items, in order: a checkpoint resumes the same share only."""
+    return hashlib.blake2b(np.asarray(order, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+
+
 def _load_checkpoint(path: Path, settings: dict) -> dict | None:
     if not path.exists():
         return None
@@ -559,7 +564,8 @@ def dataset_examples(
 
     `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
     process of a distributed job ranks its share, and `merge_examples` joins the shares
-    (as `featvis.atlas` does). Not with a DataLoader of your own, nor with `checkpoint`.
+    (as `featvis.atlas` does). Not with a DataLoader of your own. With `checkpoint` too, the
+    checkpoint holds this share's pass (the sampler's items, in its order) and resumes it.
 
     Examples:
         >>> ex = dataset_examples(lite0.model, "_fc", "photos/", k=4, preprocess=lite0.preprocess)
@@ -660,13 +666,11 @@ def _examples(
 
     source = image_source(data, channels=channels, size=size, input_range=input_range)
     own_loader = isinstance(source, ImageSource)
-    if sampler is not None and (not own_loader or checkpoint is not None):
-        given = "a DataLoader as data" if not own_loader else "checkpoint"
+    if sampler is not None and not own_loader:
         raise bad_value(
-            "sampler",
-            sampler,
-            f"a sampler over data that is not a DataLoader, without checkpoint (given {given})",
+            "sampler", sampler, "a sampler over data that is not a DataLoader (given a DataLoader as data)"
         )
+    order = [int(i) for i in sampler] if sampler is not None else None  # the share, in its order
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
     picked = getattr(output, "__qualname__", "a function") if callable(output) else output
     settings = {
@@ -683,12 +687,16 @@ def _examples(
         **({"inputs": fixed} if fixed else {}),
         **({"output": picked} if output is not None else {}),
         **dataset_fingerprint(source),
+        **({"sampler": _digest(order)} if order is not None else {}),
     }
     state = _load_checkpoint(checkpoint_path, settings) if checkpoint_path else None
     start = state["next"] if state else 0
 
     if own_loader:
-        source.start = start
+        if order is None:
+            source.start = start
+        else:  # `start` items of the share are done: the rest of it
+            sampler = order[start:]
         workers = num_workers
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if source.names is not None else 0
@@ -700,7 +708,7 @@ def _examples(
             collate_fn=collate,
             pin_memory=target_device.type == "cuda",
         )
-        total = len(sampler) if sampler is not None else len(source.items)
+        total = len(order) if order is not None else len(source.items)
     else:
         loader = source
         source = _UserLoader(loader, input_range, channels)
@@ -722,6 +730,7 @@ def _examples(
     spatial: list[tuple[int, ...] | None] = []
     input_size = (size, size) if size else None
     position = start
+    done = start  # items of the share done (with a sampler, `next` counts these)
     batches_done = 0
     show = show_progress(progress)
     bar = tqdm(total=total, initial=start, unit="img", desc="dataset examples", disable=not show, leave=False)
@@ -732,7 +741,7 @@ def _examples(
         payload = {
             "version": CHECKPOINT_VERSION,
             "settings": settings,
-            "next": position,
+            "next": position if order is None else done,
             "complete": complete,
             "input_size": list(input_size),
             "top": [t.state() for t in tops],
@@ -751,6 +760,7 @@ def _examples(
         for batch in _batches(loader, summary):
             if batch is None:  # the loader raised on a batch: its items are counted as skipped
                 position += loader.batch_size or 0
+                done += loader.batch_size or 0
                 continue
             if own_loader:
                 images, positions, notes = batch
@@ -784,6 +794,7 @@ def _examples(
             for p, ok, note in notes:  # the batch is done: count it
                 summary.add(p, note, ok, describe)
             position = after
+            done += len(notes)
             bar.update(len(notes))
             batches_done += 1
             if batches_done % checkpoint_every == 0:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 import dataclasses
+import os
+from pathlib import Path
+import re
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from featvis.errors import bad_type, bad_value, check_int, check_number, known_keywords
+from featvis.errors import FeatvisValueError, bad_type, bad_value, check_int, check_number, known_keywords
 from featvis.image import check_seed_range, resize, to_array, to_unit_tensor
 from featvis.model.prepared import PreparedModel, input_size, preparing
 from featvis.model.targets import LayerSpec, OutputPick
@@ -313,19 +316,66 @@ def visualize_activation(
     return _with_losses(model, loss, conventions, settings, seed_input, size, batch_size, seed, return_result)
 
 
-def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int]) -> int:
-    """Images per batch: what fits (activation bytes x4 for backward), at most 64 on GPU, 4 on CPU.
+MEMORY_ENV = "FEATVIS_MEMORY"  # bytes a process may use for its batches ("512M", "8G"): overrides the probe
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes this process may use on `device`: ``FEATVIS_MEMORY`` if set; on a GPU its free memory
+    (``torch.cuda.mem_get_info``); on the CPU the machine's available memory (``MemAvailable`` of
+    /proc/meminfo, within a cgroup's limit), shared by the ranks on the machine (``LOCAL_WORLD_SIZE``).
+
+    Examples:
+        >>> available_memory("cpu") > 0
+        True
+    """
+    device = torch.device(device)
+    text = os.environ.get(MEMORY_ENV)
+    if text:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+        if not match or float(match.group(1)) <= 0:
+            raise FeatvisValueError(
+                f"{MEMORY_ENV}={text!r}: expected a size in bytes above 0, e.g. 512M or 8G"
+            )
+        return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = _meminfo_available()
+    for limit, used in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        try:
+            room = int(Path("/sys/fs/cgroup", limit).read_text()) - int(
+                Path("/sys/fs/cgroup", used).read_text()
+            )
+        except (OSError, ValueError):  # no cgroup file, or "max": no limit
+            continue
+        free = min(free, max(0, room))
+    return max(1, free // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 2 * 2**30
+
+
+def auto_batch_size(prepared: PreparedModel, shape: tuple[int, int], views: int = 1) -> int:
+    """Images per batch: what fits in half of `available_memory` (activation bytes x4 for the backward,
+    per view), at most 64 on GPU, 4 on CPU.
 
     Examples:
         >>> with PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
         ...     auto_batch_size(prepared, (224, 224))
         4
     """
-    per_image = prepared.activation_bytes(shape)
-    if prepared.device.type == "cuda":
-        budget, most = torch.cuda.mem_get_info(prepared.device)[0] * 0.5, 64
-    else:
-        budget, most = 2 * 2**30, 4  # on CPUs, per-image time grows past a few images (cache)
+    per_image = prepared.activation_bytes(shape) * max(1, views)
+    most = 64 if prepared.device.type == "cuda" else 4  # on CPUs, per-image time grows past a few images
+    budget = available_memory(prepared.device) * 0.5
     return int(max(1, min(most, budget // max(1, 4 * per_image))))
 
 

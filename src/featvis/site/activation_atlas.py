@@ -42,7 +42,7 @@ from featvis.optvis.losses import DirectionPerImage
 from featvis.optvis.regularizers import TotalVariation
 from featvis.optvis.visualization import visualize_activation_with_losses
 from featvis.rng import derive_key
-from featvis.site.atlas import _barrier, _distributed
+from featvis.site.atlas import _barrier, _distributed, _end_group
 
 LAYOUTS = ("auto", "umap", "pca")
 
@@ -142,6 +142,9 @@ def activation_atlas(
         raise bad_value("layout", layout, f"one of {', '.join(map(repr, LAYOUTS))}")
     conventions = dict(input_range=input_range, preprocess=preprocess, channels=channels, device=device)
     rank, world_size, started = _distributed()
+    if world_size > 1 and out is None:
+        raise bad_value("out", None, "a folder under torchrun: the ranks share the cells' images through it")
+    failed: BaseException | None = None
     try:
         with preparing(model, **conventions) as prepared:
             prepared.require_input_range("the activation atlas")
@@ -167,12 +170,14 @@ def activation_atlas(
                 world_size,
                 progress,
             )
-            _barrier(world_size)
+            _barrier(world_size, "the cells of the activation atlas")
             if len(icons) < len(cells):  # other ranks drew the rest: read them back
                 icons = _read_chunks(Path(out), len(cells), batch_size)
+    except BaseException as err:
+        failed = err
+        raise
     finally:
-        if started:
-            torch.distributed.destroy_process_group()
+        _end_group(started, failed)
     picture = _picture(cells, icons, grid, icon_size)
     result = ActivationAtlas(name, grid, used, coordinates, cells, icons, picture)
     if out is not None and rank == 0:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 from dataclasses import dataclass
+from datetime import timedelta
 import hashlib
 import html
 import json
@@ -49,10 +50,13 @@ from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size, prepa
 from featvis.model.targets import LayerSpec
 from featvis.optvis.losses import check_token, check_unit_axis
 from featvis.optvis.optimizer import Settings, show_progress
-from featvis.optvis.visualization import activations_reached, layer_batches, visualize_layer
+from featvis.optvis.visualization import activations_reached, auto_batch_size, layer_batches, visualize_layer
+from featvis.site.group import EarlierFailure, Group, GroupTimeout, PeerFailed, PeerLost, join
 from featvis.version import __version__
 
 MANIFEST = "atlas.json"
+CHECKPOINTS = "checkpoints"  # each rank's dataset-examples pass so far; removed when the atlas is done
+EXAMPLES_CHECKPOINT_EVERY = 10  # batches (of 32 images) of the data pass between two checkpoints
 THUMBNAIL = 96
 UNIT_RECORD = re.compile(r"unit_\d+\.json")  # a unit's record (not its examples' record)
 
@@ -182,20 +186,54 @@ def _unit_stem(out: Path, layer: str, unit: int) -> Path:
     return out / "units" / _slug(layer) / f"unit_{unit:05d}"
 
 
+_GROUP: Group | None = None  # the group this process started (`_distributed`), for its waits
+
+
 def _distributed() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call started the process group), from torchrun's environment."""
+    """(rank, world size, whether this call started the process group), from torchrun's environment.
+
+    A group it starts lives in store keys of its own (`featvis.site.group.join`: a group restarted by
+    torchrun never reads a dead group's keys), with ``FEATVIS_ATLAS_TIMEOUT`` on its collectives."""
+    global _GROUP
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        return dist.get_rank(), dist.get_world_size(), True
+        rank = int(os.environ["RANK"])
+        group = join(rank, world_size)
+        dist.init_process_group(
+            backend,
+            store=group.store,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=group.timeout),
+        )
+        _GROUP = group
+        return rank, world_size, True
     return 0, 1, False
 
 
-def _barrier(world_size: int) -> None:
+def _barrier(world_size: int, what: str = "a barrier") -> None:
+    """Wait for every rank: through the group's store when `_distributed` started the group (a rank's
+    error or the timeout ends the wait), else `torch.distributed.barrier`."""
     if world_size > 1:
-        dist.barrier()
+        if _GROUP is not None:
+            _GROUP.barrier(what)
+        else:
+            dist.barrier()
+
+
+def _end_group(started: bool, err: BaseException | None) -> None:
+    """Tell the others this rank's own work raised `err` (not a peer's failure, a timeout, a lost
+    peer or an interrupt), and end the group this call started."""
+    global _GROUP
+    ours = not isinstance(err, PeerFailed | GroupTimeout | PeerLost | EarlierFailure | KeyboardInterrupt)
+    if started and _GROUP is not None and isinstance(err, Exception) and ours:
+        _GROUP.fail(err)
+    if started:
+        _GROUP = None
+        dist.destroy_process_group()
 
 
 def atlas(
@@ -261,6 +299,7 @@ def atlas(
     if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     settings = Settings.take(options)
+    failure: BaseException | None = None
     try:
         with preparing(model, **conventions) as prepared:
             prepared.require_input_range("an atlas")
@@ -275,8 +314,12 @@ def atlas(
             if not chosen or isinstance(layers, str):
                 raise bad_type("layers", layers, "a non-empty list of layer names")
             names = [_layer_name(prepared, layer) for layer in chosen]
-            if batch_size is None:
-                batch_size = 32 if prepared.device.type == "cuda" else 4
+            chosen_batch = batch_size is None
+            if chosen_batch:  # what the memory allows, at most 32 on a GPU, 4 on the CPU; an atlas's own
+                batch_size = _existing_batch_size(out, restart) or min(
+                    32 if prepared.device.type == "cuda" else 4,
+                    auto_batch_size(prepared, shape, settings.views),
+                )
             check_int("batch_size", batch_size, 1)
             counts = {
                 name: prepared.unit_count(layer, shape, axis["unit_axis"])
@@ -295,8 +338,12 @@ def atlas(
                 manifest["settings"]["examples"] = {"k": examples, **dataset_fingerprint(source)}
             if rank == 0:
                 _check_manifest(out, manifest, restart, write=True)
-            _barrier(world_size)
+                _remove_partial_files(out)
+            _barrier(world_size, "the manifest")
             if rank != 0:
+                if chosen_batch:  # rank 0's choice: one plan for every rank
+                    batch_size = json.loads((out / MANIFEST).read_text())["settings"]["batch_size"]
+                    manifest["settings"]["batch_size"] = batch_size
                 _check_manifest(out, manifest, False, write=False)
             if source is not None:
                 _write_examples(
@@ -317,16 +364,33 @@ def atlas(
                 progress,
                 axis,
             )
-            _barrier(world_size)
+            _barrier(world_size, "every unit drawn")
             if rank == 0:
                 elapsed = time.perf_counter() - started_at
                 _report(out, work, done_before, elapsed, world_size)
                 write_site(out, title=title, class_names=class_names)
-            _barrier(world_size)
+                shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+            _barrier(world_size, "the site")
+    except BaseException as err:
+        failure = err
+        raise
     finally:
-        if started:
-            dist.destroy_process_group()
+        _end_group(started, failure)
     return out / "index.html"
+
+
+def _existing_batch_size(out: Path, restart: bool) -> int | None:
+    """The batch size of the atlas already in `out` (a rerun keeps its plan), if any."""
+    path = out / MANIFEST
+    if restart or not path.exists():
+        return None
+    return json.loads(path.read_text()).get("settings", {}).get("batch_size")
+
+
+def _remove_partial_files(out: Path) -> None:
+    """The temporary files of writes cut short (a killed rank): before any rank writes again."""
+    for partial in [*out.glob(".*.part"), *out.glob("units/*/.*.part")]:
+        partial.unlink(missing_ok=True)
 
 
 def _write_examples(prepared, out, counts, data, source, k, rank, world_size, progress, axis) -> None:
@@ -336,6 +400,8 @@ def _write_examples(prepared, out, counts, data, source, k, rank, world_size, pr
     Every rank reads its share of the data (every world_size-th item of `source`, the data's
     items), the shares' top-k are gathered and merged on every rank, and each rank writes every
     world_size-th unit. Rank 0 alone reports the items skipped, counted over all the shares.
+    Each rank checkpoints its pass (`CHECKPOINTS`, per world size, rank and layers): a rank
+    restarted after a kill goes on from its last checkpoint, and reads again only the items after it.
     """
     missing = {
         layer: [
@@ -350,6 +416,8 @@ def _write_examples(prepared, out, counts, data, source, k, rank, world_size, pr
     # the totals would count twice); a rank past the last item reads one again, left out of them
     items = len(source)
     share = list(range(rank, items, world_size)) or ([rank % items] if items else [])
+    key = hashlib.blake2b(json.dumps(layers).encode(), digest_size=6).hexdigest()
+    checkpoint = out / CHECKPOINTS / f"examples-{world_size}x{rank}-{key}.pt"
     with warnings.catch_warnings():  # this share's count of skipped items: the totals come below
         warnings.filterwarnings("ignore", r"dataset_examples: used \d+ of", SkippedImagesWarning)
         mine = dataset_examples(
@@ -359,13 +427,19 @@ def _write_examples(prepared, out, counts, data, source, k, rank, world_size, pr
             k=k,
             progress=show_progress(progress) and rank == 0,
             sampler=share,
+            checkpoint=checkpoint,
+            checkpoint_every=EXAMPLES_CHECKPOINT_EVERY,
             **axis,
         )
     shares = {layer: dataclasses.replace(result, _source=None) for layer, result in mine.items()}
     gathered = [shares]
     if world_size > 1:
+        _barrier(world_size, "every share of the data read")  # a rank whose pass raised: no collective
         gathered = [None] * world_size
-        dist.all_gather_object(gathered, shares)
+        try:
+            dist.all_gather_object(gathered, shares)
+        except RuntimeError as err:  # a peer died in it (gloo: connection closed)
+            raise PeerLost(f"rank {rank}: gathering the dataset examples failed: {err}") from err
     merged = {
         layer: dataclasses.replace(
             merge_examples([part[layer] for part in gathered], k), _source=mine[layer]._source
@@ -463,10 +537,17 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
     skipped = 0
     (out / "timings").mkdir(parents=True, exist_ok=True)  # how long each batch took: not part of the atlas
     log = (out / "timings" / f"rank{rank}-{os.getpid()}.jsonl").open("a")
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's restarts so far
     for batch in batches:
-        stems = [_unit_stem(out, batch.layer, unit) for unit in batch.units]
-        if all(stem.with_suffix(".json").exists() for stem in stems):
-            skipped += len(stems)
+        # the units of the batch not written yet: a batch cut short by a kill is drawn again whole (a
+        # unit's image is bitwise the same in the same batch only) and only its missing units written
+        todo = [
+            unit
+            for unit in batch.units
+            if not _unit_stem(out, batch.layer, unit).with_suffix(".json").exists()
+        ]
+        skipped += len(batch.units) - len(todo)
+        if not todo:
             continue
         start = time.perf_counter()
         result = visualize_layer(
@@ -482,14 +563,26 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
         )
         images = to_array(result.images, prepared.input_range)
         reached = activations_reached(prepared, batch.layer, list(batch.units), images, **axis)
-        for stem, unit, image, value in zip(stems, batch.units, images, reached):
+        for unit, image, value in zip(batch.units, images, reached):
+            if unit not in todo:
+                continue
+            stem = _unit_stem(out, batch.layer, unit)
             save_image(image, stem.with_suffix(".png"))
             save_image(_thumbnail(image), stem.with_name(stem.name + ".thumb.png"))
             record = {"layer": batch.layer, "unit": unit, "activation": float(value)}
             atomic_write(stem.with_suffix(".json"), lambda tmp, r=record: Path(tmp).write_text(json.dumps(r)))
         seconds = time.perf_counter() - start
         log.write(
-            json.dumps({"layer": batch.layer, "units": len(batch.units), "seconds": seconds, "rank": rank})
+            json.dumps(
+                {
+                    "layer": batch.layer,
+                    "units": len(todo),
+                    "seconds": seconds,
+                    "rank": rank,
+                    "attempt": attempt,
+                    "unit_ids": todo,
+                }
+            )
         )
         log.write("\n")
         log.flush()
@@ -542,7 +635,10 @@ def _report(out, work, skipped, elapsed, world_size) -> None:
     per_layer: dict[str, list[float]] = {}
     for log in sorted((out / "timings").glob("*.jsonl")):
         for line in log.read_text().splitlines():
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a process killed while writing it
+                continue
             totals = per_layer.setdefault(entry["layer"], [0, 0.0])
             totals[0] += entry["units"]
             totals[1] += entry["seconds"]
