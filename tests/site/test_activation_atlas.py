@@ -162,7 +162,7 @@ def free_port() -> int:
 
 SCRIPT = """
 import sys, torch
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {here!r}]
 from test_activation_atlas import trained_digits
 import featvis
 model, images, _ = trained_digits()
@@ -174,7 +174,8 @@ featvis.activation_atlas(model, "hidden", images[:200], out=sys.argv[1], input_r
 @pytest.mark.slow
 def test_torchrun_shards_the_cells_and_writes_the_same_files(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    here = Path(__file__).resolve().parent
+    script.write_text(SCRIPT.format(tests=str(here.parent), here=str(here)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
