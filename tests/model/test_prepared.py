@@ -135,6 +135,17 @@ WHOLE_CALLS = {
     ),
     "get_num_filters": lambda m, out: featvis.get_num_filters(m, "conv2", input_shape=(3, 16, 16)),
     "layer_names": lambda m, out: featvis.layer_names(m, input_shape=(3, 16, 16)),
+    "activation_atlas": lambda m, out: featvis.activation_atlas(
+        m, "conv2", PHOTOS, out=out, grid=2, min_count=1, layout="pca", max_iter=2, batch_size=8
+    ),
+    "building_blocks": lambda m, out: featvis.building_blocks(m, "act2", PHOTOS[0], k=2, max_iter=2),
+    "invert": lambda m, out: featvis.invert(m, "conv1", PHOTOS[0], max_iter=2),
+    "circuits": lambda m, out: featvis.circuits(m, "conv2", 0, "conv1", k=2),
+    "activation_directions": lambda m, out: featvis.concepts.activation_directions(m, "conv2", PHOTOS, k=2),
+    "cav": lambda m, out: featvis.concepts.cav(m, "conv2", PHOTOS[:3], PHOTOS[3:]),
+    "tcav": lambda m, out: featvis.concepts.tcav(
+        m, "conv2", PHOTOS[:3] // 8, PHOTOS[2:4], 1, random_sets=[PHOTOS[:3], PHOTOS[3:]]
+    ),
 }
 
 
