@@ -515,13 +515,13 @@ def _to_nchw(batch: object, channels: int) -> torch.Tensor:
     return batch.float()
 
 
-def direction_matrix(directions: object) -> torch.Tensor:
+def _direction_matrix(directions: object) -> torch.Tensor:
     """`dataset_examples`'s ``directions`` as a (k, channels) float tensor of unit rows: a matrix (tensor,
     array, nested list; one direction per row, or one vector), an object with ``vectors`` (a
     `featvis.concepts.Directions`), or a list of vectors or of objects with a ``vector`` (CAVs).
 
     Examples:
-        >>> direction_matrix([[3.0, 4.0], [0.0, 2.0]])
+        >>> _direction_matrix([[3.0, 4.0], [0.0, 2.0]])
         tensor([[0.6000, 0.8000],
                 [0.0000, 1.0000]])
     """
@@ -673,7 +673,7 @@ def dataset_examples(
                 f"directions= lie in one layer's channel space, and layer= lists {len(layers)} layers: "
                 "pass one layer"
             )
-        directions = direction_matrix(directions)
+        directions = _direction_matrix(directions)
     conventions = dict(
         input_range=input_range,
         preprocess=preprocess,
