@@ -534,3 +534,110 @@ def test_a_prepared_model_that_feeds_tensors_as_given_is_refused_naming_input_ra
         match=r"model has type str, expected a torch.nn.Module or a featvis.PreparedModel",
     ):
         featvis.dataset_examples("model.pt", "fc", torch.rand(4, 3, 8, 8))
+
+
+def _planted(seed: int = 0):
+    """A 1x1 conv of 3 -> 6 channels with orthonormal weight columns, and images lit along one of
+    them: the activation at an image's bright pixel points along column 0 or 1 (its "direction"),
+    with a projection of the pixel's brightness on that direction and none on the other."""
+    generator = torch.Generator().manual_seed(seed)
+    columns, _ = torch.linalg.qr(torch.randn(6, 3, generator=generator))  # orthonormal (6, 3)
+    model = nn.Conv2d(3, 6, 1, bias=False).eval()
+    with torch.no_grad():
+        model.weight.copy_(columns[:, :, None, None])
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 0.1, (30, 3, 10, 10)).astype(np.float32)  # dim noise
+    along = np.repeat([0, 1, 2], 10)  # 10 images along direction 0, 10 along 1, 10 along neither
+    spots = rng.integers(0, 10, (30, 2))
+    for image, channel, (r, c) in zip(images, along, spots):
+        if channel < 2:
+            image[channel, r, c] = rng.uniform(0.5, 1.0)
+    return model, columns[:, :2].T.contiguous(), images, along, spots
+
+
+def test_examples_along_directions_are_the_images_planted_along_them():
+    model, directions, images, along, spots = _planted()
+    before = snapshot(model)
+    ex = featvis.dataset_examples(model, "", images, k=5, input_range=(0.0, 1.0), directions=3 * directions)
+    assert_untouched(model, before)
+    assert (
+        ex.units == [0, 1]
+        and ex.indices.shape == (2, 5)
+        and repr(ex).startswith("DatasetExamples(layer='', directions=2, k=5")
+    )
+    for i in (0, 1):
+        assert (along[ex.indices[i]] == i).all()  # the top images along direction i: those planted along it
+        assert (along[ex.lowest_indices[i]] != i).all()
+        np.testing.assert_array_equal(ex.positions[i], spots[ex.indices[i]])  # at the planted pixel
+        top, left, bottom, right = ex.boxes(i)[0]
+        assert (bottom - top, right - left) == (1, 1)  # a 1x1 conv: the crop is the pixel
+        # the score is the pixel's projection on the unit-norm direction: its brightness
+        np.testing.assert_allclose(
+            ex.values[i],
+            images[ex.indices[i], i, spots[ex.indices[i], 0], spots[ex.indices[i], 1]],
+            rtol=1e-5,
+        )
+    np.testing.assert_allclose(ex.directions, directions.numpy(), atol=1e-6)  # rows normalized
+
+
+def _by_hand(model, images, directions, reduce, k):
+    with torch.no_grad():
+        acts = model(torch.as_tensor(images))  # (N, C, H, W)
+    unit = directions / directions.norm(dim=1, keepdim=True)
+    projections = torch.einsum("nchw,kc->nkhw", acts, unit).flatten(2)
+    scores = projections.amax(2) if reduce == "max" else projections.mean(2)
+    order = torch.sort(scores.T, dim=1, descending=True, stable=True)
+    return order.indices[:, :k].numpy(), order.values[:, :k].numpy()
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_examples_along_directions_match_projections_by_hand_in_any_form_and_share(reduce, tmp_path):
+    from featvis.concepts import CAV, Directions
+
+    model, _, images, _, _ = _planted()
+    directions = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))  # not unit norm
+    common = dict(k=4, input_range=(0.0, 1.0), reduce=reduce, batch_size=7)
+    ex = featvis.dataset_examples(model, "", images, directions=directions, **common)
+    indices, values = _by_hand(model, images, directions, reduce, 4)
+    np.testing.assert_array_equal(ex.indices, indices)
+    np.testing.assert_allclose(ex.values, values, rtol=1e-5, atol=1e-6)
+    found = Directions("", "pca", directions, torch.zeros(6), 30)
+    cavs = [CAV("", row, 1.0, None, 1, 1) for row in directions]
+    for given in (found, cavs, list(directions), directions.numpy(), directions.tolist()):
+        again = featvis.dataset_examples(model, "", images, directions=given, **common)
+        np.testing.assert_array_equal(again.indices, ex.indices)
+    one = featvis.dataset_examples(model, "", images, directions=cavs[2], **common)
+    np.testing.assert_array_equal(one.indices, ex.indices[2:])  # one CAV: one direction
+    share = list(range(1, 30, 2))  # a sampler's share, checkpointed, then resumed when done
+    path = tmp_path / "share.pt"
+    shared = featvis.dataset_examples(
+        model, "", images, directions=directions, sampler=share, checkpoint=path, checkpoint_every=1, **common
+    )
+    resumed = featvis.dataset_examples(
+        model, "", images, directions=directions, sampler=share, checkpoint=path, **common
+    )
+    indices, values = _by_hand(model, images[share], directions, reduce, 4)
+    for result in (shared, resumed):
+        np.testing.assert_array_equal(result.indices, np.asarray(share)[indices])
+        np.testing.assert_allclose(result.values, values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(featvis.FeatvisValueError, match="directions"):  # other directions, same checkpoint
+        featvis.dataset_examples(
+            model, "", images, directions=-directions, sampler=share, checkpoint=path, **common
+        )
+
+
+def test_bad_directions_are_errors_that_name_directions():
+    model, directions, images, _, _ = _planted()
+    common = dict(k=2, input_range=(0.0, 1.0))
+    with pytest.raises(featvis.FeatvisValueError, match=r"directions.*of 5 channels.*of 6 channels"):
+        featvis.dataset_examples(model, "", images, directions=torch.ones(2, 5), **common)
+    with pytest.raises(featvis.FeatvisValueError, match=r"directions.*\(0, 6\).*at least one direction"):
+        featvis.dataset_examples(model, "", images, directions=torch.ones(0, 6), **common)
+    with pytest.raises(featvis.FeatvisValueError, match=r"directions.*rows \[1\] zero"):
+        featvis.dataset_examples(model, "", images, directions=[[1.0] * 6, [0.0] * 6], **common)
+    with pytest.raises(featvis.FeatvisTypeError, match="directions"):
+        featvis.dataset_examples(model, "", images, directions=[[1.0, 2.0], [3.0]], **common)
+    with pytest.raises(featvis.FeatvisValueError, match="directions= and units="):
+        featvis.dataset_examples(model, "", images, units=[0], directions=directions, **common)
+    with pytest.raises(featvis.FeatvisValueError, match="directions= lie in one layer"):
+        featvis.dataset_examples(nn.Sequential(model), ["0", ""], images, directions=directions, **common)

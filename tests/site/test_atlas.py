@@ -406,3 +406,73 @@ def test_an_atlas_of_a_prepared_model_is_the_atlas_of_the_model_with_its_convent
         manifest["settings"]["input_range"] == [0.0, 1.0]
         and "Normalize" in manifest["settings"]["preprocess"]
     )
+
+
+def _fed_by_rows(page: str) -> dict[int, tuple[str, list[tuple[int, float, str]]] | None]:
+    """Per card of a layer page, its "fed by" row: the earlier layer and each (unit, contribution, text)
+    shown, or None."""
+    rows = {}
+    for card in page.split('<div class="card" ')[1:]:
+        unit = int(re.match(r'data-unit="(\d+)"', card).group(1))
+        row = re.search(r'<div class="fedby" data-layer="([^"]*)"', card)
+        shown = re.findall(
+            r'data-unit="(\d+)" data-contribution="([^"]+)"[^>]*>.*?<span class="\w+">([^<]*)</span>', card
+        )
+        rows[unit] = (row.group(1), [(int(u), float(v), text) for u, v, text in shown]) if row else None
+    return rows
+
+
+def _weighted_two_layers(between: nn.Module) -> nn.Module:
+    """conv -> ReLU -> `between` -> 1x1 conv whose unit 0 is 2 x unit 3 - 1.5 x unit 5 of the ReLU's output
+    (the first conv's bias keeps every unit of it positive)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), between, nn.Conv2d(8, 2, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(0.1)
+        model[0].bias.fill_(1.0)
+        model[3].weight.zero_()
+        model[3].weight[0, 3] = 2.0
+        model[3].weight[0, 5] = -1.5
+        model[3].weight[1, 0] = 1.0
+    return model
+
+
+def test_every_card_shows_the_units_of_the_layer_before_that_feed_it_with_their_signs(tmp_path):
+    from featvis.site.atlas import fed_by
+
+    model = _weighted_two_layers(nn.Identity())
+    before = snapshot(model)
+    options = dict(size=12, max_iter=3, views=1, input_range=(0.0, 1.0), progress=False)
+    featvis.atlas(model, tmp_path, ["1", "3"], **options)
+    assert_untouched(model, before)
+    rows = _fed_by_rows((tmp_path / "layer_3.html").read_text())
+    assert rows[0] == ("1", [(3, 2.0, "3 +2"), (5, -1.5, "5 -1.5")])  # from the weights: exact
+    assert rows[1] == ("1", [(0, 1.0, "0 +1")])  # units that contribute nothing are left out
+    assert set(_fed_by_rows((tmp_path / "layer_1.html").read_text()).values()) == {None}  # the first layer
+    page = (tmp_path / "layer_3.html").read_text()
+    assert 'href="layer_1.html#unit-3"' in page and 'src="units/1/unit_00003.thumb.png"' in page
+    expected = featvis.circuits(model, "3", 0, "1", k=4, input_range=(0.0, 1.0))
+    assert fed_by(tmp_path, "3", 0) == [c for c in expected if c.sign != 0]
+    assert fed_by(tmp_path, "1", 0) == []
+    with pytest.raises(featvis.FeatvisValueError, match="unit"):
+        fed_by(tmp_path, "3", 7)
+    featvis.atlas(model, tmp_path / "off", ["1", "3"], fed_by=0, **options)
+    assert set(_fed_by_rows((tmp_path / "off" / "layer_3.html").read_text()).values()) == {None}
+    with pytest.raises(featvis.FeatvisValueError, match=r"fed_by: 4 -> 1"):
+        featvis.atlas(model, tmp_path, ["1", "3"], fed_by=1, **options)
+
+
+def test_fed_by_through_a_pooling_is_gradient_times_activation_over_the_units_own_image(tmp_path):
+    from featvis.site.atlas import fed_by
+
+    model = _weighted_two_layers(nn.AvgPool2d(2))  # no direct weight path between "1" and "3"
+    options = dict(size=12, max_iter=3, views=1, input_range=(0, 255), progress=False, fed_by=2)
+    featvis.atlas(model, tmp_path, ["3", "1"], **options)  # in any order: "1" runs before "3"
+    layer, shown = _fed_by_rows((tmp_path / "layer_3.html").read_text())[0]
+    assert layer == "1" and [(u, np.sign(value)) for u, value, _ in shown] == [(3, 1), (5, -1)]
+    image = np.asarray(Image.open(tmp_path / "units/3/unit_00000.png"))  # the unit's own image, as saved
+    expected = featvis.contributions(model, "3", 0, "1", data=image[None], input_range=(0, 255))
+    assert expected.method.startswith("gradient x activation")
+    assert fed_by(tmp_path, "3", 0) == expected.top(2)
+    with pytest.raises(featvis.FeatvisValueError, match="fed_by"):
+        featvis.atlas(model, tmp_path / "axis", ["1", "3"], unit_axis=1, **options)

@@ -282,7 +282,8 @@ class DatasetExamples:
     the unit's maximum in the layer's output and `receptive_field` maps it to the
     input. A unit that saw fewer than k images has fewer columns (``k`` shrinks
     to the number of images used). `seconds` times the pass (``"pass"``) and the
-    receptive-field measurement (``"receptive_field"``).
+    receptive-field measurement (``"receptive_field"``). A pass over ``directions=`` has one
+    "unit" per direction (``units[i] == i``: row i of `directions`, the unit-norm rows it ranked by).
 
     Examples:
         >>> ex.values[ex.row(7)]           # unit 7's top activations
@@ -304,13 +305,17 @@ class DatasetExamples:
     summary: DataSummary
     interrupted: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    directions: np.ndarray | None = None
     _source: object = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         k = self.indices.shape[1] if self.indices.ndim == 2 else 0
         flags = ", interrupted" if self.interrupted else ""
+        units = f"units=[{_short(self.units)}]"
+        if self.directions is not None:
+            units = f"directions={len(self.directions)}"
         return (
-            f"DatasetExamples(layer={self.layer!r}, units=[{_short(self.units)}], k={k}, "
+            f"DatasetExamples(layer={self.layer!r}, {units}, k={k}, "
             f"reduce={self.reduce!r}, {self.summary}{flags})"
         )
 
@@ -474,6 +479,12 @@ def _digest(order: list[int]) -> str:
     return hashlib.blake2b(np.asarray(order, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 
 
+def _digest_directions(directions: torch.Tensor) -> str:
+    """A short hash of the directions (shape and values): a checkpoint resumes the same directions only."""
+    array = directions.cpu().numpy()
+    return f"{array.shape[0]}x{array.shape[1]}:" + hashlib.blake2b(array.tobytes(), digest_size=8).hexdigest()
+
+
 def _load_checkpoint(path: Path, settings: dict) -> dict | None:
     if not path.exists():
         return None
@@ -504,6 +515,46 @@ def _to_nchw(batch: object, channels: int) -> torch.Tensor:
     return batch.float()
 
 
+def _direction_matrix(directions: object) -> torch.Tensor:
+    """`dataset_examples`'s ``directions`` as a (k, channels) float tensor of unit rows: a matrix (tensor,
+    array, nested list; one direction per row, or one vector), an object with ``vectors`` (a
+    `featvis.concepts.Directions`), or a list of vectors or of objects with a ``vector`` (CAVs).
+
+    Examples:
+        >>> _direction_matrix([[3.0, 4.0], [0.0, 2.0]])
+        tensor([[0.6000, 0.8000],
+                [0.0000, 1.0000]])
+    """
+    given = getattr(directions, "vectors", directions)
+    if isinstance(given, list | tuple) and any(hasattr(row, "vector") for row in given):
+        given = [getattr(row, "vector", row) for row in given]
+    try:
+        if isinstance(given, list | tuple) and given and all(isinstance(r, torch.Tensor) for r in given):
+            matrix = torch.stack([r.detach().float().flatten().cpu() for r in given])
+        else:
+            matrix = torch.as_tensor(np.asarray(given, dtype=np.float32))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise bad_type(
+            "directions",
+            directions,
+            "a (k, channels) matrix (one direction per row), a featvis.concepts.Directions or a list of "
+            "CAVs or vectors of the same length",
+        ) from err
+    if matrix.ndim == 1 and matrix.numel():
+        matrix = matrix[None]
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise bad_value(
+            "directions",
+            f"a tensor of shape {tuple(matrix.shape)}",
+            "a (k, channels) matrix with at least one direction (one per row)",
+        )
+    norms = matrix.double().norm(dim=1)
+    if not torch.isfinite(matrix).all() or (norms == 0).any():
+        bad = [int(i) for i in torch.nonzero((norms == 0) | ~torch.isfinite(norms)).flatten()]
+        raise bad_value("directions", f"rows {bad} zero or not finite", "finite non-zero directions")
+    return (matrix.double() / norms[:, None]).float()
+
+
 def dataset_examples(
     model: nn.Module | PreparedModel,
     layer: LayerSpec | Sequence[LayerSpec],
@@ -527,6 +578,7 @@ def dataset_examples(
     token: int | None = None,
     inputs: Mapping[str, object] | Sequence[object] | None = None,
     output: OutputPick = None,
+    directions: object = None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
@@ -567,6 +619,13 @@ def dataset_examples(
     (as `featvis.atlas` does). Not with a DataLoader of your own. With `checkpoint` too, the
     checkpoint holds this share's pass (the sampler's items, in its order) and resumes it.
 
+    ``directions`` ranks images by directions of the layer's channel space instead of its units:
+    a (k, channels) matrix, one direction per row (or a `featvis.concepts.Directions`, or a list
+    of CAVs or vectors). Each direction is a "unit" of the result (``ex.images(i)``: row i's
+    examples), scored at each position by the projection of the activation vector on the
+    unit-norm direction, and ranked by its maximum over the positions (``reduce="mean"``: the
+    mean) with the same crops as a unit's. One layer, and not with `units`.
+
     Examples:
         >>> ex = dataset_examples(lite0.model, "_fc", "photos/", k=4, preprocess=lite0.preprocess)
         >>> ex.sources(285)[0]
@@ -577,6 +636,9 @@ def dataset_examples(
         >>> with featvis.PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
         ...     ex = dataset_examples(prepared, "_blocks.10", "photos/")
         ...     image = featvis.visualize_layer(prepared, "_blocks.10", ex.units[:4])
+        >>> found = featvis.concepts.activation_directions(lite0.model, "_blocks.10", "photos/", k=4)
+        >>> along = dataset_examples(lite0.model, "_blocks.10", "photos/", directions=found)
+        >>> along.images(0)                         # the top crops along the first direction
     """
     if not isinstance(model, nn.Module | PreparedModel):
         raise bad_type("model", model, "a torch.nn.Module or a featvis.PreparedModel")
@@ -601,6 +663,17 @@ def dataset_examples(
         units = [check_int("units", u, 0) for u in units]
         if not units:
             raise bad_value("units", units, "at least one unit index")
+    if directions is not None:
+        if units is not None:
+            raise FeatvisValueError(
+                "directions= and units= were both given: pass one (with directions, unit i is direction i)"
+            )
+        if several and len(layers) > 1:
+            raise FeatvisValueError(
+                f"directions= lie in one layer's channel space, and layer= lists {len(layers)} layers: "
+                "pass one layer"
+            )
+        directions = _direction_matrix(directions)
     conventions = dict(
         input_range=input_range,
         preprocess=preprocess,
@@ -630,6 +703,7 @@ def dataset_examples(
             sampler=sampler,
             unit_axis=unit_axis,
             token=token,
+            directions=directions,
         )
 
 
@@ -651,8 +725,10 @@ def _examples(
     sampler: Sampler | None,
     unit_axis: int | None,
     token: int | None,
+    directions: torch.Tensor | None,
 ) -> DatasetExamples | dict[str, DatasetExamples]:
-    """`dataset_examples` on its prepared model, the arguments checked: the pass, then the results."""
+    """`dataset_examples` on its prepared model, the arguments checked: the pass, then the results;
+    `directions`: (k, channels) unit rows, or None."""
     channels, input_range, target_device = prepared.channels, prepared.input_range, prepared.device
     fixed = (
         {}
@@ -684,6 +760,7 @@ def _examples(
         "channels": channels,
         "input_range": list(input_range),
         "batch_size": batch_size,
+        **({"directions": _digest_directions(directions)} if directions is not None else {}),
         **({"inputs": fixed} if fixed else {}),
         **({"output": picked} if output is not None else {}),
         **dataset_fingerprint(source),
@@ -784,11 +861,15 @@ def _examples(
                 with torch.inference_mode():
                     outputs = reader.read(x)
                     if not tops:
-                        _start_state(outputs, units, k, target_device, tops, lows, chosen, spatial, reader)
+                        _start_state(
+                            outputs, units, k, target_device, tops, lows, chosen, spatial, reader, directions
+                        )
                         _restore(state, tops, lows)
+                        if directions is not None:
+                            directions = directions.to(target_device)
                     positions = positions.to(target_device)
                     for index, out in enumerate(outputs):
-                        scores, where = _scores(out, chosen[index], reduce)
+                        scores, where = _scores(out, chosen[index], reduce, directions)
                         tops[index].update(scores, positions, where)
                         lows[index].update(-scores, positions, where)
             for p, ok, note in notes:  # the batch is done: count it
@@ -812,7 +893,7 @@ def _examples(
         input_size = tuple(state["input_size"])
         with torch.inference_mode():
             outputs = reader.read(x)
-        _start_state(outputs, units, k, target_device, tops, lows, chosen, spatial, reader)
+        _start_state(outputs, units, k, target_device, tops, lows, chosen, spatial, reader, directions)
         _restore(state, tops, lows)
     if reader is None:
         raise FeatvisValueError(f"data: none of the {summary.total} items could be used ({summary})")
@@ -844,6 +925,7 @@ def _examples(
             interrupted,
             seconds,
             source,
+            directions,
         )
     return results if several else results[next(iter(results))]
 
@@ -899,10 +981,18 @@ def _first_image(source, own_loader, channels, device) -> torch.Tensor:
     return _to_nchw(next(iter(source.loader)), channels)[:1].to(device)
 
 
-def _start_state(outputs, units, k, device, tops, lows, chosen, spatial, reader) -> None:
+def _start_state(outputs, units, k, device, tops, lows, chosen, spatial, reader, directions) -> None:
     for out, name in zip(outputs, reader.names):
         count = 1 if out.ndim == 1 else int(out.shape[1])
+        if directions is not None and directions.shape[1] != count:
+            raise bad_value(
+                "directions",
+                f"{len(directions)} direction(s) of {directions.shape[1]} channels",
+                f"directions of {count} channels, the units of layer {name!r}",
+            )
         layer_units = list(range(count)) if units is None else list(units)
+        if directions is not None:
+            layer_units = list(range(len(directions)))
         bad = [u for u in layer_units if u >= count]
         if bad:
             raise bad_value("units", bad, f"unit indices below {count}, the units of layer {name!r}")
@@ -912,11 +1002,16 @@ def _start_state(outputs, units, k, device, tops, lows, chosen, spatial, reader)
         lows.append(_RunningTopK(len(layer_units), k, device))
 
 
-def _scores(out: torch.Tensor, units: list[int], reduce: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and unit, the score and the flat spatial index of the unit's maximum (0 for dense)."""
+def _scores(
+    out: torch.Tensor, units: list[int], reduce: str, directions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and unit, the score and the flat spatial index of the unit's maximum (0 for dense);
+    with `directions` (k, channels), a unit is a direction: the projection on it, one matmul."""
     if out.ndim == 1:
         out = out[:, None]
-    if units == list(range(out.shape[1])):
+    if directions is not None:
+        picked = (out.float().movedim(1, -1) @ directions.T).movedim(-1, 1)
+    elif units == list(range(out.shape[1])):
         picked = out.float()  # every unit: no copy
     else:
         picked = out.index_select(1, torch.tensor(units, device=out.device)).float()
@@ -929,7 +1024,9 @@ def _scores(out: torch.Tensor, units: list[int], reduce: str) -> tuple[torch.Ten
     return values, where
 
 
-def _result(name, units, top, low, spatial, rf, reduce, input_size, summary, interrupted, seconds, source):
+def _result(
+    name, units, top, low, spatial, rf, reduce, input_size, summary, interrupted, seconds, source, directions
+):
     used = int((top.indices[0] >= 0).sum()) if len(top.indices) else 0
     kept = max(used, 0)
 
@@ -957,5 +1054,6 @@ def _result(name, units, top, low, spatial, rf, reduce, input_size, summary, int
         summary=summary,
         interrupted=interrupted,
         seconds=seconds,
+        directions=None if directions is None else directions.cpu().numpy(),
         _source=source,
     )

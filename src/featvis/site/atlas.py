@@ -42,9 +42,10 @@ from torch import nn
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from featvis.attribution.circuits import Contribution, contributions
 from featvis.data.examples import SkippedImagesWarning, dataset_examples, dataset_fingerprint, merge_examples
 from featvis.data.sources import DataSummary, ImageSource, image_source
-from featvis.errors import FeatvisValueError, bad_type, check_int
+from featvis.errors import FeatvisValueError, bad_type, bad_value, check_int
 from featvis.image import atomic_write, save_image, stitch_images, to_array, to_pil
 from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size, preparing
 from featvis.model.targets import LayerSpec
@@ -58,6 +59,7 @@ MANIFEST = "atlas.json"
 CHECKPOINTS = "checkpoints"  # each rank's dataset-examples pass so far; removed when the atlas is done
 EXAMPLES_CHECKPOINT_EVERY = 10  # batches (of 32 images) of the data pass between two checkpoints
 THUMBNAIL = 96
+FED_BY_THUMBNAIL = 24
 UNIT_RECORD = re.compile(r"unit_\d+\.json")  # a unit's record (not its examples' record)
 
 
@@ -253,6 +255,7 @@ def atlas(
     examples: int = 9,
     unit_axis: int | None = None,
     token: int | None = None,
+    fed_by: int = 4,
     **options,
 ) -> Path:
     """Visualize every unit of `layers` (default `default_layers`; ``all_convolutions=True``: every conv
@@ -279,6 +282,13 @@ def atlas(
     their maximum over the tokens for the examples (whole images); `unit_axis` and
     ``token`` (e.g. ``token=0``, the class token) choose as in `featvis.visualize_activation`.
 
+    Every card but those of the first layer shows what the unit is "fed by": the `fed_by` units of
+    the atlas layer that runs just before its layer that contribute most to it, each with its
+    signed contribution and a thumbnail linking to its card (`featvis.contributions`: from the
+    weights on a direct path, else gradient x activation over the unit's own image), stored in the
+    unit's record (`fed_by` reads them). ``fed_by=0`` leaves them out; with `unit_axis` or `token`
+    (whose units the contributions do not read) it must be 0 for an atlas of several layers.
+
     `model` may be a `PreparedModel` (its conventions are used, those in `options` are not); the
     whole atlas, its dataset examples included, runs through one prepared model.
 
@@ -293,6 +303,7 @@ def atlas(
     out = Path(out)
     shape = image_size(size)
     check_int("seed", seed, 0)
+    check_int("fed_by", fed_by, 0)
     axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
@@ -314,6 +325,14 @@ def atlas(
             if not chosen or isinstance(layers, str):
                 raise bad_type("layers", layers, "a non-empty list of layer names")
             names = [_layer_name(prepared, layer) for layer in chosen]
+            if fed_by and len(names) > 1 and (unit_axis is not None or token is not None):
+                raise bad_value(
+                    "fed_by",
+                    fed_by,
+                    "0 with unit_axis= or token= (the contributions read each layer's units on its own "
+                    "axis, averaged over its tokens)",
+                )
+            earlier = _earlier_layers(prepared, names) if fed_by else {}
             chosen_batch = batch_size is None
             if chosen_batch:  # what the memory allows, at most 32 on a GPU, 4 on the CPU; an atlas's own
                 batch_size = _existing_batch_size(out, restart) or min(
@@ -327,6 +346,7 @@ def atlas(
             }
             manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
             manifest["settings"].update({k: v for k, v in axis.items() if v is not None})
+            manifest["settings"]["fed_by"] = fed_by
             source = None
             if data is not None:
                 check_int("examples", examples, 1)
@@ -363,6 +383,7 @@ def atlas(
                 world_size,
                 progress,
                 axis,
+                (earlier, fed_by),
             )
             _barrier(world_size, "every unit drawn")
             if rank == 0:
@@ -377,6 +398,44 @@ def atlas(
     finally:
         _end_group(started, failure)
     return out / "index.html"
+
+
+def _earlier_layers(prepared: PreparedModel, names: Sequence[str]) -> dict[str, str]:
+    """Each atlas layer's earlier layer for its "fed by" row: the atlas layer that ends just before it
+    in the forward pass (none for the first)."""
+    order = {(name, call): i for i, (name, call, _, _) in enumerate(prepared.seen.events)}
+    targets = {name: prepared.resolve(name) for name in names}
+    ends = {name: order.get((t.name, t.call)) for name, t in targets.items()}
+    ran = sorted((n for n in names if ends[n] is not None), key=lambda n: ends[n])
+    return dict(zip(ran[1:], ran[:-1], strict=True))
+
+
+def _fed_by_record(prepared, layer: str, unit: int, earlier: str, image: np.ndarray, k: int) -> dict:
+    """The unit's "fed by" entry of its record: the `k` units of `earlier` of largest contribution
+    (those that contribute nothing left out), over the unit's own image (as saved, in input_range)."""
+    found = contributions(prepared, layer, unit, earlier, data=image[None])
+    kept = [c for c in found.top(k) if c.sign != 0]
+    return {"layer": earlier, "method": found.method, "units": [[c.unit, c.contribution] for c in kept]}
+
+
+def fed_by(out: str | os.PathLike, layer: str, unit: int) -> list[Contribution]:
+    """What unit `unit` of `layer` is fed by in the atlas in `out`: the units of the atlas layer just
+    before it, largest contribution first, as its card shows them (empty for the first layer, or an
+    atlas made with ``fed_by=0``). The numbers are `featvis.circuits`'s for that unit and layer.
+
+    Examples:
+        >>> featvis.atlas(model, "site/", ["conv1", "conv2"], input_range=(0.0, 1.0))
+        >>> fed_by("site/", "conv2", 0)
+        [Contribution(unit=3, contribution=2.0, sign=1, method='weights'),
+         Contribution(unit=5, contribution=-1.5, sign=-1, method='weights')]
+    """
+    record_path = _unit_stem(Path(out), layer, unit).with_suffix(".json")
+    if not record_path.exists():
+        raise bad_value("unit", unit, f"a unit of layer {layer!r} drawn in the atlas in {str(out)!r}")
+    entry = json.loads(record_path.read_text()).get("fed_by")
+    if entry is None:
+        return []
+    return [Contribution(u, value, int(np.sign(value)), entry["method"]) for u, value in entry["units"]]
 
 
 def _existing_batch_size(out: Path, restart: bool) -> int | None:
@@ -528,8 +587,12 @@ def _check_manifest(out: Path, manifest: dict, restart: bool, *, write: bool) ->
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
 
 
-def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, progress, axis) -> int:
-    """Optimize this rank's batches, skipping those already written; returns how many units were skipped."""
+def _run_share(
+    prepared, settings, out, batches, shape, seed, rank, world_size, progress, axis, feeding
+) -> int:
+    """Optimize this rank's batches, skipping those already written; returns how many units were skipped.
+    `feeding`: ({layer: its earlier layer}, k) for each unit's "fed by" entry."""
+    earlier, fed_by_k = feeding
     quiet = dataclasses.replace(settings, progress=False)
     total = sum(int(c) for c in json.loads((out / MANIFEST).read_text())["layers"].values())
     show = show_progress(progress) and rank == 0
@@ -570,6 +633,10 @@ def _run_share(prepared, settings, out, batches, shape, seed, rank, world_size, 
             save_image(image, stem.with_suffix(".png"))
             save_image(_thumbnail(image), stem.with_name(stem.name + ".thumb.png"))
             record = {"layer": batch.layer, "unit": unit, "activation": float(value)}
+            if batch.layer in earlier:
+                record["fed_by"] = _fed_by_record(
+                    prepared, batch.layer, unit, earlier[batch.layer], image, fed_by_k
+                )
             atomic_write(stem.with_suffix(".json"), lambda tmp, r=record: Path(tmp).write_text(json.dumps(r)))
         seconds = time.perf_counter() - start
         log.write(
@@ -680,9 +747,11 @@ def write_site(out: str | os.PathLike, *, title: str = "featvis atlas", class_na
                     f'alt="dataset examples of unit {e["unit"]}" title="dataset examples">'
                 )
             cards.append(
-                f'<a class="card" href="{stem}.png" data-unit="{e["unit"]}" data-label="{html.escape(label.lower())}">'
-                f'<img src="{stem}.thumb.png" loading="lazy" width="{THUMBNAIL}" height="{THUMBNAIL}" alt="unit {e["unit"]}">'
-                f"{examples}<span>{e['unit']}{' ' + html.escape(label) if label else ''} · {e['activation']:.3g}</span></a>"
+                f'<div class="card" data-unit="{e["unit"]}" data-label="{html.escape(label.lower())}">'
+                f'<a href="{stem}.png"><img src="{stem}.thumb.png" loading="lazy" width="{THUMBNAIL}" '
+                f'height="{THUMBNAIL}" alt="unit {e["unit"]}"></a>'
+                f"{examples}<span>{e['unit']}{' ' + html.escape(label) if label else ''} · {e['activation']:.3g}</span>"
+                f"{_fed_by_row(e.get('fed_by'))}</div>"
             )
         _write_page(out / page, f"{title}: {layer}", _layer_body(layer, len(units), cards))
         strip = "".join(
@@ -713,6 +782,26 @@ document.getElementById("search").addEventListener("input", event => {{
     return _write_page(out / "index.html", title, body)
 
 
+def _fed_by_row(entry: dict | None) -> str:
+    """A card's "fed by" row: each earlier unit's thumbnail, linking to its card, over its signed contribution."""
+    if not entry or not entry["units"]:
+        return ""
+    earlier = entry["layer"]
+    links = "".join(
+        f'<a href="layer_{_slug(earlier)}.html#unit-{u}" data-unit="{u}" data-contribution="{value!r}" '
+        f'title="{html.escape(earlier)} unit {u}: {value:+.4g}">'
+        f'<img src="units/{_slug(earlier)}/unit_{u:05d}.thumb.png" loading="lazy" width="{FED_BY_THUMBNAIL}" '
+        f'height="{FED_BY_THUMBNAIL}" alt="{html.escape(earlier)} unit {u}">'
+        f'<span class="{"excites" if value > 0 else "inhibits"}">{u} {value:+.2g}</span></a>'
+        for u, value in entry["units"]
+    )
+    title = f"fed by {earlier} ({entry['method']})"
+    return (
+        f'<div class="fedby" data-layer="{html.escape(earlier)}" title="{html.escape(title)}">'
+        f"<small>fed by {html.escape(earlier)}</small>{links}</div>"
+    )
+
+
 def _layer_body(layer: str, count: int, cards: list[str]) -> str:
     return f"""<p><a href="index.html">index</a></p><h1>{html.escape(layer)} <small>{count} units</small></h1>
 <input id="filter" placeholder="unit number or class name">
@@ -739,7 +828,11 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 4px 8px; border-bottom
 .grid, #results {{ display: flex; flex-wrap: wrap; gap: 6px; margin: 8px 0; }}
 .card {{ display: flex; flex-direction: column; align-items: center; width: {THUMBNAIL + 8}px;
   text-decoration: none; color: #333; font-size: 11px; }}
-.card img {{ border: 1px solid #ccc; }}
+.card img {{ border: 1px solid #ccc; }} .card a {{ text-decoration: none; color: #333; }}
+.fedby {{ display: flex; flex-wrap: wrap; justify-content: center; gap: 2px; margin-top: 2px; }}
+.fedby small {{ width: 100%; text-align: center; font-size: 10px; }}
+.fedby a {{ display: flex; flex-direction: column; align-items: center; font-size: 9px; }}
+.excites {{ color: #1a7f37; }} .inhibits {{ color: #c62828; }}
 input {{ font-size: 1em; padding: 4px; width: 20em; }}
 </style></head>
 <body>
