@@ -292,3 +292,25 @@ def test_no_progress_bar_on_a_pipe(tmp_path):
     command = ["activation", *PREVIEW, "--layer", "fc", "--filter", "1", "--size", "32"]
     code, shown = _featvis([*command, "--out", str(tmp_path / "x.png")], terminal=False)
     assert code == 0 and "/32" not in shown and "it/s" not in shown, shown
+
+
+def test_atlas_fed_by_zero_leaves_the_row_out(tmp_path, capsys):
+    """`--fed-by 0`: no "fed by" row on the cards; the default shows one on the second layer's."""
+    import torch
+
+    from conftest import make_tiny
+
+    path = tmp_path / "tiny.pth"
+    torch.save(make_tiny(), path)
+    pages = {}
+    for fed_by in ("0", "4"):
+        out = tmp_path / f"site{fed_by}"
+        main(
+            [
+                "atlas", "--model", str(path), "--preprocess", "none", "--input-range", "0,1",
+                "--layer", "conv1", "--layer", "conv2", "--steps", "1", "--size", "16",
+                "--fed-by", fed_by, "--out", str(out),
+            ]
+        )  # fmt: skip
+        pages[fed_by] = "".join(p.read_text() for p in out.rglob("*.html"))
+    assert "fed by" not in pages["0"] and "fed by" in pages["4"]

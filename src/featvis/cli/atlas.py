@@ -48,6 +48,13 @@ Examples:
     help="Folder of images: each unit's card also shows the images that drive it most.",
 )
 @click.option("--examples", type=int, default=9, show_default=True, help="Dataset examples per unit.")
+@click.option(
+    "--fed-by",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Units of the layer before that feed each unit most, on its card (0: none).",
+)
 @click.option("--restart", is_flag=True, help="Delete an atlas made with other settings in --out first.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder of the site.")
 @with_common
@@ -61,6 +68,7 @@ def atlas_command(
     batch_size,
     data,
     examples,
+    fed_by,
     restart,
     out,
     common,
@@ -84,6 +92,7 @@ def atlas_command(
         restart=restart,
         data=data,
         examples=examples,
+        fed_by=fed_by,
         **quality_arguments(quality, steps, views),
         **api,
     )
