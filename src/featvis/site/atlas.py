@@ -290,7 +290,10 @@ def atlas(
     (whose units the contributions do not read) it must be 0 for an atlas of several layers.
 
     `model` may be a `PreparedModel` (its conventions are used, those in `options` are not); the
-    whole atlas, its dataset examples included, runs through one prepared model.
+    whole atlas, its dataset examples included, runs through one prepared model. The work is three
+    stages, each a function of its own: `plan_atlas` (layers, units, batches, manifest; every
+    argument checked), `run_atlas` (the manifest, the dataset pass, this rank's share) and
+    `publish_atlas` (rank 0: the report and the site).
 
     Examples:
         >>> featvis.atlas(model, "site/", ["conv1", "fc"], preprocess=featvis.zoo.Normalize())
@@ -300,8 +303,6 @@ def atlas(
     """
     if not isinstance(model, nn.Module | PreparedModel):
         raise bad_type("model", model, "a torch.nn.Module or a featvis.PreparedModel")
-    out = Path(out)
-    shape = image_size(size)
     check_int("seed", seed, 0)
     check_int("fed_by", fed_by, 0)
     axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
@@ -313,91 +314,190 @@ def atlas(
     failure: BaseException | None = None
     try:
         with preparing(model, **conventions) as prepared:
-            prepared.require_input_range("an atlas")
-            if data is not None and prepared.inputs is not None:
-                prepared.inputs.refuse_optimized(
-                    "with data=, the dataset examples feed every image of data with the same values of the "
-                    "other inputs"
-                )
-            prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
-            chosen = all_layers(prepared) if all_convolutions else default_layers(prepared)
-            chosen = list(layers) if layers is not None else chosen
-            if not chosen or isinstance(layers, str):
-                raise bad_type("layers", layers, "a non-empty list of layer names")
-            names = [_layer_name(prepared, layer) for layer in chosen]
-            if fed_by and len(names) > 1 and (unit_axis is not None or token is not None):
-                raise bad_value(
-                    "fed_by",
-                    fed_by,
-                    "0 with unit_axis= or token= (the contributions read each layer's units on its own "
-                    "axis, averaged over its tokens)",
-                )
-            earlier = _earlier_layers(prepared, names) if fed_by else {}
-            chosen_batch = batch_size is None
-            if chosen_batch:  # what the memory allows, at most 32 on a GPU, 4 on the CPU; an atlas's own
-                batch_size = _existing_batch_size(out, restart) or min(
-                    32 if prepared.device.type == "cuda" else 4,
-                    auto_batch_size(prepared, shape, settings.views),
-                )
-            check_int("batch_size", batch_size, 1)
-            counts = {
-                name: prepared.unit_count(layer, shape, axis["unit_axis"])
-                for name, layer in zip(names, chosen)
-            }
-            manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
-            manifest["settings"].update({k: v for k, v in axis.items() if v is not None})
-            manifest["settings"]["fed_by"] = fed_by
-            source = None
-            if data is not None:
-                check_int("examples", examples, 1)
-                source = image_source(data, channels=prepared.channels)
-                if not isinstance(source, ImageSource):
-                    raise bad_type(
-                        "data", data, "a folder, a list of paths, an array or a Dataset (not a DataLoader)"
-                    )
-                manifest["settings"]["examples"] = {"k": examples, **dataset_fingerprint(source)}
-            if rank == 0:
-                _check_manifest(out, manifest, restart, write=True)
-                _remove_partial_files(out)
-            _barrier(world_size, "the manifest")
-            if rank != 0:
-                if chosen_batch:  # rank 0's choice: one plan for every rank
-                    batch_size = json.loads((out / MANIFEST).read_text())["settings"]["batch_size"]
-                    manifest["settings"]["batch_size"] = batch_size
-                _check_manifest(out, manifest, False, write=False)
-            if source is not None:
-                _write_examples(
-                    prepared, out, counts, data, source, examples, rank, world_size, progress, axis
-                )
-            work = plan(counts, layer_costs(prepared, names, shape), batch_size)
-            mine = shard(work, world_size)[rank]
+            work = plan_atlas(
+                prepared, out, layers, all_convolutions=all_convolutions, size=size, batch_size=batch_size,
+                seed=seed, restart=restart, data=data, examples=examples, axis=axis, fed_by=fed_by,
+                settings=settings,
+            )  # fmt: skip
             started_at = time.perf_counter()
-            done_before = _run_share(
-                prepared,
-                settings,
-                out,
-                [work[i] for i in mine],
-                shape,
-                seed,
-                rank,
-                world_size,
-                progress,
-                axis,
-                (earlier, fed_by),
-            )
-            _barrier(world_size, "every unit drawn")
+            done_before = run_atlas(prepared, work, rank, world_size, progress)
             if rank == 0:
-                elapsed = time.perf_counter() - started_at
-                _report(out, work, done_before, elapsed, world_size)
-                write_site(out, title=title, class_names=class_names)
-                shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+                publish_atlas(
+                    work, done_before, time.perf_counter() - started_at, world_size, title, class_names
+                )
             _barrier(world_size, "the site")
     except BaseException as err:
         failure = err
         raise
     finally:
         _end_group(started, failure)
-    return out / "index.html"
+    return Path(out) / "index.html"
+
+
+@dataclass
+class AtlasPlan:
+    """What an atlas will do, decided before any unit is drawn (`plan_atlas`): its folder, layers
+    (name: unit count), batches, manifest, settings, image shape, seed, unit axes, data source,
+    examples per unit and "fed by" layers; `run_atlas` carries it out and `publish_atlas` writes
+    the site."""
+
+    out: Path
+    counts: dict[str, int]
+    batches: list[Batch]
+    manifest: dict
+    settings: Settings
+    shape: tuple[int, int]
+    seed: int
+    axis: dict
+    batch_size: int
+    chosen_batch: bool
+    restart: bool
+    source: ImageSource | None
+    data: object
+    examples: int
+    earlier: dict[str, str]
+    fed_by: int
+
+
+def plan_atlas(
+    prepared: PreparedModel,
+    out: str | os.PathLike,
+    layers: Sequence[LayerSpec] | None,
+    *,
+    all_convolutions: bool,
+    size: int | tuple[int, int],
+    batch_size: int | None,
+    seed: int,
+    restart: bool,
+    data: object,
+    examples: int,
+    axis: dict,
+    fed_by: int,
+    settings: Settings,
+) -> AtlasPlan:
+    """Resolve the layers, count their units, choose the batch size and lay out the batches; checks
+    every argument before any work (`atlas`'s arguments, its options already taken).
+
+    Examples:
+        >>> work = plan_atlas(prepared, "site/", ["conv1"], all_convolutions=False, size=64, ...)
+        >>> len(work.batches), work.counts
+    """
+    out = Path(out)
+    shape = image_size(size)
+    prepared.require_input_range("an atlas")
+    if data is not None and prepared.inputs is not None:
+        prepared.inputs.refuse_optimized(
+            "with data=, the dataset examples feed every image of data with the same values of the "
+            "other inputs"
+        )
+    prepared.probe_size(shape, "size")  # at the atlas's size: some models take no other
+    chosen = all_layers(prepared) if all_convolutions else default_layers(prepared)
+    chosen = list(layers) if layers is not None else chosen
+    if not chosen or isinstance(layers, str):
+        raise bad_type("layers", layers, "a non-empty list of layer names")
+    names = [_layer_name(prepared, layer) for layer in chosen]
+    if fed_by and len(names) > 1 and (axis["unit_axis"] is not None or axis["token"] is not None):
+        raise bad_value(
+            "fed_by",
+            fed_by,
+            "0 with unit_axis= or token= (the contributions read each layer's units on its own "
+            "axis, averaged over its tokens)",
+        )
+    earlier = _earlier_layers(prepared, names) if fed_by else {}
+    chosen_batch = batch_size is None
+    if chosen_batch:  # what the memory allows, at most 32 on a GPU, 4 on the CPU; an atlas's own
+        batch_size = _existing_batch_size(out, restart) or min(
+            32 if prepared.device.type == "cuda" else 4,
+            auto_batch_size(prepared, shape, settings.views),
+        )
+    check_int("batch_size", batch_size, 1)
+    counts = {
+        name: prepared.unit_count(layer, shape, axis["unit_axis"]) for name, layer in zip(names, chosen)
+    }
+    manifest = _manifest(prepared, settings, counts, shape, batch_size, seed)
+    manifest["settings"].update({k: v for k, v in axis.items() if v is not None})
+    manifest["settings"]["fed_by"] = fed_by
+    source = None
+    if data is not None:
+        check_int("examples", examples, 1)
+        source = image_source(data, channels=prepared.channels)
+        if not isinstance(source, ImageSource):
+            raise bad_type(
+                "data", data, "a folder, a list of paths, an array or a Dataset (not a DataLoader)"
+            )
+        manifest["settings"]["examples"] = {"k": examples, **dataset_fingerprint(source)}
+    batches = plan(counts, layer_costs(prepared, names, shape), batch_size)
+    return AtlasPlan(
+        out, counts, batches, manifest, settings, shape, seed, axis, batch_size, chosen_batch, restart,
+        source, data, examples, earlier, fed_by,
+    )  # fmt: skip
+
+
+def run_atlas(
+    prepared: PreparedModel, work: AtlasPlan, rank: int, world_size: int, progress: bool | None
+) -> int:
+    """Carry out `work` on this rank: check (rank 0: write) the manifest, run the dataset pass
+    when the atlas has data, draw this rank's share of the batches, and wait for every rank;
+    returns how many units were done before (a resumed atlas).
+
+    Examples:
+        >>> done_before = run_atlas(prepared, plan_atlas(prepared, "site/", ...), rank=0, world_size=1,
+        ...                         progress=None)
+    """
+    out, manifest = work.out, work.manifest
+    if rank == 0:
+        _check_manifest(out, manifest, work.restart, write=True)
+        _remove_partial_files(out)
+    _barrier(world_size, "the manifest")
+    batches = work.batches
+    if rank != 0:
+        if work.chosen_batch:  # rank 0's choice: one plan for every rank
+            batch_size = json.loads((out / MANIFEST).read_text())["settings"]["batch_size"]
+            if batch_size != work.batch_size:
+                manifest["settings"]["batch_size"] = batch_size
+                batches = plan(work.counts, layer_costs(prepared, list(work.counts), work.shape), batch_size)
+        _check_manifest(out, manifest, False, write=False)
+    if work.source is not None:
+        _write_examples(
+            prepared, out, work.counts, work.data, work.source, work.examples, rank, world_size, progress,
+            work.axis,
+        )  # fmt: skip
+    mine = shard(batches, world_size)[rank]
+    done_before = _run_share(
+        prepared,
+        work.settings,
+        out,
+        [batches[i] for i in mine],
+        work.shape,
+        work.seed,
+        rank,
+        world_size,
+        progress,
+        work.axis,
+        (work.earlier, work.fed_by),
+    )
+    _barrier(world_size, "every unit drawn")
+    return done_before
+
+
+def publish_atlas(
+    work: AtlasPlan,
+    done_before: int,
+    elapsed: float,
+    world_size: int,
+    title: str = "featvis atlas",
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """On rank 0, once every unit is drawn: the timing report, the site (`write_site`), and the
+    data pass's checkpoints removed; the index page's path.
+
+    Examples:
+        >>> publish_atlas(work, done_before=0, elapsed=12.5, world_size=1)
+    """
+    _report(work.out, work.batches, done_before, elapsed, world_size)
+    index = write_site(work.out, title=title, class_names=class_names)
+    shutil.rmtree(work.out / CHECKPOINTS, ignore_errors=True)
+    return index
 
 
 def _earlier_layers(prepared: PreparedModel, names: Sequence[str]) -> dict[str, str]:
@@ -626,17 +726,23 @@ def _run_share(
         )
         images = to_array(result.images, prepared.input_range)
         reached = activations_reached(prepared, batch.layer, list(batch.units), images, **axis)
-        for unit, image, value in zip(batch.units, images, reached):
-            if unit not in todo:
+        records = {  # every unit's record first (the fed-by rows run the model), then the batch's files
+            unit: {"layer": batch.layer, "unit": unit, "activation": float(value)}
+            | (
+                {"fed_by": _fed_by_record(prepared, batch.layer, unit, earlier[batch.layer], image, fed_by_k)}
+                if batch.layer in earlier
+                else {}
+            )
+            for unit, image, value in zip(batch.units, images, reached)
+            if unit in todo
+        }
+        for unit, image in zip(batch.units, images):
+            if unit not in records:
                 continue
             stem = _unit_stem(out, batch.layer, unit)
             save_image(image, stem.with_suffix(".png"))
             save_image(_thumbnail(image), stem.with_name(stem.name + ".thumb.png"))
-            record = {"layer": batch.layer, "unit": unit, "activation": float(value)}
-            if batch.layer in earlier:
-                record["fed_by"] = _fed_by_record(
-                    prepared, batch.layer, unit, earlier[batch.layer], image, fed_by_k
-                )
+            record = records[unit]
             atomic_write(stem.with_suffix(".json"), lambda tmp, r=record: Path(tmp).write_text(json.dumps(r)))
         seconds = time.perf_counter() - start
         log.write(
