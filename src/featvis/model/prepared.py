@@ -595,9 +595,8 @@ def layer_names(
     if shape is not None and (not shape or not all(is_int(n) and n > 0 for n in shape)):
         raise bad_value("input_shape", input_shape, "(channels, *size) of positive ints, e.g. (3, 224, 224)")
     # random images in [0, 1] to probe; a prepared model probes with its own conventions
-    probing = {} if isinstance(model, PreparedModel) else {"input_range": (0.0, 1.0)}
-    channels = None if shape is None or isinstance(model, PreparedModel) else shape[0]
-    with preparing(model, channels=channels, inputs=inputs, **probing) as prepared:
+    probing = {"input_range": (0.0, 1.0), "channels": None if shape is None else shape[0]}
+    with preparing(model, inputs=inputs, **({} if isinstance(model, PreparedModel) else probing)) as prepared:
         size = prepared.default_size() if shape is None else shape[1:]
         return prepared.probe_size(size, "input_shape", shape is None).order
 
