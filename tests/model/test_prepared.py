@@ -162,6 +162,61 @@ def test_a_whole_call_builds_one_prepared_model_and_none_when_given_one(call, bu
     assert_untouched(model, before)
 
 
+def _halve(x: torch.Tensor) -> torch.Tensor:
+    return x / 2
+
+
+IMAGE = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+CONFLICTS = {
+    "visualize_cam": (
+        lambda p: featvis.visualize_cam(p, "fc", 1, IMAGE, input_range=(-1.0, 1.0)),
+        r"input_range=\(-1\.0, 1\.0\) differs from the prepared model's input_range=\(0\.0, 1\.0\)",
+    ),
+    "integrated_gradients": (
+        lambda p: featvis.integrated_gradients(
+            p, featvis.losses.ActivationMaximization("fc", 1), IMAGE, fuse=False
+        ),
+        "fuse=False differs from the prepared model's fuse=True",
+    ),
+    "activation_directions": (
+        lambda p: featvis.concepts.activation_directions(p, "conv2", [IMAGE] * 2, channels=1),
+        "channels=1 differs from the prepared model's channels=3",
+    ),
+    "invert": (
+        lambda p: featvis.invert(p, "conv2", IMAGE, preprocess=_halve, max_iter=1),
+        "preprocess=<function _halve",
+    ),
+    "prepare: the first of two": (
+        lambda p: featvis.prepared.prepare(p, channels=1, preprocess=_halve),
+        "^preprocess=<function _halve.* differs from the prepared model's preprocess=None",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CONFLICTS)
+def test_a_convention_that_differs_from_the_prepared_models_is_refused_naming_it(case):
+    call, message = CONFLICTS[case]
+    model = make_tiny()
+    before = snapshot(model)
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0)) as prepared:
+        with pytest.raises(featvis.FeatvisValueError, match=message) as caught:
+            call(prepared)
+    name = str(caught.value).partition("=")[0]
+    assert f"pass {name}= to PreparedModel(...) instead" in str(caught.value)
+    assert_untouched(model, before)
+
+
+def test_conventions_left_at_their_defaults_or_equal_to_the_prepared_models_pass():
+    model = make_tiny()
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0), preprocess=_halve) as prepared:
+        same = dict(input_range=(0, 1), preprocess=_halve, channels=3, device="cpu", fuse=True)
+        assert featvis.prepared.prepare(prepared, **same) == (prepared, False)
+        assert prepared.conventions["input_range"] == (0.0, 1.0) and prepared.conventions["channels"] == 3
+        defaults = featvis.visualize_saliency(prepared, "fc", 1, IMAGE)  # input_range=(0, 255): the default
+        given = featvis.visualize_saliency(prepared, "fc", 1, IMAGE, input_range=(0.0, 1.0), device="cpu")
+    np.testing.assert_array_equal(defaults, given)
+
+
 class SharedConv(nn.Module):
     """One conv applied twice (``conv#0``, ``conv#1``), inside a block, then a classifier."""
 

@@ -8,7 +8,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,10 +17,10 @@ from torch import nn
 from featvis.attribution.cam import CamMethod
 from featvis.attribution.cam_methods import GradCam, as_cam_method
 from featvis.attribution.scoring import gradients, normalize, smoothed
-from featvis.errors import bad_type, check_int, check_number
+from featvis.errors import bad_type, check_int, check_number, known_keywords
 from featvis.model import tokens
 from featvis.model.prepared import PreparedModel, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.targets import LayerSpec, OutputPick
 from featvis.optvis.losses import ActivationMaximization, as_losses
 from featvis.rng import seed_or_fresh
 
@@ -34,6 +34,7 @@ GUIDED_CAM_SOURCE = (
 )
 
 
+@known_keywords
 def visualize_cam_with_losses(
     model: nn.Module | PreparedModel,
     losses,
@@ -48,7 +49,14 @@ def visualize_cam_with_losses(
     aug_smooth: bool = False,
     seed: int | None = 0,
     token_grid: tuple[int, int] | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> np.ndarray:
     """A class activation map (Grad-CAM by default) of a weighted sum of losses; (B, H, W) in [0, 1].
 
@@ -71,7 +79,10 @@ def visualize_cam_with_losses(
     rows per forward for the methods that run the model (Score-CAM, Ablation-CAM); by default 64,
     on the CPU for Score-CAM as many as hold 16 images of 112 px (4 of 224 px), its fastest there
     (`featvis.fusion.chunk_rows`).
-    ``smooth_samples > 0`` averages over noisy copies, ``aug_smooth=True`` over flips and zooms.
+    ``smooth_samples > 0`` averages over noisy copies (std `smooth_noise` times the image's range,
+    drawn with `seed`), ``aug_smooth=True`` over flips and zooms. The model's conventions,
+    `input_range` to `output`, are `featvis.prepared.PreparedModel`'s (``input_range=None``: tensors
+    fed to the model as given); a model prepared already keeps its own.
 
     Examples:
         >>> cams = visualize_cam_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
@@ -86,6 +97,16 @@ def visualize_cam_with_losses(
     if not isinstance(aug_smooth, bool):
         raise bad_type("aug_smooth", aug_smooth, "True or False")
     seed = seed_or_fresh(seed)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         cam = smoothed(
@@ -108,6 +129,7 @@ def visualize_cam_with_losses(
     return normalize(cam, source=CAM_SOURCE)
 
 
+@known_keywords
 def visualize_cam(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -116,13 +138,29 @@ def visualize_cam(
     *,
     unit_axis: int | None = None,
     token: int | None = None,
-    **kwargs,
+    penultimate_layer: LayerSpec | None = None,
+    method: str | CamMethod | Callable = "gradcam",
+    grad_modifier: str | Callable | None = None,
+    batch_size: int | None = None,
+    smooth_samples: int = 0,
+    smooth_noise: float = 0.15,
+    aug_smooth: bool = False,
+    seed: int | None = 0,
+    token_grid: tuple[int, int] | None = None,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> np.ndarray:
     """Grad-CAM map of the chosen units of `layer` for each image; ``method="gradcam++"`` for Grad-CAM++.
 
-    `unit_axis` and `token` choose the units as in `featvis.visualize_activation`; other
-    keyword arguments as in `visualize_cam_with_losses` (``penultimate_layer``,
-    ``token_grid`` for transformers, ``method``, ...).
+    `unit_axis` and `token` choose the units as in `featvis.visualize_activation`; the other
+    arguments, `penultimate_layer` on (``token_grid`` for transformers, ``method``, the model's
+    conventions), are those of `visualize_cam_with_losses`.
 
     Examples:
         >>> cam = visualize_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
@@ -130,9 +168,31 @@ def visualize_cam(
         >>> vit_cam = visualize_cam(vit, "heads.head", 3, image, penultimate_layer="encoder.layers.encoder_layer_11.ln_1")
     """
     objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
-    return visualize_cam_with_losses(model, objective, seed_input, **kwargs)
+    return visualize_cam_with_losses(
+        model,
+        objective,
+        seed_input,
+        penultimate_layer=penultimate_layer,
+        method=method,
+        grad_modifier=grad_modifier,
+        batch_size=batch_size,
+        smooth_samples=smooth_samples,
+        smooth_noise=smooth_noise,
+        aug_smooth=aug_smooth,
+        seed=seed,
+        token_grid=token_grid,
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
 
 
+@known_keywords
 def visualize_guided_cam(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -144,18 +204,36 @@ def visualize_guided_cam(
     unit_axis: int | None = None,
     token: int | None = None,
     token_grid: tuple[int, int] | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> np.ndarray:
     """Guided Grad-CAM (Selvaraju et al.): guided-backprop gradients times the Grad-CAM map.
 
     Returns |guided gradient x CAM|, max over channels (or per channel with
-    ``keepdims=True``), normalized per image.
+    ``keepdims=True``), normalized per image. `penultimate_layer`, `unit_axis`, `token`,
+    `token_grid` and the model's conventions, `input_range` to `output`, as in `visualize_cam`.
 
     Examples:
         >>> maps = visualize_guided_cam(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
     """
     loss = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
     tokens.check_token_grid(token_grid)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         cam = GradCam().attribute(

@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,9 @@ import torch
 from torch import nn
 
 from featvis.attribution.cam import layer_gradients
-from featvis.errors import bad_type, bad_value, check_int, is_int
-from featvis.model.prepared import CONVENTIONS, PreparedModel, preparing
-from featvis.model.targets import LayerSpec, Target
+from featvis.errors import bad_value, check_int, is_int, known_keywords
+from featvis.model.prepared import PreparedModel, preparing
+from featvis.model.targets import LayerSpec, OutputPick, Target
 from featvis.optvis.losses import ActivationMaximization
 from featvis.optvis.visualization import size_of, visualize_activation
 
@@ -97,6 +98,7 @@ class Contributions:
         ]
 
 
+@known_keywords
 def circuits(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -104,16 +106,28 @@ def circuits(
     earlier_layer: LayerSpec,
     k: int = 8,
     data: object = None,
-    **options,
+    *,
+    method: str = "auto",
+    size: int | tuple[int, int] | None = None,
+    seed: int | None = 0,
+    max_iter: int = 64,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> list[Contribution]:
     """The `k` units of `earlier_layer` that contribute most to `unit` of `layer`, largest first.
 
     Each `Contribution` has the earlier unit's index, its signed contribution, its sign and the
     method: from the weights where `layer` is a convolution or linear layer fed directly by
     `earlier_layer` (see the module docstring), else gradient x activation over `data` (images
-    as featvis takes them) or over the unit's own optimized image. `options` are those of
-    `contributions` (``method``, ``size``, ``seed``, ``max_iter`` and the model's conventions);
-    `contributions` gives every earlier unit's value.
+    as featvis takes them) or over the unit's own optimized image. The other arguments, `method`
+    on (the model's conventions included), are those of `contributions`, which gives every
+    earlier unit's value.
 
     Examples:
         >>> featvis.circuits(model, "conv2", 0, "conv1", k=2)
@@ -122,9 +136,28 @@ def circuits(
         >>> featvis.circuits(lite0.model, "_blocks.10", 7, "_blocks.9", data="cat.jpg", preprocess=...)
     """
     check_int("k", k, 1)
-    return contributions(model, layer, unit, earlier_layer, data=data, **options).top(k)
+    return contributions(
+        model,
+        layer,
+        unit,
+        earlier_layer,
+        data=data,
+        method=method,
+        size=size,
+        seed=seed,
+        max_iter=max_iter,
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    ).top(k)
 
 
+@known_keywords
 def contributions(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -136,7 +169,14 @@ def contributions(
     size: int | tuple[int, int] | None = None,
     seed: int | None = 0,
     max_iter: int = 64,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> Contributions:
     """Every unit of `earlier_layer`'s contribution to `unit` of `layer` (see `circuits`).
 
@@ -144,20 +184,28 @@ def contributions(
     "weights" (an error where the path is not direct) or "gradient". `size`, `seed` and
     `max_iter` make the unit's own image when the gradient needs one and no `data` is given;
     `size` also sets the random images that check a weight path when no `data` is given.
-    `conventions`: ``input_range``, ``preprocess``, ``channels``, ``device``, ...
+    The model's conventions, `input_range` to `output`, are `featvis.prepared.PreparedModel`'s; a
+    model prepared already keeps its own.
 
     Examples:
         >>> full = featvis.contributions(model, "conv2", 0, "conv1", data=images, method="gradient")
         >>> full.values.argmax()
     """
-    unknown = [name for name in conventions if name not in CONVENTIONS]
-    if unknown:
-        raise bad_type(unknown[0], conventions[unknown[0]], "no such option (see featvis.contributions)")
     if not is_int(unit) or unit < 0:
         raise bad_value("unit", unit, "a unit index >= 0")
     if not isinstance(method, str) or method not in METHODS:
         raise bad_value("method", method, f"one of {', '.join(map(repr, METHODS))}")
     check_int("max_iter", max_iter, 1)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         if data is not None:
             images = prepared.load_images(data, "data")

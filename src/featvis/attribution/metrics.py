@@ -17,7 +17,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import copy
 from dataclasses import dataclass
 import math
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from featvis.errors import bad_type, bad_value, check_int
+from featvis.errors import bad_type, bad_value, check_int, known_keywords
 from featvis.model.prepared import PreparedModel, input_size, preparing
-from featvis.model.targets import LayerSpec, unwrap_compiled
+from featvis.model.targets import LayerSpec, OutputPick, unwrap_compiled
 from featvis.optvis.losses import ActivationMaximization, as_losses
 
 SCORES = ("probability", "logit")
@@ -45,6 +45,7 @@ class Curve:
     areas: np.ndarray
 
 
+@known_keywords
 def deletion(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -56,7 +57,14 @@ def deletion(
     baseline: str | float = "black",
     score: str = "probability",
     batch_size: int = 64,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> Curve:
     """Deletion curve: the score as the map's top pixels are replaced by the baseline, in `steps`
     equal steps (all channels of a pixel at once). Lower area: the map found what matters.
@@ -64,16 +72,29 @@ def deletion(
     `score`: ``"probability"`` (softmax over `layer`'s units, as Petsiuk et al.) or ``"logit"``
     (the units' mean value). `baseline`: ``"black"`` (the low end of `input_range`; zeros with
     ``input_range=None``), ``"blur"`` (the image blurred, sigma 5 px) or a number in the
-    input's units.
+    input's units. `batch_size` images (steps) per forward, without gradients. The model's
+    conventions, `input_range` to `output`, are `featvis.prepared.PreparedModel`'s; a model
+    prepared already keeps its own.
 
     Examples:
         >>> deletion(model, "fc", 3, images, maps, steps=16).areas
     """
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     return _curve(
         model, layer, filter_indices, seed_input, maps, steps, baseline, score, batch_size, conventions, True
     )
 
 
+@known_keywords
 def insertion(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -85,7 +106,14 @@ def insertion(
     baseline: str | float = "blur",
     score: str = "probability",
     batch_size: int = 64,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> Curve:
     """Insertion curve: the score as the map's top pixels are revealed on the baseline (by default
     the blurred image), in `steps` equal steps. Higher area: the map found what matters.
@@ -94,6 +122,16 @@ def insertion(
     Examples:
         >>> insertion(model, "fc", 3, images, maps, steps=16).areas
     """
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     return _curve(
         model, layer, filter_indices, seed_input, maps, steps, baseline, score, batch_size, conventions, False
     )
@@ -286,6 +324,7 @@ class RandomizationStep(tuple):
         )
 
 
+@known_keywords
 def randomization_check(
     model: nn.Module | PreparedModel,
     explain: Callable[[nn.Module], np.ndarray],
@@ -293,7 +332,14 @@ def randomization_check(
     layers: Sequence[LayerSpec] | None = None,
     seed: int = 0,
     size: int | tuple[int, ...] | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0.0, 1.0),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> list[RandomizationStep]:
     """The model-randomization sanity check (Adebayo et al. 2018) on a deep copy of `model`.
 
@@ -309,8 +355,9 @@ def randomization_check(
     what a map that explains the model shows; the user's `model` is never modified.
 
     `layers` are resolved on the model probed once on a random input of `size` (default 224 px)
-    with the model's conventions (``input_range=`` (default (0, 1) here), ``preprocess=``,
-    ``channels=``, ``inputs=``, ``output=``...).
+    with the model's conventions, `input_range` to `output` (`featvis.prepared.PreparedModel`'s;
+    `input_range` is (0, 1) by default here: the images are random); a `PreparedModel` is probed
+    with its own.
 
     Examples:
         >>> explain = lambda m: featvis.visualize_cam(m, "_fc", 285, cat, preprocess=lite0.preprocess)
@@ -336,7 +383,18 @@ def randomization_check(
             raise bad_value("model", type(original).__name__, "a model with parameters to randomize")
         steps = [("all", list(copied.parameters()))]
     else:
-        conventions.setdefault("input_range", (0.0, 1.0))  # only probed, on random images
+        conventions = dict(
+            input_range=input_range,
+            preprocess=preprocess,
+            channels=channels,
+            device=device,
+            fuse=fuse,
+            channels_last=channels_last,
+            inputs=inputs,
+            output=output,
+        )
+        if isinstance(model, PreparedModel):  # it probes random images in its own input_range
+            del conventions["input_range"]
         steps = []
         with preparing(model, **conventions) as prepared:
             if size is not None:

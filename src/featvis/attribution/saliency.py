@@ -14,7 +14,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,10 +30,10 @@ from featvis.attribution.scoring import (
     scorer,
     smoothed,
 )
-from featvis.errors import bad_type, bad_value, check_int, check_number, close_matches
+from featvis.errors import bad_type, bad_value, check_int, check_number, close_matches, known_keywords
 from featvis.model import fusion
 from featvis.model.prepared import PreparedModel, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.targets import LayerSpec, OutputPick
 from featvis.optvis import backprop_modifiers, grad_modifiers
 from featvis.optvis.losses import ActivationMaximization, Loss, as_losses
 from featvis.registry import Registry
@@ -270,26 +270,49 @@ def _saliency_method(method: str | SaliencyMethod, options: dict) -> SaliencyMet
     return SALIENCY_METHODS.create(method, {k: v for k, v in options.items() if k in taken})
 
 
+@known_keywords
 def input_gradients(
     model: nn.Module | PreparedModel,
     losses,
     seed_input,
     *,
     backprop_modifier: str | Callable | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> torch.Tensor:
     """d(-loss)/d(image) for each image, in the units of `input_range`, as (B, C, H, W), unnormalized.
+
+    `backprop_modifier` (``"guided"``, ``"rectified"`` or a function) changes how the gradient
+    passes the activations. The model's conventions, `input_range` to
+    `output`, are `featvis.prepared.PreparedModel`'s; a model prepared already keeps its own.
 
     Examples:
         >>> grads = input_gradients(net, ActivationMaximization("fc", 3), image, backprop_modifier="guided")
     """
     loss = as_losses(losses)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         low, high = prepared.input_range if prepared.input_range is not None else (0.0, 1.0)
         return gradients(prepared, loss, images, backprop_modifier=backprop_modifier) / (high - low)
 
 
+@known_keywords
 def integrated_gradients(
     model: nn.Module | PreparedModel,
     losses,
@@ -297,10 +320,17 @@ def integrated_gradients(
     *,
     steps: int = 64,
     quadrature: str = "gausslegendre",
-    baseline=None,
+    baseline: object = None,
     batch_size: int | None = None,
     return_delta: bool = False,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Integrated Gradients (Sundararajan et al. 2017): (input - baseline) times the integral of the
     score's gradient along the straight path from the baseline, as (B, C, H, W).
@@ -318,7 +348,8 @@ def integrated_gradients(
     `input_range`, before `preprocess`; zeros with ``input_range=None``), a number a flat image,
     or an image (or batch) like `seed_input`. `batch_size` path points run per forward and
     backward (None: 32, on the CPU `fusion.chunk_rows`: 4 at 224 px, where Lite0's 64 steps of 4
-    images took 1.3 s against 2.4 s at 32).
+    images took 1.3 s against 2.4 s at 32). The model's conventions, `input_range` to
+    `output`, are `featvis.prepared.PreparedModel`'s; a model prepared already keeps its own.
 
     Examples:
         >>> attributions = integrated_gradients(net, ActivationMaximization("fc", 3), image, steps=64)
@@ -336,6 +367,16 @@ def integrated_gradients(
     method = IntegratedGradients(steps=steps, quadrature=quadrature, baseline=baseline, batch_size=batch_size)
     if not isinstance(return_delta, bool):
         raise bad_type("return_delta", return_delta, "True or False")
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         attributions = method.attribute(prepared, loss, images)
@@ -397,6 +438,7 @@ def _integrated_gradients(
     return (images - base) * total
 
 
+@known_keywords
 def occlusion(
     model: nn.Module | PreparedModel,
     losses,
@@ -404,9 +446,16 @@ def occlusion(
     *,
     window: int = 16,
     stride: int = 8,
-    baseline=None,
+    baseline: object = None,
     batch_size: int | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> torch.Tensor:
     """Occlusion (Zeiler and Fergus 2014, Captum's `Occlusion`): the score's drop when a
     `window` x `window` square (all channels) is replaced by the baseline, averaged over the
@@ -414,12 +463,24 @@ def occlusion(
     run in batches of `batch_size` rows, without gradients (None: on the CPU
     `fusion.chunk_rows`, 4 rows at 224 px: Lite0, 4 images, 2 cores, 7.0 s against 12.9 s at
     256 rows; elsewhere as many rows as hold the pixels of 256 images of 224 x 224, at most 1024).
+    `baseline` as in `integrated_gradients`. The model's conventions, `input_range` to
+    `output`, are `featvis.prepared.PreparedModel`'s; a model prepared already keeps its own.
 
     Examples:
         >>> drops = occlusion(net, ActivationMaximization("fc", 3), image, window=8, stride=4)
     """
     loss = as_losses(losses)
     method = Occlusion(window=window, stride=stride, baseline=baseline, batch_size=batch_size)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         return method.drops(prepared, loss, prepared.load_images(seed_input))
 
@@ -452,6 +513,7 @@ def _occlusion(prepared, loss, images, base, window, stride, batch_size) -> torc
     return torch.einsum("nm,mhw->nhw", drops, boxes) / counts
 
 
+@known_keywords
 def visualize_saliency_with_losses(
     model: nn.Module | PreparedModel,
     losses,
@@ -466,13 +528,20 @@ def visualize_saliency_with_losses(
     aug_smooth: bool = False,
     steps: int = 64,
     quadrature: str = "gausslegendre",
-    baseline=None,
+    baseline: object = None,
     window: int = 16,
     stride: int = 8,
     batch_size: int | None = None,
     percentile: float | None = 99.0,
     seed: int | None = 0,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> np.ndarray:
     """Saliency of a weighted sum of losses: the score's (minus the losses') attribution per pixel, modified
     by `grad_modifier` (default ``"absolute"``; ``"negate"`` shows what lowers the score), normalized per image.
@@ -489,8 +558,9 @@ def visualize_saliency_with_losses(
     noisy copies (SmoothGrad; noise std ``smooth_noise`` times the image's range, image i's
     noise from the stream of (seed, i)); ``aug_smooth=True`` over flips and zooms too.
     `percentile`: maps are scaled from their min to this percentile, above it clipped (None:
-    min-max). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``. `conventions`:
-    ``input_range`` (None: tensors fed to the model as given), ``preprocess``, ``channels``, ``device``.
+    min-max). Returns (B, H, W), or (B, H, W, C) with ``keepdims=True``. The model's conventions,
+    `input_range` to `output`, are `featvis.prepared.PreparedModel`'s (``input_range=None``: tensors
+    fed to the model as given); a model prepared already keeps its own.
 
     Examples:
         >>> maps = visualize_saliency_with_losses(model, [(ActivationMaximization("_fc", 285), 1)], cat)
@@ -521,6 +591,16 @@ def visualize_saliency_with_losses(
         seed=seed,
     )
     attribution = _saliency_method(method, options)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         images = prepared.load_images(seed_input)
         passes = max(1, smooth_samples) * (4 if aug_smooth else 1)
@@ -546,6 +626,7 @@ def visualize_saliency_with_losses(
     return normalize(grads.max(dim=1).values, percentile, source)
 
 
+@known_keywords
 def visualize_saliency(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -554,10 +635,36 @@ def visualize_saliency(
     *,
     unit_axis: int | None = None,
     token: int | None = None,
-    **kwargs,
+    method: str | SaliencyMethod = "vanilla",
+    backprop_modifier: str | Callable | None = None,
+    grad_modifier: str | Callable | None = "absolute",
+    keepdims: bool = False,
+    smooth_samples: int = 0,
+    smooth_noise: float = 0.15,
+    aug_smooth: bool = False,
+    steps: int = 64,
+    quadrature: str = "gausslegendre",
+    baseline: object = None,
+    window: int = 16,
+    stride: int = 8,
+    batch_size: int | None = None,
+    percentile: float | None = 99.0,
+    seed: int | None = 0,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> np.ndarray:
     """Saliency map of the chosen units of `layer` for each image (keras-vis's API, plus SmoothGrad,
-    Integrated Gradients and occlusion: see `visualize_saliency_with_losses`).
+    Integrated Gradients and occlusion).
+
+    `unit_axis` and `token` choose the units as in `featvis.visualize_activation`; the other
+    arguments, `method` on (the model's conventions included), are those of
+    `visualize_saliency_with_losses`.
 
     Examples:
         >>> vanilla = visualize_saliency(lite0.model, "_fc", 285, cat, preprocess=lite0.preprocess)
@@ -567,4 +674,31 @@ def visualize_saliency(
         ...                         preprocess=...)
     """
     objective = ActivationMaximization(layer, filter_indices, unit_axis=unit_axis, token=token)
-    return visualize_saliency_with_losses(model, objective, seed_input, **kwargs)
+    return visualize_saliency_with_losses(
+        model,
+        objective,
+        seed_input,
+        method=method,
+        backprop_modifier=backprop_modifier,
+        grad_modifier=grad_modifier,
+        keepdims=keepdims,
+        smooth_samples=smooth_samples,
+        smooth_noise=smooth_noise,
+        aug_smooth=aug_smooth,
+        steps=steps,
+        quadrature=quadrature,
+        baseline=baseline,
+        window=window,
+        stride=stride,
+        batch_size=batch_size,
+        percentile=percentile,
+        seed=seed,
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )

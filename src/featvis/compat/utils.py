@@ -11,7 +11,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import numbers
 import os
 
@@ -20,25 +20,36 @@ from PIL import Image
 import torch
 from torch import nn
 
-from featvis.errors import bad_type, bad_value, is_int
+from featvis.errors import bad_type, bad_value, is_int, known_keywords
 from featvis.image import check_range
 from featvis.model.prepared import PreparedModel, image_size, input_size, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.targets import LayerSpec, OutputPick
 
 
+@known_keywords
 def get_num_filters(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
     *,
     input_shape: Sequence[int] | None = None,
     unit_axis: int | None = None,
-    **conventions,
+    input_range: tuple[float, float] | None = (0.0, 1.0),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> int:
     """How many units (filters, neurons, features) `layer` has: the length of its unit axis
     (a conv's channels, a Linear's outputs, the features of a transformer's tokens).
 
     `input_shape` is one input without the batch, channels first ((3, 224, 224) by default,
     the channel count read from the model); `unit_axis` overrides the layer's own unit axis.
+    The model's conventions, `input_range` to `output`, are `featvis.prepared.PreparedModel`'s,
+    `input_range` (0, 1) by default here (the model is probed on random images); a `PreparedModel`
+    is probed with its own.
 
     Examples:
         >>> get_num_filters(model, "conv2")                              # conv: axis 1
@@ -46,13 +57,25 @@ def get_num_filters(
         >>> get_num_filters(vit, "encoder.layers.encoder_layer_5.mlp.0")  # tokens: last axis
         3072
     """
-    conventions.setdefault("input_range", (0.0, 1.0))
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
+    if isinstance(model, PreparedModel):  # it probes random images in its own input_range
+        del conventions["input_range"]
     if input_shape is not None:
         if isinstance(input_shape, str) or not isinstance(input_shape, Sequence) or len(input_shape) < 2:
             raise bad_type("input_shape", input_shape, "(channels, *size) of ints, e.g. (3, 224, 224)")
         if not is_int(input_shape[0]) or input_shape[0] < 1:
             raise bad_value("input_shape", input_shape, "(channels, *size) with channels an int >= 1")
-        conventions["channels"] = int(input_shape[0])
+        if not isinstance(model, PreparedModel):
+            conventions["channels"] = int(input_shape[0])
     with preparing(model, **conventions) as prepared:
         if input_shape is None:
             size = prepared.default_size()

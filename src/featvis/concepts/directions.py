@@ -14,7 +14,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 import numbers
 import warnings
@@ -26,9 +26,17 @@ from torch.utils.data import DataLoader
 
 from featvis.data.examples import SkippedImagesWarning
 from featvis.data.sources import DataSummary, ImageSource, collate, image_source
-from featvis.errors import FeatvisError, FeatvisTypeError, FeatvisValueError, bad_type, bad_value, check_int
+from featvis.errors import (
+    FeatvisError,
+    FeatvisTypeError,
+    FeatvisValueError,
+    bad_type,
+    bad_value,
+    check_int,
+    known_keywords,
+)
 from featvis.model.prepared import PreparedModel, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.targets import LayerSpec, OutputPick
 from featvis.model.units import resolve_axis
 from featvis.optvis.losses import Direction
 
@@ -218,6 +226,7 @@ def _nmf(samples: torch.Tensor, k: int, layer: LayerSpec, seed: int, max_iter: i
     return (components / norms[:, None])[order]
 
 
+@known_keywords
 def activation_directions(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -231,7 +240,14 @@ def activation_directions(
     size: int | None = None,
     batch_size: int = 32,
     max_iter: int = 400,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> Directions:
     """The top `k` PCA or NMF components of `layer`'s activations over `data`.
 
@@ -242,9 +258,11 @@ def activation_directions(
     of them, drawn at random with `seed`, are fitted. ``method="pca"``: the principal axes
     of the centered samples, strongest first, each signed so that the mean activation
     projects positively on it; ``"nmf"``: scikit-learn's NMF of the (nonnegative)
-    activations, ordered by how much of the data each component carries. The model's
-    conventions (``input_range``, ``preprocess``, ...) are those of every featvis call;
-    the model is left as it was.
+    activations, ordered by how much of the data each component carries. `size`: the side images
+    read from files are resized and cropped to (as in `featvis.dataset_examples`); `batch_size`
+    images per forward; `max_iter` bounds NMF's iterations.
+    The model's conventions, `input_range` to `output`, are `featvis.prepared.PreparedModel`'s (a
+    model prepared already keeps its own); the model is left as it was.
 
     Examples:
         >>> found = featvis.concepts.activation_directions(net, "conv2", images, k=3, method="nmf")
@@ -262,6 +280,16 @@ def activation_directions(
     check_int("max_iter", max_iter, 1)
     if size is not None:
         check_int("size", size, 1)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         samples, seen = layer_samples(
             prepared,

@@ -18,7 +18,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 import math
 import numbers
@@ -31,9 +31,9 @@ from torch import nn
 
 from featvis.attribution.cam import layer_gradients
 from featvis.concepts.directions import check_reduce, image_batches, layer_samples, units_first
-from featvis.errors import bad_type, bad_value, check_int, check_number
+from featvis.errors import bad_type, bad_value, check_int, check_number, known_keywords
 from featvis.model.prepared import PreparedModel, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.targets import LayerSpec, OutputPick
 from featvis.optvis.losses import ActivationMaximization, Direction
 
 CLASSIFIERS = ("logistic", "sgd")
@@ -172,6 +172,7 @@ def _set_samples(prepared, layer, data, argument, reduce, size, batch_size) -> t
     return samples
 
 
+@known_keywords
 def cav(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -184,7 +185,14 @@ def cav(
     seed: int = 0,
     size: int | None = None,
     batch_size: int = 32,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> CAV:
     """A concept activation vector at `layer`: the normal of a linear classifier that tells
     `concept_images` from `random_images` by their activations there.
@@ -196,7 +204,10 @@ def cav(
     least 2 each. `classifier`: ``"logistic"`` (scikit-learn's LogisticRegression), ``"sgd"`` (the
     paper's SGDClassifier, alpha=0.01) or an estimator of your own (cloned); seeded with `seed`,
     which also draws the held-out split (`hold_out` of each set) that ``accuracy`` is measured on.
-    The model is left as it was.
+    `size`: the side images read from files are resized and cropped to (as in
+    `featvis.dataset_examples`); `batch_size` images per forward. The model's conventions,
+    `input_range` to `output`, are `featvis.prepared.PreparedModel`'s (a model prepared already
+    keeps its own); the model is left as it was.
 
     Examples:
         >>> stripes = featvis.concepts.cav(net, "conv2", striped, smooth)
@@ -207,6 +218,16 @@ def cav(
     reduce = check_reduce(reduce, ("mean", "max"))
     hold_out = _check_common(hold_out, seed, batch_size, size)
     _classifier(classifier, seed)  # a bad classifier fails before the model runs
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         concept = _set_samples(prepared, layer, concept_images, "concept_images", reduce, size, batch_size)
         other = _set_samples(prepared, layer, random_images, "random_images", reduce, size, batch_size)
@@ -287,6 +308,7 @@ def _class_derivatives(prepared, layer, logit_layer, class_index, data, size, ba
     return torch.cat(rows)
 
 
+@known_keywords
 def tcav(
     model: nn.Module | PreparedModel,
     layer: LayerSpec,
@@ -304,7 +326,14 @@ def tcav(
     seed: int = 0,
     size: int | None = None,
     batch_size: int = 32,
-    **conventions,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> TCAVResult:
     """TCAV: how much class `class_index` leans on a concept at `layer`, and whether that beats chance.
 
@@ -316,7 +345,9 @@ def tcav(
     same way; a two-sided t-test of the concept's scores against these random ones gives the
     p-value (Student's, as the paper's code), ``significant`` when below `alpha`. `runs` (None: one per random set, at least 2)
     may exceed the number of sets (the held-out splits then differ). Every set is read once;
-    each image set is anything featvis reads as data. The model is left as it was.
+    each image set is anything featvis reads as data. `reduce`, `classifier`, `hold_out`, `size`,
+    `batch_size` and the model's conventions, `input_range` to `output`, as in `cav`; the model is
+    left as it was.
 
     Examples:
         >>> result = featvis.concepts.tcav(net, "conv2", striped, class_images, 1,
@@ -334,6 +365,16 @@ def tcav(
     reduce = check_reduce(reduce, ("mean", "max"))
     hold_out = _check_common(hold_out, seed, batch_size, size)
     _classifier(classifier, seed)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         concept = _set_samples(prepared, layer, concept_images, "concept_images", reduce, size, batch_size)
         randoms = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import contextlib
+import inspect
 import warnings
 
 import numpy as np
@@ -25,7 +26,6 @@ import torch
 from torch import nn
 
 from featvis.errors import (
-    FeatvisTypeError,
     FeatvisValueError,
     FeatvisWarning,
     LayerNotFoundError,
@@ -34,6 +34,7 @@ from featvis.errors import (
     check_int,
     close_matches,
     is_int,
+    known_keywords,
 )
 from featvis.image import check_range, check_seed_range, resize, to_unit_signal, to_unit_tensor
 from featvis.model import fusion, targets
@@ -106,6 +107,7 @@ class PreparedModel:
             )
         self.preprocess = preprocess
         self.inputs = None if inputs is None else ModelInputs(self.model, inputs)
+        self._given_inputs = inputs
         image = 0 if self.inputs is None else self.inputs.index
         self.channels = targets.infer_channels(self.model, image) if channels is None else channels
         check_int("channels", self.channels, 1)
@@ -161,6 +163,26 @@ class PreparedModel:
     def output(self) -> targets.OutputPick:
         """Which part of a structured model output is read (``output=``; None: the logits or first element)."""
         return self._guard.output
+
+    @property
+    def conventions(self) -> dict[str, object]:
+        """The conventions this model was prepared with, by argument name (`CONVENTIONS`): the channel
+        count read from the model and the device it runs on where they were not given.
+
+        Examples:
+            >>> PreparedModel(model, input_range=(0, 1)).conventions["input_range"]
+            (0, 1)
+        """
+        return dict(
+            input_range=self.input_range,
+            preprocess=self.preprocess,
+            channels=self.channels,
+            device=self.device,
+            fuse=self.fuse,
+            channels_last=self.channels_last,
+            inputs=self._given_inputs,
+            output=self.output,
+        )
 
     def model_input(self, images: torch.Tensor, *, in_range: bool = False) -> torch.Tensor:
         """Images in [0, 1] as the model takes them: scaled to `input_range`, preprocessed, in its dtype.
@@ -424,42 +446,128 @@ class PreparedModel:
         return total
 
 
+_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(PreparedModel).parameters.items()
+    if name in CONVENTIONS
+}
+
+
 def _unique(wanted: Sequence[Target]) -> list[Target]:
     return list({t.key: t for t in wanted}.values())
 
 
-def prepare(model: nn.Module | PreparedModel, **conventions) -> tuple[PreparedModel, bool]:
-    """`model` itself when it is prepared already (its conventions win), else a new `PreparedModel`;
-    and whether the caller owns it (and closes it).
+@known_keywords
+def prepare(
+    model: nn.Module | PreparedModel,
+    *,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: targets.OutputPick = None,
+) -> tuple[PreparedModel, bool]:
+    """A new `PreparedModel` of `model` and its conventions (`PreparedModel`'s arguments), or `model`
+    itself when it is prepared already; and whether the caller owns it (and closes it).
+
+    A prepared model keeps the conventions it was made with: a convention given here that differs
+    from its own is an error (`check_conventions`); one left at its default is not checked (the
+    entry points pass their defaults along).
 
     Examples:
         >>> prepared, owned = prepare(model, input_range=(0, 255), preprocess=None)
+        >>> prepare(prepared, preprocess=other)  # FeatvisValueError: preprocess=... differs from ...
     """
-    unknown = [name for name in conventions if name not in CONVENTIONS]
-    if unknown:
-        raise FeatvisTypeError(
-            f"unexpected keyword argument {unknown[0]!r}{close_matches(unknown[0], CONVENTIONS)} (this "
-            f"call takes its own arguments and the model's conventions: {', '.join(CONVENTIONS)})"
-        )
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     if isinstance(model, PreparedModel):
+        check_conventions(model, conventions)
         return model, False
     return PreparedModel(model, **conventions), True
 
 
 @contextlib.contextmanager
-def preparing(model: nn.Module | PreparedModel, **conventions) -> Iterator[PreparedModel]:
+@known_keywords
+def preparing(
+    model: nn.Module | PreparedModel,
+    *,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: targets.OutputPick = None,
+) -> Iterator[PreparedModel]:
     """`prepare` for the length of a block: a `PreparedModel` made here is closed when it ends.
 
     Examples:
         >>> with preparing(model, input_range=(0, 255)) as prepared:
         ...     out = prepared.layer_output("fc", images)
     """
-    prepared, owned = prepare(model, **conventions)
+    prepared, owned = prepare(
+        model,
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     try:
         yield prepared
     finally:
         if owned:
             prepared.close()
+
+
+def check_conventions(prepared: PreparedModel, conventions: Mapping[str, object]) -> None:
+    """Refuse a convention that differs from the one `prepared` was made with, naming the first:
+    a prepared model keeps its own. A value at `PreparedModel`'s default counts as not given.
+
+    Examples:
+        >>> check_conventions(PreparedModel(model, input_range=(0, 1)), {"input_range": (-1, 1)})
+        FeatvisValueError: input_range=(-1, 1) differs from the prepared model's input_range=(0, 1) ...
+    """
+    for name, value in conventions.items():
+        if _same(value, _DEFAULTS[name]):
+            continue
+        own = prepared.conventions[name]
+        if name == "input_range" and value is not None:
+            value = check_range(value)
+        elif name == "device" and value is not None:
+            value = targets.resolve_device(value, prepared.model)
+            if value.type == own.type and value.index in (None, own.index):
+                continue
+        if not _same(value, own):
+            raise FeatvisValueError(
+                f"{name}={value!r} differs from the prepared model's {name}={own!r}: a PreparedModel "
+                f"keeps the conventions it was made with; pass {name}= to PreparedModel(...) instead"
+            )
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two convention values are the same (equal, or the same object where `==` says nothing)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):  # tensors and arrays compare elementwise
+        return False
 
 
 def layer_names(
@@ -486,8 +594,9 @@ def layer_names(
     shape = None if input_shape is None else tuple(input_shape)
     if shape is not None and (not shape or not all(is_int(n) and n > 0 for n in shape)):
         raise bad_value("input_shape", input_shape, "(channels, *size) of positive ints, e.g. (3, 224, 224)")
-    channels = None if shape is None else shape[0]
-    with preparing(model, input_range=(0.0, 1.0), channels=channels, inputs=inputs) as prepared:
+    # random images in [0, 1] to probe; a prepared model probes with its own conventions
+    probing = {"input_range": (0.0, 1.0), "channels": None if shape is None else shape[0]}
+    with preparing(model, inputs=inputs, **({} if isinstance(model, PreparedModel) else probing)) as prepared:
         size = prepared.default_size() if shape is None else shape[1:]
         return prepared.probe_size(size, "input_shape", shape is None).order
 

@@ -15,20 +15,21 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 import numbers
 
 import numpy as np
 import torch
 from torch import nn
 
-from featvis.errors import bad_type, bad_value, check_number
+from featvis.errors import bad_type, bad_value, check_number, known_keywords
 from featvis.image import resize
-from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.prepared import PreparedModel, image_size, preparing
+from featvis.model.targets import LayerSpec, OutputPick
 from featvis.model.units import resolve_axis
+from featvis.optvis.input_modifiers import InputModifier
 from featvis.optvis.losses import Loss, LossContext, WeightedSum
-from featvis.optvis.optimizer import Result
+from featvis.optvis.optimizer import FROM_QUALITY, Callback, FromQuality, Result
 from featvis.optvis.regularizers import TotalVariation
 from featvis.optvis.visualization import visualize_activation_with_losses
 
@@ -136,6 +137,7 @@ def _layers(layer: object) -> list[LayerSpec]:
     return [layer]
 
 
+@known_keywords
 def invert(
     model: nn.Module | PreparedModel,
     layer: LayerSpec | Sequence[LayerSpec],
@@ -147,7 +149,31 @@ def invert(
     size: int | tuple[int, int] | None = None,
     seed: int | None = None,
     return_result: bool = False,
-    **options,
+    seed_input: object = None,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
+    quality: str = "fast",
+    max_iter: int | FromQuality = FROM_QUALITY,
+    views: int | FromQuality = FROM_QUALITY,
+    lr: float | None = None,
+    method: str | Callable | FromQuality = FROM_QUALITY,
+    input_modifiers: Sequence[InputModifier | Callable] | None = (),
+    grad_modifier: str | Callable | None = None,
+    backprop_modifier: str | Callable | None | FromQuality = None,
+    callbacks: Sequence[Callback] | None = None,
+    verbose: bool = False,
+    progress: bool | None = None,
+    autocast: torch.dtype | None = None,
+    image_ema: float | None | FromQuality = FROM_QUALITY,
+    lr_schedule: str | Callable[[int, int], float] | None = None,
+    betas: tuple[float, float] | FromQuality = FROM_QUALITY,
+    skip_gradient: float | None = None,
 ) -> np.ndarray | Result:
     """The image whose activations at `layer` match a photo's (feature inversion), or exaggerate
     them (``caricature=True``).
@@ -158,10 +184,11 @@ def invert(
     computed once without gradients, then an image of the photo's size (`size` resizes the
     photo first) minimizes ``ActivationMatch`` (or ``Caricature`` with `cossim_pow`) plus
     ``tv_weight * TotalVariation``. Returns the image as `featvis.visualize_activation` does
-    (``return_result=True``: the `Result`). `options` as in `featvis.visualize_activation_with_losses`
-    (``input_range``, ``preprocess``, ``max_iter``, ``method``, ``seed_input``, ...), with two
-    defaults of its own: no transforms (``input_modifiers=[]``: a moved image no longer lines
-    up with the photo's activations; give some for deep layers) and plain gradients
+    (``return_result=True``: the `Result`). The other arguments, `seed_input` on (the model's
+    conventions, `input_range` to `output`, and the optimization's settings, `quality` to
+    `skip_gradient`), are those of `featvis.visualize_activation_with_losses`, with two defaults
+    of its own: no transforms (``input_modifiers=()``: a moved image no longer lines up with the
+    photo's activations; give some for deep layers) and plain gradients
     (``backprop_modifier=None``). `model`: an ``nn.Module`` or a `featvis.PreparedModel`.
 
     Examples:
@@ -177,9 +204,16 @@ def invert(
     cossim_pow = check_number("cossim_pow", cossim_pow, minimum=0)
     if isinstance(image, bool | numbers.Number) or image is None:
         raise bad_type("image", image, "a photo: a path, PIL image, array or tensor (or a list of them)")
-    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
-    options.setdefault("input_modifiers", [])
-    options.setdefault("backprop_modifier", None)
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     with preparing(model, **conventions) as prepared:
         prepared.require_input_range("feature inversion")
         if prepared.spatial_dims != 2:
@@ -200,5 +234,21 @@ def invert(
             batch_size=photos.shape[0],
             seed=seed,
             return_result=return_result,
-            **options,
+            seed_input=seed_input,
+            quality=quality,
+            max_iter=max_iter,
+            views=views,
+            lr=lr,
+            method=method,
+            input_modifiers=input_modifiers,
+            grad_modifier=grad_modifier,
+            backprop_modifier=backprop_modifier,
+            callbacks=callbacks,
+            verbose=verbose,
+            progress=progress,
+            autocast=autocast,
+            image_ema=image_ema,
+            lr_schedule=lr_schedule,
+            betas=betas,
+            skip_gradient=skip_gradient,
         )
