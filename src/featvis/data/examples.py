@@ -612,7 +612,7 @@ def dataset_examples(
     output (a Hugging Face ``ModelOutput``) is read through `output=` as everywhere (see
     `PreparedModel`), so a zoo bundle's ``**bundle.conventions`` fit. `model` may be a
     `PreparedModel`, shared with other calls: its conventions (``input_range``, ``preprocess``,
-    ``channels``, ``device``, ``inputs``, ``output``) are used, and those given here are not.
+    ``channels``, ``device``, ``inputs``, ``output``) are used (one given here that differs is an error).
 
     `sampler` (e.g. a ``DistributedSampler``) picks which items this call reads: each
     process of a distributed job ranks its share, and `merge_examples` joins the shares

@@ -289,7 +289,7 @@ def atlas(
     unit's record (`fed_by` reads them). ``fed_by=0`` leaves them out; with `unit_axis` or `token`
     (whose units the contributions do not read) it must be 0 for an atlas of several layers.
 
-    `model` may be a `PreparedModel` (its conventions are used, those in `options` are not); the
+    `model` may be a `PreparedModel` (its conventions are used; one in `options` that differs is an error); the
     whole atlas, its dataset examples included, runs through one prepared model. The work is three
     stages, each a function of its own: `plan_atlas` (layers, units, batches, manifest; every
     argument checked), `run_atlas` (the manifest, the dataset pass, this rank's share) and
@@ -308,7 +308,12 @@ def atlas(
     axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
     rank, world_size, started = _distributed()
     conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
-    if world_size > 1 and torch.cuda.is_available() and conventions.get("device") is None:
+    if (
+        world_size > 1
+        and torch.cuda.is_available()
+        and conventions.get("device") is None
+        and not isinstance(model, PreparedModel)
+    ):  # each rank its own GPU, unless the model came prepared (on the device its maker chose)
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     settings = Settings.take(options)
     failure: BaseException | None = None

@@ -83,7 +83,7 @@ def write_gallery(
     the data serves all layers (images resized to `examples_size`, 224 for files).
     A rerun adds its layers and units to the page. Other keyword arguments are the model's
     conventions (``channels``, ``device``, ``fuse``, ...) and `featvis.Settings`; `model` may be a
-    `PreparedModel` (its conventions are used, those given here are not). The whole gallery, its
+    `PreparedModel` (its conventions are used; one given here that differs is an error). The whole gallery, its
     dataset examples included, runs through one prepared model.
 
     Examples:
