@@ -33,12 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from featvis.attribution.cam import layer_gradients
 from featvis.data.sources import ImageSource, collate, image_source
 from featvis.errors import FeatvisWarning, bad_value, check_int
 from featvis.image import atomic_write, save_image, to_array
 from featvis.model.prepared import PreparedModel, preparing
 from featvis.model.targets import LayerSpec
-from featvis.optvis.losses import DirectionPerImage
+from featvis.optvis.losses import DirectionPerImage, UnitPerImage
 from featvis.optvis.regularizers import TotalVariation
 from featvis.optvis.visualization import visualize_activation_with_losses
 from featvis.rng import derive_key
@@ -201,22 +202,17 @@ def _sample(prepared, layer, source, samples, top_classes, batch_size, seed) -> 
             continue
         pictures, side = pictures.to(prepared.device), int(pictures.shape[-1])
         prepared.probe(pictures)
-        target, output = prepared.resolve(layer), prepared.resolve("")
-        capture = prepared.capture([target, output])
-        with torch.enable_grad():
-            x = prepared.model_input(pictures).requires_grad_(True)
-            ran = capture.run(prepared.model, x)
-            act, logits = ran[target.key], ran[output.key]
-            if act.ndim not in (2, 4) or logits.ndim != 2:
-                raise bad_value(
-                    "layer", layer, "a layer with (N, C) or (N, C, H, W) output before (N, classes) logits"
-                )
-            top = logits.detach().topk(min(top_classes, logits.shape[1]), dim=1).indices
-            grads = [
-                torch.autograd.grad(logits.gather(1, top[:, j : j + 1]).sum(), act, retain_graph=True)[0]
-                for j in range(top.shape[1])
-            ]
-        act = act.detach().float()
+        prepared.resolve(layer)  # an unknown layer is named as `layer`
+        logits = prepared.layer_output("", pictures)
+        if logits.ndim != 2:
+            raise bad_value("layer", layer, "a layer of a model whose output is (N, classes) logits")
+        top = logits.topk(min(top_classes, logits.shape[1]), dim=1).indices
+        grads = []
+        for j in range(top.shape[1]):  # the gradient of each image's j-th class, from the layer on
+            act, grad = layer_gradients(prepared, UnitPerImage("", top[:, j].tolist()), pictures, layer)
+            grads.append(torch.zeros_like(act) if grad is None else grad)
+        if act.ndim not in (2, 4):
+            raise bad_value("layer", layer, "a layer with (N, C) or (N, C, H, W) output")
         rows = torch.arange(len(act), device=act.device)
         for _ in range(samples if act.ndim == 4 else 1):
             if act.ndim == 4:

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from featvis.attribution.cam import layer_gradients
 from featvis.errors import bad_value, check_int
 from featvis.image import to_array
 from featvis.model.prepared import PreparedModel, preparing
 from featvis.model.targets import LayerSpec
-from featvis.optvis.losses import DirectionPerImage
+from featvis.optvis.losses import DirectionPerImage, UnitPerImage
 from featvis.optvis.regularizers import TotalVariation
 from featvis.optvis.visualization import visualize_activation_with_losses
 
@@ -135,17 +136,17 @@ def _activation_and_gradient(prepared, layer, pictures, class_index):
     """The layer's output for the one image (C, h, w), the class logit's gradient w.r.t. it, and
     the class."""
     prepared.probe(pictures)
-    target, output = prepared.resolve(layer), prepared.resolve("")
-    capture = prepared.capture([target, output])
-    with torch.enable_grad():
-        ran = capture.run(prepared.model, prepared.model_input(pictures).requires_grad_(True))
-        act, logits = ran[target.key], ran[output.key]
-        if act.ndim != 4 or logits.ndim != 2:
-            raise bad_value("layer", layer, "a layer with (N, C, H, W) output before (N, classes) logits")
-        chosen = int(logits[0].argmax()) if class_index is None else class_index
-        if not 0 <= chosen < logits.shape[1]:
-            raise bad_value("class_index", class_index, f"a class in [0, {logits.shape[1] - 1}]")
-        (grad,) = torch.autograd.grad(logits[0, chosen], act)
+    prepared.resolve(layer)  # an unknown layer is named as `layer`
+    logits = prepared.layer_output("", pictures)
+    if logits.ndim != 2:
+        raise bad_value("layer", layer, "a layer of a model whose output is (N, classes) logits")
+    chosen = int(logits[0].argmax()) if class_index is None else class_index
+    if not 0 <= chosen < logits.shape[1]:
+        raise bad_value("class_index", class_index, f"a class in [0, {logits.shape[1] - 1}]")
+    act, grad = layer_gradients(prepared, UnitPerImage("", [chosen]), pictures, layer)
+    if act.ndim != 4:
+        raise bad_value("layer", layer, "a layer with (N, C, H, W) output")
+    grad = torch.zeros_like(act) if grad is None else grad
     return act[0].detach().float().cpu(), grad[0].float().cpu(), chosen
 
 
