@@ -22,7 +22,7 @@ from featvis.attribution import (
 from featvis.attribution.circuits import Contribution, Contributions, circuits, contributions
 from featvis.compat import paths, utils
 from featvis.compat.utils import deprocess_input, get_num_filters, load_img, lookup_imagenet_labels
-from featvis.data.examples import DatasetExamples, SkippedImagesWarning, dataset_examples
+from featvis.data.examples import DatasetExamples, DatasetPass, SkippedImagesWarning, dataset_examples
 from featvis.errors import (
     FeatvisError,
     FeatvisTypeError,
@@ -71,6 +71,7 @@ __all__ = [
     "Contribution",
     "Contributions",
     "DatasetExamples",
+    "DatasetPass",
     "FeatvisError",
     "FeatvisTypeError",
     "FeatvisValueError",

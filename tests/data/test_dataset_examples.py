@@ -300,6 +300,46 @@ def test_checkpoint_resumes_where_it_stopped_and_checks_settings(digits, tmp_pat
         featvis.dataset_examples(model, "fc", images[:700], checkpoint=path, **common)
 
 
+def test_the_pass_as_an_object_stops_at_a_budget_goes_on_and_resumes_from_its_checkpoint(digits, tmp_path):
+    model, images, _ = digits
+    common = dict(k=4, batch_size=100)
+    path = tmp_path / "run.pt"
+    whole = featvis.dataset_examples(model, "fc", images[:700], input_range=(0.0, 1.0), channels=1, **common)
+    counter = _InterruptAt(model, at=-1)
+    before = snapshot(counter)
+    with featvis.PreparedModel(counter, input_range=(0.0, 1.0), channels=1) as prepared:
+        scan = featvis.DatasetPass(
+            prepared, "model.fc", images[:700], checkpoint=path, checkpoint_every=100, **common
+        )
+        steps = []
+        for done in scan:  # a budget of 300 images
+            steps.append(done)
+            if done >= 300:
+                break
+        assert steps == [100, 200, 300] and counter.calls == 3 and not path.exists()
+        scan.checkpoint()  # on the caller's schedule
+        part = scan.finish()
+        assert part.interrupted and part.summary.used == 300 and part.indices.max() < 300
+        again = _InterruptAt(model, at=-1)
+        with featvis.PreparedModel(again, input_range=(0.0, 1.0), channels=1) as other:  # from the checkpoint
+            resumed = featvis.DatasetPass(other, "model.fc", images[:700], checkpoint=path, **common)
+            assert [done for done in resumed] == [400, 500, 600, 700]
+            from_file = resumed.finish()
+        assert again.calls == 4  # the 4 batches left
+        assert list(scan) == [400, 500, 600, 700]  # the same object goes on where it stopped
+        assert counter.calls == 7  # each batch read once
+        rest = scan.finish()
+    assert_untouched(counter, before)
+    for result in (rest, from_file):
+        assert not result.interrupted and result.summary.used == 700
+        np.testing.assert_array_equal(result.indices, whole.indices)
+        np.testing.assert_array_equal(result.lowest_indices, whole.lowest_indices)
+        np.testing.assert_allclose(result.values, whole.values, rtol=1e-5)
+    assert torch.load(path, weights_only=True)["complete"]
+    with pytest.raises(featvis.FeatvisTypeError, match="prepared.*PreparedModel"):
+        featvis.DatasetPass(model, "fc", images[:10])
+
+
 def test_arrays_datasets_loaders_and_path_lists_give_the_same_examples(tmp_path):
     model = make_tiny()
     rng = np.random.default_rng(1)

@@ -14,6 +14,7 @@ checks that the code runs; what the images look like is tested elsewhere.
 import functools
 from pathlib import Path
 import re
+import textwrap
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def python_blocks(page: Path = README) -> list[tuple[int, str, str]]:
         elif code is None and line.strip() == "```python":
             code, start = [], number + 1
         elif code is not None and line.strip() == "```":
-            blocks.append((start, heading, "\n".join(code) + "\n"))
+            blocks.append((start, heading, textwrap.dedent("\n".join(code)) + "\n"))  # a list's block too
             code = None
         elif code is not None:
             code.append(line)

@@ -29,7 +29,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass, field
 import hashlib
@@ -155,9 +155,10 @@ def _support_box(grad: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def _measure_receptive_field(
-    reader: _LayerReader, index: int, image_size: tuple[int, int]
+    reader: _LayerReader, index: int, image_size: tuple[int, int], stacklevel: int
 ) -> ReceptiveField | None:
-    """The receptive field of layer `index` from the gradient's support at two output positions.
+    """The receptive field of layer `index` from the gradient's support at two output positions
+    (its warnings `stacklevel` frames up).
 
     The gradient is taken with respect to the model input (after `preprocess`,
     which is taken to work pixel by pixel, as a normalization does). The input
@@ -185,7 +186,7 @@ def _measure_receptive_field(
                         f"dataset_examples: could not measure the receptive field of layer "
                         f"{reader.names[index]!r} ({type(err).__name__}: {err}); its examples are whole images",
                         FeatvisWarning,
-                        stacklevel=5,
+                        stacklevel=stacklevel,
                     )
                 break
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] <= 1:
@@ -195,7 +196,7 @@ def _measure_receptive_field(
                     f"dataset_examples: layer {reader.names[index]!r} does not depend on the input image, "
                     "so every image drives its units alike; its examples are whole images",
                     FeatvisWarning,
-                    stacklevel=5,
+                    stacklevel=stacklevel,
                 )
                 return None
             oh, ow = out.shape[-2:]
@@ -230,12 +231,15 @@ def _measure_receptive_field(
 _FIELDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer, size, ...): field}
 
 
-def _receptive_field(reader: _LayerReader, index: int, image_size: tuple[int, int]) -> ReceptiveField | None:
-    """`_measure_receptive_field`, measured once per model, layer, input size and channel count."""
+def _receptive_field(
+    reader: _LayerReader, index: int, image_size: tuple[int, int], stacklevel: int
+) -> ReceptiveField | None:
+    """`_measure_receptive_field`, measured once per model, layer, input size and channel count;
+    its warnings `stacklevel` frames above the caller."""
     fields = _FIELDS.setdefault(reader.model, {})
     key = (reader.names[index], tuple(image_size), reader.prepared.channels, str(reader.device))
     if key not in fields:
-        fields[key] = _measure_receptive_field(reader, index, image_size)
+        fields[key] = _measure_receptive_field(reader, index, image_size, stacklevel + 2)
     return fields[key]
 
 
@@ -582,8 +586,8 @@ def dataset_examples(
 ) -> DatasetExamples | dict[str, DatasetExamples]:
     """For every unit of `layer` (or `units`), the k images of `data` that activate it most and least.
 
-    One streaming pass: `data` (a folder, searched recursively; a list of paths;
-    a torch Dataset or DataLoader; an array or tensor of images in
+    One streaming pass (a `DatasetPass`, run to its end): `data` (a folder, searched recursively;
+    a list of paths; a torch Dataset or DataLoader; an array or tensor of images in
     `input_range`; ``None``: scikit-image's sample photos, the ``photos`` extra) is
     decoded in `num_workers` DataLoader workers (default: up to 4 for files, none
     for arrays), fed in batches of `batch_size` through ``preprocess`` under
@@ -642,38 +646,6 @@ def dataset_examples(
     """
     if not isinstance(model, nn.Module | PreparedModel):
         raise bad_type("model", model, "a torch.nn.Module or a featvis.PreparedModel")
-    several = isinstance(layer, list | tuple)
-    layers = list(layer) if several else [layer]
-    if not layers:
-        raise bad_value("layer", layer, "a layer or a non-empty list of layers")
-    check_int("k", k, 1)
-    check_int("batch_size", batch_size, 1)
-    check_int("checkpoint_every", checkpoint_every, 1)
-    if size is not None:
-        check_int("size", size, 1)
-    if num_workers is not None:
-        check_int("num_workers", num_workers, 0)
-    unit_axis = check_unit_axis(unit_axis)
-    token = check_token(token)
-    if reduce not in REDUCTIONS:
-        raise bad_value("reduce", reduce, "'max' (the unit's spatial maximum) or 'mean'")
-    if units is not None:
-        if isinstance(units, str) or not isinstance(units, Sequence | range):
-            raise bad_type("units", units, "a list of unit indices or None")
-        units = [check_int("units", u, 0) for u in units]
-        if not units:
-            raise bad_value("units", units, "at least one unit index")
-    if directions is not None:
-        if units is not None:
-            raise FeatvisValueError(
-                "directions= and units= were both given: pass one (with directions, unit i is direction i)"
-            )
-        if several and len(layers) > 1:
-            raise FeatvisValueError(
-                f"directions= lie in one layer's channel space, and layer= lists {len(layers)} layers: "
-                "pass one layer"
-            )
-        directions = _direction_matrix(directions)
     conventions = dict(
         input_range=input_range,
         preprocess=preprocess,
@@ -683,13 +655,9 @@ def dataset_examples(
         output=output,
     )
     with preparing(model, **conventions) as prepared:
-        prepared.require_input_range("dataset examples (data is read in it)")
-        if prepared.inputs is not None:
-            prepared.inputs.refuse_optimized("dataset examples rank the images of data and optimize nothing")
-        return _examples(
+        return DatasetPass(
             prepared,
-            layers,
-            several,
+            layer,
             data,
             units,
             k,
@@ -704,76 +672,147 @@ def dataset_examples(
             unit_axis=unit_axis,
             token=token,
             directions=directions,
+        )._run(stacklevel=3)
+
+
+class DatasetPass:
+    """The pass of `dataset_examples` as an object: iterate it, `checkpoint` it, `finish` it.
+
+    Each step of the iteration reads one batch of `data` and gives the number of items done so
+    far; `checkpoint()` saves the running top-k (also every `checkpoint_every` batches, when
+    `checkpoint` names a file); `finish()` returns the examples of what was read
+    (``interrupted=True`` unless the data ran out). ``run()`` is all three, with Ctrl-C ending the
+    iteration: it is what `dataset_examples` calls. The arguments are `dataset_examples`'s,
+    on a `PreparedModel` (open while the pass runs); `layer` is one layer or a list.
+
+    Examples:
+        >>> with featvis.PreparedModel(lite0.model, preprocess=lite0.preprocess) as prepared:
+        ...     scan = DatasetPass(prepared, "_blocks.10", "photos/", k=4, checkpoint="run.pt")
+        ...     for done in scan:              # one batch per step
+        ...         if done >= 256:              # a budget of our own: stop, keep what was seen
+        ...             break
+        ...     ex = scan.finish()               # ex.interrupted: True; the same call resumes
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedModel,
+        layer: LayerSpec | Sequence[LayerSpec],
+        data: object = None,
+        units: Sequence[int] | None = None,
+        k: int = 9,
+        *,
+        reduce: str = "max",
+        size: int | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        progress: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 50,
+        sampler: Sampler | None = None,
+        unit_axis: int | None = None,
+        token: int | None = None,
+        directions: object = None,
+    ):
+        if not isinstance(prepared, PreparedModel):
+            raise bad_type(
+                "prepared", prepared, "a featvis.PreparedModel (dataset_examples takes a plain nn.Module)"
+            )
+        self.several = isinstance(layer, list | tuple)
+        self.layers = list(layer) if self.several else [layer]
+        if not self.layers:
+            raise bad_value("layer", layer, "a layer or a non-empty list of layers")
+        self.k = check_int("k", k, 1)
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+        check_int("batch_size", batch_size, 1)
+        if size is not None:
+            check_int("size", size, 1)
+        if num_workers is not None:
+            check_int("num_workers", num_workers, 0)
+        self.unit_axis, self.token = check_unit_axis(unit_axis), check_token(token)
+        if reduce not in REDUCTIONS:
+            raise bad_value("reduce", reduce, "'max' (the unit's spatial maximum) or 'mean'")
+        self.reduce = reduce
+        self.units = _checked_units(units)
+        self.directions = _checked_directions(directions, self.units, self.layers)
+        prepared.require_input_range("dataset examples (data is read in it)")
+        if prepared.inputs is not None:
+            prepared.inputs.refuse_optimized("dataset examples rank the images of data and optimize nothing")
+        self.prepared = prepared
+        self.source = image_source(
+            data, channels=prepared.channels, size=size, input_range=prepared.input_range
         )
+        self.own_loader = isinstance(self.source, ImageSource)
+        if sampler is not None and not self.own_loader:
+            raise bad_value(
+                "sampler",
+                sampler,
+                "a sampler over data that is not a DataLoader (given a DataLoader as data)",
+            )
+        self.order = [int(i) for i in sampler] if sampler is not None else None  # the share, in its order
+        self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+        self.settings = self._settings(size, batch_size)
+        self.state = _load_checkpoint(self.checkpoint_path, self.settings) if self.checkpoint_path else None
+        start = self.state["next"] if self.state else 0
+        self.loader, self.total = self._loader(start, batch_size, num_workers)
+        self.summary = _saved_summary(self.state) if self.state else DataSummary()
+        self.position = start  # the next item of the data (a user's DataLoader: of its batches)
+        self.done = start  # items of the share done (with a sampler, a checkpoint's `next` counts these)
+        self.input_size = (size, size) if size else None
+        self.show = show_progress(progress)
+        self.reader: _LayerReader | None = None
+        self.tops: list[_RunningTopK] = []
+        self.lows: list[_RunningTopK] = []
+        self.chosen: list[list[int]] = []
+        self.spatial: list[tuple[int, ...] | None] = []
+        self.exhausted = False
+        self.seconds = {"pass": 0.0}
+        self._batches_done = 0
+        self._stream: Iterator | None = None  # the loader's batches, shared by every iteration
+        self._skip = start if not self.own_loader else 0  # a resumed user DataLoader: items to pass over
 
-
-def _examples(
-    prepared: PreparedModel,
-    layers: list[LayerSpec],
-    several: bool,
-    data: object,
-    units: list[int] | None,
-    k: int,
-    *,
-    reduce: str,
-    size: int | None,
-    batch_size: int,
-    num_workers: int | None,
-    progress: bool | None,
-    checkpoint: str | os.PathLike | None,
-    checkpoint_every: int,
-    sampler: Sampler | None,
-    unit_axis: int | None,
-    token: int | None,
-    directions: torch.Tensor | None,
-) -> DatasetExamples | dict[str, DatasetExamples]:
-    """`dataset_examples` on its prepared model, the arguments checked: the pass, then the results;
-    `directions`: (k, channels) unit rows, or None."""
-    channels, input_range, target_device = prepared.channels, prepared.input_range, prepared.device
-    fixed = (
-        {}
-        if prepared.inputs is None
-        else {  # in the checkpoint's settings: shape and sum of each value
-            name: [list(value.shape), float(value.double().sum())]
-            for name, value in prepared.inputs.fixed.items()
+    def _settings(self, size: int | None, batch_size: int) -> dict:
+        """What a checkpoint must match to be resumed by this pass."""
+        prepared, layers = self.prepared, self.layers
+        fixed = (
+            {}
+            if prepared.inputs is None
+            else {  # the shape and sum of each fixed input
+                name: [list(value.shape), float(value.double().sum())]
+                for name, value in prepared.inputs.fixed.items()
+            }
+        )
+        output = prepared.output
+        picked = getattr(output, "__qualname__", "a function") if callable(output) else output
+        return {
+            "layers": [str(x) if not isinstance(x, nn.Module) else type(x).__name__ for x in layers],
+            "units": self.units,
+            "k": self.k,
+            "reduce": self.reduce,
+            "unit_axis": self.unit_axis,
+            "token": self.token,
+            "size": size,
+            "channels": prepared.channels,
+            "input_range": list(prepared.input_range),
+            "batch_size": batch_size,
+            **({"directions": _digest_directions(self.directions)} if self.directions is not None else {}),
+            **({"inputs": fixed} if fixed else {}),
+            **({"output": picked} if output is not None else {}),
+            **dataset_fingerprint(self.source),
+            **({"sampler": _digest(self.order)} if self.order is not None else {}),
         }
-    )
-    output = prepared.output
 
-    source = image_source(data, channels=channels, size=size, input_range=input_range)
-    own_loader = isinstance(source, ImageSource)
-    if sampler is not None and not own_loader:
-        raise bad_value(
-            "sampler", sampler, "a sampler over data that is not a DataLoader (given a DataLoader as data)"
-        )
-    order = [int(i) for i in sampler] if sampler is not None else None  # the share, in its order
-    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
-    picked = getattr(output, "__qualname__", "a function") if callable(output) else output
-    settings = {
-        "layers": [str(x) if not isinstance(x, nn.Module) else type(x).__name__ for x in layers],
-        "units": units,
-        "k": k,
-        "reduce": reduce,
-        "unit_axis": unit_axis,
-        "token": token,
-        "size": size,
-        "channels": channels,
-        "input_range": list(input_range),
-        "batch_size": batch_size,
-        **({"directions": _digest_directions(directions)} if directions is not None else {}),
-        **({"inputs": fixed} if fixed else {}),
-        **({"output": picked} if output is not None else {}),
-        **dataset_fingerprint(source),
-        **({"sampler": _digest(order)} if order is not None else {}),
-    }
-    state = _load_checkpoint(checkpoint_path, settings) if checkpoint_path else None
-    start = state["next"] if state else 0
-
-    if own_loader:
-        if order is None:
+    def _loader(self, start: int, batch_size: int, num_workers: int | None) -> tuple[DataLoader, int | None]:
+        """The DataLoader over what is left (`start` items done) and the length of the whole pass."""
+        source = self.source
+        if not self.own_loader:
+            self.source = _UserLoader(source, self.prepared.input_range, self.prepared.channels)
+            return source, len(source.dataset) if hasattr(source.dataset, "__len__") else None
+        sampler = None
+        if self.order is None:
             source.start = start
         else:  # `start` items of the share are done: the rest of it
-            sampler = order[start:]
+            sampler = self.order[start:]
         workers = num_workers
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if source.names is not None else 0
@@ -783,151 +822,241 @@ def _examples(
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
-            pin_memory=target_device.type == "cuda",
+            pin_memory=self.prepared.device.type == "cuda",
         )
-        total = len(order) if order is not None else len(source.items)
-    else:
-        loader = source
-        source = _UserLoader(loader, input_range, channels)
-        total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+        return loader, len(self.order) if self.order is not None else len(source.items)
 
-    summary = DataSummary()
-    if state:
-        summary = DataSummary(
-            used=state["summary"]["used"],
-            skipped=[tuple(s) for s in state["summary"]["skipped"]],
-            converted=dict(state["summary"]["converted"]),
+    def __iter__(self) -> Iterator[int]:
+        """One step per batch of the data: feed it, count it, checkpoint every `checkpoint_every`
+        batches; each step gives the number of items done. A new iteration goes on where the last
+        one stopped."""
+        if self._stream is None:
+            self._stream = _batches(self.loader, self.summary)
+        bar = tqdm(
+            total=self.total,
+            initial=self.done,
+            unit="img",
+            desc="dataset examples",
+            disable=not self.show,
+            leave=False,
         )
-    describe = source.describe
-    interrupted = False
-    reader = None
-    tops: list[_RunningTopK] = []
-    lows: list[_RunningTopK] = []
-    chosen: list[list[int]] = []
-    spatial: list[tuple[int, ...] | None] = []
-    input_size = (size, size) if size else None
-    position = start
-    done = start  # items of the share done (with a sampler, `next` counts these)
-    batches_done = 0
-    show = show_progress(progress)
-    bar = tqdm(total=total, initial=start, unit="img", desc="dataset examples", disable=not show, leave=False)
+        started = time.perf_counter()
+        try:
+            for batch in self._stream:
+                if self._step(batch, bar):
+                    self.seconds["pass"] += time.perf_counter() - started
+                    yield self.done
+                    started = time.perf_counter()
+            self.exhausted = True
+            self.seconds["pass"] += time.perf_counter() - started
+        except BaseException:
+            self.seconds["pass"] += time.perf_counter() - started
+            raise
+        finally:
+            bar.close()
 
-    def save_checkpoint(complete: bool) -> None:
-        if checkpoint_path is None or reader is None:
+    def _step(self, batch: object, bar: tqdm) -> bool:
+        """Feed and count one of the loader's batches (None: one that raised); False for a batch
+        skipped unread (it failed, or a resumed user DataLoader had it done)."""
+        if batch is None:  # the loader raised on a batch: its items are counted as skipped
+            self.position += self.loader.batch_size or 0
+            self.done += self.loader.batch_size or 0
+            return False
+        images, positions, notes, after = self._unpack(batch)
+        if not self.own_loader and self._skip > 0:  # a resumed user DataLoader: a batch already done
+            self._skip -= len(images)
+            self.position = after
+            return False
+        if len(images):
+            self.feed(images, positions)
+        for p, ok, note in notes:  # the batch is done: count it
+            self.summary.add(p, note, ok, self.source.describe)
+        self.position = after
+        self.done += len(notes)
+        bar.update(len(notes))
+        self._batches_done += 1
+        if self._batches_done % self.checkpoint_every == 0:
+            self.checkpoint()
+        return True
+
+    def _unpack(self, batch: object) -> tuple[torch.Tensor, torch.Tensor, list, int]:
+        """A loader's batch as images, their positions in the data, per item (position, used, note),
+        and the position after it."""
+        if self.own_loader:
+            images, positions, notes = batch
+            return images, positions, notes, max(p for p, _, _ in notes) + 1
+        images = _to_nchw(batch, self.prepared.channels)
+        positions = torch.arange(self.position, self.position + len(images))
+        notes = [(int(p), True, "") for p in positions]
+        return images, positions, notes, self.position + len(images)
+
+    def feed(self, images: torch.Tensor, positions: torch.Tensor) -> None:
+        """Rank one batch of `images` (N, C, H, W) at data `positions` (N,) into the running top-k."""
+        prepared = self.prepared
+        images = images.to(prepared.device, non_blocking=True)
+        with torch.no_grad():  # outside inference mode: a preprocess may cache tensors
+            x = prepared.model_input(images, in_range=not self.own_loader)
+        if self.reader is None:
+            self._open(x)
+            self.input_size = tuple(images.shape[-2:])
+        with torch.inference_mode():
+            outputs = self.reader.read(x)
+            if not self.tops:
+                self._start(outputs)
+            positions = positions.to(prepared.device)
+            for index, out in enumerate(outputs):
+                scores, where = _scores(out, self.chosen[index], self.reduce, self.directions)
+                self.tops[index].update(scores, positions, where)
+                self.lows[index].update(-scores, positions, where)
+
+    def _open(self, x: torch.Tensor) -> None:
+        """Resolve the layers and choose how to run them, for model input like `x` (outside
+        inference mode: the fused copy's check needs version counters)."""
+        self.reader = _LayerReader(self.prepared, self.layers, x[:1], self.unit_axis, self.token)
+
+    def _start(self, outputs: list[torch.Tensor]) -> None:
+        """Per layer, the units ranked and an empty running top-k and bottom-k (or the checkpoint's)."""
+        device, directions = self.prepared.device, self.directions
+        for out, name in zip(outputs, self.reader.names):
+            count = 1 if out.ndim == 1 else int(out.shape[1])
+            if directions is not None and directions.shape[1] != count:
+                raise bad_value(
+                    "directions",
+                    f"{len(directions)} direction(s) of {directions.shape[1]} channels",
+                    f"directions of {count} channels, the units of layer {name!r}",
+                )
+            layer_units = list(range(count)) if self.units is None else list(self.units)
+            if directions is not None:
+                layer_units = list(range(len(directions)))
+            bad = [u for u in layer_units if u >= count]
+            if bad:
+                raise bad_value("units", bad, f"unit indices below {count}, the units of layer {name!r}")
+            self.chosen.append(layer_units)
+            self.spatial.append(tuple(out.shape[2:]) if out.ndim > 2 else None)
+            self.tops.append(_RunningTopK(len(layer_units), self.k, device))
+            self.lows.append(_RunningTopK(len(layer_units), self.k, device))
+        if self.state:
+            for running, saved in zip(self.tops + self.lows, self.state["top"] + self.state["low"]):
+                running.load(saved)
+        if directions is not None:
+            self.directions = directions.to(device)
+
+    def checkpoint(self, complete: bool = False) -> None:
+        """Save the running top-k to the `checkpoint` file, atomically (nothing without one, or before
+        the first batch); `complete`: the pass has read all its data."""
+        if self.checkpoint_path is None or self.reader is None:
             return
+        summary = self.summary
         payload = {
             "version": CHECKPOINT_VERSION,
-            "settings": settings,
-            "next": position if order is None else done,
+            "settings": self.settings,
+            "next": self.position if self.order is None else self.done,
             "complete": complete,
-            "input_size": list(input_size),
-            "top": [t.state() for t in tops],
-            "low": [t.state() for t in lows],
+            "input_size": list(self.input_size),
+            "top": [t.state() for t in self.tops],
+            "low": [t.state() for t in self.lows],
             "summary": {
                 "used": summary.used,
                 "skipped": [list(s) for s in summary.skipped],
                 "converted": summary.converted,
             },
         }
-        atomic_write(checkpoint_path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
 
-    started = time.perf_counter()
-    try:
-        skip = start if not own_loader else 0  # a resumed user DataLoader: drop the batches already seen
-        for batch in _batches(loader, summary):
-            if batch is None:  # the loader raised on a batch: its items are counted as skipped
-                position += loader.batch_size or 0
-                done += loader.batch_size or 0
-                continue
-            if own_loader:
-                images, positions, notes = batch
-                after = max(p for p, _, _ in notes) + 1
-            else:
-                images = _to_nchw(batch, channels)
-                positions = torch.arange(position, position + len(images))
-                notes = [(int(p), True, "") for p in positions]
-                after = position + len(images)
-                if skip > 0:
-                    skip -= len(images)
-                    position = after
-                    continue
-            if len(images):
-                images = images.to(target_device, non_blocking=True)
-                with torch.no_grad():  # outside inference mode: a preprocess may cache tensors
-                    x = prepared.model_input(images, in_range=not own_loader)
-                if reader is None:
-                    reader = _LayerReader(prepared, layers, x[:1], unit_axis, token)
-                    input_size = tuple(images.shape[-2:])
-                with torch.inference_mode():
-                    outputs = reader.read(x)
-                    if not tops:
-                        _start_state(
-                            outputs, units, k, target_device, tops, lows, chosen, spatial, reader, directions
-                        )
-                        _restore(state, tops, lows)
-                        if directions is not None:
-                            directions = directions.to(target_device)
-                    positions = positions.to(target_device)
-                    for index, out in enumerate(outputs):
-                        scores, where = _scores(out, chosen[index], reduce, directions)
-                        tops[index].update(scores, positions, where)
-                        lows[index].update(-scores, positions, where)
-            for p, ok, note in notes:  # the batch is done: count it
-                summary.add(p, note, ok, describe)
-            position = after
-            done += len(notes)
-            bar.update(len(notes))
-            batches_done += 1
-            if batches_done % checkpoint_every == 0:
-                save_checkpoint(False)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    seconds = {"pass": time.perf_counter() - started}
-    if reader is None and state:  # a finished pass resumed: rebuild the state from the checkpoint
-        example = _first_image(source, own_loader, channels, target_device)
-        with torch.no_grad():
-            x = prepared.model_input(example, in_range=not own_loader)
-        reader = _LayerReader(prepared, layers, x, unit_axis, token)
-        input_size = tuple(state["input_size"])
-        with torch.inference_mode():
-            outputs = reader.read(x)
-        _start_state(outputs, units, k, target_device, tops, lows, chosen, spatial, reader, directions)
-        _restore(state, tops, lows)
-    if reader is None:
-        raise FeatvisValueError(f"data: none of the {summary.total} items could be used ({summary})")
-    save_checkpoint(not interrupted)
-    fields = []
-    started = time.perf_counter()
-    for index in range(len(layers)):
-        rf = None
-        if spatial[index] is not None and len(spatial[index]) == 2:
-            rf = _receptive_field(reader, index, input_size)
-        fields.append(rf)
-    seconds["receptive_field"] = time.perf_counter() - started
-    names = reader.names
-    if summary.skipped:
-        warnings.warn(f"dataset_examples: {summary}", SkippedImagesWarning, stacklevel=3)
-    results = {}
-    for index, spec in enumerate(layers):
-        key = spec if isinstance(spec, str) else names[index]
-        results[key] = _result(
-            names[index],
-            chosen[index],
-            tops[index],
-            lows[index],
-            spatial[index],
-            fields[index],
-            reduce,
-            input_size,
-            summary,
-            interrupted,
-            seconds,
-            source,
-            directions,
+    def run(self) -> DatasetExamples | dict[str, DatasetExamples]:
+        """Read the data to its end (Ctrl-C stops early, keeping what was seen), then `finish`."""
+        return self._run(stacklevel=3)
+
+    def finish(self) -> DatasetExamples | dict[str, DatasetExamples]:
+        """The examples of what was read (``interrupted=True`` unless the data ran out), the checkpoint
+        saved; ``{layer: DatasetExamples}`` for a list of layers."""
+        return self._finish(stacklevel=3)
+
+    def _run(self, stacklevel: int) -> DatasetExamples | dict[str, DatasetExamples]:
+        try:
+            for _ in self:
+                pass
+        except KeyboardInterrupt:
+            pass
+        return self._finish(stacklevel + 1)
+
+    def _finish(self, stacklevel: int) -> DatasetExamples | dict[str, DatasetExamples]:
+        """`finish`, its warning `stacklevel` frames up (the user's call)."""
+        if self.reader is None and self.state:  # a finished pass resumed: the state is the checkpoint's
+            example = _first_image(self.source, self.own_loader, self.prepared.channels, self.prepared.device)
+            with torch.no_grad():
+                x = self.prepared.model_input(example, in_range=not self.own_loader)
+            self._open(x)
+            self.input_size = tuple(self.state["input_size"])
+            with torch.inference_mode():
+                self._start(self.reader.read(x))
+        if self.reader is None:
+            raise FeatvisValueError(
+                f"data: none of the {self.summary.total} items could be used ({self.summary})"
+            )
+        self.checkpoint(complete=self.exhausted)
+        started = time.perf_counter()
+        fields = []
+        for index, spatial in enumerate(self.spatial):
+            planar = spatial is not None and len(spatial) == 2
+            fields.append(
+                _receptive_field(self.reader, index, self.input_size, stacklevel) if planar else None
+            )
+        seconds = {**self.seconds, "receptive_field": time.perf_counter() - started}
+        if self.summary.skipped:
+            warnings.warn(f"dataset_examples: {self.summary}", SkippedImagesWarning, stacklevel=stacklevel)
+        names, results = self.reader.names, {}
+        for index, spec in enumerate(self.layers):
+            key = spec if isinstance(spec, str) else names[index]
+            results[key] = _result(
+                names[index],
+                self.chosen[index],
+                self.tops[index],
+                self.lows[index],
+                self.spatial[index],
+                fields[index],
+                self.reduce,
+                self.input_size,
+                self.summary,
+                not self.exhausted,
+                seconds,
+                self.source,
+                self.directions,
+            )
+        return results if self.several else results[next(iter(results))]
+
+
+def _checked_units(units: object) -> list[int] | None:
+    if units is None:
+        return None
+    if isinstance(units, str) or not isinstance(units, Sequence | range):
+        raise bad_type("units", units, "a list of unit indices or None")
+    checked = [check_int("units", u, 0) for u in units]
+    if not checked:
+        raise bad_value("units", units, "at least one unit index")
+    return checked
+
+
+def _checked_directions(directions: object, units: list[int] | None, layers: list) -> torch.Tensor | None:
+    """`directions` as (k, channels) unit rows (None: none); with units= or several layers, an error."""
+    if directions is None:
+        return None
+    if units is not None:
+        raise FeatvisValueError(
+            "directions= and units= were both given: pass one (with directions, unit i is direction i)"
         )
-    return results if several else results[next(iter(results))]
+    if len(layers) > 1:
+        raise FeatvisValueError(
+            f"directions= lie in one layer's channel space, and layer= lists {len(layers)} layers: pass one layer"
+        )
+    return _direction_matrix(directions)
+
+
+def _saved_summary(state: dict) -> DataSummary:
+    saved = state["summary"]
+    return DataSummary(
+        used=saved["used"], skipped=[tuple(s) for s in saved["skipped"]], converted=dict(saved["converted"])
+    )
 
 
 _FAILED_BATCHES = 5  # a loader that fails this many batches in a row is broken: the pass ends there
@@ -953,21 +1082,13 @@ def _batches(loader: DataLoader, summary: DataSummary):
                     f"dataset_examples: the data loader failed {failures} batches in a row; the pass "
                     f"stops there with what it has ({err})",
                     SkippedImagesWarning,
-                    stacklevel=4,
+                    stacklevel=5,  # _batches, DatasetPass.__iter__, ._run, dataset_examples, the user
                 )
                 return
             yield None
             continue
         failures = 0
         yield batch
-
-
-def _restore(state: dict | None, tops: list, lows: list) -> None:
-    if state:
-        for top, saved in zip(tops, state["top"]):
-            top.load(saved)
-        for bottom, saved in zip(lows, state["low"]):
-            bottom.load(saved)
 
 
 def _first_image(source, own_loader, channels, device) -> torch.Tensor:
@@ -979,27 +1100,6 @@ def _first_image(source, own_loader, channels, device) -> torch.Tensor:
                 continue
         raise FeatvisValueError("data: none of the items could be used")
     return _to_nchw(next(iter(source.loader)), channels)[:1].to(device)
-
-
-def _start_state(outputs, units, k, device, tops, lows, chosen, spatial, reader, directions) -> None:
-    for out, name in zip(outputs, reader.names):
-        count = 1 if out.ndim == 1 else int(out.shape[1])
-        if directions is not None and directions.shape[1] != count:
-            raise bad_value(
-                "directions",
-                f"{len(directions)} direction(s) of {directions.shape[1]} channels",
-                f"directions of {count} channels, the units of layer {name!r}",
-            )
-        layer_units = list(range(count)) if units is None else list(units)
-        if directions is not None:
-            layer_units = list(range(len(directions)))
-        bad = [u for u in layer_units if u >= count]
-        if bad:
-            raise bad_value("units", bad, f"unit indices below {count}, the units of layer {name!r}")
-        chosen.append(layer_units)
-        spatial.append(tuple(out.shape[2:]) if out.ndim > 2 else None)
-        tops.append(_RunningTopK(len(layer_units), k, device))
-        lows.append(_RunningTopK(len(layer_units), k, device))
 
 
 def _scores(
