@@ -26,6 +26,7 @@ from featvis.cli.main import cli, main
 from featvis.optimizer import QUALITY, SCHEDULES, Settings
 from featvis.optvis.backprop_modifiers import BACKPROP_MODIFIERS
 from featvis.optvis.grad_modifiers import GRAD_MODIFIERS
+from featvis.optvis.params import METHODS
 from featvis.registry import Registry
 
 from conftest import assert_untouched, hook_count, make_tiny, snapshot
@@ -376,3 +377,79 @@ def test_the_helps_list_the_registered_methods(command, registry):
     text = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
     assert f"One of {', '.join(registry)}, or a method the --model module registers" in text
     assert "--option NAME=VALUE" in text
+
+
+ACTIVATION_MODULE = """
+import torch
+from featvis.optvis import grad_modifiers, optimizer, params
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+
+
+@params.register("gray-test")
+class Gray(params.PixelImage):  # one value per pixel, the same in every channel
+    def __init__(self, batch, channels, size, *, init=None, streams=None, device=None):
+        super().__init__(batch, 1, size, streams=streams, device=device)
+        self.channels = channels
+
+    def __call__(self):
+        return self.pixels.expand(-1, self.channels, -1, -1)
+
+
+grad_modifiers.GRAD_MODIFIERS.register("double-test", lambda grads: 2 * grads)
+optimizer.QUALITY.register("two-steps-test", {"max_iter": 2, "method": "pixel", "views": 1})
+"""
+
+
+@pytest.fixture
+def activation_module(tmp_path, monkeypatch):
+    """A folder with the user's module: a model factory, a parameterization, a grad modifier, a preset."""
+    (tmp_path / "usermod_act.py").write_text(textwrap.dedent(ACTIVATION_MODULE))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "usermod_act", raising=False)
+    yield
+    sys.modules.pop("usermod_act", None)
+    for registry, name in [
+        (METHODS, "gray-test"),
+        (GRAD_MODIFIERS, "double-test"),
+        (QUALITY, "two-steps-test"),
+    ]:
+        if name in registry:
+            registry.unregister(name)
+
+
+ACTIVATION_ARGS = ["activation", "--model", "usermod_act:make_model", "--preprocess", "none", "--layer", "1"]
+
+
+def test_a_users_parameterization_modifier_and_preset_run_from_the_command_line(activation_module, capsys):
+    args = [*ACTIVATION_ARGS, "--filter", "2", "--size", "16", "--seed", "0", "--verbose"]
+    main(
+        [
+            *args,
+            "--quality",
+            "two-steps-test",
+            "--method",
+            "gray-test",
+            "--grad-modifier",
+            "double-test",
+            "--out",
+            "x.png",
+        ]
+    )
+    main([*args, "--quality", "two-steps-test", "--out", "color.png"])
+    printed = capsys.readouterr().out
+    assert printed.count("step 1/2") == 2 and "step 3" not in printed  # the preset's 2 steps, each time
+    gray = np.asarray(Image.open("x.png"), dtype=np.int16)
+    color = np.asarray(Image.open("color.png"), dtype=np.int16)
+    assert np.abs(gray - gray[..., :1]).max() == 0 and gray.std() > 0  # every channel alike: the user's image
+    assert np.abs(color - color[..., :1]).max() > 0  # the preset's own method, pixel, colors them
+
+
+def test_an_unknown_parameterization_is_named_with_those_the_models_module_registered(
+    activation_module, capsys
+):
+    err = _error_line([*ACTIVATION_ARGS, "--filter", "2", "--method", "gray-tset", "--out", "x.png"], capsys)
+    assert "--method='gray-tset' is not allowed" in err and "coarse_to_fine" in err and "gray-test" in err

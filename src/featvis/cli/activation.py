@@ -16,6 +16,8 @@ from featvis.cli.common import (
     parse_filters,
     quality_arguments,
     quality_options,
+    registered_name,
+    registry_option,
     unit_options,
     with_common,
     with_options,
@@ -47,18 +49,21 @@ Examples:
 @with_options(unit_options)
 @with_options(quality_options)
 @click.option("--size", type=int, default=224, show_default=True)
-@click.option(
+@registry_option(
     "--method",
-    type=click.Choice(list(params.METHODS)),
+    params.METHODS,
     default=None,
     help=f"Image parameterization (default: the preset's; {Settings.method} at --quality fast).",
 )
 @click.option("--tv-weight", type=float, default=visualization.DEFAULT_TV_WEIGHT, show_default=True)
 @click.option("--lp-weight", type=float, default=0.0, show_default=True)
-@click.option("--grad-modifier", type=click.Choice(list(grad_modifiers.GRAD_MODIFIERS)), default=None)
-@click.option(
+@registry_option(
+    "--grad-modifier", grad_modifiers.GRAD_MODIFIERS, default=None, help="How gradients are changed."
+)
+@registry_option(
     "--backprop-modifier",
-    type=click.Choice([*backprop_modifiers.BACKPROP_MODIFIERS, "none"]),
+    backprop_modifiers.BACKPROP_MODIFIERS,
+    extra=("none",),
     default=None,
     help=f"How gradients pass the ReLUs (default: the preset's; {Settings.backprop_modifier} at --quality "
     "fast; none: plain gradients).",
@@ -99,6 +104,11 @@ def activation(
         check_output(option, path)
     loaded, api = common.load()
     indices = parse_filters(filters, loaded)
+    method = registered_name("--method", method, params.METHODS)
+    grad_modifier = registered_name("--grad-modifier", grad_modifier, grad_modifiers.GRAD_MODIFIERS)
+    backprop_modifier = registered_name(
+        "--backprop-modifier", backprop_modifier, backprop_modifiers.BACKPROP_MODIFIERS, ("none",)
+    )
     recorder = watch.GifRecorder(every=gif_every) if gif else None
     result = visualization.visualize_activation(
         loaded.model,

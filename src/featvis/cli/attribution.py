@@ -19,6 +19,8 @@ from featvis.cli.common import (
     parse_filters,
     parse_size,
     registered_method,
+    registered_name,
+    registry_option,
     with_common,
     with_options,
 )
@@ -49,8 +51,11 @@ Examples:
 """
 )
 @click.option("--smooth", type=int, default=0, show_default=True, help="SmoothGrad samples (0: vanilla).")
-@click.option(
-    "--backprop-modifier", type=click.Choice(list(backprop_modifiers.BACKPROP_MODIFIERS)), default=None
+@registry_option(
+    "--backprop-modifier",
+    backprop_modifiers.BACKPROP_MODIFIERS,
+    default=None,
+    help="How gradients pass the ReLUs.",
 )
 @with_options(method_options(attribution.SALIENCY_METHODS))
 @with_options(attention_options)
@@ -73,6 +78,9 @@ def saliency(
     photo, image = _photo_and_model_image(image_path, size, common.channels)
     loaded, api = common.load()
     indices = parse_filters(filters, loaded)
+    backprop_modifier = registered_name(
+        "--backprop-modifier", backprop_modifier, backprop_modifiers.BACKPROP_MODIFIERS
+    )
     if method_option and backprop_modifier is not None:  # the method object takes it
         method_option = (*method_option, f"backprop_modifier={backprop_modifier!r}")
         backprop_modifier = None

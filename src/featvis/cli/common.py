@@ -159,10 +159,32 @@ class Common:
         return loaded, api
 
 
+def registry_option(flag: str, registry, *, extra: tuple[str, ...] = (), help: str = "", **options):
+    """A click option whose value names an entry of `registry` (or one of `extra`), checked by
+    `registered_name` once the model is loaded: a name the --model module registers counts."""
+    names = ", ".join([*registry, *extra])
+    return click.option(
+        flag, help=f"{help} One of {names}, or one the --model module registers.".strip(), **options
+    )
+
+
+def registered_name(option: str, name: str | None, registry, extra: tuple[str, ...] = ()) -> str | None:
+    """`name` as given to `option` (None: not given), if `registry` (or `extra`) has it now, after the
+    model's module ran."""
+    if name is None or name in registry or name in extra:
+        return name
+    names = [*registry, *extra]
+    raise bad_value(
+        option,
+        name,
+        f"one of {', '.join(names)} (or one the --model module registers){close_matches(name, names)}",
+    )
+
+
 quality_options = [
-    click.option(
+    registry_option(
         "--quality",
-        type=click.Choice(list(QUALITY)),
+        QUALITY,
         default="fast",
         show_default=True,
         help="Preset, in forward+backward passes per image: preview 32 (a first look in seconds on "
@@ -176,8 +198,12 @@ quality_options = [
 
 
 def quality_arguments(quality: str, steps: int | None, views: int | None) -> dict:
-    """The preset and the options given beside it (those left out come from the preset)."""
-    return {"quality": quality, **given_settings(max_iter=steps, views=views)}
+    """The preset (checked against `QUALITY` now, after the model's module ran) and the options
+    given beside it (those left out come from the preset)."""
+    return {
+        "quality": registered_name("--quality", quality, QUALITY),
+        **given_settings(max_iter=steps, views=views),
+    }
 
 
 def given_settings(**options) -> dict:
