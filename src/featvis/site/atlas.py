@@ -20,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,12 +45,13 @@ from tqdm.auto import tqdm
 from featvis.attribution.circuits import Contribution, contributions
 from featvis.data.examples import SkippedImagesWarning, dataset_examples, dataset_fingerprint, merge_examples
 from featvis.data.sources import DataSummary, ImageSource, image_source
-from featvis.errors import FeatvisValueError, bad_type, bad_value, check_int
+from featvis.errors import FeatvisValueError, bad_type, bad_value, check_int, known_keywords
 from featvis.image import atomic_write, save_image, stitch_images, to_array, to_pil
-from featvis.model.prepared import CONVENTIONS, PreparedModel, image_size, preparing
-from featvis.model.targets import LayerSpec
+from featvis.model.prepared import PreparedModel, image_size, preparing
+from featvis.model.targets import LayerSpec, OutputPick
+from featvis.optvis.input_modifiers import InputModifier
 from featvis.optvis.losses import check_token, check_unit_axis
-from featvis.optvis.optimizer import Settings, show_progress
+from featvis.optvis.optimizer import FROM_QUALITY, FromQuality, Settings, show_progress
 from featvis.optvis.visualization import activations_reached, auto_batch_size, layer_batches, visualize_layer
 from featvis.site.group import EarlierFailure, Group, GroupTimeout, PeerFailed, PeerLost, join
 from featvis.version import __version__
@@ -238,6 +239,7 @@ def _end_group(started: bool, err: BaseException | None) -> None:
         dist.destroy_process_group()
 
 
+@known_keywords
 def atlas(
     model: nn.Module | PreparedModel,
     out: str | os.PathLike,
@@ -256,7 +258,27 @@ def atlas(
     unit_axis: int | None = None,
     token: int | None = None,
     fed_by: int = 4,
-    **options,
+    input_range: tuple[float, float] | None = (0, 255),
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
+    quality: str = "fast",
+    max_iter: int | FromQuality = FROM_QUALITY,
+    views: int | FromQuality = FROM_QUALITY,
+    lr: float | None = None,
+    method: str | Callable | FromQuality = FROM_QUALITY,
+    input_modifiers: Sequence[InputModifier | Callable] | None = None,
+    grad_modifier: str | Callable | None = None,
+    backprop_modifier: str | Callable | None | FromQuality = FROM_QUALITY,
+    autocast: torch.dtype | None = None,
+    image_ema: float | None | FromQuality = FROM_QUALITY,
+    lr_schedule: str | Callable[[int, int], float] | None = None,
+    betas: tuple[float, float] | FromQuality = FROM_QUALITY,
+    skip_gradient: float | None = None,
 ) -> Path:
     """Visualize every unit of `layers` (default `default_layers`; ``all_convolutions=True``: every conv
     and linear layer) into a static site in `out`; returns the index page's path.
@@ -266,10 +288,10 @@ def atlas(
     GPU per rank). `batch_size` (default 4 on the CPU, 32 on a GPU) fixes the plan of
     batches: the same command gives the same files for any number of processes (at the same
     number of threads per process). `class_names` label the units of the layer with as many
-    units (the classifier) and make them searchable. `options`: the model's conventions
-    (``preprocess``, ``input_range``, ``channels``, ``device``) and `featvis.Settings`
-    (``max_iter``, ``views``, ...). A rerun with other settings is an error naming what
-    differs, unless ``restart=True`` (which deletes the folder's atlas first).
+    units (the classifier) and make them searchable. The model's conventions (``preprocess``,
+    ``input_range``, ``channels``, ``device``, ...) and the optimization's settings (``quality``,
+    ``max_iter``, ``views``, ...) are `featvis.visualize_layer`'s. A rerun with other settings is an
+    error naming what differs, unless ``restart=True`` (which deletes the folder's atlas first).
 
     With `data` (anything `featvis.dataset_examples` reads but a DataLoader: a folder, a
     list of paths, an array, a Dataset), every unit also gets its `examples` dataset
@@ -289,7 +311,7 @@ def atlas(
     unit's record (`fed_by` reads them). ``fed_by=0`` leaves them out; with `unit_axis` or `token`
     (whose units the contributions do not read) it must be 0 for an atlas of several layers.
 
-    `model` may be a `PreparedModel` (its conventions are used; one in `options` that differs is an error); the
+    `model` may be a `PreparedModel` (its conventions are used; one given here that differs is an error); the
     whole atlas, its dataset examples included, runs through one prepared model. The work is three
     stages, each a function of its own: `plan_atlas` (layers, units, batches, manifest; every
     argument checked), `run_atlas` (the manifest, the dataset pass, this rank's share) and
@@ -307,7 +329,16 @@ def atlas(
     check_int("fed_by", fed_by, 0)
     axis = {"unit_axis": check_unit_axis(unit_axis), "token": check_token(token)}
     rank, world_size, started = _distributed()
-    conventions = {k: options.pop(k) for k in CONVENTIONS if k in options}
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
     if (
         world_size > 1
         and torch.cuda.is_available()
@@ -315,7 +346,23 @@ def atlas(
         and not isinstance(model, PreparedModel)
     ):  # each rank its own GPU, unless the model came prepared (on the device its maker chose)
         conventions["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    settings = Settings.take(options)
+    settings = Settings.take(
+        dict(
+            quality=quality,
+            max_iter=max_iter,
+            views=views,
+            lr=lr,
+            method=method,
+            input_modifiers=input_modifiers,
+            grad_modifier=grad_modifier,
+            backprop_modifier=backprop_modifier,
+            autocast=autocast,
+            image_ema=image_ema,
+            lr_schedule=lr_schedule,
+            betas=betas,
+            skip_gradient=skip_gradient,
+        )
+    )
     failure: BaseException | None = None
     try:
         with preparing(model, **conventions) as prepared:

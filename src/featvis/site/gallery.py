@@ -18,18 +18,23 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import html
 import json
+import os
 from pathlib import Path
 import re
 
+import torch
 from torch import nn
 
 from featvis.data.examples import DatasetExamples, dataset_examples
-from featvis.errors import bad_type
+from featvis.errors import bad_type, known_keywords
 from featvis.image import atomic_write, save_image
-from featvis.model.prepared import CONVENTIONS, PreparedModel, preparing
+from featvis.model.prepared import PreparedModel, preparing
+from featvis.model.targets import OutputPick
+from featvis.optvis.input_modifiers import InputModifier
+from featvis.optvis.optimizer import FROM_QUALITY, FromQuality
 from featvis.optvis.visualization import activations_reached, visualize_layer
 
 MANIFEST = "gallery.json"
@@ -59,6 +64,7 @@ def _write_examples_of(ex: DatasetExamples, out: Path, folder: str, unit: int) -
     return entry
 
 
+@known_keywords
 def write_gallery(
     model: nn.Module | PreparedModel,
     layers: Sequence[str],
@@ -74,35 +80,90 @@ def write_gallery(
     data: object = None,
     k: int = 9,
     examples_size: int | None = None,
-    **kwargs,
+    batch_size: int | None = None,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    fuse: bool = True,
+    channels_last: bool | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
+    quality: str = "fast",
+    views: int | FromQuality = FROM_QUALITY,
+    lr: float | None = None,
+    method: str | Callable | FromQuality = FROM_QUALITY,
+    input_modifiers: Sequence[InputModifier | Callable] | None = None,
+    grad_modifier: str | Callable | None = None,
+    backprop_modifier: str | Callable | None | FromQuality = FROM_QUALITY,
+    progress: bool | None = None,
+    autocast: torch.dtype | None = None,
+    image_ema: float | None | FromQuality = FROM_QUALITY,
+    lr_schedule: str | Callable[[int, int], float] | None = None,
+    betas: tuple[float, float] | FromQuality = FROM_QUALITY,
+    skip_gradient: float | None = None,
 ) -> Path:
     """Render every unit (or `units`) of each layer with the batched engine; return index.html's path.
 
     With `data` (anything `featvis.dataset_examples` takes), each unit also shows
     its top-`k` dataset crops, and its bottom-`k` behind a click; one pass over
     the data serves all layers (images resized to `examples_size`, 224 for files).
-    A rerun adds its layers and units to the page. Other keyword arguments are the model's
-    conventions (``channels``, ``device``, ``fuse``, ...) and `featvis.Settings`; `model` may be a
-    `PreparedModel` (its conventions are used; one given here that differs is an error). The whole gallery, its
-    dataset examples included, runs through one prepared model.
+    A rerun adds its layers and units to the page. The model's conventions (``preprocess``,
+    ``channels``, ``device``, ...), `batch_size`, `unit_axis`, `token` and the optimization's settings
+    (``quality``, ``views``, ``method``, ...; `max_iter` 128 here) are `featvis.visualize_layer`'s.
+    `model` may be a `PreparedModel` (its conventions are used; one given here that differs is an
+    error). The whole gallery, its dataset examples included, runs through one prepared model.
 
     Examples:
         >>> write_gallery(model, ["_blocks.10", "_blocks.12"], "site", preprocess=lite0.preprocess)
         >>> write_gallery(model, ["_blocks.10"], "site", units=[5, 6], data="photos/")  # adds units 5, 6
+        >>> write_gallery(model, ["_blocks.10"], "site", quality="best", method="fourier")
     """
     layers = _check_layers(layers)
     out = Path(out_dir)  # created by the first file written, so a failed run leaves nothing
     manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"layers": {}}
-    conventions = {name: kwargs.pop(name) for name in CONVENTIONS if name in kwargs}
-    axis = {name: kwargs[name] for name in ("unit_axis", "token") if name in kwargs}
-    with preparing(model, input_range=input_range, preprocess=preprocess, **conventions) as prepared:
+    conventions = dict(
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        device=device,
+        fuse=fuse,
+        channels_last=channels_last,
+        inputs=inputs,
+        output=output,
+    )
+    axis = {"unit_axis": unit_axis, "token": token}
+    settings = dict(
+        quality=quality,
+        max_iter=max_iter,
+        views=views,
+        lr=lr,
+        method=method,
+        input_modifiers=input_modifiers,
+        grad_modifier=grad_modifier,
+        backprop_modifier=backprop_modifier,
+        progress=progress,
+        autocast=autocast,
+        image_ema=image_ema,
+        lr_schedule=lr_schedule,
+        betas=betas,
+        skip_gradient=skip_gradient,
+    )
+    with preparing(model, **conventions) as prepared:
         examples = {}  # {layer: DatasetExamples}
         if data is not None:
             examples = dataset_examples(prepared, layers, data, units, k, size=examples_size)
         for layer in layers:
             images = visualize_layer(
-                prepared, layer, units, size=size, max_iter=max_iter, seed=seed, **kwargs
+                prepared,
+                layer,
+                units,
+                **settings,
+                size=size,
+                seed=seed,
+                batch_size=batch_size,
+                **axis,
             )
             chosen = list(units) if units is not None else list(range(len(images)))
             reached = activations_reached(prepared, layer, chosen, images, **axis)
@@ -129,6 +190,7 @@ def _add_layer(manifest, out, layer, chosen, images, reached, examples, max_iter
     manifest["layers"][layer] = {"units": [known[u] for u in sorted(known)], "steps": max_iter, "size": size}
 
 
+@known_keywords
 def write_examples(
     model: nn.Module | PreparedModel,
     layers: Sequence[str],
@@ -140,13 +202,24 @@ def write_examples(
     preprocess: Callable | None = None,
     input_range: tuple[float, float] = (0, 255),
     title: str = "featvis dataset examples",
-    **kwargs,
+    reduce: str = "max",
+    size: int | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    unit_axis: int | None = None,
+    token: int | None = None,
+    channels: int | None = None,
+    device: str | torch.device | None = None,
+    inputs: Mapping[str, object] | Sequence[object] | None = None,
+    output: OutputPick = None,
 ) -> list[Path]:
     """One page per layer (``examples_<layer>.html``) of every unit's top and bottom dataset crops.
 
-    One pass over `data` serves all layers; other keyword arguments go to
-    `featvis.dataset_examples` (``size``, ``reduce``, ``batch_size``, ...), and `model` may be a
-    `PreparedModel` as there. Returns the pages' paths.
+    One pass over `data` serves all layers; the keyword arguments are `featvis.dataset_examples`'s,
+    and `model` may be a `PreparedModel` as there. Returns the pages' paths.
 
     Examples:
         >>> write_examples(lite0.model, ["_blocks.10"], "photos/", "site", preprocess=lite0.preprocess)
@@ -155,7 +228,26 @@ def write_examples(
     layers = _check_layers(layers)
     out = Path(out_dir)
     found = dataset_examples(
-        model, layers, data, units, k, input_range=input_range, preprocess=preprocess, **kwargs
+        model,
+        layers,
+        data,
+        units,
+        k,
+        reduce=reduce,
+        input_range=input_range,
+        preprocess=preprocess,
+        channels=channels,
+        size=size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        unit_axis=unit_axis,
+        token=token,
+        inputs=inputs,
+        output=output,
     )
     pages = []
     for layer in layers:
