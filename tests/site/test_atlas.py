@@ -476,3 +476,21 @@ def test_fed_by_through_a_pooling_is_gradient_times_activation_over_the_units_ow
     assert fed_by(tmp_path, "3", 0) == expected.top(2)
     with pytest.raises(featvis.FeatvisValueError, match="fed_by"):
         featvis.atlas(model, tmp_path / "axis", ["1", "3"], unit_axis=1, **options)
+
+
+@pytest.mark.parametrize(("conv", "kind"), [(nn.Conv1d, "1-D signals"), (nn.Conv3d, "3-D volumes")])
+def test_an_atlas_or_gallery_of_a_signal_or_volume_model_is_refused_pointing_at_what_draws_it(
+    tmp_path, conv, kind
+):
+    model = nn.Sequential(conv(1, 4, 3, padding=1), nn.ReLU(), conv(4, 3, 3, padding=1))
+    before = snapshot(model)
+    for write in (
+        lambda: featvis.atlas(model, tmp_path / "atlas", ["0", "2"], input_range=(0.0, 1.0), max_iter=2),
+        lambda: featvis.gallery.write_gallery(
+            model, ["2"], tmp_path / "gallery", input_range=(0.0, 1.0), max_iter=2
+        ),
+    ):
+        with pytest.raises(featvis.FeatvisValueError, match=f"takes {kind}.*visualize_layer.*save_"):
+            write()
+    assert not (tmp_path / "atlas").exists() and not (tmp_path / "gallery").exists()
+    assert_untouched(model, before)

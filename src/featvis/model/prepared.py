@@ -214,6 +214,21 @@ class PreparedModel:
                 f"a pair (low, high) for {purpose}: None (feed tensors as given) is for attention maps",
             )
 
+    def require_images(self, purpose: str) -> None:
+        """Refuse a model of 1-D signals or 3-D volumes where featvis writes 2-D pictures (a web page).
+
+        Examples:
+            >>> prepared.require_images("an atlas")
+            FeatvisValueError: model takes 1-D signals (its first convolution is a Conv1d), and an atlas ...
+        """
+        if self.spatial_dims != 2:
+            kind = {1: "1-D signals", 3: "3-D volumes"}.get(self.spatial_dims, f"{self.spatial_dims}-D input")
+            raise FeatvisValueError(
+                f"model takes {kind} (its first convolution is a Conv{self.spatial_dims}d), and {purpose} "
+                "shows 2-D images; draw its units with featvis.visualize_layer and save them with "
+                "featvis.save_signal or featvis.save_volume"
+            )
+
     def load_images(self, images: object, argument: str = "seed_input") -> torch.Tensor:
         """Images as given to an entry point (a path, PIL image, array, tensor, or a list of them)
         as one (N, C, H, W) batch in [0, 1] on the model's device; for a 1-D or 3-D model,

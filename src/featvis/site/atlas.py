@@ -435,6 +435,7 @@ def plan_atlas(
         >>> len(work.batches), work.counts
     """
     out = Path(out)
+    prepared.require_images("an atlas")
     shape = image_size(size)
     prepared.require_input_range("an atlas")
     if data is not None and prepared.inputs is not None:

@@ -151,6 +151,7 @@ def write_gallery(
         skip_gradient=skip_gradient,
     )
     with preparing(model, **conventions) as prepared:
+        prepared.require_images("the gallery")
         examples = {}  # {layer: DatasetExamples}
         if data is not None:
             examples = dataset_examples(prepared, layers, data, units, k, size=examples_size)
