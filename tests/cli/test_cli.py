@@ -211,6 +211,7 @@ def test_torchscript_model_output_works_and_inner_layers_say_why_not(tmp_path, c
         (["--steps", "0"], "--steps", "max_iter"),
         (["--filter", "1", "--input-range", "5,1"], "--input-range", "input_range"),
         (["--filter", "1", "--unit-axis", "5"], "--unit-axis", "unit_axis"),
+        (["--filter", "1", "--setting", "lr=-1"], "--setting lr=-1", "lr="),
     ],
 )
 def test_a_library_error_names_the_option_not_the_python_argument(extra, option, argument, capsys, tmp_path):
@@ -218,7 +219,31 @@ def test_a_library_error_names_the_option_not_the_python_argument(extra, option,
     code, captured = run([*args, "--input-range", "0,1", *extra, "--out", str(tmp_path / "x.png")], capsys)
     lines = captured.err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("featvis: error: "), captured.err
-    assert option in lines[0] and argument not in lines[0], lines[0]
+    assert option in lines[0] and argument not in lines[0].replace(option, ""), lines[0]
+
+
+def _verbose_losses(args, capsys) -> list[str]:
+    """The total loss of each step that `featvis activation --verbose` prints."""
+    main(args)
+    return [
+        line.split("total")[-1].strip() for line in capsys.readouterr().out.splitlines() if "total" in line
+    ]
+
+
+def test_settings_without_an_option_of_their_own_are_set_with_setting(tmp_path, capsys):
+    args = ["activation", "--model", TINY, "--preprocess", "none", "--layer", "fc", "--filter", "1"]
+    args += ["--size", "16", "--steps", "3", "--verbose", "--out", str(tmp_path / "x.png")]
+    still = _verbose_losses([*args, "--setting", "input_modifiers=[]", "--setting", "lr=1e-12"], capsys)
+    moved = _verbose_losses([*args, "--setting", "input_modifiers=[]"], capsys)
+    assert len(still) == len(moved) == 3
+    assert len(set(still)) == 1 and len(set(moved)) == 3  # no transforms: only the learning rate moves it
+    for setting, says in [
+        ("lrr=0.1", "close matches: lr"),
+        ("max_iter=3", "use --steps"),
+        ("lr", "NAME=VALUE"),
+    ]:
+        code, captured = run([*args, "--setting", setting], capsys)
+        assert code == 2 and says in captured.err, captured.err
 
 
 def test_an_atlas_made_with_other_settings_says_use_restart(capsys, tmp_path):

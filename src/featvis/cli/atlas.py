@@ -64,6 +64,7 @@ def atlas_command(
     quality,
     steps,
     views,
+    setting_texts,
     size,
     batch_size,
     data,
@@ -93,7 +94,7 @@ def atlas_command(
         data=data,
         examples=examples,
         fed_by=fed_by,
-        **quality_arguments(quality, steps, views),
+        **quality_arguments(quality, steps, views, setting_texts),
         **api,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from featvis.cli.models import LoadedModel, load_model
 from featvis.errors import FeatvisError, bad_value, close_matches
-from featvis.optvis.optimizer import QUALITY
+from featvis.optvis.optimizer import QUALITY, Settings
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -194,15 +194,51 @@ quality_options = [
     ),
     click.option("--steps", type=int, default=None, help="Optimization steps (default: the preset's)."),
     click.option("--views", type=int, default=None, help="Random views per step (default: the preset's)."),
+    click.option(
+        "--setting",
+        "setting_texts",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Any other field of featvis.Settings (repeat), e.g. --setting lr=0.03 --setting "
+        "lr_schedule=cosine --setting image_ema=None; VALUE is a Python literal or a word.",
+    ),
 ]
 
 
-def quality_arguments(quality: str, steps: int | None, views: int | None) -> dict:
-    """The preset (checked against `QUALITY` now, after the model's module ran) and the options
-    given beside it (those left out come from the preset)."""
+# the Settings fields with an option of their own, which --setting does not take
+_OWN_OPTIONS = {
+    "max_iter": "--steps",
+    "views": "--views",
+    "method": "--method",
+    "grad_modifier": "--grad-modifier",
+    "backprop_modifier": "--backprop-modifier",
+    "verbose": "--verbose",
+    "progress": "--verbose",
+    "callbacks": "--gif",
+}
+
+
+def quality_arguments(
+    quality: str, steps: int | None, views: int | None, setting_texts: tuple[str, ...] = ()
+) -> dict:
+    """The preset (checked against `QUALITY` now, after the model's module ran), the options given
+    beside it (those left out come from the preset) and the `--setting NAME=VALUE`s, each a field of
+    `featvis.Settings`."""
+    settings = parse_method_options(setting_texts, "--setting")
+    fields = [name for name in Settings.names() if name not in _OWN_OPTIONS]
+    for name in settings:
+        if name in _OWN_OPTIONS:
+            raise bad_value(
+                "--setting", f"{name}=...", f"a field without an option of its own (use {_OWN_OPTIONS[name]})"
+            )
+        if name not in fields:
+            raise bad_value(
+                "--setting", f"{name}=...", f"one of {', '.join(fields)}{close_matches(name, fields)}"
+            )
     return {
         "quality": registered_name("--quality", quality, QUALITY),
         **given_settings(max_iter=steps, views=views),
+        **settings,
     }
 
 
@@ -249,14 +285,18 @@ def method_options(registry) -> list:
     ]
 
 
-def parse_method_options(texts: tuple[str, ...]) -> dict:
-    """``NAME=VALUE`` strings as keyword options: each VALUE a Python literal (32, 0.5, None, True,
+def parse_method_options(texts: tuple[str, ...], option: str = "--option") -> dict:
+    """``NAME=VALUE`` strings (given to `option`) as keyword options: each VALUE a Python literal (32, 0.5, None, True,
     'text') or else the word itself."""
     options = {}
     for text in texts:
         name, equals, value = text.partition("=")
         if not equals or not name.strip().isidentifier():
-            raise bad_value("--option", text, "NAME=VALUE, e.g. steps=32")
+            raise bad_value(
+                option,
+                text,
+                "NAME=VALUE, e.g. steps=32" if option == "--option" else "NAME=VALUE, e.g. lr=0.03",
+            )
         try:
             options[name.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
@@ -346,6 +386,8 @@ def option_names(command: click.Command) -> dict[str, str]:
     """
     options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
     options.update({argument: options[name] for argument, name in LIBRARY_NAMES.items() if name in options})
+    if "setting_texts" in options:  # the Settings fields that --setting NAME=VALUE sets
+        options.update({name: f"--setting {name}" for name in Settings.names() if name not in _OWN_OPTIONS})
     return options
 
 
