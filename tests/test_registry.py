@@ -20,7 +20,9 @@ from featvis.attribution import (
     CamMethod,
     Gradients,
     IntegratedGradients,
+    Occlusion,
     SaliencyMethod,
+    SmoothGrad,
 )
 from featvis.cli.main import cli, main
 from featvis.optimizer import QUALITY, SCHEDULES, Settings
@@ -163,6 +165,27 @@ def test_a_registered_saliency_method_gives_its_own_map(registered):
     expected = (share - share.min()) / (share.max() - share.min())
     np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-5)
     assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("builtin", [Gradients, SmoothGrad, IntegratedGradients, Occlusion])
+def test_the_attribute_a_saliency_method_defines_is_called_as_the_built_in_methods_are(builtin):
+    """What help(SaliencyMethod.attribute) shows a user writing a method: the built-ins' own call,
+    `passes` keyword-only and 1 (one call) by default."""
+    import inspect
+
+    base = inspect.signature(SaliencyMethod.attribute)
+    assert base == inspect.signature(builtin.attribute)
+    assert base.parameters["passes"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert base.parameters["passes"].default == 1
+
+
+class Unfinished(SaliencyMethod):
+    """A user's method that forgot to define attribute()."""
+
+
+def test_a_saliency_method_without_attribute_is_named_when_it_runs():
+    with pytest.raises(NotImplementedError, match=r"^Unfinished does not define attribute\(\)"):
+        featvis.visualize_saliency(make_tiny(), "fc", 3, _image(4), method=Unfinished(), **UNIT)
 
 
 def test_a_method_object_carries_its_own_options():

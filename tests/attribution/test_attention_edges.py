@@ -66,6 +66,46 @@ def test_ablation_cam_is_its_definition_when_the_layers_after_also_read_the_laye
         np.testing.assert_allclose(got, _normalized(expected), atol=1e-4)
 
 
+class ImageSkip(nn.Module):
+    """stem -> act -> fc over [act's channel means, the image's own channel means]: the layers after
+    `act` also read the image itself (a second branch to the head), so only the image at its full
+    size gives the model's scores."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.stem = nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.score(self.act(self.stem(x)), x)
+
+    def score(self, acts, x):
+        return self.fc(torch.cat([acts.mean(dim=(2, 3)), 10 * x.mean(dim=(2, 3))], 1))
+
+
+def test_ablation_cam_is_its_definition_above_128_px_when_the_head_also_reads_the_image():
+    """Above 128 px the cheap pre-passes (the image shrunk) end at a quarter of its size; none
+    reproduces this model's scores, so each is tried and passed over for the full image."""
+    model = ImageSkip().eval()
+    image = np.random.default_rng(2).uniform(0, 1, (160, 160, 3)).astype(np.float32)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        acts = model.act(model.stem(x))
+        y = model.score(acts, x)[0, 1]
+        drops = []
+        for k in range(acts.shape[1]):  # channel k of `act` zeroed, the image as it is
+            ablated = acts.clone()
+            ablated[:, k] = 0
+            drops.append((y - model.score(ablated, x)[0, 1]) / y)
+        cam = F.relu((torch.stack(drops)[:, None, None] * acts[0]).sum(0))
+        expected = F.interpolate(cam[None, None], size=(160, 160), mode="bilinear", align_corners=False)[0, 0]
+    assert expected.max() > expected.min()
+    got = featvis.visualize_cam(model, "fc", 1, image, method="ablationcam", penultimate_layer="act", **UNIT)
+    np.testing.assert_allclose(got[0], _normalized(expected), atol=1e-4)
+
+
 class SignedLayer(nn.Module):
     """stem -> norm (a batch norm: signed values, 0 is a channel's average, not its absence) ->
     head -> ReLU -> fc; a channel of `norm` whose minimum is above 0 too (the +3 shift)."""

@@ -262,3 +262,75 @@ def test_a_prepared_model_reused_at_another_image_size_still_finds_the_map():
         maps = featvis.visualize_cam(prepared, "4", 0, photo)
     assert maps.shape == (1, 48, 24) and maps.max() > 0
     assert_untouched(model, before)
+
+
+class RowPooled(nn.Module):
+    """A text recognizer's head: the map pooled to rows, (N, C, 8, 1), then read by the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.act = nn.ReLU()
+        self.rows = nn.AdaptiveAvgPool2d((8, 1))
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.head(self.rows(self.act(self.conv(x))).flatten(1))
+
+
+def test_a_four_axis_output_that_is_no_map_is_not_taken_for_a_token_layer():
+    """The rows-only pooling after the last map is (N, C, 8, 1): not a map of the image, and only a
+    (N, tokens, features) output can be a token grid, so the automatic layer is the map before it."""
+    torch.manual_seed(0)
+    model = RowPooled().eval()
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    cam = functools.partial(featvis.visualize_cam, model, "head", 1, image, input_range=(0.0, 1.0))
+    auto = cam()
+    assert auto.max() - auto.min() > 0.5
+    np.testing.assert_array_equal(auto, cam(penultimate_layer="act"))
+    assert not np.allclose(auto, cam(penultimate_layer="rows"), atol=0.05)
+
+
+class ConvAfterAttention(nn.Module):
+    """MobileViT's block: patches through an attention, folded back to a map, then a conv."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        maps = self.embed(x)
+        n, c, h, w = maps.shape
+        tokens = maps.flatten(2).transpose(1, 2)
+        tokens = self.attn(tokens, tokens, tokens, need_weights=False)[0]
+        folded = tokens.transpose(1, 2).reshape(n, c, h, w)
+        return self.head(F.relu(self.conv(folded)).mean((2, 3)))
+
+
+def test_the_automatic_layer_of_a_conv_run_after_an_attention_is_that_conv():
+    """The conv that runs right after the attention is not one of the attention's own layers."""
+    torch.manual_seed(0)
+    model = ConvAfterAttention().eval()
+    before = snapshot(model)
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    cam = functools.partial(featvis.visualize_cam, model, "head", 0, image, input_range=(0.0, 1.0))
+    auto = cam()
+    assert auto.max() - auto.min() > 0.5
+    np.testing.assert_array_equal(auto, cam(penultimate_layer="conv"))
+    assert not np.allclose(auto, cam(penultimate_layer="embed"), atol=0.05)
+    assert_untouched(model, before)
+
+
+def test_the_automatic_layer_for_an_inner_block_is_that_blocks_attention_input():
+    """A CAM of the first block's output: the input of the attention that runs before it
+    (blocks.0.norm1), not that of a later block, which the loss's layer does not see."""
+    torch.manual_seed(0)
+    model = Transformer().eval()
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    cam = functools.partial(featvis.visualize_cam, model, "blocks.0", 1, image, input_range=(0.0, 1.0))
+    auto = cam()
+    assert auto.shape == (1, SIZE, SIZE) and auto.max() - auto.min() > 0.5
+    np.testing.assert_array_equal(auto, cam(penultimate_layer="blocks.0.norm1"))

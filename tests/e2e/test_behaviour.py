@@ -270,8 +270,32 @@ def test_a_model_that_outputs_inf_on_the_input_is_told_so_not_to_lower_lr():
         featvis.visualize_activation(model, "fc", 0, max_iter=4, **SMALL)
     message = str(err.value)
     assert "'fc'" in message and "input_range" in message and "preprocess" in message
+    assert "on the starting image" in message  # not an image the optimization made
     assert "lr" not in message
     assert_untouched(model, before)
+
+
+class InfiniteLater(InfiniteOutput):
+    """Finite at first; from its 6th forward on, an infinite output (as on an image gone too far)."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.fc.bias.zero_()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        features = self.conv(x).mean(dim=(2, 3))
+        return self.fc(features + (float("inf") if self.calls >= 6 else 0.0))
+
+
+def test_a_model_that_outputs_inf_on_a_later_image_names_that_steps_image():
+    model = InfiniteLater().eval()
+    with pytest.raises(featvis.NonFiniteError, match=r"^step \d+: ") as err:
+        featvis.visualize_activation(model, "fc", 0, max_iter=20, input_range=(0.0, 1.0), **SMALL)
+    step = int(str(err.value).split(":")[0].removeprefix("step "))
+    assert step > 1 and f"on the image of step {step}, in input_range" in str(err.value)
 
 
 def test_a_grad_modifier_that_makes_the_gradient_non_finite_is_told_apart_from_the_model(tiny):

@@ -15,7 +15,8 @@ from conftest import assert_untouched, snapshot
 
 
 class Residual(nn.Module):
-    """`x + branch(x)`, written as `+`, as ResNet's `out += identity` or as `out.add_(identity)`."""
+    """`x + branch(x)`, written as `+` (skip first, or `branch + x`), as ResNet's `out += identity` or
+    as `out.add_(identity)`."""
 
     def __init__(self, addition: str = "+"):
         super().__init__()
@@ -30,6 +31,8 @@ class Residual(nn.Module):
         if self.addition == "add_":
             out.add_(x)
             return out
+        if self.addition == "branch + skip":
+            return out + x
         return x + out
 
 
@@ -63,7 +66,7 @@ def input_gradient(model, x, weight, factor=None):
     return out.detach(), x.grad
 
 
-@pytest.mark.parametrize("addition", ["+", "+=", "add_"])
+@pytest.mark.parametrize("addition", ["+", "branch + skip", "+=", "add_"])
 def test_the_branch_gradient_is_scaled_and_the_skip_passes_unchanged(addition):
     model, x, weight = Residual(addition), torch.randn(3, 4), torch.randn(3, 4)
     out, plain = input_gradient(model, x, weight)
