@@ -271,8 +271,10 @@ def test_a_model_that_outputs_inf_on_the_input_is_told_so_not_to_lower_lr():
     message = str(err.value)
     assert "'fc'" in message and "input_range" in message and "preprocess" in message
     assert "on the starting image" in message  # not an image the optimization made
-    assert "lr" not in message
+    assert "lr" not in message and "autocast" not in message
     assert_untouched(model, before)
+    with pytest.raises(featvis.NonFiniteError, match=r"on the starting image.*\(and autocast=\)"):
+        featvis.visualize_activation(model, "fc", 0, max_iter=4, autocast=torch.bfloat16, **SMALL)
 
 
 class InfiniteLater(InfiniteOutput):

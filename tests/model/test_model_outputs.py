@@ -13,6 +13,7 @@ import featvis
 from featvis.errors import FeatvisTypeError, FeatvisValueError, LayerNotFoundError
 
 Pair = namedtuple("Pair", ["logits", "features"])
+Embeds = namedtuple("Embeds", ["features", "image_embeds"])
 
 
 class Structured(nn.Module):
@@ -38,6 +39,8 @@ class Structured(nn.Module):
             return logits, embeds
         if self.kind == "namedtuple":
             return Pair(logits, embeds)
+        if self.kind == "namedtuple-other":
+            return Embeds(embeds, logits)  # a named tuple with no logits field
         return {"features": embeds, "image_embeds": logits}  # no logits field
 
 
@@ -94,8 +97,10 @@ def test_output_picks_another_field_by_name_index_or_function():
         assert prepared.layer_output("", x).shape == (2, 6)
 
 
-def test_an_output_with_no_logits_names_its_fields_and_output():
-    model = Structured("other").eval()
+@pytest.mark.parametrize("kind", ["other", "namedtuple-other"])
+def test_an_output_with_no_logits_names_its_fields_and_output(kind):
+    """A dict or a named tuple without logits is not read by position: which field is meant is asked."""
+    model = Structured(kind).eval()
     with pytest.raises(LayerNotFoundError, match=r"output=.*'features', 'image_embeds'"):
         featvis.visualize_saliency(model, "", 0, torch.rand(1, 3, 16, 16), input_range=(0.0, 1.0))
 

@@ -453,3 +453,12 @@ def test_normal_draws_are_box_muller_of_the_patterns_and_standard_normal():
     assert abs(float(draws.mean())) < 0.05 and abs(float(draws.std()) - 1) < 0.05
     assert abs(float((draws < 0).float().mean()) - 0.5) < 0.03
     assert abs(float((draws.abs() < 1).float().mean()) - 0.6827) < 0.03
+
+
+def test_a_pattern_whose_radius_bits_are_zero_draws_the_largest_finite_normal():
+    """Key 5618432's first pattern is 0x6B9D6AD025: its top 24 bits (Box-Muller's radius part) are all
+    0. That part is (bits + 1) / 2**24, never 0, so the draw is finite: -2 log(2**-24) under the root."""
+    draw = featvis.rng.Streams([5618432]).normal(1)[0, 0].item()
+    assert draw == pytest.approx(
+        math.sqrt(-2 * math.log(2**-24)) * math.cos(2 * math.pi * 0x6AD025 / 2**24), rel=1e-5
+    )

@@ -65,3 +65,16 @@ def test_a_feature_index_equal_to_the_feature_count_of_a_token_layer_is_refused_
     with pytest.raises(featvis.FeatvisValueError, match=r"filter_indices.*\[0, 5\]"):
         featvis.visualize_activation(model, "2", 6, size=8, channels=1, input_range=(0.0, 1.0), max_iter=1)
     assert_untouched(model, before)
+
+
+def test_a_model_of_one_input_size_is_told_which_size_it_ran_at_and_why():
+    """A model that takes 32 px only: the error says whether featvis chose the size or the caller did."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 32 * 32, 4))
+    with pytest.raises(
+        featvis.ModelError, match=r"random 224 x 224 input \(the default, as none was given\)"
+    ):
+        featvis.visualize_activation(model, "2", 1, input_range=(0.0, 1.0), max_iter=1)
+    with pytest.raises(featvis.ModelError, match=r"random 48 x 48 input \(as size= gave\).*needs size="):
+        featvis.visualize_activation(model, "2", 1, size=48, input_range=(0.0, 1.0), max_iter=1)
+    image = featvis.visualize_activation(model, "2", 1, size=32, input_range=(0.0, 1.0), max_iter=1)
+    assert image.shape == (32, 32, 3)
