@@ -5,6 +5,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -237,13 +238,64 @@ def test_settings_without_an_option_of_their_own_are_set_with_setting(tmp_path, 
     moved = _verbose_losses([*args, "--setting", "input_modifiers=[]"], capsys)
     assert len(still) == len(moved) == 3
     assert len(set(still)) == 1 and len(set(moved)) == 3  # no transforms: only the learning rate moves it
-    for setting, says in [
-        ("lrr=0.1", "close matches: lr"),
-        ("max_iter=3", "use --steps"),
-        ("lr", "NAME=VALUE"),
+    for settings, says in [
+        (["lrr=0.1"], "close matches: 'lr'"),
+        (["max_iter=3"], "use --steps"),
+        (["lr"], "NAME=VALUE"),
+        (["lr=fast"], "--setting lr has type str"),
+        (["lr=0.1", "lr=0.2"], "lr is given twice"),
+        (["method=pixel", "--method", "fourier"], "not also given as --method"),
     ]:
-        code, captured = run([*args, "--setting", setting], capsys)
+        extra = [
+            part
+            for setting in settings
+            for part in (["--setting", setting] if "=" in setting or setting == "lr" else [setting])
+        ]
+        code, captured = run([*args, *extra], capsys)
         assert code == 2 and says in captured.err, captured.err
+
+
+def test_setting_takes_none_a_dtype_name_and_the_fields_a_command_has_no_option_for(tmp_path, capsys):
+    """`layer` has no --method: --setting method=... sets it; none and bfloat16 are read as None and the dtype."""
+    args = [
+        "layer",
+        "--model",
+        TINY,
+        "--preprocess",
+        "none",
+        "--layer",
+        "conv2",
+        "--units",
+        "0,1",
+        "--size",
+        "16",
+    ]
+    args += ["--steps", "2", "--seed", "0"]
+    main(
+        [
+            *args,
+            "--out",
+            str(tmp_path / "pixel.png"),
+            "--setting",
+            "method=pixel",
+            "--setting",
+            "image_ema=none",
+        ]
+    )
+    main(
+        [
+            *args,
+            "--out",
+            str(tmp_path / "fourier.png"),
+            "--setting",
+            "method=fourier",
+            "--setting",
+            "autocast=bfloat16",
+        ]
+    )
+    pixel = np.asarray(Image.open(tmp_path / "pixel.png"), dtype=np.int16)
+    fourier = np.asarray(Image.open(tmp_path / "fourier.png"), dtype=np.int16)
+    assert pixel.shape == fourier.shape and np.abs(pixel - fourier).mean() > 5  # two parameterizations
 
 
 def test_an_atlas_made_with_other_settings_says_use_restart(capsys, tmp_path):

@@ -338,6 +338,14 @@ def test_the_pass_as_an_object_stops_at_a_budget_goes_on_and_resumes_from_its_ch
     assert torch.load(path, weights_only=True)["complete"]
     with pytest.raises(featvis.FeatvisTypeError, match="prepared.*PreparedModel"):
         featvis.DatasetPass(model, "fc", images[:10])
+    with featvis.PreparedModel(model, input_range=(0.0, 1.0), channels=1) as prepared:
+        early = featvis.DatasetPass(prepared, "fc", images[:300], **common)
+        with pytest.raises(featvis.FeatvisValueError, match="read nothing yet.*iterate it"):
+            early.finish()
+        for done in early:  # a budget that ends with the data: nothing was left unread
+            if done >= 300:
+                break
+        assert not early.finish().interrupted
 
 
 def test_arrays_datasets_loaders_and_path_lists_give_the_same_examples(tmp_path):

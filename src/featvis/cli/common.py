@@ -16,6 +16,7 @@ import sys
 import warnings
 
 import click
+import torch
 from tqdm.auto import tqdm
 
 from featvis.cli.models import LoadedModel, load_model
@@ -199,47 +200,65 @@ quality_options = [
         "setting_texts",
         multiple=True,
         metavar="NAME=VALUE",
-        help="Any other field of featvis.Settings (repeat), e.g. --setting lr=0.03 --setting "
-        "lr_schedule=cosine --setting image_ema=None; VALUE is a Python literal or a word.",
+        help="A field of featvis.Settings (repeat), e.g. --setting lr=0.03 --setting "
+        "lr_schedule=cosine --setting image_ema=none --setting method=fourier; VALUE is a Python "
+        "literal, none, or a word.",
     ),
 ]
 
 
-# the Settings fields with an option of their own, which --setting does not take
-_OWN_OPTIONS = {
+# the Settings fields --setting does not take: those of --steps and --views (every command with
+# --setting has them) and those the command line sets itself
+_NOT_SETTINGS = {
     "max_iter": "--steps",
     "views": "--views",
-    "method": "--method",
-    "grad_modifier": "--grad-modifier",
-    "backprop_modifier": "--backprop-modifier",
     "verbose": "--verbose",
     "progress": "--verbose",
     "callbacks": "--gif",
 }
+# the options that set a Settings field in some commands (activation): not both with --setting
+_SETTING_FLAGS = {
+    "method": "--method",
+    "grad_modifier": "--grad-modifier",
+    "backprop_modifier": "--backprop-modifier",
+}
 
 
 def quality_arguments(
-    quality: str, steps: int | None, views: int | None, setting_texts: tuple[str, ...] = ()
+    quality: str, steps: int | None, views: int | None, setting_texts: tuple[str, ...] = (), **own: object
 ) -> dict:
     """The preset (checked against `QUALITY` now, after the model's module ran), the options given
-    beside it (those left out come from the preset) and the `--setting NAME=VALUE`s, each a field of
-    `featvis.Settings`."""
+    beside it (those left out come from the preset; `own`: a command's options for Settings fields,
+    such as ``method``) and the `--setting NAME=VALUE`s, each a field of `featvis.Settings`."""
     settings = parse_method_options(setting_texts, "--setting")
-    fields = [name for name in Settings.names() if name not in _OWN_OPTIONS]
-    for name in settings:
-        if name in _OWN_OPTIONS:
+    fields = [name for name in Settings.names() if name not in _NOT_SETTINGS]
+    own = given_settings(**own)
+    for name, value in settings.items():
+        if name in _NOT_SETTINGS:
             raise bad_value(
-                "--setting", f"{name}=...", f"a field without an option of its own (use {_OWN_OPTIONS[name]})"
+                "--setting", f"{name}=...", f"a field the command line sets (use {_NOT_SETTINGS[name]})"
             )
         if name not in fields:
+            quoted = [repr(field) for field in fields]  # quoted: the command line's words already
             raise bad_value(
-                "--setting", f"{name}=...", f"one of {', '.join(fields)}{close_matches(name, fields)}"
+                "--setting", f"{name}=...", f"one of {', '.join(quoted)}{close_matches(repr(name), quoted)}"
             )
+        if name in own:
+            raise bad_value("--setting", f"{name}=...", f"a field not also given as {_SETTING_FLAGS[name]}")
+        if name == "autocast" and isinstance(value, str):
+            settings[name] = _dtype(value)
     return {
         "quality": registered_name("--quality", quality, QUALITY),
         **given_settings(max_iter=steps, views=views),
+        **own,
         **settings,
     }
+
+
+def _dtype(text: str) -> object:
+    """``bfloat16`` or ``torch.float16`` as the torch dtype (another word is left for the API to refuse)."""
+    found = getattr(torch, text.removeprefix("torch."), None)
+    return found if isinstance(found, torch.dtype) else text
 
 
 def given_settings(**options) -> dict:
@@ -297,10 +316,13 @@ def parse_method_options(texts: tuple[str, ...], option: str = "--option") -> di
                 text,
                 "NAME=VALUE, e.g. steps=32" if option == "--option" else "NAME=VALUE, e.g. lr=0.03",
             )
+        name, value = name.strip(), value.strip()
+        if name in options:
+            raise bad_value(option, text, f"each NAME once ({name} is given twice)")
         try:
-            options[name.strip()] = ast.literal_eval(value.strip())
+            options[name] = None if value.lower() == "none" else ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[name.strip()] = value.strip()
+            options[name] = value
     return options
 
 
@@ -373,7 +395,7 @@ LIBRARY_NAMES = {
 
 _ARGUMENT = re.compile(
     r"(?P<quoted>(?<!\w)'[^']*'|\"[^\"]*\")|(?<![\w.'\"/\\-])(?P<name>[a-z][a-z0-9_]*)"
-    r"(?:(?P<given>=True\b)|(?P<alone>=(?=[\s,;:)]|$))|(?P<value>=))?"
+    r"(?:(?P<given>=True\b)|(?P<alone>=(?=[\s,;:)]|$))|(?P<value>=)|(?P<typed>(?= has type )))?"
 )
 
 
@@ -387,7 +409,8 @@ def option_names(command: click.Command) -> dict[str, str]:
     options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
     options.update({argument: options[name] for argument, name in LIBRARY_NAMES.items() if name in options})
     if "setting_texts" in options:  # the Settings fields that --setting NAME=VALUE sets
-        options.update({name: f"--setting {name}" for name in Settings.names() if name not in _OWN_OPTIONS})
+        settable = [name for name in Settings.names() if name not in _NOT_SETTINGS and name not in options]
+        options.update({name: f"--setting {name}" for name in settable})
     return options
 
 
@@ -395,7 +418,7 @@ def in_option_words(message: str, options: dict[str, str]) -> str:
     """A library message as the command line says it: each Python argument it names
     (``input_range=(5, 1)``, ``restart=True``, ``filter_indices``) as its option
     (``--input-range=(5, 1)``, ``--restart``, ``--filter``). A name that is also a word
-    ("size", "model") counts only with its ``=``; a snake_case name also alone.
+    ("size", "model") counts only with its ``=`` or before "has type"; a snake_case name also alone.
 
     Examples:
         >>> in_option_words("max_iter=0 is not allowed", {"max_iter": "--steps"})
@@ -404,7 +427,8 @@ def in_option_words(message: str, options: dict[str, str]) -> str:
 
     def option(match: re.Match) -> str:
         flag = None if match["quoted"] else options.get(match["name"])
-        if flag is None or not (match["given"] or match["alone"] or match["value"] or "_" in match["name"]):
+        named = match["given"] or match["alone"] or match["value"] or match["typed"] is not None
+        if flag is None or not (named or "_" in match["name"]):
             return match[0]
         return f"{flag}=" if match["value"] else flag
 

@@ -990,10 +990,16 @@ class DatasetPass:
             self.input_size = tuple(self.state["input_size"])
             with torch.inference_mode():
                 self._start(self.reader.read(x))
+        if self.reader is None and self.done == 0 and not self.exhausted:
+            raise FeatvisValueError(
+                "the pass has read nothing yet: iterate it (`for done in scan: ...`) or call run() before finish()"
+            )
         if self.reader is None:
             raise FeatvisValueError(
                 f"data: none of the {self.summary.total} items could be used ({self.summary})"
             )
+        if self.total is not None and self.done >= self.total:  # a break after the last batch
+            self.exhausted = True
         self.checkpoint(complete=self.exhausted)
         started = time.perf_counter()
         fields = []

@@ -208,7 +208,11 @@ class Settings:
             )
         quality = options.pop("quality", "fast")
         if not isinstance(quality, str) or quality not in QUALITY:
-            raise bad_value("quality", quality, f"one of {', '.join(map(repr, QUALITY))}")
+            raise bad_value(
+                "quality",
+                quality,
+                f"one of {', '.join(map(repr, QUALITY))}{close_matches(str(quality), QUALITY)}",
+            )
         given = {k: options.pop(k) for k in list(options) if k in cls.names()}
         given = {k: value for k, value in given.items() if value is not FROM_QUALITY}
         return cls(**{**QUALITY[quality], **given})
