@@ -160,25 +160,30 @@ class Common:
         return loaded, api
 
 
-def registry_option(flag: str, registry, *, extra: tuple[str, ...] = (), help: str = "", **options):
+def registry_option(
+    flag: str, registry, *, extra: tuple[str, ...] = (), help: str = "", entry: str = "one", **options
+):
     """A click option whose value names an entry of `registry` (or one of `extra`), checked by
-    `registered_name` once the model is loaded: a name the --model module registers counts."""
+    `registered_name` once the model is loaded: a name the --model module registers counts
+    (`entry`: what the help calls such a name, "one" or "a method")."""
     names = ", ".join([*registry, *extra])
     return click.option(
-        flag, help=f"{help} One of {names}, or one the --model module registers.".strip(), **options
+        flag, help=f"{help} One of {names}, or {entry} the --model module registers.".strip(), **options
     )
 
 
-def registered_name(option: str, name: str | None, registry, extra: tuple[str, ...] = ()) -> str | None:
+def registered_name(
+    option: str, name: str | None, registry, extra: tuple[str, ...] = (), entry: str = "one"
+) -> str | None:
     """`name` as given to `option` (None: not given), if `registry` (or `extra`) has it now, after the
-    model's module ran."""
+    model's module ran (`entry` as in `registry_option`)."""
     if name is None or name in registry or name in extra:
         return name
     names = [*registry, *extra]
     raise bad_value(
         option,
         name,
-        f"one of {', '.join(names)} (or one the --model module registers){close_matches(name, names)}",
+        f"one of {', '.join(names)} (or {entry} the --model module registers){close_matches(name, names)}",
     )
 
 
@@ -287,11 +292,8 @@ def method_options(registry) -> list:
     """`--method`, checked against `registry` once the model is loaded (its module may register a
     method of its own), and the method's own `--option NAME=VALUE`s."""
     return [
-        click.option(
-            "--method",
-            default=registry.names()[0],
-            show_default=True,
-            help=f"One of {', '.join(registry)}, or a method the --model module registers.",
+        registry_option(
+            "--method", registry, default=registry.names()[0], show_default=True, entry="a method"
         ),
         click.option(
             "--option",
@@ -329,13 +331,7 @@ def parse_method_options(texts: tuple[str, ...], option: str = "--option") -> di
 def registered_method(registry, name: str, texts: tuple[str, ...]):
     """`--method`'s name, or with `--option`s the object its class builds with them; checked against
     `registry` now, after the model's module ran (a method it registers counts)."""
-    if name not in registry:
-        raise bad_value(
-            "--method",
-            name,
-            f"one of {', '.join(registry)} (or a method the --model module registers)"
-            f"{close_matches(name, registry)}",
-        )
+    registered_name("--method", name, registry, entry="a method")
     options = parse_method_options(texts)
     if not options:
         return name
