@@ -843,15 +843,12 @@ class DatasetPass:
         started = time.perf_counter()
         try:
             for batch in self._stream:
-                if self._step(batch, bar):
-                    self.seconds["pass"] += time.perf_counter() - started
+                fed = self._step(batch, bar)
+                self.seconds["pass"] += time.perf_counter() - started  # the batch's wait and step
+                if fed:
                     yield self.done
-                    started = time.perf_counter()
+                started = time.perf_counter()  # not the caller's time between steps
             self.exhausted = True
-            self.seconds["pass"] += time.perf_counter() - started
-        except BaseException:
-            self.seconds["pass"] += time.perf_counter() - started
-            raise
         finally:
             bar.close()
 
