@@ -143,3 +143,11 @@ def test_a_keras_conv1d_output_is_read_channels_first():
     out = np.asarray(model(torch.from_numpy(signal).permute(0, 2, 1)).detach())  # (1, 6, 5)
     np.testing.assert_allclose(reached[0], out[0, :, 2].mean(), rtol=1e-5)
     assert abs(reached[0] - out[0, 2, :].mean()) > 1e-4
+
+
+def test_an_atlas_of_a_keras_model_of_four_spatial_axes_is_refused_naming_them(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2, 2, 2, 2, 1)), keras.layers.Dense(3, name="dense")])
+    with pytest.raises(featvis.FeatvisValueError, match=r"takes 4-D input \(inputs of 4 spatial axes\)"):
+        featvis.atlas(model, tmp_path / "atlas", ["dense"], input_range=(0.0, 1.0), max_iter=1)
+    assert not (tmp_path / "atlas").exists()

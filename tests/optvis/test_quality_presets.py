@@ -67,6 +67,14 @@ def test_an_unknown_preset_is_refused_naming_the_presets_and_the_model_is_untouc
     assert_untouched(tiny, before)
 
 
+def test_settings_take_refuses_an_unknown_option_and_leaves_the_allowed_ones():
+    """`Settings.take` (public: a caller's own entry point builds its settings with it)."""
+    with pytest.raises(FeatvisTypeError, match="'max_iters'.*close matches: max_iter"):
+        Settings.take({"max_iters": 3})
+    options = {"size": 32, "max_iter": 5}
+    assert Settings.take(options, allowed=["size"]).max_iter == 5 and options == {"size": 32}
+
+
 @pytest.mark.parametrize(
     "function",
     [featvis.visualize_activation, featvis.visualize_activation_with_losses, featvis.visualize_layer],

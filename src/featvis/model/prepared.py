@@ -219,12 +219,13 @@ class PreparedModel:
 
         Examples:
             >>> prepared.require_images("an atlas")
-            FeatvisValueError: model takes 1-D signals (its first convolution is a Conv1d), and an atlas ...
+            FeatvisValueError: model takes 1-D signals (inputs of 1 spatial axis), and an atlas ...
         """
         if self.spatial_dims != 2:
-            kind = {1: "1-D signals", 3: "3-D volumes"}.get(self.spatial_dims, f"{self.spatial_dims}-D input")
+            axes = self.spatial_dims  # a Keras model's input rank may give any count
+            kind = {1: "1-D signals", 3: "3-D volumes"}.get(axes, f"{axes}-D input")
             raise FeatvisValueError(
-                f"model takes {kind} (its first convolution is a Conv{self.spatial_dims}d), and {purpose} "
+                f"model takes {kind} (inputs of {axes} spatial {'axes' if axes > 1 else 'axis'}), and {purpose} "
                 "shows 2-D images; draw its units with featvis.visualize_layer and save them with "
                 "featvis.save_signal or featvis.save_volume"
             )
